@@ -1,0 +1,63 @@
+//! # vault
+//!
+//! Encrypted, content-addressed storage of individuals' and organisations' documents and the
+//! results of public-service procedures, so that a procedure can reuse what the state already
+//! issued instead of asking people to upload it again.
+//!
+//! - Contents are addressed by the BLAKE3-256 digest of their plaintext ([`Digest`]), stored
+//!   once per owner, encrypted with AES-256-GCM in a STREAM construction under a fresh key per
+//!   content, which is wrapped by the owner's key, which is wrapped by the master key.
+//! - Storage names are keyed hashes, never plain digests; metadata records are sealed too.
+//! - Nothing returns success before it is durable; concurrent writers share syncs.
+//! - [`Vault::check`] finds and reports damage; damaged data is never served.
+//!
+//! ```
+//! use vault::{MasterKey, NewDocument, OwnerId, DocType, Vault};
+//! use std::io::Read;
+//!
+//! # fn main() -> Result<(), vault::Error> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let master = MasterKey::generate();
+//! let vault = Vault::open(dir.path(), &master)?;
+//!
+//! let owner = OwnerId::parse("citizen:001099012345")?;
+//! let stored = vault.put_content_bytes(&owner, b"%PDF-1.7 ...")?;
+//! let doc = vault.deposit(&owner, NewDocument {
+//!     digest: stored.digest,
+//!     doc_type: DocType::parse("giay-khai-sinh")?,
+//!     title: "Giấy khai sinh".into(),
+//!     media_type: "application/pdf".into(),
+//!     file_name: Some("khai-sinh.pdf".into()),
+//!     issuer: None, issued_at: None, valid_from: None, valid_until: None,
+//!     reference: None, procedure: None, signature: None,
+//! })?;
+//!
+//! let (_, mut content) = vault.open_document_content(&owner, &doc.id)?;
+//! let mut bytes = Vec::new();
+//! content.read_to_end(&mut bytes)?;
+//! assert_eq!(bytes, b"%PDF-1.7 ...");
+//! assert!(vault.check(true)?.is_clean());
+//! # Ok(()) }
+//! ```
+
+pub mod check;
+pub mod commit;
+pub mod document;
+pub mod error;
+pub mod ids;
+pub mod keys;
+pub mod seal;
+pub mod store;
+pub mod stream;
+pub mod time;
+mod vault;
+
+pub use check::{CheckReport, Problem};
+pub use document::{Document, NewDocument, Revocation, Signature, Status};
+pub use error::Error;
+pub use ids::{AgencyId, Digest, DocType, DocumentId, IdError, KeyId, OwnerId, Purpose};
+pub use keys::{KeyError, MasterKey, SecretKey};
+pub use store::{BlobStore, MetaStore, StoreError};
+pub use stream::DecryptError;
+pub use time::Timestamp;
+pub use vault::{ContentReader, OwnerRef, RecoveryReport, Stored, Vault, FORMAT};

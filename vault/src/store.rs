@@ -1,0 +1,359 @@
+//! The two narrow storage interfaces the vault core is written against, and the embedded
+//! implementations: sled for metadata, a directory of write-once files for blobs.
+//!
+//! A scale-out backend (SQL for metadata, object storage for blobs) implements these two traits
+//! and nothing else. The core never holds plaintext in either: values reaching a [`MetaStore`]
+//! are sealed, blobs reaching a [`BlobStore`] are encrypted.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+/// A failure of a storage backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An operating-system I/O error, with what was being done.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, and where.
+        what: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The metadata database reported an error.
+    #[error("metadata store: {0}")]
+    Meta(String),
+    /// Another process holds the data folder.
+    #[error("the data folder {0} is in use by another process")]
+    Locked(String),
+}
+
+fn io_err(what: impl fmt::Display, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
+    let what = format!("{what} {}", path.display());
+    move |source| StoreError::Io { what, source }
+}
+
+/// One change of an atomic batch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Set a key to a value.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove a key.
+    Delete(Vec<u8>),
+}
+
+/// An ordered key-value store for (sealed) metadata.
+pub trait MetaStore: Send + Sync + fmt::Debug {
+    /// The value of a key.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every key and value whose key starts with `prefix`, in key order.
+    fn scan(&self, prefix: &[u8]) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_>;
+    /// Applies all changes atomically (all or none survive a crash). Not yet durable.
+    fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError>;
+    /// Sets `key` to `new` if its value is `old` (None = absent); true if it was set.
+    fn compare_and_swap(&self, key: &[u8], old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError>;
+    /// Makes every change applied before this call durable.
+    fn sync(&self) -> Result<(), StoreError>;
+}
+
+/// The embedded metadata store: one sled tree.
+///
+/// sled 0.34 flushes on its own only every 500 ms; the vault calls [`MetaStore::sync`] (through
+/// its group commit) before acknowledging anything, and seals every value so corruption is
+/// detected rather than served (SPEC.md, "Why sled is used this way").
+pub struct SledMeta {
+    db: sled::Db,
+}
+
+impl fmt::Debug for SledMeta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SledMeta")
+    }
+}
+
+fn sled_err(e: sled::Error) -> StoreError {
+    StoreError::Meta(e.to_string())
+}
+
+impl SledMeta {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).open().map_err(|e| match e {
+            sled::Error::Io(ref io) if io.kind() == io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+                StoreError::Locked(dir.display().to_string())
+            }
+            other => sled_err(other),
+        })?;
+        Ok(Self { db })
+    }
+}
+
+impl MetaStore for SledMeta {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(key).map_err(sled_err)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, prefix: &[u8]) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_> {
+        Box::new(self.db.scan_prefix(prefix).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(sled_err)))
+    }
+
+    fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for op in ops {
+            match op {
+                Op::Put(k, v) => batch.insert(k, v),
+                Op::Delete(k) => batch.remove(k),
+            }
+        }
+        self.db.apply_batch(batch).map_err(sled_err)
+    }
+
+    fn compare_and_swap(&self, key: &[u8], old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError> {
+        Ok(self.db.compare_and_swap(key, old, new).map_err(sled_err)?.is_ok())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(sled_err).map(|_| ())
+    }
+}
+
+/// Where a blob lives: the owner's pseudonymous reference and the content's keyed name.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobName {
+    /// The owner's reference (keyed hash of the owner id).
+    pub owner: [u8; 16],
+    /// The content's storage name (keyed hash of the digest under the owner's name key).
+    pub name: [u8; 32],
+}
+
+impl fmt::Debug for BlobName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", hex::encode(self.owner), hex::encode(self.name))
+    }
+}
+
+/// A blob being written: write it, then [`NewBlob::commit`]; dropping it discards it.
+pub trait NewBlob: Write + Seek + Send {
+    /// Makes the blob durable under `name` (replacing any blob of that name).
+    fn commit(self: Box<Self>, name: &BlobName) -> Result<(), StoreError>;
+}
+
+/// A stored blob opened for reading.
+pub trait BlobRead: Read + Seek + Send {}
+impl<T: Read + Seek + Send> BlobRead for T {}
+
+/// Write-once storage of encrypted blobs.
+pub trait BlobStore: Send + Sync + fmt::Debug {
+    /// Starts a new blob.
+    fn create(&self) -> Result<Box<dyn NewBlob>, StoreError>;
+    /// Opens a blob; `Ok(None)` if there is none of that name.
+    fn open(&self, name: &BlobName) -> Result<Option<Box<dyn BlobRead>>, StoreError>;
+    /// The length of a blob; `Ok(None)` if there is none of that name.
+    fn len(&self, name: &BlobName) -> Result<Option<u64>, StoreError>;
+    /// Removes a blob (absent is fine).
+    fn remove(&self, name: &BlobName) -> Result<(), StoreError>;
+    /// Every stored blob, plus what is in the folder that is not a blob.
+    fn list(&self) -> Result<BlobListing, StoreError>;
+    /// Discards blobs that were started and never committed (after a crash).
+    fn discard_unfinished(&self) -> Result<usize, StoreError>;
+    /// A place to name in reports.
+    fn describe(&self, name: &BlobName) -> String;
+}
+
+/// What [`BlobStore::list`] found.
+#[derive(Debug, Default)]
+pub struct BlobListing {
+    /// Well-named blobs.
+    pub blobs: Vec<BlobName>,
+    /// Paths that do not belong in the blob folder.
+    pub strays: Vec<String>,
+}
+
+/// Blobs as files: `blobs/<owner ref hex>/<first 2 hex of name>/<name hex>`, written in
+/// `tmp/`, synced, renamed into place, and the directory synced.
+#[derive(Debug)]
+pub struct FsBlobs {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("syncing directory", dir))
+}
+
+/// Creates `dir` and any missing parents, syncing each parent whose entries changed.
+fn create_dir_durable(dir: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_durable(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(io_err("creating directory", dir)(e)),
+    }
+    match dir.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
+impl FsBlobs {
+    /// Uses `root` for blobs and `tmp` for blobs being written (same file system).
+    pub fn open(root: PathBuf, tmp: PathBuf) -> Result<Self, StoreError> {
+        create_dir_durable(&root)?;
+        create_dir_durable(&tmp)?;
+        Ok(Self { root, tmp })
+    }
+
+    fn path(&self, name: &BlobName) -> PathBuf {
+        let n = hex::encode(name.name);
+        self.root.join(hex::encode(name.owner)).join(&n[..2]).join(n)
+    }
+}
+
+struct FsNewBlob {
+    file: File,
+    path: PathBuf,
+    root: PathBuf,
+    committed: bool,
+}
+
+impl Write for FsNewBlob {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.file.write(b)
+    }
+    fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
+        self.file.write_all(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Seek for FsNewBlob {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        self.file.seek(pos)
+    }
+}
+
+impl NewBlob for FsNewBlob {
+    fn commit(mut self: Box<Self>, name: &BlobName) -> Result<(), StoreError> {
+        self.file.sync_all().map_err(io_err("syncing", &self.path))?;
+        let n = hex::encode(name.name);
+        let dir = self.root.join(hex::encode(name.owner)).join(&n[..2]);
+        create_dir_durable(&dir)?;
+        let dest = dir.join(n);
+        fs::rename(&self.path, &dest).map_err(io_err("renaming into", &dest))?;
+        self.committed = true;
+        sync_dir(&dir)
+    }
+}
+
+impl Drop for FsNewBlob {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: an unfinished blob left behind by a failure here is removed by
+            // `discard_unfinished` at the next open.
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl BlobStore for FsBlobs {
+    fn create(&self) -> Result<Box<dyn NewBlob>, StoreError> {
+        let path = self.tmp.join(format!("{}.tmp", hex::encode(crate::keys::random_array::<16>())));
+        let file = OpenOptions::new().write(true).read(true).create_new(true).open(&path).map_err(io_err("creating", &path))?;
+        Ok(Box::new(FsNewBlob { file, path, root: self.root.clone(), committed: false }))
+    }
+
+    fn open(&self, name: &BlobName) -> Result<Option<Box<dyn BlobRead>>, StoreError> {
+        let path = self.path(name);
+        match File::open(&path) {
+            Ok(f) => Ok(Some(Box::new(f))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("opening", &path)(e)),
+        }
+    }
+
+    fn len(&self, name: &BlobName) -> Result<Option<u64>, StoreError> {
+        let path = self.path(name);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("reading metadata of", &path)(e)),
+        }
+    }
+
+    fn remove(&self, name: &BlobName) -> Result<(), StoreError> {
+        let path = self.path(name);
+        match fs::remove_file(&path) {
+            Ok(()) => path.parent().map_or(Ok(()), sync_dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("removing", &path)(e)),
+        }
+    }
+
+    fn list(&self) -> Result<BlobListing, StoreError> {
+        let mut out = BlobListing::default();
+        let read = |p: &Path| fs::read_dir(p).map_err(io_err("listing", p));
+        for owner in read(&self.root)? {
+            let owner = owner.map_err(io_err("listing", &self.root))?.path();
+            let Some(owner_ref) = parse_hex_name::<16>(&owner) else {
+                out.strays.push(owner.display().to_string());
+                continue;
+            };
+            if !owner.is_dir() {
+                out.strays.push(owner.display().to_string());
+                continue;
+            }
+            for fan in read(&owner)? {
+                let fan = fan.map_err(io_err("listing", &owner))?.path();
+                if !fan.is_dir() {
+                    out.strays.push(fan.display().to_string());
+                    continue;
+                }
+                for f in read(&fan)? {
+                    let f = f.map_err(io_err("listing", &fan))?.path();
+                    match parse_hex_name::<32>(&f) {
+                        Some(name) if f.is_file() && fan.file_name().and_then(|s| s.to_str()) == Some(&hex::encode(name)[..2]) => {
+                            out.blobs.push(BlobName { owner: owner_ref, name })
+                        }
+                        _ => out.strays.push(f.display().to_string()),
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn discard_unfinished(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for e in fs::read_dir(&self.tmp).map_err(io_err("listing", &self.tmp))? {
+            let p = e.map_err(io_err("listing", &self.tmp))?.path();
+            fs::remove_file(&p).map_err(io_err("removing", &p))?;
+            n += 1;
+        }
+        if n > 0 {
+            sync_dir(&self.tmp)?;
+        }
+        Ok(n)
+    }
+
+    fn describe(&self, name: &BlobName) -> String {
+        self.path(name).display().to_string()
+    }
+}
+
+fn parse_hex_name<const N: usize>(p: &Path) -> Option<[u8; N]> {
+    let s = p.file_name()?.to_str()?;
+    if s.len() != 2 * N || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}

@@ -1,0 +1,660 @@
+//! The vault: owners, contents and documents on top of the two storage traits.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::commit::{CommitStats, GroupCommit};
+use crate::document::{Document, NewDocument, Revocation};
+use crate::error::Error;
+use crate::ids::{Digest, DocType, DocumentId, OwnerId};
+use crate::keys::{MasterKey, OwnerKeys, SecretKey};
+use crate::seal::{self, Unsealable};
+use crate::store::{BlobName, BlobRead, BlobStore, FsBlobs, MetaStore, NewBlob, Op, SledMeta};
+use crate::stream::{BlobReader, BlobWriter, Finished};
+use crate::time::Timestamp;
+
+/// The format this build writes and reads.
+pub const FORMAT: &str = "vault-format-1";
+const STRIPES: usize = 256;
+/// Read size for streaming puts.
+const READ_BUF: usize = 256 * 1024;
+
+/// Key prefixes of the metadata store (SPEC.md, "Metadata keys").
+pub(crate) mod prefix {
+    pub const META: u8 = b'M';
+    pub const OWNER: u8 = b'O';
+    pub const CONTENT: u8 = b'C';
+    pub const DOCUMENT: u8 = b'D';
+    pub const TYPE_INDEX: u8 = b'T';
+}
+const KEY_FORMAT: &[u8] = b"Mformat";
+const KEY_INDEX_KEY: &[u8] = b"Mindex-key";
+
+/// Associated data of a sealed value: binds it to its metadata key.
+pub(crate) fn aad(key: &[u8]) -> Vec<u8> {
+    let mut a = b"vault-v1/".to_vec();
+    a.extend_from_slice(key);
+    a
+}
+
+pub(crate) fn key_of(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = vec![prefix];
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+/// The pseudonymous 16-byte reference of an owner in storage.
+pub type OwnerRef = [u8; 16];
+
+/// An owner's unwrapped keys, cached while the vault is open.
+#[derive(Debug)]
+pub(crate) struct OwnerCtx {
+    pub op: OwnerRef,
+    pub id: OwnerId,
+    pub keys: OwnerKeys,
+}
+
+impl OwnerCtx {
+    pub fn blob(&self, digest: &Digest) -> BlobName {
+        BlobName { owner: self.op, name: self.keys.blob_name(digest) }
+    }
+    pub fn binding(&self, digest: &Digest) -> Vec<u8> {
+        let mut b = self.op.to_vec();
+        b.extend_from_slice(digest.as_bytes());
+        b
+    }
+}
+
+/// What the vault knows about one stored content (sealed in the metadata store).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct ContentRecord {
+    pub digest: Digest,
+    pub size: u64,
+    /// Documents that point at this content.
+    pub refs: u64,
+    pub stored_at: Timestamp,
+}
+
+/// The result of storing a content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// BLAKE3 of the content.
+    pub digest: Digest,
+    /// Size in bytes.
+    pub size: u64,
+    /// False if the owner already held this content (nothing was written).
+    pub created: bool,
+}
+
+/// A content opened for reading: `Read` + `Seek` over the plaintext. Reading it whole, in
+/// order, also checks its BLAKE3 digest; any failure is the opaque decryption error.
+pub type ContentReader = BlobReader<Box<dyn BlobRead>>;
+
+/// An open vault. Share it between threads with `Arc`; every method takes `&self`.
+pub struct Vault {
+    meta: Box<dyn MetaStore>,
+    blobs: Box<dyn BlobStore>,
+    master_wrap: SecretKey,
+    index_key: SecretKey,
+    commit: GroupCommit,
+    owners: RwLock<HashMap<OwnerRef, Arc<OwnerCtx>>>,
+    stripes: Vec<Mutex<()>>,
+    /// Present while open; its presence at open means the last session did not close cleanly.
+    open_marker: Option<PathBuf>,
+    recovered: RecoveryReport,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").field("meta", &self.meta).field("blobs", &self.blobs).finish_non_exhaustive()
+    }
+}
+
+/// What opening the vault had to clean up after an unclean shutdown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Whether the previous session ended without closing the vault.
+    pub unclean: bool,
+    /// Unfinished blob files removed from `tmp/`.
+    pub unfinished_removed: usize,
+    /// Blob files removed that no record pointed at (written by a put that never returned).
+    pub orphans_removed: usize,
+}
+
+fn corrupt(key: &[u8]) -> Error {
+    Error::Corrupt(describe_key(key))
+}
+
+/// A human description of a metadata key (no secrets: keys hold only pseudonyms and tags).
+pub(crate) fn describe_key(key: &[u8]) -> String {
+    match key.first() {
+        Some(&prefix::OWNER) => format!("owner record {}", hex::encode(&key[1..])),
+        Some(&prefix::CONTENT) if key.len() == 49 => {
+            format!("content record {}/{}", hex::encode(&key[1..17]), hex::encode(&key[17..]))
+        }
+        Some(&prefix::DOCUMENT) if key.len() == 33 => {
+            format!("document record {}/{}", hex::encode(&key[1..17]), hex::encode(&key[17..]))
+        }
+        Some(&prefix::TYPE_INDEX) => format!("type index entry {}", hex::encode(&key[1..])),
+        Some(&prefix::META) => format!("vault record {}", String::from_utf8_lossy(&key[1..])),
+        _ => format!("unknown metadata key {}", hex::encode(key)),
+    }
+}
+
+impl Vault {
+    /// Opens the vault in `dir`, creating it if the folder is new or empty.
+    ///
+    /// A wrong master key for an existing vault is [`Error::WrongMasterKey`], checked before
+    /// anything is written. After an unclean shutdown, unfinished and unreferenced blob files
+    /// (from puts that never returned) are removed; see [`Vault::recovery`].
+    pub fn open(dir: &Path, master: &MasterKey) -> Result<Self, Error> {
+        let io = |what: &str| {
+            let what = format!("{what} {}", dir.display());
+            move |source| crate::store::StoreError::Io { what, source }
+        };
+        fs::create_dir_all(dir).map_err(io("creating data folder"))?;
+        let meta = SledMeta::open(&dir.join("meta"))?;
+        let blobs = FsBlobs::open(dir.join("blobs"), dir.join("tmp"))?;
+        Self::open_with(Box::new(meta), Box::new(blobs), master, Some(dir.join("OPEN")))
+    }
+
+    /// Opens a vault over any storage backends. `open_marker` is a file whose presence marks
+    /// an unclean shutdown (None: always run recovery).
+    pub fn open_with(
+        meta: Box<dyn MetaStore>,
+        blobs: Box<dyn BlobStore>,
+        master: &MasterKey,
+        open_marker: Option<PathBuf>,
+    ) -> Result<Self, Error> {
+        let master_wrap = master.wrap_key();
+        let index_key = match meta.get(KEY_INDEX_KEY)? {
+            Some(sealed) => {
+                let format = meta.get(KEY_FORMAT)?.unwrap_or_default();
+                if format != FORMAT.as_bytes() {
+                    return Err(Error::UnsupportedFormat {
+                        found: String::from_utf8_lossy(&format).into_owned(),
+                        expected: FORMAT,
+                    });
+                }
+                let raw = seal::open(&master_wrap, &aad(KEY_INDEX_KEY), &sealed).map_err(|_| Error::WrongMasterKey)?;
+                let bytes: [u8; 32] = raw.as_slice().try_into().map_err(|_| corrupt(KEY_INDEX_KEY))?;
+                SecretKey::from_bytes(bytes)
+            }
+            None => {
+                if let Some(first) = meta.scan(b"").next() {
+                    let (k, _) = first?;
+                    return Err(Error::Corrupt(format!("vault has records but no index key (first: {})", describe_key(&k))));
+                }
+                let key = SecretKey::generate();
+                meta.apply(vec![
+                    Op::Put(KEY_FORMAT.to_vec(), FORMAT.as_bytes().to_vec()),
+                    Op::Put(KEY_INDEX_KEY.to_vec(), seal::seal(&master_wrap, &aad(KEY_INDEX_KEY), key.expose())),
+                ])?;
+                meta.sync()?;
+                key
+            }
+        };
+        let mut vault = Vault {
+            meta,
+            blobs,
+            master_wrap,
+            index_key,
+            commit: GroupCommit::default(),
+            owners: RwLock::new(HashMap::new()),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            open_marker,
+            recovered: RecoveryReport::default(),
+        };
+        vault.recover()?;
+        Ok(vault)
+    }
+
+    fn recover(&mut self) -> Result<(), Error> {
+        let unclean = match &self.open_marker {
+            Some(m) => m.exists(),
+            None => true,
+        };
+        let mut report = RecoveryReport { unclean, ..Default::default() };
+        report.unfinished_removed = self.blobs.discard_unfinished()?;
+        if unclean {
+            // A put writes its blob before its record; a crash in between leaves a blob that
+            // nothing points at and that was never acknowledged.
+            for name in self.blobs.list()?.blobs {
+                let key = key_of(prefix::CONTENT, &[&name.owner, &name.name]);
+                if self.meta.get(&key)?.is_none() {
+                    self.blobs.remove(&name)?;
+                    report.orphans_removed += 1;
+                }
+            }
+        }
+        if let Some(m) = &self.open_marker {
+            File::create(m)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| crate::store::StoreError::Io { what: format!("writing {}", m.display()), source })?;
+            if let Some(dir) = m.parent() {
+                File::open(dir).and_then(|d| d.sync_all()).map_err(|source| crate::store::StoreError::Io {
+                    what: format!("syncing {}", dir.display()),
+                    source,
+                })?;
+            }
+        }
+        self.recovered = report;
+        Ok(())
+    }
+
+    /// What opening had to recover.
+    pub fn recovery(&self) -> RecoveryReport {
+        self.recovered
+    }
+
+    /// Group-commit counters (changes applied, syncs run).
+    pub fn commit_stats(&self) -> CommitStats {
+        self.commit.stats()
+    }
+
+    pub(crate) fn meta(&self) -> &dyn MetaStore {
+        self.meta.as_ref()
+    }
+
+    pub(crate) fn blobs(&self) -> &dyn BlobStore {
+        self.blobs.as_ref()
+    }
+
+    fn stripe(&self, name: &BlobName) -> MutexGuard<'_, ()> {
+        // The guarded data is `()`: a poisoned stripe has no state to be inconsistent.
+        self.stripes[usize::from(name.name[0])].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn durable(&self, ticket: u64) -> Result<(), Error> {
+        Ok(self.commit.wait_durable(ticket, || self.meta.sync())?)
+    }
+
+    /// Applies changes and returns the ticket to wait on.
+    fn apply(&self, ops: Vec<Op>) -> Result<u64, Error> {
+        self.meta.apply(ops)?;
+        Ok(self.commit.written())
+    }
+
+    pub(crate) fn owner_ref(&self, owner: &OwnerId) -> OwnerRef {
+        let h = blake3::keyed_hash(self.index_key.expose(), owner.as_str().as_bytes());
+        let mut op = [0u8; 16];
+        op.copy_from_slice(&h.as_bytes()[..16]);
+        op
+    }
+
+    pub(crate) fn unseal_owner(&self, key: &[u8], sealed: &[u8]) -> Result<(SecretKey, OwnerId), Unsealable> {
+        let raw = seal::open(&self.master_wrap, &aad(key), sealed)?;
+        if raw.len() < 32 {
+            return Err(Unsealable);
+        }
+        let mut k = [0u8; 32];
+        k.copy_from_slice(&raw[..32]);
+        let id = std::str::from_utf8(&raw[32..]).ok().and_then(|s| OwnerId::parse(s).ok()).ok_or(Unsealable)?;
+        Ok((SecretKey::from_bytes(k), id))
+    }
+
+    /// The owner's keys; with `create`, makes the owner if new (durable with the caller's next
+    /// ticket).
+    pub(crate) fn owner(&self, owner: &OwnerId, create: bool) -> Result<Option<Arc<OwnerCtx>>, Error> {
+        let op = self.owner_ref(owner);
+        if let Some(ctx) = self.owners.read().unwrap_or_else(|p| p.into_inner()).get(&op) {
+            return Ok(Some(ctx.clone()));
+        }
+        let key = key_of(prefix::OWNER, &[&op]);
+        let owner_key = loop {
+            match self.meta.get(&key)? {
+                Some(sealed) => {
+                    let (k, id) = self.unseal_owner(&key, &sealed).map_err(|_| corrupt(&key))?;
+                    if &id != owner {
+                        return Err(corrupt(&key));
+                    }
+                    break k;
+                }
+                None if !create => return Ok(None),
+                None => {
+                    let k = SecretKey::generate();
+                    let mut plain = Zeroizing::new(k.expose().to_vec());
+                    plain.extend_from_slice(owner.as_str().as_bytes());
+                    let sealed = seal::seal(&self.master_wrap, &aad(&key), &plain);
+                    if self.meta.compare_and_swap(&key, None, Some(sealed))? {
+                        self.commit.written();
+                        break k;
+                    }
+                    // Another thread created it first: use theirs.
+                }
+            }
+        };
+        let ctx = Arc::new(OwnerCtx { op, id: owner.clone(), keys: OwnerKeys::derive(&owner_key) });
+        // The map's values are immutable once inserted; a poisoned lock cannot hold a half-made entry.
+        let mut map = self.owners.write().unwrap_or_else(|p| p.into_inner());
+        Ok(Some(map.entry(op).or_insert(ctx).clone()))
+    }
+
+    pub(crate) fn get_sealed<T: for<'de> Deserialize<'de>>(&self, keys: &OwnerKeys, key: &[u8]) -> Result<Option<T>, Error> {
+        match self.meta.get(key)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(open_record(keys, key, &v).ok_or_else(|| corrupt(key))?)),
+        }
+    }
+
+    fn content_key(o: &OwnerCtx, name: &BlobName) -> Vec<u8> {
+        key_of(prefix::CONTENT, &[&o.op, &name.name])
+    }
+
+    /// Whether the owner holds a content.
+    pub fn holds(&self, owner: &OwnerId, digest: &Digest) -> Result<bool, Error> {
+        let Some(o) = self.owner(owner, false)? else { return Ok(false) };
+        Ok(self.meta.get(&Self::content_key(&o, &o.blob(digest)))?.is_some())
+    }
+
+    /// The digests among `digests` that the owner does not hold, in the order given.
+    pub fn missing(&self, owner: &OwnerId, digests: &[Digest]) -> Result<Vec<Digest>, Error> {
+        let Some(o) = self.owner(owner, false)? else { return Ok(digests.to_vec()) };
+        let mut out = Vec::new();
+        for d in digests {
+            if self.meta.get(&Self::content_key(&o, &o.blob(d)))?.is_none() {
+                out.push(*d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores a content read from `source`, encrypting while hashing. With `expected`, the
+    /// content must hash to it ([`Error::DigestMismatch`] otherwise, leaving nothing behind),
+    /// and if the owner already holds it the bytes are only hashed, never encrypted or written.
+    /// Returns once the content is durable.
+    pub fn put_content(&self, owner: &OwnerId, mut source: impl Read, expected: Option<Digest>) -> Result<Stored, Error> {
+        let o = self.owner_or_create(owner)?;
+        if let Some(want) = expected {
+            if self.meta.get(&Self::content_key(&o, &o.blob(&want)))?.is_some() {
+                let (actual, size) = hash_source(&mut source)?;
+                if actual != want {
+                    return Err(Error::DigestMismatch { expected: want, actual });
+                }
+                self.durable(self.commit.latest())?;
+                return Ok(Stored { digest: want, size, created: false });
+            }
+        }
+        let mut w = BlobWriter::new(self.blobs.create()?)?;
+        let mut buf = vec![0u8; READ_BUF];
+        loop {
+            let n = match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::Source(e)),
+            };
+            w.update(&buf[..n])?;
+        }
+        let fin = w.finish()?;
+        if let Some(want) = expected {
+            if fin.digest() != want {
+                return Err(Error::DigestMismatch { expected: want, actual: fin.digest() });
+            }
+        }
+        self.commit_blob(&o, fin)
+    }
+
+    /// Stores a content held in memory. Held content costs one BLAKE3 pass and nothing else.
+    pub fn put_content_bytes(&self, owner: &OwnerId, data: &[u8]) -> Result<Stored, Error> {
+        self.put_content(owner, data, Some(Digest::of(data)))
+    }
+
+    /// Stores the content of a file. The file is hashed first; held content is not read again.
+    /// A file that changes while it is being stored fails with [`Error::DigestMismatch`].
+    pub fn put_content_file(&self, owner: &OwnerId, path: &Path) -> Result<Stored, Error> {
+        let mut f = File::open(path).map_err(Error::Source)?;
+        let (digest, _) = hash_source(&mut f)?;
+        f.seek(SeekFrom::Start(0)).map_err(Error::Source)?;
+        self.put_content(owner, f, Some(digest))
+    }
+
+    fn owner_or_create(&self, owner: &OwnerId) -> Result<Arc<OwnerCtx>, Error> {
+        self.owner(owner, true)?.ok_or(Error::NotFound("owner"))
+    }
+
+    fn commit_blob(&self, o: &OwnerCtx, fin: Finished<Box<dyn NewBlob>>) -> Result<Stored, Error> {
+        let digest = fin.digest();
+        let size = fin.size();
+        let name = o.blob(&digest);
+        let key = Self::content_key(o, &name);
+        let guard = self.stripe(&name);
+        if self.meta.get(&key)?.is_some() {
+            // Stored meanwhile by a concurrent put: the new blob is dropped (and deleted).
+            drop(guard);
+            drop(fin);
+            self.durable(self.commit.latest())?;
+            return Ok(Stored { digest, size, created: false });
+        }
+        let pending = fin.write_header(&o.keys.blob_wrap, &o.binding(&digest))?;
+        pending.commit(&name)?;
+        let rec = ContentRecord { digest, size, refs: 0, stored_at: Timestamp::now() };
+        let ticket = self.apply(vec![Op::Put(key.clone(), seal_record(&o.keys, &key, &rec))])?;
+        drop(guard);
+        self.durable(ticket)?;
+        Ok(Stored { digest, size, created: true })
+    }
+
+    /// Records a document about a content the owner already holds ([`Error::Conflict`] if
+    /// not). The document is unverified; issuer-signed deposits go through provenance checks
+    /// first. Returns once the record is durable.
+    pub fn deposit(&self, owner: &OwnerId, new: NewDocument) -> Result<Document, Error> {
+        self.deposit_as(owner, new, false, Timestamp::now())
+    }
+
+    pub(crate) fn deposit_as(&self, owner: &OwnerId, new: NewDocument, verified: bool, now: Timestamp) -> Result<Document, Error> {
+        new.validate()?;
+        let not_held = || Error::Conflict(format!("content {} is not held for this owner; upload it first", new.digest));
+        let o = self.owner(owner, false)?.ok_or_else(not_held)?;
+        let name = o.blob(&new.digest);
+        let ckey = Self::content_key(&o, &name);
+        let guard = self.stripe(&name);
+        let mut rec: ContentRecord = self.get_sealed(&o.keys, &ckey)?.ok_or_else(not_held)?;
+        let doc = Document {
+            id: DocumentId::random(),
+            owner: owner.clone(),
+            size: rec.size,
+            deposited_at: now,
+            verified,
+            revocation: None,
+            meta: new,
+        };
+        rec.refs += 1;
+        let dkey = key_of(prefix::DOCUMENT, &[&o.op, doc.id.as_bytes()]);
+        let tkey = key_of(prefix::TYPE_INDEX, &[&o.op, &o.keys.type_tag(&doc.meta.doc_type), doc.id.as_bytes()]);
+        let ticket = self.apply(vec![
+            Op::Put(dkey.clone(), seal_record(&o.keys, &dkey, &doc)),
+            Op::Put(tkey.clone(), seal_record(&o.keys, &tkey, &())),
+            Op::Put(ckey.clone(), seal_record(&o.keys, &ckey, &rec)),
+        ])?;
+        drop(guard);
+        self.durable(ticket)?;
+        Ok(doc)
+    }
+
+    /// One document of an owner.
+    pub fn document(&self, owner: &OwnerId, id: &DocumentId) -> Result<Document, Error> {
+        let o = self.owner(owner, false)?.ok_or(Error::NotFound("document"))?;
+        self.document_of(&o, id)
+    }
+
+    fn document_of(&self, o: &OwnerCtx, id: &DocumentId) -> Result<Document, Error> {
+        let key = key_of(prefix::DOCUMENT, &[&o.op, id.as_bytes()]);
+        let doc: Document = self.get_sealed(&o.keys, &key)?.ok_or(Error::NotFound("document"))?;
+        if doc.owner != o.id || doc.id != *id {
+            return Err(corrupt(&key));
+        }
+        Ok(doc)
+    }
+
+    /// The owner's documents, optionally of one type, oldest deposit first.
+    pub fn documents(&self, owner: &OwnerId, doc_type: Option<&DocType>) -> Result<Vec<Document>, Error> {
+        let Some(o) = self.owner(owner, false)? else { return Ok(Vec::new()) };
+        let mut docs = Vec::new();
+        match doc_type {
+            None => {
+                for item in self.meta.scan(&key_of(prefix::DOCUMENT, &[&o.op])) {
+                    let (k, v) = item?;
+                    let doc: Document = open_record(&o.keys, &k, &v).ok_or_else(|| corrupt(&k))?;
+                    if doc.owner != o.id {
+                        return Err(corrupt(&k));
+                    }
+                    docs.push(doc);
+                }
+            }
+            Some(t) => {
+                for item in self.meta.scan(&key_of(prefix::TYPE_INDEX, &[&o.op, &o.keys.type_tag(t)])) {
+                    let (k, _) = item?;
+                    let id = DocumentId::from_bytes(k[33..].try_into().map_err(|_| corrupt(&k))?);
+                    let doc = self.document_of(&o, &id)?;
+                    if &doc.meta.doc_type == t {
+                        docs.push(doc);
+                    }
+                }
+            }
+        }
+        docs.sort_by(|a, b| (a.deposited_at, a.id).cmp(&(b.deposited_at, b.id)));
+        Ok(docs)
+    }
+
+    /// Deletes a document; deleting the last document of a content deletes the content.
+    pub fn delete_document(&self, owner: &OwnerId, id: &DocumentId) -> Result<(), Error> {
+        let o = self.owner(owner, false)?.ok_or(Error::NotFound("document"))?;
+        let doc = self.document_of(&o, id)?;
+        let name = o.blob(&doc.meta.digest);
+        let ckey = Self::content_key(&o, &name);
+        // Held until the blob is gone, so a concurrent put of the same content cannot have its
+        // fresh blob removed by this delete.
+        let _guard = self.stripe(&name);
+        let mut rec: ContentRecord = self.get_sealed(&o.keys, &ckey)?.ok_or_else(|| corrupt(&ckey))?;
+        rec.refs = rec.refs.saturating_sub(1);
+        let dkey = key_of(prefix::DOCUMENT, &[&o.op, id.as_bytes()]);
+        let tkey = key_of(prefix::TYPE_INDEX, &[&o.op, &o.keys.type_tag(&doc.meta.doc_type), id.as_bytes()]);
+        let last = rec.refs == 0;
+        let content_op = if last { Op::Delete(ckey.clone()) } else { Op::Put(ckey.clone(), seal_record(&o.keys, &ckey, &rec)) };
+        let ticket = self.apply(vec![Op::Delete(dkey), Op::Delete(tkey), content_op])?;
+        self.durable(ticket)?;
+        if last {
+            self.blobs.remove(&name)?;
+        }
+        Ok(())
+    }
+
+    /// Marks a document revoked (by its issuer; authorisation is the caller's business).
+    pub fn revoke_document(&self, owner: &OwnerId, id: &DocumentId, reason: &str, at: Timestamp) -> Result<Document, Error> {
+        crate::document::check_text("reason", reason, crate::document::MAX_TEXT)?;
+        let o = self.owner(owner, false)?.ok_or(Error::NotFound("document"))?;
+        let key = key_of(prefix::DOCUMENT, &[&o.op, id.as_bytes()]);
+        let digest = self.document_of(&o, id)?.meta.digest;
+        // The same stripe as delete_document, so a revocation cannot resurrect a deleted record.
+        let guard = self.stripe(&o.blob(&digest));
+        let mut doc = self.document_of(&o, id)?;
+        if doc.revocation.is_some() {
+            return Err(Error::Conflict("the document is already revoked".into()));
+        }
+        doc.revocation = Some(Revocation { at, reason: reason.to_owned() });
+        let ticket = self.apply(vec![Op::Put(key.clone(), seal_record(&o.keys, &key, &doc))])?;
+        drop(guard);
+        self.durable(ticket)?;
+        Ok(doc)
+    }
+
+    /// Opens a held content for reading.
+    pub fn open_content(&self, owner: &OwnerId, digest: &Digest) -> Result<ContentReader, Error> {
+        let o = self.owner(owner, false)?.ok_or(Error::NotFound("content"))?;
+        self.open_content_of(&o, digest)
+    }
+
+    pub(crate) fn open_content_of(&self, o: &OwnerCtx, digest: &Digest) -> Result<ContentReader, Error> {
+        let name = o.blob(digest);
+        let ckey = Self::content_key(o, &name);
+        let rec: ContentRecord = self.get_sealed(&o.keys, &ckey)?.ok_or(Error::NotFound("content"))?;
+        if rec.digest != *digest {
+            return Err(corrupt(&ckey));
+        }
+        let file = self
+            .blobs
+            .open(&name)?
+            .ok_or_else(|| Error::Corrupt(format!("blob {} is missing", self.blobs.describe(&name))))?;
+        let reader = BlobReader::open(file, &o.keys.blob_wrap, &o.binding(digest), *digest)?;
+        if reader.size() != rec.size {
+            return Err(Error::Decrypt(crate::stream::DecryptError));
+        }
+        Ok(reader)
+    }
+
+    /// Opens a document's content for reading.
+    pub fn open_document_content(&self, owner: &OwnerId, id: &DocumentId) -> Result<(Document, ContentReader), Error> {
+        let o = self.owner(owner, false)?.ok_or(Error::NotFound("document"))?;
+        let doc = self.document_of(&o, id)?;
+        let reader = self.open_content_of(&o, &doc.meta.digest)?;
+        Ok((doc, reader))
+    }
+
+    /// Reads a whole content into memory (verified against its digest).
+    pub fn read_content(&self, owner: &OwnerId, digest: &Digest) -> Result<Vec<u8>, Error> {
+        let mut r = self.open_content(owner, digest)?;
+        let mut out = Vec::with_capacity(usize::try_from(r.size()).unwrap_or(0).min(1 << 30));
+        r.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    /// Makes everything durable and marks the vault closed cleanly.
+    pub fn close(mut self) -> Result<(), Error> {
+        self.close_inner()
+    }
+
+    fn close_inner(&mut self) -> Result<(), Error> {
+        self.meta.sync()?;
+        if let Some(m) = self.open_marker.take() {
+            fs::remove_file(&m)
+                .map_err(|source| crate::store::StoreError::Io { what: format!("removing {}", m.display()), source })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Vault {
+    fn drop(&mut self) {
+        // Errors here leave the open marker in place, so the next open runs recovery.
+        let _ = self.close_inner();
+    }
+}
+
+fn hash_source(source: &mut impl Read) -> Result<(Digest, u64), Error> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; READ_BUF];
+    let mut size = 0u64;
+    loop {
+        match source.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                size += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::Source(e)),
+        }
+    }
+    Ok((hasher.finalize().into(), size))
+}
+
+pub(crate) fn seal_record<T: Serialize>(keys: &OwnerKeys, key: &[u8], value: &T) -> Vec<u8> {
+    // Serialising these plain data types to JSON cannot fail (no maps with non-string keys,
+    // no failing Serialize impls).
+    let plain = Zeroizing::new(serde_json::to_vec(value).unwrap_or_default());
+    seal::seal(&keys.records, &aad(key), &plain)
+}
+
+pub(crate) fn open_record<T: for<'de> Deserialize<'de>>(keys: &OwnerKeys, key: &[u8], sealed: &[u8]) -> Option<T> {
+    let plain = seal::open(&keys.records, &aad(key), sealed).ok()?;
+    serde_json::from_slice(&plain).ok()
+}
