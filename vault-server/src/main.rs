@@ -34,7 +34,8 @@ struct Args {
 fn dev_master_key(data: &Path) -> Result<PathBuf, String> {
     let path = data.join("dev-master.key");
     if !path.exists() {
-        std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+        std::fs::create_dir_all(data)
+            .map_err(|e| format!("cannot create {}: {e}", data.display()))?;
         let key = MasterKey::generate();
         std::fs::write(&path, format!("{}\n", key.to_base64().as_str()))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -55,7 +56,9 @@ async fn run(args: Args) -> Result<(), String> {
             p
         }
         (None, false) => {
-            return Err("no master key: pass --master-key-file <path> (or --dev to try it out)".into())
+            return Err(
+                "no master key: pass --master-key-file <path> (or --dev to try it out)".into(),
+            )
         }
     };
     let master = MasterKey::from_file(&key_file).map_err(|e| e.to_string())?;
@@ -71,7 +74,11 @@ async fn run(args: Args) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    eprintln!("vault-server listening on http://{} (data: {})", args.listen, args.data.display());
+    eprintln!(
+        "vault-server listening on http://{} (data: {})",
+        args.listen,
+        args.data.display()
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
@@ -103,7 +110,10 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vault-server: cannot start the runtime: {e}");

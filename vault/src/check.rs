@@ -11,7 +11,9 @@ use crate::ids::DocumentId;
 use crate::keys::OwnerKeys;
 use crate::store::BlobName;
 use crate::stream::{blob_len, BlobReader};
-use crate::vault::{describe_key, key_of, open_record, prefix, ContentRecord, OwnerRef, Vault, FORMAT};
+use crate::vault::{
+    describe_key, key_of, open_record, prefix, ContentRecord, OwnerRef, Vault, FORMAT,
+};
 use crate::Error;
 
 /// One thing `check` found wrong.
@@ -47,7 +49,10 @@ impl CheckReport {
     }
 
     fn problem(&mut self, location: impl Into<String>, what: impl Into<String>) {
-        self.problems.push(Problem { location: location.into(), what: what.into() });
+        self.problems.push(Problem {
+            location: location.into(),
+            what: what.into(),
+        });
     }
 }
 
@@ -104,9 +109,17 @@ impl Vault {
             };
             match self.unseal_owner(&k, &v) {
                 Ok((key, id)) if self.owner_ref(&id) == op => {
-                    owners.insert(op, Owner { keys: Arc::new(OwnerKeys::derive(&key)) });
+                    owners.insert(
+                        op,
+                        Owner {
+                            keys: Arc::new(OwnerKeys::derive(&key)),
+                        },
+                    );
                 }
-                _ => r.problem(describe_key(&k), "owner key record fails authentication: this owner's data cannot be read"),
+                _ => r.problem(
+                    describe_key(&k),
+                    "owner key record fails authentication: this owner's data cannot be read",
+                ),
             }
         }
 
@@ -119,7 +132,10 @@ impl Vault {
             }
             let (op, name) = split_ref::<32>(&k);
             let Some(owner) = owners.get(&op) else {
-                r.problem(describe_key(&k), "content record of an owner without a readable key");
+                r.problem(
+                    describe_key(&k),
+                    "content record of an owner without a readable key",
+                );
                 continue;
             };
             let Some(rec) = open_record::<ContentRecord>(&owner.keys, &k, &v) else {
@@ -127,7 +143,10 @@ impl Vault {
                 continue;
             };
             if owner.keys.blob_name(&rec.digest) != name {
-                r.problem(describe_key(&k), "content record is stored under the wrong name");
+                r.problem(
+                    describe_key(&k),
+                    "content record is stored under the wrong name",
+                );
             }
             contents.insert((op, name), (rec, 0));
         }
@@ -142,7 +161,10 @@ impl Vault {
             let (op, id) = split_ref::<16>(&k);
             let id = DocumentId::from_bytes(id);
             let Some(owner) = owners.get(&op) else {
-                r.problem(describe_key(&k), "document record of an owner without a readable key");
+                r.problem(
+                    describe_key(&k),
+                    "document record of an owner without a readable key",
+                );
                 continue;
             };
             let Some(doc) = open_record::<Document>(&owner.keys, &k, &v) else {
@@ -150,7 +172,10 @@ impl Vault {
                 continue;
             };
             if doc.id != id || self.owner_ref(&doc.owner) != op {
-                r.problem(describe_key(&k), "document record is stored under the wrong key");
+                r.problem(
+                    describe_key(&k),
+                    "document record is stored under the wrong key",
+                );
             }
             documents.insert((op, id));
             doc_types.insert((op, id), owner.keys.type_tag(&doc.meta.doc_type));
@@ -158,10 +183,19 @@ impl Vault {
                 Some((rec, seen)) => {
                     *seen += 1;
                     if rec.size != doc.size {
-                        r.problem(describe_key(&k), "document size differs from its content's size");
+                        r.problem(
+                            describe_key(&k),
+                            "document size differs from its content's size",
+                        );
                     }
                 }
-                None => r.problem(describe_key(&k), format!("document points at content {} that is not held", doc.meta.digest)),
+                None => r.problem(
+                    describe_key(&k),
+                    format!(
+                        "document points at content {} that is not held",
+                        doc.meta.digest
+                    ),
+                ),
             }
         }
 
@@ -176,24 +210,44 @@ impl Vault {
             tag.copy_from_slice(&rest[..16]);
             let id = DocumentId::from_bytes(rest[16..].try_into().unwrap_or([0; 16]));
             match owners.get(&op) {
-                Some(o) if open_record::<()>(&o.keys, &k, &v).is_some() => type_entries.push((k, op, tag, id)),
+                Some(o) if open_record::<()>(&o.keys, &k, &v).is_some() => {
+                    type_entries.push((k, op, tag, id))
+                }
                 _ => r.problem(describe_key(&k), "type index entry fails authentication"),
             }
         }
         for (k, op, tag, id) in &type_entries {
             if doc_types.get(&(*op, *id)) != Some(tag) {
-                r.problem(describe_key(k), "type index entry without a matching document");
+                r.problem(
+                    describe_key(k),
+                    "type index entry without a matching document",
+                );
             }
         }
         for ((op, id), tag) in &doc_types {
-            if !type_entries.iter().any(|(_, o, t, i)| o == op && t == tag && i == id) {
-                r.problem(describe_key(&key_of(prefix::DOCUMENT, &[op, id.as_bytes()])), "document missing from the type index");
+            if !type_entries
+                .iter()
+                .any(|(_, o, t, i)| o == op && t == tag && i == id)
+            {
+                r.problem(
+                    describe_key(&key_of(prefix::DOCUMENT, &[op, id.as_bytes()])),
+                    "document missing from the type index",
+                );
             }
         }
 
         for item in meta.scan(b"") {
             let (k, _) = item?;
-            if !matches!(k.first(), Some(&(prefix::META | prefix::OWNER | prefix::CONTENT | prefix::DOCUMENT | prefix::TYPE_INDEX))) {
+            if !matches!(
+                k.first(),
+                Some(
+                    &(prefix::META
+                        | prefix::OWNER
+                        | prefix::CONTENT
+                        | prefix::DOCUMENT
+                        | prefix::TYPE_INDEX)
+                )
+            ) {
                 r.problem(describe_key(&k), "unknown record");
             }
         }
@@ -206,17 +260,26 @@ impl Vault {
         r.blobs = on_disk.len() as u64;
         for name in &listing.blobs {
             if !contents.contains_key(&(name.owner, name.name)) {
-                r.problem(self.blobs().describe(name), "blob that no content record points at");
+                r.problem(
+                    self.blobs().describe(name),
+                    "blob that no content record points at",
+                );
             }
         }
 
         let mut sorted: Vec<_> = contents.into_iter().collect();
-        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        sorted.sort_by_key(|a| a.0);
         for ((op, n), (rec, seen)) in sorted {
             let name = BlobName { owner: op, name: n };
             let loc = || describe_key(&key_of(prefix::CONTENT, &[&op, &n]));
             if seen != rec.refs {
-                r.problem(loc(), format!("reference count {} but {} documents point at it", rec.refs, seen));
+                r.problem(
+                    loc(),
+                    format!(
+                        "reference count {} but {} documents point at it",
+                        rec.refs, seen
+                    ),
+                );
             }
             if !on_disk.contains(&name) {
                 r.problem(self.blobs().describe(&name), "blob is missing");
@@ -225,7 +288,10 @@ impl Vault {
             match self.blobs().len(&name)? {
                 Some(len) if len == blob_len(rec.size) => {}
                 Some(len) => {
-                    r.problem(self.blobs().describe(&name), format!("blob is {len} bytes, expected {}", blob_len(rec.size)));
+                    r.problem(
+                        self.blobs().describe(&name),
+                        format!("blob is {len} bytes, expected {}", blob_len(rec.size)),
+                    );
                     continue;
                 }
                 None => {
@@ -234,24 +300,31 @@ impl Vault {
                 }
             }
             if read_data {
-                let Some(owner) = owners.get(&op) else { continue };
+                let Some(owner) = owners.get(&op) else {
+                    continue;
+                };
                 let Some(file) = self.blobs().open(&name)? else {
                     r.problem(self.blobs().describe(&name), "blob is missing");
                     continue;
                 };
                 let mut binding = op.to_vec();
                 binding.extend_from_slice(rec.digest.as_bytes());
-                let ok = BlobReader::open(file, &owner.keys.blob_wrap, &binding, rec.digest).and_then(|mut rd| {
-                    let n = std::io::copy(&mut rd, &mut std::io::sink())?;
-                    let _ = rd.read(&mut [0u8; 1])?;
-                    Ok((n, rd.verified_whole()))
-                });
+                let ok = BlobReader::open(file, &owner.keys.blob_wrap, &binding, rec.digest)
+                    .and_then(|mut rd| {
+                        let n = std::io::copy(&mut rd, &mut std::io::sink())?;
+                        let _ = rd.read(&mut [0u8; 1])?;
+                        Ok((n, rd.verified_whole()))
+                    });
                 match ok {
                     Ok((n, true)) if n == rec.size => r.bytes_verified += n,
-                    Ok(_) => r.problem(self.blobs().describe(&name), "content does not match its record"),
-                    Err(e) if crate::stream::is_decrypt_error(&e) => {
-                        r.problem(self.blobs().describe(&name), "content fails authentication (altered or damaged)")
-                    }
+                    Ok(_) => r.problem(
+                        self.blobs().describe(&name),
+                        "content does not match its record",
+                    ),
+                    Err(e) if crate::stream::is_decrypt_error(&e) => r.problem(
+                        self.blobs().describe(&name),
+                        "content fails authentication (altered or damaged)",
+                    ),
                     Err(e) => r.problem(self.blobs().describe(&name), format!("cannot read: {e}")),
                 }
             }

@@ -61,7 +61,10 @@ impl From<std::io::Error> for Error {
         if crate::stream::is_decrypt_error(&e) {
             Error::Decrypt(DecryptError)
         } else {
-            Error::Store(StoreError::Io { what: "blob I/O".into(), source: e })
+            Error::Store(StoreError::Io {
+                what: "blob I/O".into(),
+                source: e,
+            })
         }
     }
 }

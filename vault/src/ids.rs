@@ -74,7 +74,10 @@ impl OwnerId {
             if pin.len() == 12 && all_digits(pin.as_bytes()) {
                 return Ok(Self(s.to_owned()));
             }
-            return Err(err(K, "a citizen id is `citizen:` followed by exactly 12 digits"));
+            return Err(err(
+                K,
+                "a citizen id is `citizen:` followed by exactly 12 digits",
+            ));
         }
         if let Some(code) = s.strip_prefix("org:") {
             // Byte-wise: a multi-byte character can never be a digit, and slicing bytes cannot
@@ -106,7 +109,10 @@ fn check_name(kind: &'static str, s: &str) -> Result<(), IdError> {
     }
     let b = s.as_bytes();
     if !(b[0].is_ascii_lowercase() || b[0].is_ascii_digit()) {
-        return Err(err(kind, "it must start with a lowercase letter or a digit"));
+        return Err(err(
+            kind,
+            "it must start with a lowercase letter or a digit",
+        ));
     }
     if !b
         .iter()
@@ -133,9 +139,21 @@ macro_rules! name_id {
     };
 }
 
-name_id!(AgencyId, "agency id", "An agency (issuer or reader of documents), e.g. `ubnd-xa-hung-dong`.");
-name_id!(DocType, "document type", "A document type, e.g. `giay-khai-sinh`.");
-name_id!(Purpose, "purpose", "A purpose: the procedure code a read is for, e.g. `1.001193`.");
+name_id!(
+    AgencyId,
+    "agency id",
+    "An agency (issuer or reader of documents), e.g. `ubnd-xa-hung-dong`."
+);
+name_id!(
+    DocType,
+    "document type",
+    "A document type, e.g. `giay-khai-sinh`."
+);
+name_id!(
+    Purpose,
+    "purpose",
+    "A purpose: the procedure code a read is for, e.g. `1.001193`."
+);
 name_id!(KeyId, "key id", "The id of one of an agency's keys.");
 
 /// The public address of a content: BLAKE3-256 of its plaintext, 64 lowercase hex characters.
@@ -147,9 +165,15 @@ impl Digest {
     pub fn parse(s: &str) -> Result<Self, IdError> {
         const K: &str = "digest";
         if s.len() != 64 {
-            return Err(err(K, "it must be 64 lowercase hex characters (BLAKE3-256)"));
+            return Err(err(
+                K,
+                "it must be 64 lowercase hex characters (BLAKE3-256)",
+            ));
         }
-        if !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(err(K, "it must be lowercase hex"));
         }
         let mut out = [0u8; 32];
@@ -224,7 +248,11 @@ impl DocumentId {
     /// Parses 32 lowercase hex characters.
     pub fn parse(s: &str) -> Result<Self, IdError> {
         const K: &str = "document id";
-        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() != 32
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(err(K, "it must be 32 lowercase hex characters"));
         }
         let mut out = [0u8; 16];
@@ -287,7 +315,11 @@ mod tests {
 
     #[test]
     fn owner_ids() {
-        for ok in ["citizen:001099012345", "org:0101234567", "org:0101234567-001"] {
+        for ok in [
+            "citizen:001099012345",
+            "org:0101234567",
+            "org:0101234567-001",
+        ] {
             assert_eq!(OwnerId::parse(ok).unwrap().as_str(), ok);
         }
         for bad in [
@@ -315,7 +347,17 @@ mod tests {
         for ok in ["giay-khai-sinh", "1.001193", "a", "cccd_2", &"a".repeat(64)] {
             DocType::parse(ok).unwrap();
         }
-        for bad in ["", "-x", ".x", "_x", "Abc", "a b", "á", &"a".repeat(65), "a/b"] {
+        for bad in [
+            "",
+            "-x",
+            ".x",
+            "_x",
+            "Abc",
+            "a b",
+            "á",
+            &"a".repeat(65),
+            "a/b",
+        ] {
             assert!(DocType::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -65,7 +65,9 @@ pub enum KeyError {
         source: std::io::Error,
     },
     /// The text is not standard base64 of exactly 32 bytes.
-    #[error("a master key is the standard base64 of exactly 32 bytes (44 characters); this is not")]
+    #[error(
+        "a master key is the standard base64 of exactly 32 bytes (44 characters); this is not"
+    )]
     Malformed,
 }
 
@@ -92,16 +94,22 @@ impl MasterKey {
                 .decode(text.trim())
                 .map_err(|_| KeyError::Malformed)?,
         );
-        let bytes: [u8; 32] = decoded.as_slice().try_into().map_err(|_| KeyError::Malformed)?;
+        let bytes: [u8; 32] = decoded
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeyError::Malformed)?;
         Ok(Self::from_bytes(bytes))
     }
 
     /// Reads a key file (base64 of 32 bytes, trailing whitespace allowed).
     pub fn from_file(path: &Path) -> Result<Self, KeyError> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-            path: path.display().to_string(),
-            source,
-        })?);
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            );
         Self::from_base64(&text)
     }
 
@@ -190,7 +198,10 @@ mod tests {
         let k = MasterKey::generate();
         let text = format!("{}\n  \n", k.to_base64().as_str());
         assert_eq!(MasterKey::from_base64(&text).unwrap(), k);
-        assert!(matches!(MasterKey::from_base64("abc"), Err(KeyError::Malformed)));
+        assert!(matches!(
+            MasterKey::from_base64("abc"),
+            Err(KeyError::Malformed)
+        ));
         assert!(matches!(
             MasterKey::from_base64(&base64::engine::general_purpose::STANDARD.encode([0u8; 31])),
             Err(KeyError::Malformed)

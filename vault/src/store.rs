@@ -34,6 +34,9 @@ fn io_err(what: impl fmt::Display, path: &Path) -> impl FnOnce(io::Error) -> Sto
     move |source| StoreError::Io { what, source }
 }
 
+/// An iterator over key-value pairs of a metadata scan.
+pub type ScanIter<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + 'a>;
+
 /// One change of an atomic batch.
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -48,11 +51,16 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
     /// The value of a key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every key and value whose key starts with `prefix`, in key order.
-    fn scan(&self, prefix: &[u8]) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_>;
+    fn scan(&self, prefix: &[u8]) -> ScanIter<'_>;
     /// Applies all changes atomically (all or none survive a crash). Not yet durable.
     fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError>;
     /// Sets `key` to `new` if its value is `old` (None = absent); true if it was set.
-    fn compare_and_swap(&self, key: &[u8], old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError>;
+    fn compare_and_swap(
+        &self,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool, StoreError>;
     /// Makes every change applied before this call durable.
     fn sync(&self) -> Result<(), StoreError>;
 }
@@ -80,7 +88,9 @@ impl SledMeta {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).open().map_err(|e| match e {
-            sled::Error::Io(ref io) if io.kind() == io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+            sled::Error::Io(ref io)
+                if io.kind() == io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
+            {
                 StoreError::Locked(dir.display().to_string())
             }
             other => sled_err(other),
@@ -94,8 +104,12 @@ impl MetaStore for SledMeta {
         Ok(self.db.get(key).map_err(sled_err)?.map(|v| v.to_vec()))
     }
 
-    fn scan(&self, prefix: &[u8]) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_> {
-        Box::new(self.db.scan_prefix(prefix).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(sled_err)))
+    fn scan(&self, prefix: &[u8]) -> ScanIter<'_> {
+        Box::new(
+            self.db
+                .scan_prefix(prefix)
+                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(sled_err)),
+        )
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
@@ -109,8 +123,17 @@ impl MetaStore for SledMeta {
         self.db.apply_batch(batch).map_err(sled_err)
     }
 
-    fn compare_and_swap(&self, key: &[u8], old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError> {
-        Ok(self.db.compare_and_swap(key, old, new).map_err(sled_err)?.is_ok())
+    fn compare_and_swap(
+        &self,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .db
+            .compare_and_swap(key, old, new)
+            .map_err(sled_err)?
+            .is_ok())
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -179,7 +202,9 @@ pub struct FsBlobs {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("syncing directory", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing directory", dir))
 }
 
 /// Creates `dir` and any missing parents, syncing each parent whose entries changed.
@@ -211,7 +236,10 @@ impl FsBlobs {
 
     fn path(&self, name: &BlobName) -> PathBuf {
         let n = hex::encode(name.name);
-        self.root.join(hex::encode(name.owner)).join(&n[..2]).join(n)
+        self.root
+            .join(hex::encode(name.owner))
+            .join(&n[..2])
+            .join(n)
     }
 }
 
@@ -242,7 +270,9 @@ impl Seek for FsNewBlob {
 
 impl NewBlob for FsNewBlob {
     fn commit(mut self: Box<Self>, name: &BlobName) -> Result<(), StoreError> {
-        self.file.sync_all().map_err(io_err("syncing", &self.path))?;
+        self.file
+            .sync_all()
+            .map_err(io_err("syncing", &self.path))?;
         let n = hex::encode(name.name);
         let dir = self.root.join(hex::encode(name.owner)).join(&n[..2]);
         create_dir_durable(&dir)?;
@@ -265,9 +295,22 @@ impl Drop for FsNewBlob {
 
 impl BlobStore for FsBlobs {
     fn create(&self) -> Result<Box<dyn NewBlob>, StoreError> {
-        let path = self.tmp.join(format!("{}.tmp", hex::encode(crate::keys::random_array::<16>())));
-        let file = OpenOptions::new().write(true).read(true).create_new(true).open(&path).map_err(io_err("creating", &path))?;
-        Ok(Box::new(FsNewBlob { file, path, root: self.root.clone(), committed: false }))
+        let path = self.tmp.join(format!(
+            "{}.tmp",
+            hex::encode(crate::keys::random_array::<16>())
+        ));
+        let file = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err("creating", &path))?;
+        Ok(Box::new(FsNewBlob {
+            file,
+            path,
+            root: self.root.clone(),
+            committed: false,
+        }))
     }
 
     fn open(&self, name: &BlobName) -> Result<Option<Box<dyn BlobRead>>, StoreError> {
@@ -319,8 +362,15 @@ impl BlobStore for FsBlobs {
                 for f in read(&fan)? {
                     let f = f.map_err(io_err("listing", &fan))?.path();
                     match parse_hex_name::<32>(&f) {
-                        Some(name) if f.is_file() && fan.file_name().and_then(|s| s.to_str()) == Some(&hex::encode(name)[..2]) => {
-                            out.blobs.push(BlobName { owner: owner_ref, name })
+                        Some(name)
+                            if f.is_file()
+                                && fan.file_name().and_then(|s| s.to_str())
+                                    == Some(&hex::encode(name)[..2]) =>
+                        {
+                            out.blobs.push(BlobName {
+                                owner: owner_ref,
+                                name,
+                            })
                         }
                         _ => out.strays.push(f.display().to_string()),
                     }
@@ -350,7 +400,11 @@ impl BlobStore for FsBlobs {
 
 fn parse_hex_name<const N: usize>(p: &Path) -> Option<[u8; N]> {
     let s = p.file_name()?.to_str()?;
-    if s.len() != 2 * N || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if s.len() != 2 * N
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return None;
     }
     let mut out = [0u8; N];

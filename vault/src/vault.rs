@@ -64,7 +64,10 @@ pub(crate) struct OwnerCtx {
 
 impl OwnerCtx {
     pub fn blob(&self, digest: &Digest) -> BlobName {
-        BlobName { owner: self.op, name: self.keys.blob_name(digest) }
+        BlobName {
+            owner: self.op,
+            name: self.keys.blob_name(digest),
+        }
     }
     pub fn binding(&self, digest: &Digest) -> Vec<u8> {
         let mut b = self.op.to_vec();
@@ -114,7 +117,10 @@ pub struct Vault {
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vault").field("meta", &self.meta).field("blobs", &self.blobs).finish_non_exhaustive()
+        f.debug_struct("Vault")
+            .field("meta", &self.meta)
+            .field("blobs", &self.blobs)
+            .finish_non_exhaustive()
     }
 }
 
@@ -138,10 +144,18 @@ pub(crate) fn describe_key(key: &[u8]) -> String {
     match key.first() {
         Some(&prefix::OWNER) => format!("owner record {}", hex::encode(&key[1..])),
         Some(&prefix::CONTENT) if key.len() == 49 => {
-            format!("content record {}/{}", hex::encode(&key[1..17]), hex::encode(&key[17..]))
+            format!(
+                "content record {}/{}",
+                hex::encode(&key[1..17]),
+                hex::encode(&key[17..])
+            )
         }
         Some(&prefix::DOCUMENT) if key.len() == 33 => {
-            format!("document record {}/{}", hex::encode(&key[1..17]), hex::encode(&key[17..]))
+            format!(
+                "document record {}/{}",
+                hex::encode(&key[1..17]),
+                hex::encode(&key[17..])
+            )
         }
         Some(&prefix::TYPE_INDEX) => format!("type index entry {}", hex::encode(&key[1..])),
         Some(&prefix::META) => format!("vault record {}", String::from_utf8_lossy(&key[1..])),
@@ -163,7 +177,12 @@ impl Vault {
         fs::create_dir_all(dir).map_err(io("creating data folder"))?;
         let meta = SledMeta::open(&dir.join("meta"))?;
         let blobs = FsBlobs::open(dir.join("blobs"), dir.join("tmp"))?;
-        Self::open_with(Box::new(meta), Box::new(blobs), master, Some(dir.join("OPEN")))
+        Self::open_with(
+            Box::new(meta),
+            Box::new(blobs),
+            master,
+            Some(dir.join("OPEN")),
+        )
     }
 
     /// Opens a vault over any storage backends. `open_marker` is a file whose presence marks
@@ -184,19 +203,29 @@ impl Vault {
                         expected: FORMAT,
                     });
                 }
-                let raw = seal::open(&master_wrap, &aad(KEY_INDEX_KEY), &sealed).map_err(|_| Error::WrongMasterKey)?;
-                let bytes: [u8; 32] = raw.as_slice().try_into().map_err(|_| corrupt(KEY_INDEX_KEY))?;
+                let raw = seal::open(&master_wrap, &aad(KEY_INDEX_KEY), &sealed)
+                    .map_err(|_| Error::WrongMasterKey)?;
+                let bytes: [u8; 32] = raw
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt(KEY_INDEX_KEY))?;
                 SecretKey::from_bytes(bytes)
             }
             None => {
                 if let Some(first) = meta.scan(b"").next() {
                     let (k, _) = first?;
-                    return Err(Error::Corrupt(format!("vault has records but no index key (first: {})", describe_key(&k))));
+                    return Err(Error::Corrupt(format!(
+                        "vault has records but no index key (first: {})",
+                        describe_key(&k)
+                    )));
                 }
                 let key = SecretKey::generate();
                 meta.apply(vec![
                     Op::Put(KEY_FORMAT.to_vec(), FORMAT.as_bytes().to_vec()),
-                    Op::Put(KEY_INDEX_KEY.to_vec(), seal::seal(&master_wrap, &aad(KEY_INDEX_KEY), key.expose())),
+                    Op::Put(
+                        KEY_INDEX_KEY.to_vec(),
+                        seal::seal(&master_wrap, &aad(KEY_INDEX_KEY), key.expose()),
+                    ),
                 ])?;
                 meta.sync()?;
                 key
@@ -222,7 +251,10 @@ impl Vault {
             Some(m) => m.exists(),
             None => true,
         };
-        let mut report = RecoveryReport { unclean, ..Default::default() };
+        let mut report = RecoveryReport {
+            unclean,
+            ..Default::default()
+        };
         report.unfinished_removed = self.blobs.discard_unfinished()?;
         if unclean {
             // A put writes its blob before its record; a crash in between leaves a blob that
@@ -238,12 +270,17 @@ impl Vault {
         if let Some(m) = &self.open_marker {
             File::create(m)
                 .and_then(|f| f.sync_all())
-                .map_err(|source| crate::store::StoreError::Io { what: format!("writing {}", m.display()), source })?;
-            if let Some(dir) = m.parent() {
-                File::open(dir).and_then(|d| d.sync_all()).map_err(|source| crate::store::StoreError::Io {
-                    what: format!("syncing {}", dir.display()),
+                .map_err(|source| crate::store::StoreError::Io {
+                    what: format!("writing {}", m.display()),
                     source,
                 })?;
+            if let Some(dir) = m.parent() {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|source| crate::store::StoreError::Io {
+                        what: format!("syncing {}", dir.display()),
+                        source,
+                    })?;
             }
         }
         self.recovered = report;
@@ -270,7 +307,9 @@ impl Vault {
 
     fn stripe(&self, name: &BlobName) -> MutexGuard<'_, ()> {
         // The guarded data is `()`: a poisoned stripe has no state to be inconsistent.
-        self.stripes[usize::from(name.name[0])].lock().unwrap_or_else(|p| p.into_inner())
+        self.stripes[usize::from(name.name[0])]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn durable(&self, ticket: u64) -> Result<(), Error> {
@@ -290,29 +329,47 @@ impl Vault {
         op
     }
 
-    pub(crate) fn unseal_owner(&self, key: &[u8], sealed: &[u8]) -> Result<(SecretKey, OwnerId), Unsealable> {
+    pub(crate) fn unseal_owner(
+        &self,
+        key: &[u8],
+        sealed: &[u8],
+    ) -> Result<(SecretKey, OwnerId), Unsealable> {
         let raw = seal::open(&self.master_wrap, &aad(key), sealed)?;
         if raw.len() < 32 {
             return Err(Unsealable);
         }
         let mut k = [0u8; 32];
         k.copy_from_slice(&raw[..32]);
-        let id = std::str::from_utf8(&raw[32..]).ok().and_then(|s| OwnerId::parse(s).ok()).ok_or(Unsealable)?;
+        let id = std::str::from_utf8(&raw[32..])
+            .ok()
+            .and_then(|s| OwnerId::parse(s).ok())
+            .ok_or(Unsealable)?;
         Ok((SecretKey::from_bytes(k), id))
     }
 
     /// The owner's keys; with `create`, makes the owner if new (durable with the caller's next
     /// ticket).
-    pub(crate) fn owner(&self, owner: &OwnerId, create: bool) -> Result<Option<Arc<OwnerCtx>>, Error> {
+    pub(crate) fn owner(
+        &self,
+        owner: &OwnerId,
+        create: bool,
+    ) -> Result<Option<Arc<OwnerCtx>>, Error> {
         let op = self.owner_ref(owner);
-        if let Some(ctx) = self.owners.read().unwrap_or_else(|p| p.into_inner()).get(&op) {
+        if let Some(ctx) = self
+            .owners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&op)
+        {
             return Ok(Some(ctx.clone()));
         }
         let key = key_of(prefix::OWNER, &[&op]);
         let owner_key = loop {
             match self.meta.get(&key)? {
                 Some(sealed) => {
-                    let (k, id) = self.unseal_owner(&key, &sealed).map_err(|_| corrupt(&key))?;
+                    let (k, id) = self
+                        .unseal_owner(&key, &sealed)
+                        .map_err(|_| corrupt(&key))?;
                     if &id != owner {
                         return Err(corrupt(&key));
                     }
@@ -332,16 +389,26 @@ impl Vault {
                 }
             }
         };
-        let ctx = Arc::new(OwnerCtx { op, id: owner.clone(), keys: OwnerKeys::derive(&owner_key) });
+        let ctx = Arc::new(OwnerCtx {
+            op,
+            id: owner.clone(),
+            keys: OwnerKeys::derive(&owner_key),
+        });
         // The map's values are immutable once inserted; a poisoned lock cannot hold a half-made entry.
         let mut map = self.owners.write().unwrap_or_else(|p| p.into_inner());
         Ok(Some(map.entry(op).or_insert(ctx).clone()))
     }
 
-    pub(crate) fn get_sealed<T: for<'de> Deserialize<'de>>(&self, keys: &OwnerKeys, key: &[u8]) -> Result<Option<T>, Error> {
+    pub(crate) fn get_sealed<T: for<'de> Deserialize<'de>>(
+        &self,
+        keys: &OwnerKeys,
+        key: &[u8],
+    ) -> Result<Option<T>, Error> {
         match self.meta.get(key)? {
             None => Ok(None),
-            Some(v) => Ok(Some(open_record(keys, key, &v).ok_or_else(|| corrupt(key))?)),
+            Some(v) => Ok(Some(
+                open_record(keys, key, &v).ok_or_else(|| corrupt(key))?,
+            )),
         }
     }
 
@@ -351,13 +418,20 @@ impl Vault {
 
     /// Whether the owner holds a content.
     pub fn holds(&self, owner: &OwnerId, digest: &Digest) -> Result<bool, Error> {
-        let Some(o) = self.owner(owner, false)? else { return Ok(false) };
-        Ok(self.meta.get(&Self::content_key(&o, &o.blob(digest)))?.is_some())
+        let Some(o) = self.owner(owner, false)? else {
+            return Ok(false);
+        };
+        Ok(self
+            .meta
+            .get(&Self::content_key(&o, &o.blob(digest)))?
+            .is_some())
     }
 
     /// The digests among `digests` that the owner does not hold, in the order given.
     pub fn missing(&self, owner: &OwnerId, digests: &[Digest]) -> Result<Vec<Digest>, Error> {
-        let Some(o) = self.owner(owner, false)? else { return Ok(digests.to_vec()) };
+        let Some(o) = self.owner(owner, false)? else {
+            return Ok(digests.to_vec());
+        };
         let mut out = Vec::new();
         for d in digests {
             if self.meta.get(&Self::content_key(&o, &o.blob(d)))?.is_none() {
@@ -371,16 +445,32 @@ impl Vault {
     /// content must hash to it ([`Error::DigestMismatch`] otherwise, leaving nothing behind),
     /// and if the owner already holds it the bytes are only hashed, never encrypted or written.
     /// Returns once the content is durable.
-    pub fn put_content(&self, owner: &OwnerId, mut source: impl Read, expected: Option<Digest>) -> Result<Stored, Error> {
+    pub fn put_content(
+        &self,
+        owner: &OwnerId,
+        mut source: impl Read,
+        expected: Option<Digest>,
+    ) -> Result<Stored, Error> {
         let o = self.owner_or_create(owner)?;
         if let Some(want) = expected {
-            if self.meta.get(&Self::content_key(&o, &o.blob(&want)))?.is_some() {
+            if self
+                .meta
+                .get(&Self::content_key(&o, &o.blob(&want)))?
+                .is_some()
+            {
                 let (actual, size) = hash_source(&mut source)?;
                 if actual != want {
-                    return Err(Error::DigestMismatch { expected: want, actual });
+                    return Err(Error::DigestMismatch {
+                        expected: want,
+                        actual,
+                    });
                 }
                 self.durable(self.commit.latest())?;
-                return Ok(Stored { digest: want, size, created: false });
+                return Ok(Stored {
+                    digest: want,
+                    size,
+                    created: false,
+                });
             }
         }
         let mut w = BlobWriter::new(self.blobs.create()?)?;
@@ -397,7 +487,10 @@ impl Vault {
         let fin = w.finish()?;
         if let Some(want) = expected {
             if fin.digest() != want {
-                return Err(Error::DigestMismatch { expected: want, actual: fin.digest() });
+                return Err(Error::DigestMismatch {
+                    expected: want,
+                    actual: fin.digest(),
+                });
             }
         }
         self.commit_blob(&o, fin)
@@ -432,15 +525,28 @@ impl Vault {
             drop(guard);
             drop(fin);
             self.durable(self.commit.latest())?;
-            return Ok(Stored { digest, size, created: false });
+            return Ok(Stored {
+                digest,
+                size,
+                created: false,
+            });
         }
         let pending = fin.write_header(&o.keys.blob_wrap, &o.binding(&digest))?;
         pending.commit(&name)?;
-        let rec = ContentRecord { digest, size, refs: 0, stored_at: Timestamp::now() };
+        let rec = ContentRecord {
+            digest,
+            size,
+            refs: 0,
+            stored_at: Timestamp::now(),
+        };
         let ticket = self.apply(vec![Op::Put(key.clone(), seal_record(&o.keys, &key, &rec))])?;
         drop(guard);
         self.durable(ticket)?;
-        Ok(Stored { digest, size, created: true })
+        Ok(Stored {
+            digest,
+            size,
+            created: true,
+        })
     }
 
     /// Records a document about a content the owner already holds ([`Error::Conflict`] if
@@ -450,9 +556,20 @@ impl Vault {
         self.deposit_as(owner, new, false, Timestamp::now())
     }
 
-    pub(crate) fn deposit_as(&self, owner: &OwnerId, new: NewDocument, verified: bool, now: Timestamp) -> Result<Document, Error> {
+    pub(crate) fn deposit_as(
+        &self,
+        owner: &OwnerId,
+        new: NewDocument,
+        verified: bool,
+        now: Timestamp,
+    ) -> Result<Document, Error> {
         new.validate()?;
-        let not_held = || Error::Conflict(format!("content {} is not held for this owner; upload it first", new.digest));
+        let not_held = || {
+            Error::Conflict(format!(
+                "content {} is not held for this owner; upload it first",
+                new.digest
+            ))
+        };
         let o = self.owner(owner, false)?.ok_or_else(not_held)?;
         let name = o.blob(&new.digest);
         let ckey = Self::content_key(&o, &name);
@@ -469,7 +586,14 @@ impl Vault {
         };
         rec.refs += 1;
         let dkey = key_of(prefix::DOCUMENT, &[&o.op, doc.id.as_bytes()]);
-        let tkey = key_of(prefix::TYPE_INDEX, &[&o.op, &o.keys.type_tag(&doc.meta.doc_type), doc.id.as_bytes()]);
+        let tkey = key_of(
+            prefix::TYPE_INDEX,
+            &[
+                &o.op,
+                &o.keys.type_tag(&doc.meta.doc_type),
+                doc.id.as_bytes(),
+            ],
+        );
         let ticket = self.apply(vec![
             Op::Put(dkey.clone(), seal_record(&o.keys, &dkey, &doc)),
             Op::Put(tkey.clone(), seal_record(&o.keys, &tkey, &())),
@@ -482,13 +606,17 @@ impl Vault {
 
     /// One document of an owner.
     pub fn document(&self, owner: &OwnerId, id: &DocumentId) -> Result<Document, Error> {
-        let o = self.owner(owner, false)?.ok_or(Error::NotFound("document"))?;
+        let o = self
+            .owner(owner, false)?
+            .ok_or(Error::NotFound("document"))?;
         self.document_of(&o, id)
     }
 
     fn document_of(&self, o: &OwnerCtx, id: &DocumentId) -> Result<Document, Error> {
         let key = key_of(prefix::DOCUMENT, &[&o.op, id.as_bytes()]);
-        let doc: Document = self.get_sealed(&o.keys, &key)?.ok_or(Error::NotFound("document"))?;
+        let doc: Document = self
+            .get_sealed(&o.keys, &key)?
+            .ok_or(Error::NotFound("document"))?;
         if doc.owner != o.id || doc.id != *id {
             return Err(corrupt(&key));
         }
@@ -496,8 +624,14 @@ impl Vault {
     }
 
     /// The owner's documents, optionally of one type, oldest deposit first.
-    pub fn documents(&self, owner: &OwnerId, doc_type: Option<&DocType>) -> Result<Vec<Document>, Error> {
-        let Some(o) = self.owner(owner, false)? else { return Ok(Vec::new()) };
+    pub fn documents(
+        &self,
+        owner: &OwnerId,
+        doc_type: Option<&DocType>,
+    ) -> Result<Vec<Document>, Error> {
+        let Some(o) = self.owner(owner, false)? else {
+            return Ok(Vec::new());
+        };
         let mut docs = Vec::new();
         match doc_type {
             None => {
@@ -511,7 +645,10 @@ impl Vault {
                 }
             }
             Some(t) => {
-                for item in self.meta.scan(&key_of(prefix::TYPE_INDEX, &[&o.op, &o.keys.type_tag(t)])) {
+                for item in self
+                    .meta
+                    .scan(&key_of(prefix::TYPE_INDEX, &[&o.op, &o.keys.type_tag(t)]))
+                {
                     let (k, _) = item?;
                     let id = DocumentId::from_bytes(k[33..].try_into().map_err(|_| corrupt(&k))?);
                     let doc = self.document_of(&o, &id)?;
@@ -521,25 +658,36 @@ impl Vault {
                 }
             }
         }
-        docs.sort_by(|a, b| (a.deposited_at, a.id).cmp(&(b.deposited_at, b.id)));
+        docs.sort_by_key(|d| (d.deposited_at, d.id));
         Ok(docs)
     }
 
     /// Deletes a document; deleting the last document of a content deletes the content.
     pub fn delete_document(&self, owner: &OwnerId, id: &DocumentId) -> Result<(), Error> {
-        let o = self.owner(owner, false)?.ok_or(Error::NotFound("document"))?;
+        let o = self
+            .owner(owner, false)?
+            .ok_or(Error::NotFound("document"))?;
         let doc = self.document_of(&o, id)?;
         let name = o.blob(&doc.meta.digest);
         let ckey = Self::content_key(&o, &name);
         // Held until the blob is gone, so a concurrent put of the same content cannot have its
         // fresh blob removed by this delete.
         let _guard = self.stripe(&name);
-        let mut rec: ContentRecord = self.get_sealed(&o.keys, &ckey)?.ok_or_else(|| corrupt(&ckey))?;
+        let mut rec: ContentRecord = self
+            .get_sealed(&o.keys, &ckey)?
+            .ok_or_else(|| corrupt(&ckey))?;
         rec.refs = rec.refs.saturating_sub(1);
         let dkey = key_of(prefix::DOCUMENT, &[&o.op, id.as_bytes()]);
-        let tkey = key_of(prefix::TYPE_INDEX, &[&o.op, &o.keys.type_tag(&doc.meta.doc_type), id.as_bytes()]);
+        let tkey = key_of(
+            prefix::TYPE_INDEX,
+            &[&o.op, &o.keys.type_tag(&doc.meta.doc_type), id.as_bytes()],
+        );
         let last = rec.refs == 0;
-        let content_op = if last { Op::Delete(ckey.clone()) } else { Op::Put(ckey.clone(), seal_record(&o.keys, &ckey, &rec)) };
+        let content_op = if last {
+            Op::Delete(ckey.clone())
+        } else {
+            Op::Put(ckey.clone(), seal_record(&o.keys, &ckey, &rec))
+        };
         let ticket = self.apply(vec![Op::Delete(dkey), Op::Delete(tkey), content_op])?;
         self.durable(ticket)?;
         if last {
@@ -549,9 +697,17 @@ impl Vault {
     }
 
     /// Marks a document revoked (by its issuer; authorisation is the caller's business).
-    pub fn revoke_document(&self, owner: &OwnerId, id: &DocumentId, reason: &str, at: Timestamp) -> Result<Document, Error> {
+    pub fn revoke_document(
+        &self,
+        owner: &OwnerId,
+        id: &DocumentId,
+        reason: &str,
+        at: Timestamp,
+    ) -> Result<Document, Error> {
         crate::document::check_text("reason", reason, crate::document::MAX_TEXT)?;
-        let o = self.owner(owner, false)?.ok_or(Error::NotFound("document"))?;
+        let o = self
+            .owner(owner, false)?
+            .ok_or(Error::NotFound("document"))?;
         let key = key_of(prefix::DOCUMENT, &[&o.op, id.as_bytes()]);
         let digest = self.document_of(&o, id)?.meta.digest;
         // The same stripe as delete_document, so a revocation cannot resurrect a deleted record.
@@ -560,7 +716,10 @@ impl Vault {
         if doc.revocation.is_some() {
             return Err(Error::Conflict("the document is already revoked".into()));
         }
-        doc.revocation = Some(Revocation { at, reason: reason.to_owned() });
+        doc.revocation = Some(Revocation {
+            at,
+            reason: reason.to_owned(),
+        });
         let ticket = self.apply(vec![Op::Put(key.clone(), seal_record(&o.keys, &key, &doc))])?;
         drop(guard);
         self.durable(ticket)?;
@@ -569,21 +728,28 @@ impl Vault {
 
     /// Opens a held content for reading.
     pub fn open_content(&self, owner: &OwnerId, digest: &Digest) -> Result<ContentReader, Error> {
-        let o = self.owner(owner, false)?.ok_or(Error::NotFound("content"))?;
+        let o = self
+            .owner(owner, false)?
+            .ok_or(Error::NotFound("content"))?;
         self.open_content_of(&o, digest)
     }
 
-    pub(crate) fn open_content_of(&self, o: &OwnerCtx, digest: &Digest) -> Result<ContentReader, Error> {
+    pub(crate) fn open_content_of(
+        &self,
+        o: &OwnerCtx,
+        digest: &Digest,
+    ) -> Result<ContentReader, Error> {
         let name = o.blob(digest);
         let ckey = Self::content_key(o, &name);
-        let rec: ContentRecord = self.get_sealed(&o.keys, &ckey)?.ok_or(Error::NotFound("content"))?;
+        let rec: ContentRecord = self
+            .get_sealed(&o.keys, &ckey)?
+            .ok_or(Error::NotFound("content"))?;
         if rec.digest != *digest {
             return Err(corrupt(&ckey));
         }
-        let file = self
-            .blobs
-            .open(&name)?
-            .ok_or_else(|| Error::Corrupt(format!("blob {} is missing", self.blobs.describe(&name))))?;
+        let file = self.blobs.open(&name)?.ok_or_else(|| {
+            Error::Corrupt(format!("blob {} is missing", self.blobs.describe(&name)))
+        })?;
         let reader = BlobReader::open(file, &o.keys.blob_wrap, &o.binding(digest), *digest)?;
         if reader.size() != rec.size {
             return Err(Error::Decrypt(crate::stream::DecryptError));
@@ -592,8 +758,14 @@ impl Vault {
     }
 
     /// Opens a document's content for reading.
-    pub fn open_document_content(&self, owner: &OwnerId, id: &DocumentId) -> Result<(Document, ContentReader), Error> {
-        let o = self.owner(owner, false)?.ok_or(Error::NotFound("document"))?;
+    pub fn open_document_content(
+        &self,
+        owner: &OwnerId,
+        id: &DocumentId,
+    ) -> Result<(Document, ContentReader), Error> {
+        let o = self
+            .owner(owner, false)?
+            .ok_or(Error::NotFound("document"))?;
         let doc = self.document_of(&o, id)?;
         let reader = self.open_content_of(&o, &doc.meta.digest)?;
         Ok((doc, reader))
@@ -615,8 +787,10 @@ impl Vault {
     fn close_inner(&mut self) -> Result<(), Error> {
         self.meta.sync()?;
         if let Some(m) = self.open_marker.take() {
-            fs::remove_file(&m)
-                .map_err(|source| crate::store::StoreError::Io { what: format!("removing {}", m.display()), source })?;
+            fs::remove_file(&m).map_err(|source| crate::store::StoreError::Io {
+                what: format!("removing {}", m.display()),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -654,7 +828,11 @@ pub(crate) fn seal_record<T: Serialize>(keys: &OwnerKeys, key: &[u8], value: &T)
     seal::seal(&keys.records, &aad(key), &plain)
 }
 
-pub(crate) fn open_record<T: for<'de> Deserialize<'de>>(keys: &OwnerKeys, key: &[u8], sealed: &[u8]) -> Option<T> {
+pub(crate) fn open_record<T: for<'de> Deserialize<'de>>(
+    keys: &OwnerKeys,
+    key: &[u8],
+    sealed: &[u8],
+) -> Option<T> {
     let plain = seal::open(&keys.records, &aad(key), sealed).ok()?;
     serde_json::from_slice(&plain).ok()
 }

@@ -1,0 +1,65 @@
+//! Helpers shared by the end-to-end tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use vault::{DocType, Document, MasterKey, NewDocument, OwnerId, Vault};
+
+pub fn master() -> MasterKey {
+    MasterKey::from_bytes([42; 32])
+}
+
+pub fn owner(n: u32) -> OwnerId {
+    OwnerId::parse(&format!("citizen:{n:012}")).unwrap()
+}
+
+pub fn new_doc(digest: vault::Digest, doc_type: &str) -> NewDocument {
+    NewDocument {
+        digest,
+        doc_type: DocType::parse(doc_type).unwrap(),
+        title: "Giấy khai sinh".into(),
+        media_type: "application/pdf".into(),
+        file_name: Some("khai-sinh.pdf".into()),
+        issuer: None,
+        issued_at: None,
+        valid_from: None,
+        valid_until: None,
+        reference: Some("123/2024/TLKS".into()),
+        procedure: None,
+        signature: None,
+    }
+}
+
+/// Stores `data` for `owner` and deposits a document about it.
+pub fn put_doc(v: &Vault, owner: &OwnerId, data: &[u8], doc_type: &str) -> Document {
+    let s = v.put_content_bytes(owner, data).unwrap();
+    v.deposit(owner, new_doc(s.digest, doc_type)).unwrap()
+}
+
+/// Deterministic pseudo-random content.
+pub fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+/// Every regular file below `dir`.
+pub fn files_below(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_below(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,390 @@
+//! End-to-end behaviour of the `vault` library: dedup, keys, corruption, bad input.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom};
+
+use common::*;
+use vault::{Digest, DocType, Error, MasterKey, Vault};
+
+#[test]
+fn dedup_within_an_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    let (a, b) = (owner(1), owner(2));
+    let data = content(1, 100_000);
+    let blobs = || files_below(&dir.path().join("blobs")).len();
+
+    let first = v.put_content_bytes(&a, &data).unwrap();
+    assert!(first.created);
+    assert_eq!(blobs(), 1);
+    let again = v.put_content_bytes(&a, &data).unwrap();
+    assert!(!again.created);
+    assert_eq!(again.digest, first.digest);
+    assert_eq!(blobs(), 1, "second put of held content added a blob");
+    // Through the streaming path too.
+    let streamed = v.put_content(&a, data.as_slice(), None).unwrap();
+    assert!(!streamed.created);
+    assert_eq!(blobs(), 1);
+
+    let other = v.put_content_bytes(&b, &data).unwrap();
+    assert!(other.created);
+    assert_eq!(blobs(), 2, "another owner's copy must be its own blob");
+
+    // Storage names are keyed, never the plain digest.
+    for f in files_below(&dir.path().join("blobs")) {
+        assert!(!f.to_string_lossy().contains(&first.digest.to_hex()));
+    }
+}
+
+#[test]
+fn reference_counts_remove_the_last_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    let a = owner(1);
+    let data = content(2, 5000);
+    let d1 = put_doc(&v, &a, &data, "cccd");
+    let d2 = put_doc(&v, &a, &data, "giay-khai-sinh");
+    assert_eq!(files_below(&dir.path().join("blobs")).len(), 1);
+    v.delete_document(&a, &d1.id).unwrap();
+    assert!(v.holds(&a, &d1.meta.digest).unwrap());
+    assert_eq!(v.read_content(&a, &d2.meta.digest).unwrap(), data);
+    v.delete_document(&a, &d2.id).unwrap();
+    assert!(!v.holds(&a, &d1.meta.digest).unwrap());
+    assert!(files_below(&dir.path().join("blobs")).is_empty());
+    assert!(matches!(v.document(&a, &d2.id), Err(Error::NotFound(_))));
+    assert!(matches!(
+        v.delete_document(&a, &d2.id),
+        Err(Error::NotFound(_))
+    ));
+    assert!(v.check(true).unwrap().is_clean());
+}
+
+#[test]
+fn listing_by_owner_and_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    let (a, b) = (owner(1), owner(2));
+    let x = put_doc(&v, &a, b"one", "cccd");
+    let y = put_doc(&v, &a, b"two", "giay-khai-sinh");
+    let z = put_doc(&v, &a, b"three", "cccd");
+    put_doc(&v, &b, b"one", "cccd");
+    let all: Vec<_> = v
+        .documents(&a, None)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(all.len(), 3);
+    for id in [x.id, y.id, z.id] {
+        assert!(all.contains(&id));
+    }
+    let cccd: Vec<_> = v
+        .documents(&a, Some(&DocType::parse("cccd").unwrap()))
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(cccd.len(), 2);
+    assert!(cccd.contains(&x.id) && cccd.contains(&z.id));
+    assert!(v.documents(&owner(3), None).unwrap().is_empty());
+    assert!(v
+        .documents(&a, Some(&DocType::parse("none").unwrap()))
+        .unwrap()
+        .is_empty());
+    // One owner cannot reach another's document by id.
+    assert!(matches!(v.document(&b, &x.id), Err(Error::NotFound(_))));
+}
+
+#[test]
+fn deposit_requires_held_content_and_valid_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    let a = owner(1);
+    let missing = Digest::of(b"never uploaded");
+    assert!(matches!(
+        v.deposit(&a, new_doc(missing, "cccd")),
+        Err(Error::Conflict(_))
+    ));
+    let s = v.put_content_bytes(&a, b"x").unwrap();
+    // Held by another owner does not count.
+    assert!(matches!(
+        v.deposit(&owner(2), new_doc(s.digest, "cccd")),
+        Err(Error::Conflict(_))
+    ));
+    let mut bad = new_doc(s.digest, "cccd");
+    bad.title = "x".repeat(257);
+    assert!(matches!(v.deposit(&a, bad), Err(Error::Invalid(_))));
+    let mut bad = new_doc(s.digest, "cccd");
+    bad.title = "a\u{0}b".into();
+    assert!(matches!(v.deposit(&a, bad), Err(Error::Invalid(_))));
+    assert!(v.documents(&a, None).unwrap().is_empty());
+}
+
+#[test]
+fn digest_mismatch_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    let a = owner(1);
+    let data = content(3, 200_000);
+    let wrong = Digest::of(b"something else");
+    match v.put_content(&a, data.as_slice(), Some(wrong)) {
+        Err(Error::DigestMismatch { expected, actual }) => {
+            assert_eq!(expected, wrong);
+            assert_eq!(actual, Digest::of(&data));
+        }
+        other => panic!("expected a digest mismatch, got {other:?}"),
+    }
+    assert!(files_below(&dir.path().join("blobs")).is_empty());
+    assert!(files_below(&dir.path().join("tmp")).is_empty());
+    assert!(!v.holds(&a, &Digest::of(&data)).unwrap());
+    // Announcing a held digest with other bytes is refused too, and the held copy is intact.
+    let held = v.put_content_bytes(&a, b"held").unwrap();
+    assert!(matches!(
+        v.put_content(&a, &b"not held"[..], Some(held.digest)),
+        Err(Error::DigestMismatch { .. })
+    ));
+    assert_eq!(v.read_content(&a, &held.digest).unwrap(), b"held");
+    // A source that fails mid-way stores nothing.
+    struct Failing(usize);
+    impl Read for Failing {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::Error::other("connection reset"));
+            }
+            self.0 -= 1;
+            b.fill(1);
+            Ok(b.len())
+        }
+    }
+    assert!(matches!(
+        v.put_content(&a, Failing(3), None),
+        Err(Error::Source(_))
+    ));
+    assert!(files_below(&dir.path().join("tmp")).is_empty());
+    assert_eq!(files_below(&dir.path().join("blobs")).len(), 1);
+    assert!(v.check(true).unwrap().is_clean());
+}
+
+#[test]
+fn wrong_master_key_fails_at_open_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let v = Vault::open(dir.path(), &master()).unwrap();
+        put_doc(&v, &owner(1), b"data", "cccd");
+        v.close().unwrap();
+    }
+    let err = Vault::open(dir.path(), &MasterKey::from_bytes([43; 32])).unwrap_err();
+    assert!(matches!(err, Error::WrongMasterKey));
+    let msg = err.to_string();
+    assert!(msg.contains("master key does not open this vault"), "{msg}");
+    // Nothing was changed: the right key still opens it and the data is intact.
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    assert_eq!(v.documents(&owner(1), None).unwrap().len(), 1);
+    assert!(v.check(true).unwrap().is_clean());
+}
+
+#[test]
+fn a_flipped_byte_in_a_blob_is_reported_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    let a = owner(1);
+    let data = content(4, 3 * 65536 + 10);
+    let doc = put_doc(&v, &a, &data, "cccd");
+    let blob = files_below(&dir.path().join("blobs")).pop().unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let at = 80 + 65536 + 16 + 100; // inside the second chunk
+    bytes[at] ^= 0x20;
+    std::fs::write(&blob, &bytes).unwrap();
+
+    assert!(matches!(
+        v.read_content(&a, &doc.meta.digest),
+        Err(Error::Decrypt(_))
+    ));
+    // A streaming read serves the authentic first chunk, then fails: never the damaged bytes.
+    let (_, mut r) = v.open_document_content(&a, &doc.id).unwrap();
+    let mut got = Vec::new();
+    let err = r.read_to_end(&mut got).unwrap_err();
+    assert!(vault::stream::is_decrypt_error(&err));
+    assert_eq!(got, data[..65536]);
+    // A range inside the damaged chunk fails; one in an intact chunk is served.
+    r.seek(SeekFrom::Start(65536 + 5)).unwrap();
+    let (_, mut r) = v.open_document_content(&a, &doc.id).unwrap();
+    r.seek(SeekFrom::Start(65536 + 5)).unwrap();
+    assert!(r.read(&mut [0u8; 10]).is_err());
+    let (_, mut r) = v.open_document_content(&a, &doc.id).unwrap();
+    r.seek(SeekFrom::Start(2 * 65536)).unwrap();
+    let mut part = [0u8; 100];
+    r.read_exact(&mut part).unwrap();
+    assert_eq!(part, data[2 * 65536..2 * 65536 + 100]);
+
+    assert!(
+        v.check(false).unwrap().is_clean(),
+        "without --read-data the lengths still match"
+    );
+    let report = v.check(true).unwrap();
+    assert_eq!(report.problems.len(), 1, "{report}");
+    assert!(
+        report.problems[0].what.contains("fails authentication"),
+        "{report}"
+    );
+    assert!(report.problems[0]
+        .location
+        .contains(&blob.file_name().unwrap().to_string_lossy().to_string()));
+}
+
+#[test]
+fn truncated_or_missing_blobs_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    let a = owner(1);
+    let d1 = put_doc(&v, &a, &content(5, 1000), "cccd");
+    let d2 = put_doc(&v, &a, &content(6, 1000), "cccd");
+    let mut blobs = files_below(&dir.path().join("blobs"));
+    let f1 = blobs.pop().unwrap();
+    let f2 = blobs.pop().unwrap();
+    let len = std::fs::metadata(&f1).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f1)
+        .unwrap()
+        .set_len(len - 1)
+        .unwrap();
+    std::fs::remove_file(&f2).unwrap();
+    std::fs::write(dir.path().join("blobs").join("stray.txt"), b"?").unwrap();
+    let report = v.check(false).unwrap();
+    let text = report.to_string();
+    assert_eq!(report.problems.len(), 3, "{text}");
+    assert!(text.contains("bytes, expected"), "{text}");
+    assert!(text.contains("blob is missing"), "{text}");
+    assert!(text.contains("unexpected file"), "{text}");
+    for d in [&d1, &d2] {
+        assert!(v.read_content(&a, &d.meta.digest).is_err());
+    }
+}
+
+/// Flips one byte in a stored metadata value, bypassing the vault (as disk damage would).
+fn flip_meta_value(dir: &std::path::Path, prefix: u8) {
+    let db = sled::open(dir.join("meta")).unwrap();
+    let (k, v) = db.scan_prefix([prefix]).next().unwrap().unwrap();
+    let mut v = v.to_vec();
+    let i = v.len() / 2;
+    v[i] ^= 0x01;
+    db.insert(k, v).unwrap();
+    db.flush().unwrap();
+}
+
+#[test]
+fn a_flipped_byte_in_metadata_is_reported_never_served() {
+    for (prefix, what) in [
+        (b'D', "document record"),
+        (b'C', "content record"),
+        (b'O', "owner key record"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let a = owner(1);
+        let doc = {
+            let v = Vault::open(dir.path(), &master()).unwrap();
+            let d = put_doc(&v, &a, &content(7, 5000), "cccd");
+            v.close().unwrap();
+            d
+        };
+        flip_meta_value(dir.path(), prefix);
+        let v = Vault::open(dir.path(), &master()).unwrap();
+        let read = v.open_document_content(&a, &doc.id).map(|_| ());
+        assert!(matches!(read, Err(Error::Corrupt(_))), "{what}: {read:?}");
+        let report = v.check(true).unwrap();
+        assert!(!report.is_clean(), "{what} damage not reported");
+        assert!(report.to_string().contains(what), "{what}: {report}");
+    }
+}
+
+#[test]
+fn ranges_and_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    let a = owner(1);
+    for len in [0usize, 1, 65535, 65536, 65537, 300_000] {
+        let data = content(len as u64, len);
+        let doc = put_doc(&v, &a, &data, "cccd");
+        assert_eq!(doc.size, len as u64);
+        let (_, mut r) = v.open_document_content(&a, &doc.id).unwrap();
+        assert_eq!(r.size(), len as u64);
+        let mut all = Vec::new();
+        r.read_to_end(&mut all).unwrap();
+        assert_eq!(all, data);
+        if len > 10 {
+            r.seek(SeekFrom::End(-10)).unwrap();
+            let mut tail = Vec::new();
+            r.read_to_end(&mut tail).unwrap();
+            assert_eq!(tail, data[len - 10..]);
+        }
+    }
+    // A file put: hashed first, then stored; a re-put only hashes.
+    let f = dir.path().join("input.bin");
+    let data = content(99, 1_000_000);
+    std::fs::write(&f, &data).unwrap();
+    assert!(v.put_content_file(&a, &f).unwrap().created);
+    assert!(!v.put_content_file(&a, &f).unwrap().created);
+    assert_eq!(v.read_content(&a, &Digest::of(&data)).unwrap(), data);
+    assert!(v.check(true).unwrap().is_clean());
+}
+
+#[test]
+fn revocation_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    let a = owner(1);
+    let doc = put_doc(&v, &a, b"x", "cccd");
+    let now = vault::Timestamp::now();
+    assert_eq!(doc.status(now), vault::Status::Valid);
+    let r = v
+        .revoke_document(&a, &doc.id, "issued in error", now)
+        .unwrap();
+    assert_eq!(r.status(now), vault::Status::Revoked);
+    assert_eq!(
+        v.document(&a, &doc.id).unwrap().status(now),
+        vault::Status::Revoked
+    );
+    assert!(matches!(
+        v.revoke_document(&a, &doc.id, "again", now),
+        Err(Error::Conflict(_))
+    ));
+}
+
+#[test]
+fn concurrent_writers_share_syncs_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = std::sync::Arc::new(Vault::open(dir.path(), &master()).unwrap());
+    let before = v.commit_stats();
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let v = v.clone();
+            std::thread::spawn(move || {
+                (0..25u64)
+                    .map(|i| {
+                        put_doc(
+                            &v,
+                            &owner((t % 3) as u32),
+                            &content(t * 1000 + i, 4096),
+                            "cccd",
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let docs: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let after = v.commit_stats();
+    assert_eq!(docs.len(), 200);
+    assert!(after.syncs - before.syncs <= after.written - before.written);
+    for d in &docs {
+        assert_eq!(v.document(&d.owner, &d.id).unwrap(), *d);
+    }
+    assert!(v.check(true).unwrap().is_clean());
+}
