@@ -17,33 +17,69 @@ use vault::{MasterKey, Vault};
 #[derive(Debug, Parser)]
 #[command(name = "vault-server", version, about = "HTTP service for the vault")]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Data folder (created if missing).
-    #[arg(long, env = "VAULT_DATA", default_value = "./vault-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "VAULT_DATA",
+        default_value = "./vault-data"
+    )]
     data: PathBuf,
     /// Address to listen on.
     #[arg(long, env = "VAULT_LISTEN", default_value = "127.0.0.1:8700")]
     listen: SocketAddr,
     /// File holding the 32-byte master key in standard base64.
-    #[arg(long, env = "VAULT_MASTER_KEY_FILE")]
+    #[arg(long, global = true, env = "VAULT_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
     /// Development mode: create missing keys under the data folder. For trying it out only.
-    #[arg(long, env = "VAULT_DEV")]
+    #[arg(long, global = true, env = "VAULT_DEV")]
     dev: bool,
 }
 
-fn dev_master_key(data: &Path) -> Result<PathBuf, String> {
-    let path = data.join("dev-master.key");
-    if !path.exists() {
-        std::fs::create_dir_all(data)
-            .map_err(|e| format!("cannot create {}: {e}", data.display()))?;
-        let key = MasterKey::generate();
-        std::fs::write(&path, format!("{}\n", key.to_base64().as_str()))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
-    Ok(path)
+/// Operator subcommands; without one, the server runs.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Verify the vault offline: records, blobs, reference counts (exit 0 clean, 1 problems).
+    Check {
+        /// Also decrypt every blob and verify its digest.
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Print a new random master key in the form `--master-key-file` takes.
+    Keygen,
 }
 
-async fn run(args: Args) -> Result<(), String> {
+/// `vault-server check`: exit 0 when clean, 1 when problems were found, 2 when it cannot run.
+fn check(args: &Args, read_data: bool) -> ExitCode {
+    let result = master_key(args).and_then(|master| {
+        let vault = Vault::open(&args.data, &master)
+            .map_err(|e| format!("cannot open the vault in {}: {e}", args.data.display()))?;
+        let report = vault
+            .check(read_data)
+            .map_err(|e| format!("check failed: {e}"))?;
+        vault.close().map_err(|e| e.to_string())?;
+        Ok(report)
+    });
+    match result {
+        Ok(report) => {
+            print!("{report}");
+            if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("vault-server check: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The master key from `--master-key-file`, or in `--dev` mode from (or into) the data folder.
+fn master_key(args: &Args) -> Result<MasterKey, String> {
     let key_file = match (&args.master_key_file, args.dev) {
         (Some(p), _) => p.clone(),
         (None, true) => {
@@ -61,7 +97,23 @@ async fn run(args: Args) -> Result<(), String> {
             )
         }
     };
-    let master = MasterKey::from_file(&key_file).map_err(|e| e.to_string())?;
+    MasterKey::from_file(&key_file).map_err(|e| e.to_string())
+}
+
+fn dev_master_key(data: &Path) -> Result<PathBuf, String> {
+    let path = data.join("dev-master.key");
+    if !path.exists() {
+        std::fs::create_dir_all(data)
+            .map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+        let key = MasterKey::generate();
+        std::fs::write(&path, format!("{}\n", key.to_base64().as_str()))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(path)
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let master = master_key(&args)?;
     let data = args.data.clone();
     let vault = tokio::task::spawn_blocking(move || Vault::open(&data, &master))
         .await
@@ -110,6 +162,14 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    match args.command {
+        Some(Command::Check { read_data }) => return check(&args, read_data),
+        Some(Command::Keygen) => {
+            println!("{}", MasterKey::generate().to_base64().as_str());
+            return ExitCode::SUCCESS;
+        }
+        None => {}
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -51,6 +51,8 @@ pub mod store;
 pub mod stream;
 pub mod time;
 mod vault;
+#[cfg(test)]
+mod vectors;
 
 pub use check::{CheckReport, Problem};
 pub use document::{Document, NewDocument, Revocation, Signature, Status};

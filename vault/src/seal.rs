@@ -21,8 +21,17 @@ pub struct Unsealable;
 
 /// Encrypts `plaintext` under `key` with associated data `aad`.
 pub fn seal(key: &SecretKey, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    seal_with_nonce(key, aad, plaintext, random_array())
+}
+
+/// [`seal`] with a given nonce: for test vectors only; a nonce must never repeat under a key.
+pub(crate) fn seal_with_nonce(
+    key: &SecretKey,
+    aad: &[u8],
+    plaintext: &[u8],
+    nonce: [u8; 12],
+) -> Vec<u8> {
     let cipher = Aes256Gcm::new(key.expose().into());
-    let nonce: [u8; 12] = random_array();
     let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
     out.push(VERSION);
     out.extend_from_slice(&nonce);

@@ -193,8 +193,9 @@ pub struct BlobListing {
     pub strays: Vec<String>,
 }
 
-/// Blobs as files: `blobs/<owner ref hex>/<first 2 hex of name>/<name hex>`, written in
-/// `tmp/`, synced, renamed into place, and the directory synced.
+/// Blobs as files: `blobs/<first 2 hex of owner ref>/<owner ref hex>/<name hex>`, written in
+/// `tmp/`, synced, renamed into place, and the directory synced. One directory per owner keeps
+/// an owner's blobs together (erasure removes one directory); the first level spreads owners.
 #[derive(Debug)]
 pub struct FsBlobs {
     root: PathBuf,
@@ -234,12 +235,13 @@ impl FsBlobs {
         Ok(Self { root, tmp })
     }
 
+    fn owner_dir(root: &Path, owner: &[u8; 16]) -> PathBuf {
+        let o = hex::encode(owner);
+        root.join(&o[..2]).join(o)
+    }
+
     fn path(&self, name: &BlobName) -> PathBuf {
-        let n = hex::encode(name.name);
-        self.root
-            .join(hex::encode(name.owner))
-            .join(&n[..2])
-            .join(n)
+        Self::owner_dir(&self.root, &name.owner).join(hex::encode(name.name))
     }
 }
 
@@ -273,10 +275,9 @@ impl NewBlob for FsNewBlob {
         self.file
             .sync_all()
             .map_err(io_err("syncing", &self.path))?;
-        let n = hex::encode(name.name);
-        let dir = self.root.join(hex::encode(name.owner)).join(&n[..2]);
+        let dir = FsBlobs::owner_dir(&self.root, &name.owner);
         create_dir_durable(&dir)?;
-        let dest = dir.join(n);
+        let dest = dir.join(hex::encode(name.name));
         fs::rename(&self.path, &dest).map_err(io_err("renaming into", &dest))?;
         self.committed = true;
         sync_dir(&dir)
@@ -343,35 +344,33 @@ impl BlobStore for FsBlobs {
     fn list(&self) -> Result<BlobListing, StoreError> {
         let mut out = BlobListing::default();
         let read = |p: &Path| fs::read_dir(p).map_err(io_err("listing", p));
-        for owner in read(&self.root)? {
-            let owner = owner.map_err(io_err("listing", &self.root))?.path();
-            let Some(owner_ref) = parse_hex_name::<16>(&owner) else {
-                out.strays.push(owner.display().to_string());
-                continue;
-            };
-            if !owner.is_dir() {
-                out.strays.push(owner.display().to_string());
+        for fan in read(&self.root)? {
+            let fan = fan.map_err(io_err("listing", &self.root))?.path();
+            let fan_name = fan
+                .file_name()
+                .and_then(|s| s.to_str())
+                .unwrap_or("")
+                .to_owned();
+            if !fan.is_dir() || fan_name.len() != 2 {
+                out.strays.push(fan.display().to_string());
                 continue;
             }
-            for fan in read(&owner)? {
-                let fan = fan.map_err(io_err("listing", &owner))?.path();
-                if !fan.is_dir() {
-                    out.strays.push(fan.display().to_string());
-                    continue;
-                }
-                for f in read(&fan)? {
-                    let f = f.map_err(io_err("listing", &fan))?.path();
+            for owner in read(&fan)? {
+                let owner = owner.map_err(io_err("listing", &fan))?.path();
+                let owner_ref = match parse_hex_name::<16>(&owner) {
+                    Some(r) if owner.is_dir() && hex::encode(r).starts_with(&fan_name) => r,
+                    _ => {
+                        out.strays.push(owner.display().to_string());
+                        continue;
+                    }
+                };
+                for f in read(&owner)? {
+                    let f = f.map_err(io_err("listing", &owner))?.path();
                     match parse_hex_name::<32>(&f) {
-                        Some(name)
-                            if f.is_file()
-                                && fan.file_name().and_then(|s| s.to_str())
-                                    == Some(&hex::encode(name)[..2]) =>
-                        {
-                            out.blobs.push(BlobName {
-                                owner: owner_ref,
-                                name,
-                            })
-                        }
+                        Some(name) if f.is_file() => out.blobs.push(BlobName {
+                            owner: owner_ref,
+                            name,
+                        }),
                         _ => out.strays.push(f.display().to_string()),
                     }
                 }

@@ -91,7 +91,10 @@ pub struct BlobWriter<W: Write + Seek> {
     key: SecretKey,
     cipher: Aes256Gcm,
     hasher: blake3::Hasher,
-    buf: Zeroizing<Vec<u8>>,
+    /// Plaintext, then ciphertext, of the chunk being written. Content bytes are not key
+    /// material and are not wiped (wiping 64 KiB byte by byte on every drop costs more than a
+    /// small put); keys are.
+    buf: Vec<u8>,
     index: u64,
     size: u64,
 }
@@ -115,8 +118,7 @@ impl<W: Write + Seek> BlobWriter<W> {
     pub fn with_key(mut out: W, key: SecretKey) -> io::Result<Self> {
         out.write_all(&[0u8; HEADER_LEN])?;
         let cipher = Aes256Gcm::new(key.expose().into());
-        let mut buf = Zeroizing::new(Vec::with_capacity(CHUNK + TAG));
-        buf.clear();
+        let buf = Vec::with_capacity(CHUNK + TAG);
         Ok(Self {
             out,
             key,
@@ -216,8 +218,18 @@ impl<W: Write + Seek> Finished<W> {
 
     /// Wraps the content key under `wrap_key`, bound to `binding`, writes the header at the
     /// start of the blob and returns the output (not yet synced).
-    pub fn write_header(mut self, wrap_key: &SecretKey, binding: &[u8]) -> io::Result<W> {
-        let header = make_header(&self.key, self.size, wrap_key, binding, random_array())?;
+    pub fn write_header(self, wrap_key: &SecretKey, binding: &[u8]) -> io::Result<W> {
+        self.write_header_with_nonce(wrap_key, binding, random_array())
+    }
+
+    /// [`Finished::write_header`] with a given wrap nonce: for test vectors only.
+    pub(crate) fn write_header_with_nonce(
+        mut self,
+        wrap_key: &SecretKey,
+        binding: &[u8],
+        nonce: [u8; 12],
+    ) -> io::Result<W> {
+        let header = make_header(&self.key, self.size, wrap_key, binding, nonce)?;
         let end = self.out.stream_position()?;
         self.out.seek(SeekFrom::Start(0))?;
         self.out.write_all(&header)?;
@@ -257,8 +269,8 @@ pub struct BlobReader<R: Read + Seek> {
     size: u64,
     chunks: u64,
     digest: Digest,
-    /// Plaintext of chunk `buf_index`, if any is loaded.
-    buf: Zeroizing<Vec<u8>>,
+    /// Plaintext of chunk `buf_index`, if any is loaded (content, not key material: not wiped).
+    buf: Vec<u8>,
     buf_index: Option<u64>,
     pos: u64,
     /// Chunks 0..hashed have been hashed in order; hashing stops at the first out-of-order read.
@@ -316,7 +328,7 @@ impl<R: Read + Seek> BlobReader<R> {
             size,
             chunks: chunk_count(size),
             digest,
-            buf: Zeroizing::new(Vec::with_capacity(CHUNK + TAG)),
+            buf: Vec::with_capacity(CHUNK + TAG),
             buf_index: None,
             pos: 0,
             hasher: Some(blake3::Hasher::new()),

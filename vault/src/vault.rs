@@ -434,7 +434,7 @@ impl Vault {
         };
         let mut out = Vec::new();
         for d in digests {
-            if self.meta.get(&Self::content_key(&o, &o.blob(d)))?.is_none() {
+            if !self.held(&o, d)? {
                 out.push(*d);
             }
         }
@@ -453,11 +453,7 @@ impl Vault {
     ) -> Result<Stored, Error> {
         let o = self.owner_or_create(owner)?;
         if let Some(want) = expected {
-            if self
-                .meta
-                .get(&Self::content_key(&o, &o.blob(&want)))?
-                .is_some()
-            {
+            if self.held(&o, &want)? {
                 let (actual, size) = hash_source(&mut source)?;
                 if actual != want {
                     return Err(Error::DigestMismatch {
@@ -465,14 +461,59 @@ impl Vault {
                         actual,
                     });
                 }
-                self.durable(self.commit.latest())?;
-                return Ok(Stored {
-                    digest: want,
-                    size,
-                    created: false,
-                });
+                return self.already_held(want, size);
             }
         }
+        self.store_new(&o, source, expected)
+    }
+
+    /// Stores a content held in memory. Held content costs one BLAKE3 pass and nothing else.
+    pub fn put_content_bytes(&self, owner: &OwnerId, data: &[u8]) -> Result<Stored, Error> {
+        let digest = Digest::of(data);
+        let o = self.owner_or_create(owner)?;
+        if self.held(&o, &digest)? {
+            return self.already_held(digest, data.len() as u64);
+        }
+        self.store_new(&o, data, Some(digest))
+    }
+
+    /// Stores the content of a file. The file is hashed first; held content is not read again.
+    /// A file that changes while it is being stored fails with [`Error::DigestMismatch`].
+    pub fn put_content_file(&self, owner: &OwnerId, path: &Path) -> Result<Stored, Error> {
+        let mut f = File::open(path).map_err(Error::Source)?;
+        let (digest, size) = hash_source(&mut f)?;
+        let o = self.owner_or_create(owner)?;
+        if self.held(&o, &digest)? {
+            return self.already_held(digest, size);
+        }
+        f.seek(SeekFrom::Start(0)).map_err(Error::Source)?;
+        self.store_new(&o, f, Some(digest))
+    }
+
+    fn held(&self, o: &OwnerCtx, digest: &Digest) -> Result<bool, Error> {
+        Ok(self
+            .meta
+            .get(&Self::content_key(o, &o.blob(digest)))?
+            .is_some())
+    }
+
+    /// The answer for held content: durable once whatever made it held is durable.
+    fn already_held(&self, digest: Digest, size: u64) -> Result<Stored, Error> {
+        self.durable(self.commit.latest())?;
+        Ok(Stored {
+            digest,
+            size,
+            created: false,
+        })
+    }
+
+    /// Encrypts `source` into a new blob and records it (or finds it stored meanwhile).
+    fn store_new(
+        &self,
+        o: &OwnerCtx,
+        mut source: impl Read,
+        expected: Option<Digest>,
+    ) -> Result<Stored, Error> {
         let mut w = BlobWriter::new(self.blobs.create()?)?;
         let mut buf = vec![0u8; READ_BUF];
         loop {
@@ -493,21 +534,7 @@ impl Vault {
                 });
             }
         }
-        self.commit_blob(&o, fin)
-    }
-
-    /// Stores a content held in memory. Held content costs one BLAKE3 pass and nothing else.
-    pub fn put_content_bytes(&self, owner: &OwnerId, data: &[u8]) -> Result<Stored, Error> {
-        self.put_content(owner, data, Some(Digest::of(data)))
-    }
-
-    /// Stores the content of a file. The file is hashed first; held content is not read again.
-    /// A file that changes while it is being stored fails with [`Error::DigestMismatch`].
-    pub fn put_content_file(&self, owner: &OwnerId, path: &Path) -> Result<Stored, Error> {
-        let mut f = File::open(path).map_err(Error::Source)?;
-        let (digest, _) = hash_source(&mut f)?;
-        f.seek(SeekFrom::Start(0)).map_err(Error::Source)?;
-        self.put_content(owner, f, Some(digest))
+        self.commit_blob(o, fin)
     }
 
     fn owner_or_create(&self, owner: &OwnerId) -> Result<Arc<OwnerCtx>, Error> {
