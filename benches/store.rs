@@ -236,8 +236,8 @@ fn benches(c: &mut Criterion) {
                                     let mut n =
                                         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                     freshen(&mut buf, &mut n);
-                                    let st = vault.put_content_bytes(&o, &buf).unwrap();
-                                    vault.deposit(&o, doc(st.digest)).unwrap();
+                                    let d = vault::Digest::of(&buf);
+                                    vault.put_document(&o, buf.as_slice(), doc(d)).unwrap();
                                 }
                             });
                         }

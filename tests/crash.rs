@@ -42,7 +42,15 @@ fn crash_child() {
                     // Every fourth document reuses the previous content.
                     let cn = if i % 4 == 3 { n - 1 } else { n };
                     let owner = owner((n % 3) as u32);
-                    let doc = put_doc(&v, &owner, &content_of(round, cn), "cccd");
+                    let data = content_of(round, cn);
+                    // Half the documents in one step, half as upload then deposit.
+                    let doc = if i.is_multiple_of(2) {
+                        v.put_document(&owner, data.as_slice(), new_doc(Digest::of(&data), "cccd"))
+                            .unwrap()
+                            .1
+                    } else {
+                        put_doc(&v, &owner, &data, "cccd")
+                    };
                     report(&format!(
                         "ACK {owner} {} {} {round} {cn}",
                         doc.id, doc.meta.digest

@@ -388,3 +388,96 @@ fn concurrent_writers_share_syncs_and_lose_nothing() {
     }
     assert!(v.check(true).unwrap().is_clean());
 }
+
+#[test]
+fn put_document_stores_and_records_in_one_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    let a = owner(1);
+    let data = content(11, 100_000);
+    let d = Digest::of(&data);
+    let (s, doc) = v
+        .put_document(&a, data.as_slice(), new_doc(d, "cccd"))
+        .unwrap();
+    assert!(s.created);
+    assert_eq!(doc.size, 100_000);
+    assert_eq!(v.document(&a, &doc.id).unwrap(), doc);
+    // Held content: hashed only, a second document, still one blob.
+    let (s2, doc2) = v
+        .put_document(&a, data.as_slice(), new_doc(d, "giay-khai-sinh"))
+        .unwrap();
+    assert!(!s2.created);
+    assert_ne!(doc2.id, doc.id);
+    assert_eq!(files_below(&dir.path().join("blobs")).len(), 1);
+    // Wrong announced digest, for new and for held content: nothing recorded.
+    let other = content(12, 1000);
+    assert!(matches!(
+        v.put_document(&a, other.as_slice(), new_doc(d, "cccd")),
+        Err(Error::DigestMismatch { .. })
+    ));
+    assert!(matches!(
+        v.put_document(&a, other.as_slice(), new_doc(Digest::of(b"nope"), "cccd")),
+        Err(Error::DigestMismatch { .. })
+    ));
+    // Invalid fields are refused before anything is read.
+    let mut bad = new_doc(Digest::of(&other), "cccd");
+    bad.title = String::new();
+    assert!(matches!(
+        v.put_document(&a, other.as_slice(), bad),
+        Err(Error::Invalid(_))
+    ));
+    assert_eq!(v.documents(&a, None).unwrap().len(), 2);
+    assert_eq!(files_below(&dir.path().join("blobs")).len(), 1);
+    // Deleting both documents removes the content.
+    v.delete_document(&a, &doc.id).unwrap();
+    v.delete_document(&a, &doc2.id).unwrap();
+    assert!(files_below(&dir.path().join("blobs")).is_empty());
+    assert!(v.check(true).unwrap().is_clean());
+}
+
+#[test]
+fn recovery_after_an_unclean_shutdown_removes_unacknowledged_files_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = owner(1);
+    let kept = {
+        let v = Vault::open(dir.path(), &master()).unwrap();
+        let d = put_doc(&v, &a, &content(20, 3000), "cccd");
+        v.close().unwrap();
+        d
+    };
+    let blob = files_below(&dir.path().join("blobs")).pop().unwrap();
+    let owner_dir = blob.parent().unwrap().to_path_buf();
+    // What a crash can leave: a temp file, and a complete blob whose record never got written.
+    std::fs::write(
+        owner_dir.join(format!("{}.tmp", "ab".repeat(16))),
+        b"partial",
+    )
+    .unwrap();
+    let orphan = owner_dir.join("cd".repeat(32));
+    std::fs::copy(&blob, &orphan).unwrap();
+
+    // After a clean close nothing is removed: the orphan is reported, the temp file ignored.
+    {
+        let v = Vault::open(dir.path(), &master()).unwrap();
+        assert_eq!(v.recovery(), vault::RecoveryReport::default());
+        let report = v.check(false).unwrap();
+        assert_eq!(report.problems.len(), 1, "{report}");
+        assert!(
+            report.problems[0].what.contains("no content record"),
+            "{report}"
+        );
+        v.close().unwrap();
+    }
+    // After an unclean shutdown (OPEN left behind) both go, the acknowledged document stays.
+    std::fs::write(dir.path().join("OPEN"), b"").unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    let r = v.recovery();
+    assert!(r.unclean);
+    assert_eq!((r.unfinished_removed, r.orphans_removed), (1, 1));
+    assert!(!orphan.exists());
+    assert_eq!(
+        v.read_content(&a, &kept.meta.digest).unwrap(),
+        content(20, 3000)
+    );
+    assert!(v.check(true).unwrap().is_clean());
+}

@@ -158,7 +158,8 @@ impl fmt::Debug for BlobName {
 
 /// A blob being written: write it, then [`NewBlob::commit`]; dropping it discards it.
 pub trait NewBlob: Write + Seek + Send {
-    /// Makes the blob durable under `name` (replacing any blob of that name).
+    /// Puts the complete blob in place under `name` (replacing any blob of that name). It is
+    /// durable once a [`BlobStore::sync`] that starts after this call returns.
     fn commit(self: Box<Self>, name: &BlobName) -> Result<(), StoreError>;
 }
 
@@ -168,8 +169,10 @@ impl<T: Read + Seek + Send> BlobRead for T {}
 
 /// Write-once storage of encrypted blobs.
 pub trait BlobStore: Send + Sync + fmt::Debug {
-    /// Starts a new blob.
-    fn create(&self) -> Result<Box<dyn NewBlob>, StoreError>;
+    /// Starts a new blob of `owner`.
+    fn create(&self, owner: &[u8; 16]) -> Result<Box<dyn NewBlob>, StoreError>;
+    /// Makes every blob committed before this call durable, contents and names.
+    fn sync(&self) -> Result<(), StoreError>;
     /// Opens a blob; `Ok(None)` if there is none of that name.
     fn open(&self, name: &BlobName) -> Result<Option<Box<dyn BlobRead>>, StoreError>;
     /// The length of a blob; `Ok(None)` if there is none of that name.
@@ -178,7 +181,8 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     fn remove(&self, name: &BlobName) -> Result<(), StoreError>;
     /// Every stored blob, plus what is in the folder that is not a blob.
     fn list(&self) -> Result<BlobListing, StoreError>;
-    /// Discards blobs that were started and never committed (after a crash).
+    /// Discards blobs that were started and never committed (after a crash; not while blobs
+    /// are being written).
     fn discard_unfinished(&self) -> Result<usize, StoreError>;
     /// A place to name in reports.
     fn describe(&self, name: &BlobName) -> String;
@@ -191,15 +195,18 @@ pub struct BlobListing {
     pub blobs: Vec<BlobName>,
     /// Paths that do not belong in the blob folder.
     pub strays: Vec<String>,
+    /// Blobs being written (or left unfinished by a crash).
+    pub unfinished: Vec<PathBuf>,
 }
 
-/// Blobs as files: `blobs/<first 2 hex of owner ref>/<owner ref hex>/<name hex>`, written in
-/// `tmp/`, synced, renamed into place, and the directory synced. One directory per owner keeps
-/// an owner's blobs together (erasure removes one directory); the first level spreads owners.
+/// Blobs as files: `blobs/<first 2 hex of owner ref>/<owner ref hex>/<name hex>`, written as
+/// `<random hex>.tmp` in the same directory, then renamed into place; made durable by
+/// [`BlobStore::sync`]. One directory per owner keeps an owner's blobs together (erasure
+/// removes one directory) and spreads concurrent writers over directories; renames never cross
+/// directories (no file-system-wide rename lock).
 #[derive(Debug)]
 pub struct FsBlobs {
     root: PathBuf,
-    tmp: PathBuf,
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -228,11 +235,10 @@ fn create_dir_durable(dir: &Path) -> Result<(), StoreError> {
 }
 
 impl FsBlobs {
-    /// Uses `root` for blobs and `tmp` for blobs being written (same file system).
-    pub fn open(root: PathBuf, tmp: PathBuf) -> Result<Self, StoreError> {
+    /// Uses `root` for blobs.
+    pub fn open(root: PathBuf) -> Result<Self, StoreError> {
         create_dir_durable(&root)?;
-        create_dir_durable(&tmp)?;
-        Ok(Self { root, tmp })
+        Ok(Self { root })
     }
 
     fn owner_dir(root: &Path, owner: &[u8; 16]) -> PathBuf {
@@ -245,10 +251,18 @@ impl FsBlobs {
     }
 }
 
+/// On Linux, `sync` is one `syncfs(2)` that covers every blob written since the last one (file
+/// contents, new directories and renames), so concurrent puts share it. Elsewhere each commit
+/// syncs its file and directory itself.
+const PER_FILE_SYNC: bool = !cfg!(target_os = "linux");
+
+const TMP_SUFFIX: &str = ".tmp";
+
 struct FsNewBlob {
     file: File,
     path: PathBuf,
-    root: PathBuf,
+    dir: PathBuf,
+    owner: [u8; 16],
     committed: bool,
 }
 
@@ -272,32 +286,49 @@ impl Seek for FsNewBlob {
 
 impl NewBlob for FsNewBlob {
     fn commit(mut self: Box<Self>, name: &BlobName) -> Result<(), StoreError> {
-        self.file
-            .sync_all()
-            .map_err(io_err("syncing", &self.path))?;
-        let dir = FsBlobs::owner_dir(&self.root, &name.owner);
-        create_dir_durable(&dir)?;
-        let dest = dir.join(hex::encode(name.name));
+        if name.owner != self.owner {
+            return Err(StoreError::Meta(
+                "a blob must be committed under the owner it was created for".into(),
+            ));
+        }
+        let dest = self.dir.join(hex::encode(name.name));
+        if PER_FILE_SYNC {
+            self.file
+                .sync_all()
+                .map_err(io_err("syncing", &self.path))?;
+        }
         fs::rename(&self.path, &dest).map_err(io_err("renaming into", &dest))?;
         self.committed = true;
-        sync_dir(&dir)
+        if PER_FILE_SYNC {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 }
 
 impl Drop for FsNewBlob {
     fn drop(&mut self) {
         if !self.committed {
-            // Best effort: an unfinished blob left behind by a failure here is removed by
-            // `discard_unfinished` at the next open.
+            // Best effort: an unfinished blob left behind (a failure here, or a crash) is
+            // removed by `discard_unfinished` at the next open after an unclean shutdown.
             let _ = fs::remove_file(&self.path);
         }
     }
 }
 
 impl BlobStore for FsBlobs {
-    fn create(&self) -> Result<Box<dyn NewBlob>, StoreError> {
-        let path = self.tmp.join(format!(
-            "{}.tmp",
+    fn create(&self, owner: &[u8; 16]) -> Result<Box<dyn NewBlob>, StoreError> {
+        let dir = Self::owner_dir(&self.root, owner);
+        if !dir.is_dir() {
+            if PER_FILE_SYNC {
+                create_dir_durable(&dir)?;
+            } else {
+                // Made durable, with the blob, by the next `sync` (syncfs).
+                fs::create_dir_all(&dir).map_err(io_err("creating directory", &dir))?;
+            }
+        }
+        let path = dir.join(format!(
+            "{}{TMP_SUFFIX}",
             hex::encode(crate::keys::random_array::<16>())
         ));
         let file = OpenOptions::new()
@@ -309,9 +340,20 @@ impl BlobStore for FsBlobs {
         Ok(Box::new(FsNewBlob {
             file,
             path,
-            root: self.root.clone(),
+            dir,
+            owner: *owner,
             committed: false,
         }))
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        #[cfg(target_os = "linux")]
+        {
+            let root = File::open(&self.root).map_err(io_err("opening", &self.root))?;
+            rustix::fs::syncfs(&root)
+                .map_err(|e| io_err("syncing the file system of", &self.root)(e.into()))?;
+        }
+        Ok(())
     }
 
     fn open(&self, name: &BlobName) -> Result<Option<Box<dyn BlobRead>>, StoreError> {
@@ -371,6 +413,7 @@ impl BlobStore for FsBlobs {
                             owner: owner_ref,
                             name,
                         }),
+                        _ if is_unfinished(&f) => out.unfinished.push(f),
                         _ => out.strays.push(f.display().to_string()),
                     }
                 }
@@ -380,21 +423,23 @@ impl BlobStore for FsBlobs {
     }
 
     fn discard_unfinished(&self) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for e in fs::read_dir(&self.tmp).map_err(io_err("listing", &self.tmp))? {
-            let p = e.map_err(io_err("listing", &self.tmp))?.path();
-            fs::remove_file(&p).map_err(io_err("removing", &p))?;
-            n += 1;
+        let unfinished = self.list()?.unfinished;
+        for p in &unfinished {
+            fs::remove_file(p).map_err(io_err("removing", p))?;
         }
-        if n > 0 {
-            sync_dir(&self.tmp)?;
-        }
-        Ok(n)
+        Ok(unfinished.len())
     }
 
     fn describe(&self, name: &BlobName) -> String {
         self.path(name).display().to_string()
     }
+}
+
+fn is_unfinished(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.strip_suffix(TMP_SUFFIX))
+        .is_some_and(|stem| stem.len() == 32 && stem.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn parse_hex_name<const N: usize>(p: &Path) -> Option<[u8; N]> {

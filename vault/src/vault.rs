@@ -108,6 +108,8 @@ pub struct Vault {
     master_wrap: SecretKey,
     index_key: SecretKey,
     commit: GroupCommit,
+    /// Group commit of blob syncs (one `syncfs` for a batch of new blobs).
+    blob_commit: GroupCommit,
     owners: RwLock<HashMap<OwnerRef, Arc<OwnerCtx>>>,
     stripes: Vec<Mutex<()>>,
     /// Present while open; its presence at open means the last session did not close cleanly.
@@ -129,7 +131,7 @@ impl std::fmt::Debug for Vault {
 pub struct RecoveryReport {
     /// Whether the previous session ended without closing the vault.
     pub unclean: bool,
-    /// Unfinished blob files removed from `tmp/`.
+    /// Unfinished blob files (`*.tmp`) removed.
     pub unfinished_removed: usize,
     /// Blob files removed that no record pointed at (written by a put that never returned).
     pub orphans_removed: usize,
@@ -176,7 +178,7 @@ impl Vault {
         };
         fs::create_dir_all(dir).map_err(io("creating data folder"))?;
         let meta = SledMeta::open(&dir.join("meta"))?;
-        let blobs = FsBlobs::open(dir.join("blobs"), dir.join("tmp"))?;
+        let blobs = FsBlobs::open(dir.join("blobs"))?;
         Self::open_with(
             Box::new(meta),
             Box::new(blobs),
@@ -237,6 +239,7 @@ impl Vault {
             master_wrap,
             index_key,
             commit: GroupCommit::default(),
+            blob_commit: GroupCommit::default(),
             owners: RwLock::new(HashMap::new()),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             open_marker,
@@ -255,10 +258,11 @@ impl Vault {
             unclean,
             ..Default::default()
         };
-        report.unfinished_removed = self.blobs.discard_unfinished()?;
         if unclean {
-            // A put writes its blob before its record; a crash in between leaves a blob that
-            // nothing points at and that was never acknowledged.
+            // Puts that never returned leave unfinished temp files, or (a crash between the
+            // blob's rename and its record) a complete blob nothing points at. Neither was
+            // acknowledged.
+            report.unfinished_removed = self.blobs.discard_unfinished()?;
             for name in self.blobs.list()?.blobs {
                 let key = key_of(prefix::CONTENT, &[&name.owner, &name.name]);
                 if self.meta.get(&key)?.is_none() {
@@ -292,9 +296,14 @@ impl Vault {
         self.recovered
     }
 
-    /// Group-commit counters (changes applied, syncs run).
+    /// Group-commit counters of the metadata store (changes applied, syncs run).
     pub fn commit_stats(&self) -> CommitStats {
         self.commit.stats()
+    }
+
+    /// Group-commit counters of the blob store (blobs committed, syncs run).
+    pub fn blob_commit_stats(&self) -> CommitStats {
+        self.blob_commit.stats()
     }
 
     pub(crate) fn meta(&self) -> &dyn MetaStore {
@@ -511,10 +520,21 @@ impl Vault {
     fn store_new(
         &self,
         o: &OwnerCtx,
-        mut source: impl Read,
+        source: impl Read,
         expected: Option<Digest>,
     ) -> Result<Stored, Error> {
-        let mut w = BlobWriter::new(self.blobs.create()?)?;
+        let fin = self.encrypt(o, source, expected)?;
+        Ok(self.commit_blob(o, fin, None)?.0)
+    }
+
+    /// Encrypts `source` into an uncommitted blob, checking the digest if one is expected.
+    fn encrypt(
+        &self,
+        o: &OwnerCtx,
+        mut source: impl Read,
+        expected: Option<Digest>,
+    ) -> Result<Finished<Box<dyn NewBlob>>, Error> {
+        let mut w = BlobWriter::new(self.blobs.create(&o.op)?)?;
         let mut buf = vec![0u8; READ_BUF];
         loop {
             let n = match source.read(&mut buf) {
@@ -534,46 +554,144 @@ impl Vault {
                 });
             }
         }
-        self.commit_blob(o, fin)
+        Ok(fin)
     }
 
     fn owner_or_create(&self, owner: &OwnerId) -> Result<Arc<OwnerCtx>, Error> {
         self.owner(owner, true)?.ok_or(Error::NotFound("owner"))
     }
 
-    fn commit_blob(&self, o: &OwnerCtx, fin: Finished<Box<dyn NewBlob>>) -> Result<Stored, Error> {
+    /// Records a new blob (or finds its content stored meanwhile by a concurrent put) and, with
+    /// `doc`, a document about it, in one atomic batch and one durable wait.
+    fn commit_blob(
+        &self,
+        o: &OwnerCtx,
+        fin: Finished<Box<dyn NewBlob>>,
+        doc: Option<(NewDocument, bool)>,
+    ) -> Result<(Stored, Option<Document>), Error> {
         let digest = fin.digest();
         let size = fin.size();
         let name = o.blob(&digest);
         let key = Self::content_key(o, &name);
         let guard = self.stripe(&name);
-        if self.meta.get(&key)?.is_some() {
+        let (mut rec, created) = match self.get_sealed::<ContentRecord>(&o.keys, &key)? {
             // Stored meanwhile by a concurrent put: the new blob is dropped (and deleted).
-            drop(guard);
-            drop(fin);
-            self.durable(self.commit.latest())?;
-            return Ok(Stored {
-                digest,
-                size,
-                created: false,
-            });
-        }
-        let pending = fin.write_header(&o.keys.blob_wrap, &o.binding(&digest))?;
-        pending.commit(&name)?;
-        let rec = ContentRecord {
+            Some(rec) => (rec, false),
+            None => {
+                let pending = fin.write_header(&o.keys.blob_wrap, &o.binding(&digest))?;
+                pending.commit(&name)?;
+                // The blob must be durable before the record that points at it can be.
+                let blob_ticket = self.blob_commit.written();
+                self.blob_commit
+                    .wait_durable(blob_ticket, || self.blobs.sync())?;
+                let rec = ContentRecord {
+                    digest,
+                    size,
+                    refs: 0,
+                    stored_at: Timestamp::now(),
+                };
+                (rec, true)
+            }
+        };
+        let stored = Stored {
             digest,
             size,
-            refs: 0,
-            stored_at: Timestamp::now(),
+            created,
         };
-        let ticket = self.apply(vec![Op::Put(key.clone(), seal_record(&o.keys, &key, &rec))])?;
+        if doc.is_none() && !created {
+            drop(guard);
+            return Ok((self.already_held(digest, size)?, None));
+        }
+        let mut ops = Vec::with_capacity(3);
+        let document = doc.map(|(new, verified)| {
+            self.document_ops(o, &mut rec, new, verified, Timestamp::now(), &mut ops)
+        });
+        ops.push(Op::Put(key.clone(), seal_record(&o.keys, &key, &rec)));
+        let ticket = self.apply(ops)?;
         drop(guard);
         self.durable(ticket)?;
-        Ok(Stored {
-            digest,
-            size,
-            created: true,
-        })
+        Ok((stored, document))
+    }
+
+    /// A new document about `rec`'s content: counts the reference and adds the record and
+    /// index entry to `ops` (the caller adds the updated content record).
+    fn document_ops(
+        &self,
+        o: &OwnerCtx,
+        rec: &mut ContentRecord,
+        new: NewDocument,
+        verified: bool,
+        now: Timestamp,
+        ops: &mut Vec<Op>,
+    ) -> Document {
+        let doc = Document {
+            id: DocumentId::random(),
+            owner: o.id.clone(),
+            size: rec.size,
+            deposited_at: now,
+            verified,
+            revocation: None,
+            meta: new,
+        };
+        rec.refs += 1;
+        let dkey = key_of(prefix::DOCUMENT, &[&o.op, doc.id.as_bytes()]);
+        let tkey = key_of(
+            prefix::TYPE_INDEX,
+            &[
+                &o.op,
+                &o.keys.type_tag(&doc.meta.doc_type),
+                doc.id.as_bytes(),
+            ],
+        );
+        ops.push(Op::Put(dkey.clone(), seal_record(&o.keys, &dkey, &doc)));
+        ops.push(Op::Put(tkey.clone(), seal_record(&o.keys, &tkey, &())));
+        doc
+    }
+
+    /// Stores a content and records a document about it in one step: one durable wait instead
+    /// of two. `new.digest` is the digest the content must have ([`Error::DigestMismatch`]
+    /// otherwise, leaving nothing behind). Held content is only hashed.
+    pub fn put_document(
+        &self,
+        owner: &OwnerId,
+        source: impl Read,
+        new: NewDocument,
+    ) -> Result<(Stored, Document), Error> {
+        self.put_document_as(owner, source, new, false)
+    }
+
+    pub(crate) fn put_document_as(
+        &self,
+        owner: &OwnerId,
+        mut source: impl Read,
+        new: NewDocument,
+        verified: bool,
+    ) -> Result<(Stored, Document), Error> {
+        new.validate()?;
+        let o = self.owner_or_create(owner)?;
+        let want = new.digest;
+        if self.held(&o, &want)? {
+            let (actual, size) = hash_source(&mut source)?;
+            if actual != want {
+                return Err(Error::DigestMismatch {
+                    expected: want,
+                    actual,
+                });
+            }
+            let doc = self.deposit_as(owner, new, verified, Timestamp::now())?;
+            return Ok((
+                Stored {
+                    digest: want,
+                    size,
+                    created: false,
+                },
+                doc,
+            ));
+        }
+        let fin = self.encrypt(&o, source, Some(want))?;
+        let (stored, doc) = self.commit_blob(&o, fin, Some((new, verified)))?;
+        let doc = doc.ok_or_else(|| Error::Conflict("document was not recorded".into()))?;
+        Ok((stored, doc))
     }
 
     /// Records a document about a content the owner already holds ([`Error::Conflict`] if
@@ -602,30 +720,10 @@ impl Vault {
         let ckey = Self::content_key(&o, &name);
         let guard = self.stripe(&name);
         let mut rec: ContentRecord = self.get_sealed(&o.keys, &ckey)?.ok_or_else(not_held)?;
-        let doc = Document {
-            id: DocumentId::random(),
-            owner: owner.clone(),
-            size: rec.size,
-            deposited_at: now,
-            verified,
-            revocation: None,
-            meta: new,
-        };
-        rec.refs += 1;
-        let dkey = key_of(prefix::DOCUMENT, &[&o.op, doc.id.as_bytes()]);
-        let tkey = key_of(
-            prefix::TYPE_INDEX,
-            &[
-                &o.op,
-                &o.keys.type_tag(&doc.meta.doc_type),
-                doc.id.as_bytes(),
-            ],
-        );
-        let ticket = self.apply(vec![
-            Op::Put(dkey.clone(), seal_record(&o.keys, &dkey, &doc)),
-            Op::Put(tkey.clone(), seal_record(&o.keys, &tkey, &())),
-            Op::Put(ckey.clone(), seal_record(&o.keys, &ckey, &rec)),
-        ])?;
+        let mut ops = Vec::with_capacity(3);
+        let doc = self.document_ops(&o, &mut rec, new, verified, now, &mut ops);
+        ops.push(Op::Put(ckey.clone(), seal_record(&o.keys, &ckey, &rec)));
+        let ticket = self.apply(ops)?;
         drop(guard);
         self.durable(ticket)?;
         Ok(doc)
