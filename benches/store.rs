@@ -175,6 +175,17 @@ fn benches(c: &mut Criterion) {
         if len == 64 * MIB {
             // Two different contents put at once (two threads), bytes of both counted.
             g.throughput(Throughput::Bytes(2 * len as u64));
+            let bare2 = [dir.path().join("bare-a"), dir.path().join("bare-b")];
+            g.bench_function(BenchmarkId::new("bare-store-2-parallel", label), |b| {
+                b.iter(|| {
+                    std::thread::scope(|s| {
+                        for p in &bare2 {
+                            let (buf, cipher) = (&buf, &cipher);
+                            s.spawn(move || bare_store(p, buf, cipher));
+                        }
+                    })
+                })
+            });
             let mut bufs = [buf.clone(), buf.clone()];
             g.bench_function(BenchmarkId::new("put-2-parallel", label), |b| {
                 b.iter_custom(|iters| {
@@ -327,11 +338,11 @@ fn summary(memory: Option<(u64, u64, f64)>) {
     }
     let one = bps("put/64MiB", (64 * MIB) as f64);
     let two = bps("put-2-parallel/64MiB", (128 * MIB) as f64);
+    let bare_one = bps("bare-store/64MiB", (64 * MIB) as f64);
+    let bare_two = bps("bare-store-2-parallel/64MiB", (128 * MIB) as f64);
     println!(
-        "\ntwo 64 MiB contents at once: {} vs one: {} = {} (target ≥150%)",
-        gbs(two),
-        gbs(one),
-        ratio(two, one)
+        "\ntwo 64 MiB contents at once: {} vs one: {} = {} (target ≥150%); the bare pipeline on two threads: {} vs one: {} = {}",
+        gbs(two), gbs(one), ratio(two, one), gbs(bare_two), gbs(bare_one), ratio(bare_two, bare_one)
     );
     let ops = |id: &str| estimate("store", id).map(|ns| 1e9 / ns);
     let w1 = ops("small-doc-puts/1-writers");
