@@ -54,6 +54,11 @@ mod vault;
 #[cfg(test)]
 mod vectors;
 
+/// The README's library example, compiled as a doctest so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use check::{CheckReport, Problem};
 pub use document::{Document, NewDocument, Revocation, Signature, Status};
 pub use error::Error;
