@@ -25,10 +25,7 @@ const CHUNK: usize = 64 * KIB;
 
 fn data(len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(b"bench")
-        .finalize_xof()
-        .fill(&mut out);
+    blake3::Hasher::new().update(b"bench").finalize_xof().fill(&mut out);
     out
 }
 
@@ -71,9 +68,7 @@ fn bare_store(path: &Path, data: &[u8], cipher: &Aes256Gcm) {
         buf.extend_from_slice(chunk);
         let mut nonce = [0u8; 12];
         nonce[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        let tag = cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &[], &mut buf)
-            .unwrap();
+        let tag = cipher.encrypt_in_place_detached(Nonce::from_slice(&nonce), &[], &mut buf).unwrap();
         buf.extend_from_slice(&tag);
         f.write_all(&buf).unwrap();
     }
@@ -94,9 +89,7 @@ fn bare_read(path: &Path, len: usize, cipher: &Aes256Gcm) {
         let mut nonce = [0u8; 12];
         nonce[..8].copy_from_slice(&i.to_be_bytes());
         let (ct, tag) = buf[..n + 16].split_at_mut(n);
-        cipher
-            .decrypt_in_place_detached(Nonce::from_slice(&nonce), &[], ct, (&*tag).into())
-            .unwrap();
+        cipher.decrypt_in_place_detached(Nonce::from_slice(&nonce), &[], ct, (&*tag).into()).unwrap();
         hasher.update(ct);
         left -= n;
         i += 1;
@@ -105,44 +98,31 @@ fn bare_read(path: &Path, len: usize, cipher: &Aes256Gcm) {
 }
 
 fn benches(c: &mut Criterion) {
-    let dir = tempfile::tempdir_in(std::env::var("VAULT_BENCH_DIR").unwrap_or_else(|_| ".".into()))
-        .unwrap();
+    let dir = tempfile::tempdir_in(std::env::var("VAULT_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
     let vault = Vault::open(&dir.path().join("vault"), &MasterKey::generate()).unwrap();
     let cipher = Aes256Gcm::new(&[7u8; 32].into());
     let o = owner();
     let mut g = c.benchmark_group("store");
-    g.sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
+    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
 
     for (len, label) in SIZES {
         let mut buf = data(len);
         g.throughput(Throughput::Bytes(len as u64));
-        g.bench_function(BenchmarkId::new("blake3", label), |b| {
-            b.iter(|| black_box(blake3::hash(&buf)))
-        });
+        g.bench_function(BenchmarkId::new("blake3", label), |b| b.iter(|| black_box(blake3::hash(&buf))));
         g.bench_function(BenchmarkId::new("aes-gcm", label), |b| {
             let mut work = buf.clone();
             b.iter(|| {
                 for (i, chunk) in work.chunks_mut(CHUNK).enumerate() {
                     let mut nonce = [0u8; 12];
                     nonce[..8].copy_from_slice(&(i as u64).to_be_bytes());
-                    black_box(
-                        cipher
-                            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &[], chunk)
-                            .unwrap(),
-                    );
+                    black_box(cipher.encrypt_in_place_detached(Nonce::from_slice(&nonce), &[], chunk).unwrap());
                 }
             })
         });
         let bare = dir.path().join("bare");
-        g.bench_function(BenchmarkId::new("bare-store", label), |b| {
-            b.iter(|| bare_store(&bare, &buf, &cipher))
-        });
+        g.bench_function(BenchmarkId::new("bare-store", label), |b| b.iter(|| bare_store(&bare, &buf, &cipher)));
         bare_store(&bare, &buf, &cipher);
-        g.bench_function(BenchmarkId::new("bare-read", label), |b| {
-            b.iter(|| bare_read(&bare, len, &cipher))
-        });
+        g.bench_function(BenchmarkId::new("bare-read", label), |b| b.iter(|| bare_read(&bare, len, &cipher)));
 
         let mut n = 0u64;
         g.bench_function(BenchmarkId::new("put", label), |b| {
@@ -196,10 +176,8 @@ fn benches(c: &mut Criterion) {
                         }
                         let t = Instant::now();
                         let stored: Vec<_> = std::thread::scope(|s| {
-                            let hs: Vec<_> = bufs
-                                .iter()
-                                .map(|bb| s.spawn(|| vault.put_content_bytes(&o, bb).unwrap()))
-                                .collect();
+                            let hs: Vec<_> =
+                                bufs.iter().map(|bb| s.spawn(|| vault.put_content_bytes(&o, bb).unwrap())).collect();
                             hs.into_iter().map(|h| h.join().unwrap()).collect()
                         });
                         total += t.elapsed();
@@ -230,35 +208,30 @@ fn benches(c: &mut Criterion) {
     });
     for writers in [1usize, 16] {
         let counter = std::sync::atomic::AtomicU64::new(1 << 40);
-        g.bench_function(
-            BenchmarkId::new("small-doc-puts", format!("{writers}-writers")),
-            |b| {
-                b.iter_custom(|iters| {
-                    let per = iters.div_ceil(writers as u64);
-                    let t = Instant::now();
-                    std::thread::scope(|s| {
-                        for w in 0..writers {
-                            let vault = &vault;
-                            let counter = &counter;
-                            s.spawn(move || {
-                                let o = OwnerId::parse(&format!("citizen:{:012}", w)).unwrap();
-                                let mut buf = data(4 * KIB);
-                                for _ in 0..per {
-                                    let mut n =
-                                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                    freshen(&mut buf, &mut n);
-                                    let d = vault::Digest::of(&buf);
-                                    vault.put_document(&o, buf.as_slice(), doc(d)).unwrap();
-                                }
-                            });
-                        }
-                    });
-                    // Report time per document (per * writers documents were stored).
-                    t.elapsed()
-                        .mul_f64(iters as f64 / (per * writers as u64) as f64)
-                })
-            },
-        );
+        g.bench_function(BenchmarkId::new("small-doc-puts", format!("{writers}-writers")), |b| {
+            b.iter_custom(|iters| {
+                let per = iters.div_ceil(writers as u64);
+                let t = Instant::now();
+                std::thread::scope(|s| {
+                    for w in 0..writers {
+                        let vault = &vault;
+                        let counter = &counter;
+                        s.spawn(move || {
+                            let o = OwnerId::parse(&format!("citizen:{:012}", w)).unwrap();
+                            let mut buf = data(4 * KIB);
+                            for _ in 0..per {
+                                let mut n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                freshen(&mut buf, &mut n);
+                                let d = vault::Digest::of(&buf);
+                                vault.put_document(&o, buf.as_slice(), doc(d)).unwrap();
+                            }
+                        });
+                    }
+                });
+                // Report time per document (per * writers documents were stored).
+                t.elapsed().mul_f64(iters as f64 / (per * writers as u64) as f64)
+            })
+        });
     }
     g.finish();
 }
@@ -274,13 +247,9 @@ fn memory_child() {
             Ok(n)
         }
     }
-    let dir = tempfile::tempdir_in(std::env::var("VAULT_BENCH_DIR").unwrap_or_else(|_| ".".into()))
-        .unwrap();
+    let dir = tempfile::tempdir_in(std::env::var("VAULT_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
     let vault = Vault::open(dir.path(), &MasterKey::generate()).unwrap();
-    let gen = Gen(
-        1 << 30,
-        blake3::Hasher::new().update(b"1GiB").finalize_xof(),
-    );
+    let gen = Gen(1 << 30, blake3::Hasher::new().update(b"1GiB").finalize_xof());
     let t = Instant::now();
     let s = vault.put_content(&owner(), gen, None).unwrap();
     let secs = t.elapsed().as_secs_f64();
@@ -312,16 +281,8 @@ fn summary(memory: Option<(u64, u64, f64)>) {
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (len, label) in SIZES {
         let b = len as f64;
-        let [h, a, bs, p, br, g, rp] = [
-            "blake3",
-            "aes-gcm",
-            "bare-store",
-            "put",
-            "bare-read",
-            "get",
-            "re-put",
-        ]
-        .map(|k| bps(&format!("{k}/{label}"), b));
+        let [h, a, bs, p, br, g, rp] = ["blake3", "aes-gcm", "bare-store", "put", "bare-read", "get", "re-put"]
+            .map(|k| bps(&format!("{k}/{label}"), b));
         println!(
             "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             gbs(h),
@@ -356,7 +317,9 @@ fn summary(memory: Option<(u64, u64, f64)>) {
     match memory {
         Some((size, kib, secs)) => println!(
             "peak memory putting a {} MiB generated content: {:.1} MiB VmHWM (target < 64 MiB), {:.3} GB/s",
-            size >> 20, kib as f64 / 1024.0, size as f64 / secs / 1e9
+            size >> 20,
+            kib as f64 / 1024.0,
+            size as f64 / secs / 1e9
         ),
         None => println!("peak memory: not measured"),
     }

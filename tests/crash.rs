@@ -45,16 +45,11 @@ fn crash_child() {
                     let data = content_of(round, cn);
                     // Half the documents in one step, half as upload then deposit.
                     let doc = if i.is_multiple_of(2) {
-                        v.put_document(&owner, data.as_slice(), new_doc(Digest::of(&data), "cccd"))
-                            .unwrap()
-                            .1
+                        v.put_document(&owner, data.as_slice(), new_doc(Digest::of(&data), "cccd")).unwrap().1
                     } else {
                         put_doc(&v, &owner, &data, "cccd")
                     };
-                    report(&format!(
-                        "ACK {owner} {} {} {round} {cn}",
-                        doc.id, doc.meta.digest
-                    ));
+                    report(&format!("ACK {owner} {} {} {round} {cn}", doc.id, doc.meta.digest));
                     if i % 5 == 4 {
                         // Announced first: a delete that never returned may or may not stick.
                         report(&format!("TRY-DEL {owner} {}", doc.id));
@@ -95,10 +90,7 @@ fn next(state: &mut u64) -> u64 {
 
 #[test]
 fn kill9_never_loses_an_acknowledged_write() {
-    let rounds: u64 = std::env::var("VAULT_CRASH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let rounds: u64 = std::env::var("VAULT_CRASH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let mut acked: Vec<Acked> = Vec::new();
     let mut deleted: std::collections::HashSet<DocumentId> = Default::default();
@@ -162,10 +154,7 @@ fn kill9_never_loses_an_acknowledged_write() {
                 _ => {}
             }
         }
-        assert!(
-            acked.len() > before,
-            "round {round}: the child acknowledged nothing: {lines:?}"
-        );
+        assert!(acked.len() > before, "round {round}: the child acknowledged nothing: {lines:?}");
 
         let v = Vault::open(dir.path(), &master()).unwrap();
         if v.recovery().unclean {
@@ -174,41 +163,22 @@ fn kill9_never_loses_an_acknowledged_write() {
         for a in &acked {
             match v.document(&a.owner, &a.id) {
                 Ok(doc) => {
-                    assert!(
-                        !deleted.contains(&a.id),
-                        "round {round}: acknowledged delete of {} undone",
-                        a.id
-                    );
+                    assert!(!deleted.contains(&a.id), "round {round}: acknowledged delete of {} undone", a.id);
                     assert_eq!(doc.meta.digest, a.digest);
                     let data = v.read_content(&a.owner, &a.digest).unwrap();
-                    assert_eq!(
-                        data,
-                        content_of(a.round, a.content),
-                        "round {round}: {} differs",
-                        a.id
-                    );
+                    assert_eq!(data, content_of(a.round, a.content), "round {round}: {} differs", a.id);
                 }
                 Err(Error::NotFound(_)) => {
-                    assert!(
-                        maybe_deleted.contains(&a.id),
-                        "round {round}: acknowledged document {} lost",
-                        a.id
-                    );
+                    assert!(maybe_deleted.contains(&a.id), "round {round}: acknowledged document {} lost", a.id);
                 }
                 Err(e) => panic!("round {round}: reading {}: {e}", a.id),
             }
         }
         let report = v.check(round % 5 == 4 || round + 1 == rounds).unwrap();
-        assert!(
-            report.is_clean(),
-            "round {round}: check after kill -9:\n{report}"
-        );
+        assert!(report.is_clean(), "round {round}: check after kill -9:\n{report}");
         v.close().unwrap();
     }
-    assert_eq!(
-        recovered_unclean, rounds,
-        "every kill must be seen as an unclean shutdown"
-    );
+    assert_eq!(recovered_unclean, rounds, "every kill must be seen as an unclean shutdown");
     eprintln!(
         "{rounds} kills, {} acknowledged documents, {} acknowledged deletes, all intact",
         acked.len(),

@@ -55,10 +55,7 @@ fn reference_counts_remove_the_last_copy() {
     assert!(!v.holds(&a, &d1.meta.digest).unwrap());
     assert!(files_below(&dir.path().join("blobs")).is_empty());
     assert!(matches!(v.document(&a, &d2.id), Err(Error::NotFound(_))));
-    assert!(matches!(
-        v.delete_document(&a, &d2.id),
-        Err(Error::NotFound(_))
-    ));
+    assert!(matches!(v.delete_document(&a, &d2.id), Err(Error::NotFound(_))));
     assert!(v.check(true).unwrap().is_clean());
 }
 
@@ -71,29 +68,17 @@ fn listing_by_owner_and_type() {
     let y = put_doc(&v, &a, b"two", "giay-khai-sinh");
     let z = put_doc(&v, &a, b"three", "cccd");
     put_doc(&v, &b, b"one", "cccd");
-    let all: Vec<_> = v
-        .documents(&a, None)
-        .unwrap()
-        .into_iter()
-        .map(|d| d.id)
-        .collect();
+    let all: Vec<_> = v.documents(&a, None).unwrap().into_iter().map(|d| d.id).collect();
     assert_eq!(all.len(), 3);
     for id in [x.id, y.id, z.id] {
         assert!(all.contains(&id));
     }
-    let cccd: Vec<_> = v
-        .documents(&a, Some(&DocType::parse("cccd").unwrap()))
-        .unwrap()
-        .into_iter()
-        .map(|d| d.id)
-        .collect();
+    let cccd: Vec<_> =
+        v.documents(&a, Some(&DocType::parse("cccd").unwrap())).unwrap().into_iter().map(|d| d.id).collect();
     assert_eq!(cccd.len(), 2);
     assert!(cccd.contains(&x.id) && cccd.contains(&z.id));
     assert!(v.documents(&owner(3), None).unwrap().is_empty());
-    assert!(v
-        .documents(&a, Some(&DocType::parse("none").unwrap()))
-        .unwrap()
-        .is_empty());
+    assert!(v.documents(&a, Some(&DocType::parse("none").unwrap())).unwrap().is_empty());
     // One owner cannot reach another's document by id.
     assert!(matches!(v.document(&b, &x.id), Err(Error::NotFound(_))));
 }
@@ -104,16 +89,10 @@ fn deposit_requires_held_content_and_valid_fields() {
     let v = Vault::open(dir.path(), &master()).unwrap();
     let a = owner(1);
     let missing = Digest::of(b"never uploaded");
-    assert!(matches!(
-        v.deposit(&a, new_doc(missing, "cccd")),
-        Err(Error::Conflict(_))
-    ));
+    assert!(matches!(v.deposit(&a, new_doc(missing, "cccd")), Err(Error::Conflict(_))));
     let s = v.put_content_bytes(&a, b"x").unwrap();
     // Held by another owner does not count.
-    assert!(matches!(
-        v.deposit(&owner(2), new_doc(s.digest, "cccd")),
-        Err(Error::Conflict(_))
-    ));
+    assert!(matches!(v.deposit(&owner(2), new_doc(s.digest, "cccd")), Err(Error::Conflict(_))));
     let mut bad = new_doc(s.digest, "cccd");
     bad.title = "x".repeat(257);
     assert!(matches!(v.deposit(&a, bad), Err(Error::Invalid(_))));
@@ -142,10 +121,7 @@ fn digest_mismatch_leaves_nothing_behind() {
     assert!(!v.holds(&a, &Digest::of(&data)).unwrap());
     // Announcing a held digest with other bytes is refused too, and the held copy is intact.
     let held = v.put_content_bytes(&a, b"held").unwrap();
-    assert!(matches!(
-        v.put_content(&a, &b"not held"[..], Some(held.digest)),
-        Err(Error::DigestMismatch { .. })
-    ));
+    assert!(matches!(v.put_content(&a, &b"not held"[..], Some(held.digest)), Err(Error::DigestMismatch { .. })));
     assert_eq!(v.read_content(&a, &held.digest).unwrap(), b"held");
     // A source that fails mid-way stores nothing.
     struct Failing(usize);
@@ -159,10 +135,7 @@ fn digest_mismatch_leaves_nothing_behind() {
             Ok(b.len())
         }
     }
-    assert!(matches!(
-        v.put_content(&a, Failing(3), None),
-        Err(Error::Source(_))
-    ));
+    assert!(matches!(v.put_content(&a, Failing(3), None), Err(Error::Source(_))));
     assert!(files_below(&dir.path().join("tmp")).is_empty());
     assert_eq!(files_below(&dir.path().join("blobs")).len(), 1);
     assert!(v.check(true).unwrap().is_clean());
@@ -199,10 +172,7 @@ fn a_flipped_byte_in_a_blob_is_reported_never_served() {
     bytes[at] ^= 0x20;
     std::fs::write(&blob, &bytes).unwrap();
 
-    assert!(matches!(
-        v.read_content(&a, &doc.meta.digest),
-        Err(Error::Decrypt(_))
-    ));
+    assert!(matches!(v.read_content(&a, &doc.meta.digest), Err(Error::Decrypt(_))));
     // A streaming read serves the authentic first chunk, then fails: never the damaged bytes.
     let (_, mut r) = v.open_document_content(&a, &doc.id).unwrap();
     let mut got = Vec::new();
@@ -220,19 +190,11 @@ fn a_flipped_byte_in_a_blob_is_reported_never_served() {
     r.read_exact(&mut part).unwrap();
     assert_eq!(part, data[2 * 65536..2 * 65536 + 100]);
 
-    assert!(
-        v.check(false).unwrap().is_clean(),
-        "without --read-data the lengths still match"
-    );
+    assert!(v.check(false).unwrap().is_clean(), "without --read-data the lengths still match");
     let report = v.check(true).unwrap();
     assert_eq!(report.problems.len(), 1, "{report}");
-    assert!(
-        report.problems[0].what.contains("fails authentication"),
-        "{report}"
-    );
-    assert!(report.problems[0]
-        .location
-        .contains(&blob.file_name().unwrap().to_string_lossy().to_string()));
+    assert!(report.problems[0].what.contains("fails authentication"), "{report}");
+    assert!(report.problems[0].location.contains(&blob.file_name().unwrap().to_string_lossy().to_string()));
 }
 
 #[test]
@@ -246,12 +208,7 @@ fn truncated_or_missing_blobs_are_reported() {
     let f1 = blobs.pop().unwrap();
     let f2 = blobs.pop().unwrap();
     let len = std::fs::metadata(&f1).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&f1)
-        .unwrap()
-        .set_len(len - 1)
-        .unwrap();
+    std::fs::OpenOptions::new().write(true).open(&f1).unwrap().set_len(len - 1).unwrap();
     std::fs::remove_file(&f2).unwrap();
     std::fs::write(dir.path().join("blobs").join("stray.txt"), b"?").unwrap();
     let report = v.check(false).unwrap();
@@ -278,11 +235,7 @@ fn flip_meta_value(dir: &std::path::Path, prefix: u8) {
 
 #[test]
 fn a_flipped_byte_in_metadata_is_reported_never_served() {
-    for (prefix, what) in [
-        (b'D', "document record"),
-        (b'C', "content record"),
-        (b'O', "owner key record"),
-    ] {
+    for (prefix, what) in [(b'D', "document record"), (b'C', "content record"), (b'O', "owner key record")] {
         let dir = tempfile::tempdir().unwrap();
         let a = owner(1);
         let doc = {
@@ -340,18 +293,10 @@ fn revocation_and_status() {
     let doc = put_doc(&v, &a, b"x", "cccd");
     let now = vault::Timestamp::now();
     assert_eq!(doc.status(now), vault::Status::Valid);
-    let r = v
-        .revoke_document(&a, &doc.id, "issued in error", now)
-        .unwrap();
+    let r = v.revoke_document(&a, &doc.id, "issued in error", now).unwrap();
     assert_eq!(r.status(now), vault::Status::Revoked);
-    assert_eq!(
-        v.document(&a, &doc.id).unwrap().status(now),
-        vault::Status::Revoked
-    );
-    assert!(matches!(
-        v.revoke_document(&a, &doc.id, "again", now),
-        Err(Error::Conflict(_))
-    ));
+    assert_eq!(v.document(&a, &doc.id).unwrap().status(now), vault::Status::Revoked);
+    assert!(matches!(v.revoke_document(&a, &doc.id, "again", now), Err(Error::Conflict(_))));
 }
 
 #[test]
@@ -364,22 +309,12 @@ fn concurrent_writers_share_syncs_and_lose_nothing() {
             let v = v.clone();
             std::thread::spawn(move || {
                 (0..25u64)
-                    .map(|i| {
-                        put_doc(
-                            &v,
-                            &owner((t % 3) as u32),
-                            &content(t * 1000 + i, 4096),
-                            "cccd",
-                        )
-                    })
+                    .map(|i| put_doc(&v, &owner((t % 3) as u32), &content(t * 1000 + i, 4096), "cccd"))
                     .collect::<Vec<_>>()
             })
         })
         .collect();
-    let docs: Vec<_> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
+    let docs: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
     let after = v.commit_stats();
     assert_eq!(docs.len(), 200);
     assert!(after.syncs - before.syncs <= after.written - before.written);
@@ -396,25 +331,18 @@ fn put_document_stores_and_records_in_one_step() {
     let a = owner(1);
     let data = content(11, 100_000);
     let d = Digest::of(&data);
-    let (s, doc) = v
-        .put_document(&a, data.as_slice(), new_doc(d, "cccd"))
-        .unwrap();
+    let (s, doc) = v.put_document(&a, data.as_slice(), new_doc(d, "cccd")).unwrap();
     assert!(s.created);
     assert_eq!(doc.size, 100_000);
     assert_eq!(v.document(&a, &doc.id).unwrap(), doc);
     // Held content: hashed only, a second document, still one blob.
-    let (s2, doc2) = v
-        .put_document(&a, data.as_slice(), new_doc(d, "giay-khai-sinh"))
-        .unwrap();
+    let (s2, doc2) = v.put_document(&a, data.as_slice(), new_doc(d, "giay-khai-sinh")).unwrap();
     assert!(!s2.created);
     assert_ne!(doc2.id, doc.id);
     assert_eq!(files_below(&dir.path().join("blobs")).len(), 1);
     // Wrong announced digest, for new and for held content: nothing recorded.
     let other = content(12, 1000);
-    assert!(matches!(
-        v.put_document(&a, other.as_slice(), new_doc(d, "cccd")),
-        Err(Error::DigestMismatch { .. })
-    ));
+    assert!(matches!(v.put_document(&a, other.as_slice(), new_doc(d, "cccd")), Err(Error::DigestMismatch { .. })));
     assert!(matches!(
         v.put_document(&a, other.as_slice(), new_doc(Digest::of(b"nope"), "cccd")),
         Err(Error::DigestMismatch { .. })
@@ -422,10 +350,7 @@ fn put_document_stores_and_records_in_one_step() {
     // Invalid fields are refused before anything is read.
     let mut bad = new_doc(Digest::of(&other), "cccd");
     bad.title = String::new();
-    assert!(matches!(
-        v.put_document(&a, other.as_slice(), bad),
-        Err(Error::Invalid(_))
-    ));
+    assert!(matches!(v.put_document(&a, other.as_slice(), bad), Err(Error::Invalid(_))));
     assert_eq!(v.documents(&a, None).unwrap().len(), 2);
     assert_eq!(files_below(&dir.path().join("blobs")).len(), 1);
     // Deleting both documents removes the content.
@@ -448,11 +373,7 @@ fn recovery_after_an_unclean_shutdown_removes_unacknowledged_files_only() {
     let blob = files_below(&dir.path().join("blobs")).pop().unwrap();
     let owner_dir = blob.parent().unwrap().to_path_buf();
     // What a crash can leave: a temp file, and a complete blob whose record never got written.
-    std::fs::write(
-        owner_dir.join(format!("{}.tmp", "ab".repeat(16))),
-        b"partial",
-    )
-    .unwrap();
+    std::fs::write(owner_dir.join(format!("{}.tmp", "ab".repeat(16))), b"partial").unwrap();
     let orphan = owner_dir.join("cd".repeat(32));
     std::fs::copy(&blob, &orphan).unwrap();
 
@@ -462,10 +383,7 @@ fn recovery_after_an_unclean_shutdown_removes_unacknowledged_files_only() {
         assert_eq!(v.recovery(), vault::RecoveryReport::default());
         let report = v.check(false).unwrap();
         assert_eq!(report.problems.len(), 1, "{report}");
-        assert!(
-            report.problems[0].what.contains("no content record"),
-            "{report}"
-        );
+        assert!(report.problems[0].what.contains("no content record"), "{report}");
         v.close().unwrap();
     }
     // After an unclean shutdown (OPEN left behind) both go, the acknowledged document stays.
@@ -475,9 +393,6 @@ fn recovery_after_an_unclean_shutdown_removes_unacknowledged_files_only() {
     assert!(r.unclean);
     assert_eq!((r.unfinished_removed, r.orphans_removed), (1, 1));
     assert!(!orphan.exists());
-    assert_eq!(
-        v.read_content(&a, &kept.meta.digest).unwrap(),
-        content(20, 3000)
-    );
+    assert_eq!(v.read_content(&a, &kept.meta.digest).unwrap(), content(20, 3000));
     assert!(v.check(true).unwrap().is_clean());
 }

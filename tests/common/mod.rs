@@ -39,10 +39,7 @@ pub fn put_doc(v: &Vault, owner: &OwnerId, data: &[u8], doc_type: &str) -> Docum
 /// Deterministic pseudo-random content.
 pub fn content(seed: u64, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&seed.to_le_bytes())
-        .finalize_xof()
-        .fill(&mut out);
+    blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut out);
     out
 }
 

@@ -38,9 +38,6 @@ mod tests {
     #[test]
     fn digest_matches_the_vault() {
         let data = vec![7u8; 300_000];
-        assert_eq!(
-            digest_reader(&mut data.as_slice()).unwrap(),
-            Digest::of(&data)
-        );
+        assert_eq!(digest_reader(&mut data.as_slice()).unwrap(), Digest::of(&data));
     }
 }

@@ -20,12 +20,7 @@ struct Args {
     #[command(subcommand)]
     command: Option<Command>,
     /// Data folder (created if missing).
-    #[arg(
-        long,
-        global = true,
-        env = "VAULT_DATA",
-        default_value = "./vault-data"
-    )]
+    #[arg(long, global = true, env = "VAULT_DATA", default_value = "./vault-data")]
     data: PathBuf,
     /// Address to listen on.
     #[arg(long, env = "VAULT_LISTEN", default_value = "127.0.0.1:8700")]
@@ -56,9 +51,7 @@ fn check(args: &Args, read_data: bool) -> ExitCode {
     let result = master_key(args).and_then(|master| {
         let vault = Vault::open(&args.data, &master)
             .map_err(|e| format!("cannot open the vault in {}: {e}", args.data.display()))?;
-        let report = vault
-            .check(read_data)
-            .map_err(|e| format!("check failed: {e}"))?;
+        let report = vault.check(read_data).map_err(|e| format!("check failed: {e}"))?;
         vault.close().map_err(|e| e.to_string())?;
         Ok(report)
     });
@@ -91,11 +84,7 @@ fn master_key(args: &Args) -> Result<MasterKey, String> {
             );
             p
         }
-        (None, false) => {
-            return Err(
-                "no master key: pass --master-key-file <path> (or --dev to try it out)".into(),
-            )
-        }
+        (None, false) => return Err("no master key: pass --master-key-file <path> (or --dev to try it out)".into()),
     };
     MasterKey::from_file(&key_file).map_err(|e| e.to_string())
 }
@@ -103,8 +92,7 @@ fn master_key(args: &Args) -> Result<MasterKey, String> {
 fn dev_master_key(data: &Path) -> Result<PathBuf, String> {
     let path = data.join("dev-master.key");
     if !path.exists() {
-        std::fs::create_dir_all(data)
-            .map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+        std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
         let key = MasterKey::generate();
         std::fs::write(&path, format!("{}\n", key.to_base64().as_str()))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -120,27 +108,15 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot open the vault in {}: {e}", args.data.display()))?;
     let vault = Arc::new(vault);
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }));
+    let app = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(|| async { "ready\n" }));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    eprintln!(
-        "vault-server listening on http://{} (data: {})",
-        args.listen,
-        args.data.display()
-    );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
+    eprintln!("vault-server listening on http://{} (data: {})", args.listen, args.data.display());
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())?;
     // Last reference: closing syncs the metadata and marks the vault cleanly closed.
     if let Ok(v) = Arc::try_unwrap(vault) {
-        tokio::task::spawn_blocking(move || v.close())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || v.close()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -170,10 +146,7 @@ fn main() -> ExitCode {
         }
         None => {}
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vault-server: cannot start the runtime: {e}");

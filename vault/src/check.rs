@@ -7,13 +7,13 @@ use std::io::Read;
 use std::sync::Arc;
 
 use crate::document::Document;
+use crate::grants::Grant;
 use crate::ids::DocumentId;
 use crate::keys::OwnerKeys;
+use crate::seal;
 use crate::store::BlobName;
 use crate::stream::{blob_len, BlobReader};
-use crate::vault::{
-    describe_key, key_of, open_record, prefix, ContentRecord, OwnerRef, Vault, FORMAT,
-};
+use crate::vault::{aad, describe_key, key_of, open_record, prefix, ContentRecord, OwnerRef, Vault, FORMAT};
 use crate::Error;
 
 /// One thing `check` found wrong.
@@ -49,10 +49,7 @@ impl CheckReport {
     }
 
     fn problem(&mut self, location: impl Into<String>, what: impl Into<String>) {
-        self.problems.push(Problem {
-            location: location.into(),
-            what: what.into(),
-        });
+        self.problems.push(Problem { location: location.into(), what: what.into() });
     }
 }
 
@@ -109,12 +106,7 @@ impl Vault {
             };
             match self.unseal_owner(&k, &v) {
                 Ok((key, id)) if self.owner_ref(&id) == op => {
-                    owners.insert(
-                        op,
-                        Owner {
-                            keys: Arc::new(OwnerKeys::derive(&key)),
-                        },
-                    );
+                    owners.insert(op, Owner { keys: Arc::new(OwnerKeys::derive(&key)) });
                 }
                 _ => r.problem(
                     describe_key(&k),
@@ -132,10 +124,7 @@ impl Vault {
             }
             let (op, name) = split_ref::<32>(&k);
             let Some(owner) = owners.get(&op) else {
-                r.problem(
-                    describe_key(&k),
-                    "content record of an owner without a readable key",
-                );
+                r.problem(describe_key(&k), "content record of an owner without a readable key");
                 continue;
             };
             let Some(rec) = open_record::<ContentRecord>(&owner.keys, &k, &v) else {
@@ -143,10 +132,7 @@ impl Vault {
                 continue;
             };
             if owner.keys.blob_name(&rec.digest) != name {
-                r.problem(
-                    describe_key(&k),
-                    "content record is stored under the wrong name",
-                );
+                r.problem(describe_key(&k), "content record is stored under the wrong name");
             }
             contents.insert((op, name), (rec, 0));
         }
@@ -161,10 +147,7 @@ impl Vault {
             let (op, id) = split_ref::<16>(&k);
             let id = DocumentId::from_bytes(id);
             let Some(owner) = owners.get(&op) else {
-                r.problem(
-                    describe_key(&k),
-                    "document record of an owner without a readable key",
-                );
+                r.problem(describe_key(&k), "document record of an owner without a readable key");
                 continue;
             };
             let Some(doc) = open_record::<Document>(&owner.keys, &k, &v) else {
@@ -172,10 +155,7 @@ impl Vault {
                 continue;
             };
             if doc.id != id || self.owner_ref(&doc.owner) != op {
-                r.problem(
-                    describe_key(&k),
-                    "document record is stored under the wrong key",
-                );
+                r.problem(describe_key(&k), "document record is stored under the wrong key");
             }
             documents.insert((op, id));
             doc_types.insert((op, id), owner.keys.type_tag(&doc.meta.doc_type));
@@ -183,18 +163,12 @@ impl Vault {
                 Some((rec, seen)) => {
                     *seen += 1;
                     if rec.size != doc.size {
-                        r.problem(
-                            describe_key(&k),
-                            "document size differs from its content's size",
-                        );
+                        r.problem(describe_key(&k), "document size differs from its content's size");
                     }
                 }
                 None => r.problem(
                     describe_key(&k),
-                    format!(
-                        "document points at content {} that is not held",
-                        doc.meta.digest
-                    ),
+                    format!("document points at content {} that is not held", doc.meta.digest),
                 ),
             }
         }
@@ -210,30 +184,43 @@ impl Vault {
             tag.copy_from_slice(&rest[..16]);
             let id = DocumentId::from_bytes(rest[16..].try_into().unwrap_or([0; 16]));
             match owners.get(&op) {
-                Some(o) if open_record::<()>(&o.keys, &k, &v).is_some() => {
-                    type_entries.push((k, op, tag, id))
-                }
+                Some(o) if open_record::<()>(&o.keys, &k, &v).is_some() => type_entries.push((k, op, tag, id)),
                 _ => r.problem(describe_key(&k), "type index entry fails authentication"),
             }
         }
         for (k, op, tag, id) in &type_entries {
             if doc_types.get(&(*op, *id)) != Some(tag) {
-                r.problem(
-                    describe_key(k),
-                    "type index entry without a matching document",
-                );
+                r.problem(describe_key(k), "type index entry without a matching document");
             }
         }
         for ((op, id), tag) in &doc_types {
-            if !type_entries
-                .iter()
-                .any(|(_, o, t, i)| o == op && t == tag && i == id)
-            {
+            if !type_entries.iter().any(|(_, o, t, i)| o == op && t == tag && i == id) {
                 r.problem(
                     describe_key(&key_of(prefix::DOCUMENT, &[op, id.as_bytes()])),
                     "document missing from the type index",
                 );
             }
+        }
+
+        // Grants open with their owner's key; vault-level records with the vault record key.
+        for item in meta.scan(&[prefix::GRANT]) {
+            let (k, v) = item?;
+            let ok = k.len() == 33
+                && owners.get(&split_ref::<16>(&k).0).is_some_and(|o| open_record::<Grant>(&o.keys, &k, &v).is_some());
+            if !ok {
+                r.problem(describe_key(&k), "grant record fails authentication");
+            }
+        }
+        for p in [prefix::AGENCY, prefix::GRANT_BY_AGENCY, prefix::OWNER_ENTRY] {
+            for item in meta.scan(&[p]) {
+                let (k, v) = item?;
+                if seal::open(&self.vault_records, &aad(&k), &v).is_err() {
+                    r.problem(describe_key(&k), "record fails authentication");
+                }
+            }
+        }
+        for (location, what) in self.check_audit()? {
+            r.problem(location, what);
         }
 
         for item in meta.scan(b"") {
@@ -245,7 +232,14 @@ impl Vault {
                         | prefix::OWNER
                         | prefix::CONTENT
                         | prefix::DOCUMENT
-                        | prefix::TYPE_INDEX)
+                        | prefix::TYPE_INDEX
+                        | prefix::AGENCY
+                        | prefix::USED_KEY
+                        | prefix::GRANT
+                        | prefix::GRANT_BY_AGENCY
+                        | prefix::LEAF
+                        | prefix::NODE
+                        | prefix::OWNER_ENTRY)
                 )
             ) {
                 r.problem(describe_key(&k), "unknown record");
@@ -260,10 +254,7 @@ impl Vault {
         r.blobs = on_disk.len() as u64;
         for name in &listing.blobs {
             if !contents.contains_key(&(name.owner, name.name)) {
-                r.problem(
-                    self.blobs().describe(name),
-                    "blob that no content record points at",
-                );
+                r.problem(self.blobs().describe(name), "blob that no content record points at");
             }
         }
 
@@ -273,13 +264,7 @@ impl Vault {
             let name = BlobName { owner: op, name: n };
             let loc = || describe_key(&key_of(prefix::CONTENT, &[&op, &n]));
             if seen != rec.refs {
-                r.problem(
-                    loc(),
-                    format!(
-                        "reference count {} but {} documents point at it",
-                        rec.refs, seen
-                    ),
-                );
+                r.problem(loc(), format!("reference count {} but {} documents point at it", rec.refs, seen));
             }
             if !on_disk.contains(&name) {
                 r.problem(self.blobs().describe(&name), "blob is missing");
@@ -309,22 +294,17 @@ impl Vault {
                 };
                 let mut binding = op.to_vec();
                 binding.extend_from_slice(rec.digest.as_bytes());
-                let ok = BlobReader::open(file, &owner.keys.blob_wrap, &binding, rec.digest)
-                    .and_then(|mut rd| {
-                        let n = std::io::copy(&mut rd, &mut std::io::sink())?;
-                        let _ = rd.read(&mut [0u8; 1])?;
-                        Ok((n, rd.verified_whole()))
-                    });
+                let ok = BlobReader::open(file, &owner.keys.blob_wrap, &binding, rec.digest).and_then(|mut rd| {
+                    let n = std::io::copy(&mut rd, &mut std::io::sink())?;
+                    let _ = rd.read(&mut [0u8; 1])?;
+                    Ok((n, rd.verified_whole()))
+                });
                 match ok {
                     Ok((n, true)) if n == rec.size => r.bytes_verified += n,
-                    Ok(_) => r.problem(
-                        self.blobs().describe(&name),
-                        "content does not match its record",
-                    ),
-                    Err(e) if crate::stream::is_decrypt_error(&e) => r.problem(
-                        self.blobs().describe(&name),
-                        "content fails authentication (altered or damaged)",
-                    ),
+                    Ok(_) => r.problem(self.blobs().describe(&name), "content does not match its record"),
+                    Err(e) if crate::stream::is_decrypt_error(&e) => {
+                        r.problem(self.blobs().describe(&name), "content fails authentication (altered or damaged)")
+                    }
                     Err(e) => r.problem(self.blobs().describe(&name), format!("cannot read: {e}")),
                 }
             }

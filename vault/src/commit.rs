@@ -60,18 +60,11 @@ impl GroupCommit {
     /// Counters so far.
     pub fn stats(&self) -> CommitStats {
         let s = self.lock();
-        CommitStats {
-            written: s.written,
-            syncs: s.syncs,
-        }
+        CommitStats { written: s.written, syncs: s.syncs }
     }
 
     /// Returns once every change up to `ticket` is durable, running `sync` if needed.
-    pub fn wait_durable(
-        &self,
-        ticket: u64,
-        sync: impl Fn() -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    pub fn wait_durable(&self, ticket: u64, sync: impl Fn() -> Result<(), StoreError>) -> Result<(), StoreError> {
         let mut s = self.lock();
         loop {
             if s.durable >= ticket {
@@ -139,9 +132,7 @@ mod tests {
     fn a_failed_sync_is_reported_and_retried() {
         let gc = GroupCommit::default();
         let t = gc.written();
-        assert!(gc
-            .wait_durable(t, || Err(StoreError::Meta("disk full".into())))
-            .is_err());
+        assert!(gc.wait_durable(t, || Err(StoreError::Meta("disk full".into()))).is_err());
         gc.wait_durable(t, || Ok(())).unwrap();
         // Already durable: no sync needed.
         gc.wait_durable(t, || panic!("synced twice")).unwrap();

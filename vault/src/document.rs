@@ -116,16 +116,10 @@ impl Document {
 /// Checks a free-text field: at most `max` Unicode scalar values, no control characters (Cc).
 pub fn check_text(field: &'static str, s: &str, max: usize) -> Result<(), IdError> {
     if s.chars().count() > max {
-        return Err(IdError {
-            kind: field,
-            reason: "it is longer than 256 characters",
-        });
+        return Err(IdError { kind: field, reason: "it is longer than 256 characters" });
     }
     if s.chars().any(char::is_control) {
-        return Err(IdError {
-            kind: field,
-            reason: "it contains control characters",
-        });
+        return Err(IdError { kind: field, reason: "it contains control characters" });
     }
     Ok(())
 }
@@ -135,36 +129,24 @@ impl NewDocument {
     pub fn validate(&self) -> Result<(), IdError> {
         check_text("title", &self.title, MAX_TEXT)?;
         if self.title.is_empty() {
-            return Err(IdError {
-                kind: "title",
-                reason: "it must not be empty",
-            });
+            return Err(IdError { kind: "title", reason: "it must not be empty" });
         }
         if let Some(r) = &self.reference {
             check_text("reference", r, MAX_TEXT)?;
         }
         check_text("media_type", &self.media_type, 255)?;
         if self.media_type.is_empty() {
-            return Err(IdError {
-                kind: "media_type",
-                reason: "it must not be empty",
-            });
+            return Err(IdError { kind: "media_type", reason: "it must not be empty" });
         }
         if let Some(f) = &self.file_name {
             check_text("file_name", f, 255)?;
             if f.contains('/') || f.contains('\\') {
-                return Err(IdError {
-                    kind: "file_name",
-                    reason: "it must not contain a path separator",
-                });
+                return Err(IdError { kind: "file_name", reason: "it must not contain a path separator" });
             }
         }
         if let (Some(from), Some(until)) = (self.valid_from, self.valid_until) {
             if until < from {
-                return Err(IdError {
-                    kind: "valid_until",
-                    reason: "it is before valid_from",
-                });
+                return Err(IdError { kind: "valid_until", reason: "it is before valid_from" });
             }
         }
         Ok(())
@@ -209,15 +191,9 @@ mod tests {
         assert_eq!(d.status(t("2024-12-31T23:59:59Z")), Status::Valid);
         assert_eq!(d.status(t("2025-01-01T00:00:00Z")), Status::Expired);
         let mut r = d.clone();
-        r.revocation = Some(Revocation {
-            at: t("2024-06-01T00:00:00Z"),
-            reason: "x".into(),
-        });
+        r.revocation = Some(Revocation { at: t("2024-06-01T00:00:00Z"), reason: "x".into() });
         assert_eq!(r.status(t("2024-02-01T00:00:00Z")), Status::Revoked);
-        assert_eq!(
-            doc(None, None).status(t("1990-01-01T00:00:00Z")),
-            Status::Valid
-        );
+        assert_eq!(doc(None, None).status(t("1990-01-01T00:00:00Z")), Status::Valid);
     }
 
     #[test]

@@ -27,6 +27,31 @@ pub enum Error {
         /// What this build reads.
         expected: &'static str,
     },
+    /// A request that is well-formed but not acceptable (e.g. a purpose that differs from the
+    /// stated one, a grant beyond 366 days).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// An issuer signature is missing, malformed or does not verify.
+    #[error("invalid issuer signature: {0}")]
+    InvalidSignature(String),
+    /// The issuer or its key is not registered, or the key was not valid at `issued_at`.
+    #[error("unknown issuer key: {0}")]
+    UnknownIssuerKey(String),
+    /// The caller may not do this (never says whether the thing exists).
+    #[error("forbidden")]
+    Forbidden,
+    /// An agency read needs an active grant covering it for the stated purpose.
+    #[error("no active grant of the owner covers this for the stated purpose")]
+    GrantRequired,
+    /// An agency read must state its purpose.
+    #[error("state the purpose (procedure code) of this read")]
+    PurposeRequired,
+    /// The owner's data was erased.
+    #[error("the owner's data was erased")]
+    Gone,
+    /// The audit log could not record the operation, so it did not happen (fail closed).
+    #[error("the audit log could not record this operation, so it was not done: {0}")]
+    AuditFailed(String),
     /// The thing asked for does not exist.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -55,16 +80,39 @@ pub enum Error {
     Store(#[from] StoreError),
 }
 
+impl Error {
+    /// The error code of the HTTP contract (api.md) for this error; also written in audit
+    /// outcomes as `refused:<code>`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Invalid(_) | Error::InvalidRequest(_) | Error::Source(_) => "invalid_request",
+            Error::NotFound(_) => "not_found",
+            Error::Conflict(_) => "conflict",
+            Error::DigestMismatch { .. } => "digest_mismatch",
+            Error::InvalidSignature(_) => "invalid_signature",
+            Error::UnknownIssuerKey(_) => "unknown_issuer_key",
+            Error::Forbidden => "forbidden",
+            Error::GrantRequired => "grant_required",
+            Error::PurposeRequired => "purpose_required",
+            Error::Gone => "gone",
+            Error::Key(_)
+            | Error::WrongMasterKey
+            | Error::UnsupportedFormat { .. }
+            | Error::Decrypt(_)
+            | Error::Corrupt(_)
+            | Error::Store(_)
+            | Error::AuditFailed(_) => "internal",
+        }
+    }
+}
+
 impl From<std::io::Error> for Error {
     /// I/O errors out of the blob codec: the opaque decryption error stays opaque.
     fn from(e: std::io::Error) -> Self {
         if crate::stream::is_decrypt_error(&e) {
             Error::Decrypt(DecryptError)
         } else {
-            Error::Store(StoreError::Io {
-                what: "blob I/O".into(),
-                source: e,
-            })
+            Error::Store(StoreError::Io { what: "blob I/O".into(), source: e })
         }
     }
 }

@@ -74,10 +74,7 @@ impl OwnerId {
             if pin.len() == 12 && all_digits(pin.as_bytes()) {
                 return Ok(Self(s.to_owned()));
             }
-            return Err(err(
-                K,
-                "a citizen id is `citizen:` followed by exactly 12 digits",
-            ));
+            return Err(err(K, "a citizen id is `citizen:` followed by exactly 12 digits"));
         }
         if let Some(code) = s.strip_prefix("org:") {
             // Byte-wise: a multi-byte character can never be a digit, and slicing bytes cannot
@@ -91,10 +88,7 @@ impl OwnerId {
             if ok {
                 return Ok(Self(s.to_owned()));
             }
-            return Err(err(
-                K,
-                "an organisation id is `org:` followed by 10 digits, optionally `-` and 3 digits",
-            ));
+            return Err(err(K, "an organisation id is `org:` followed by 10 digits, optionally `-` and 3 digits"));
         }
         Err(err(K, "it must start with `citizen:` or `org:`"))
     }
@@ -109,15 +103,9 @@ fn check_name(kind: &'static str, s: &str) -> Result<(), IdError> {
     }
     let b = s.as_bytes();
     if !(b[0].is_ascii_lowercase() || b[0].is_ascii_digit()) {
-        return Err(err(
-            kind,
-            "it must start with a lowercase letter or a digit",
-        ));
+        return Err(err(kind, "it must start with a lowercase letter or a digit"));
     }
-    if !b
-        .iter()
-        .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
-    {
+    if !b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')) {
         return Err(err(kind, "only `a-z`, `0-9`, `.`, `_` and `-` are allowed"));
     }
     Ok(())
@@ -139,21 +127,9 @@ macro_rules! name_id {
     };
 }
 
-name_id!(
-    AgencyId,
-    "agency id",
-    "An agency (issuer or reader of documents), e.g. `ubnd-xa-hung-dong`."
-);
-name_id!(
-    DocType,
-    "document type",
-    "A document type, e.g. `giay-khai-sinh`."
-);
-name_id!(
-    Purpose,
-    "purpose",
-    "A purpose: the procedure code a read is for, e.g. `1.001193`."
-);
+name_id!(AgencyId, "agency id", "An agency (issuer or reader of documents), e.g. `ubnd-xa-hung-dong`.");
+name_id!(DocType, "document type", "A document type, e.g. `giay-khai-sinh`.");
+name_id!(Purpose, "purpose", "A purpose: the procedure code a read is for, e.g. `1.001193`.");
 name_id!(KeyId, "key id", "The id of one of an agency's keys.");
 
 /// The public address of a content: BLAKE3-256 of its plaintext, 64 lowercase hex characters.
@@ -165,15 +141,9 @@ impl Digest {
     pub fn parse(s: &str) -> Result<Self, IdError> {
         const K: &str = "digest";
         if s.len() != 64 {
-            return Err(err(
-                K,
-                "it must be 64 lowercase hex characters (BLAKE3-256)",
-            ));
+            return Err(err(K, "it must be 64 lowercase hex characters (BLAKE3-256)"));
         }
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(err(K, "it must be lowercase hex"));
         }
         let mut out = [0u8; 32];
@@ -240,73 +210,76 @@ impl<'de> Deserialize<'de> for Digest {
     }
 }
 
-/// A document id: 128 random bits, rendered as 32 lowercase hex characters.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DocumentId([u8; 16]);
+/// Defines a 128-bit random identifier rendered as 32 lowercase hex characters.
+macro_rules! random_id {
+    ($t:ident, $kind:literal, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $t([u8; 16]);
 
-impl DocumentId {
-    /// Parses 32 lowercase hex characters.
-    pub fn parse(s: &str) -> Result<Self, IdError> {
-        const K: &str = "document id";
-        if s.len() != 32
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(err(K, "it must be 32 lowercase hex characters"));
+        impl $t {
+            /// Parses 32 lowercase hex characters.
+            pub fn parse(s: &str) -> Result<Self, IdError> {
+                if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                    return Err(err($kind, "it must be 32 lowercase hex characters"));
+                }
+                let mut out = [0u8; 16];
+                hex::decode_to_slice(s, &mut out).map_err(|_| err($kind, "it must be lowercase hex"))?;
+                Ok(Self(out))
+            }
+
+            /// A fresh random id.
+            pub fn random() -> Self {
+                Self(crate::keys::random_array())
+            }
+
+            /// Wraps raw id bytes.
+            pub fn from_bytes(b: [u8; 16]) -> Self {
+                Self(b)
+            }
+
+            /// The raw 16 bytes.
+            pub fn as_bytes(&self) -> &[u8; 16] {
+                &self.0
+            }
         }
-        let mut out = [0u8; 16];
-        hex::decode_to_slice(s, &mut out).map_err(|_| err(K, "it must be lowercase hex"))?;
-        Ok(Self(out))
-    }
 
-    /// A fresh random id.
-    pub fn random() -> Self {
-        Self(crate::keys::random_array())
-    }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&hex::encode(self.0))
+            }
+        }
 
-    /// Wraps raw id bytes.
-    pub fn from_bytes(b: [u8; 16]) -> Self {
-        Self(b)
-    }
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({self})", stringify!($t))
+            }
+        }
 
-    /// The raw 16 bytes.
-    pub fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
-    }
+        impl FromStr for $t {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                Self::parse(s)
+            }
+        }
+
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
 }
 
-impl fmt::Display for DocumentId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for DocumentId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DocumentId({self})")
-    }
-}
-
-impl FromStr for DocumentId {
-    type Err = IdError;
-    fn from_str(s: &str) -> Result<Self, IdError> {
-        Self::parse(s)
-    }
-}
-
-impl Serialize for DocumentId {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for DocumentId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
+random_id!(DocumentId, "document id", "A document id: 128 random bits, 32 lowercase hex characters.");
+random_id!(GrantId, "grant id", "A grant id: 128 random bits, 32 lowercase hex characters.");
 
 #[cfg(test)]
 mod tests {
@@ -315,11 +288,7 @@ mod tests {
 
     #[test]
     fn owner_ids() {
-        for ok in [
-            "citizen:001099012345",
-            "org:0101234567",
-            "org:0101234567-001",
-        ] {
+        for ok in ["citizen:001099012345", "org:0101234567", "org:0101234567-001"] {
             assert_eq!(OwnerId::parse(ok).unwrap().as_str(), ok);
         }
         for bad in [
@@ -347,17 +316,7 @@ mod tests {
         for ok in ["giay-khai-sinh", "1.001193", "a", "cccd_2", &"a".repeat(64)] {
             DocType::parse(ok).unwrap();
         }
-        for bad in [
-            "",
-            "-x",
-            ".x",
-            "_x",
-            "Abc",
-            "a b",
-            "á",
-            &"a".repeat(65),
-            "a/b",
-        ] {
+        for bad in ["", "-x", ".x", "_x", "Abc", "a b", "á", &"a".repeat(65), "a/b"] {
             assert!(DocType::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

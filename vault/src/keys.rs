@@ -65,9 +65,7 @@ pub enum KeyError {
         source: std::io::Error,
     },
     /// The text is not standard base64 of exactly 32 bytes.
-    #[error(
-        "a master key is the standard base64 of exactly 32 bytes (44 characters); this is not"
-    )]
+    #[error("a master key is the standard base64 of exactly 32 bytes (44 characters); this is not")]
     Malformed,
 }
 
@@ -90,26 +88,18 @@ impl MasterKey {
     /// Parses the key-file form: standard base64 of 32 bytes, surrounding whitespace allowed.
     pub fn from_base64(text: &str) -> Result<Self, KeyError> {
         let decoded = Zeroizing::new(
-            base64::engine::general_purpose::STANDARD
-                .decode(text.trim())
-                .map_err(|_| KeyError::Malformed)?,
+            base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|_| KeyError::Malformed)?,
         );
-        let bytes: [u8; 32] = decoded
-            .as_slice()
-            .try_into()
-            .map_err(|_| KeyError::Malformed)?;
+        let bytes: [u8; 32] = decoded.as_slice().try_into().map_err(|_| KeyError::Malformed)?;
         Ok(Self::from_bytes(bytes))
     }
 
     /// Reads a key file (base64 of 32 bytes, trailing whitespace allowed).
     pub fn from_file(path: &Path) -> Result<Self, KeyError> {
-        let text =
-            Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?,
-            );
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|source| KeyError::Read { path: path.display().to_string(), source })?,
+        );
         Self::from_base64(&text)
     }
 
@@ -136,6 +126,8 @@ pub(crate) mod ctx {
     pub const OWNER_BLOB_WRAP: &str = "vault 2026-11-27 owner blob key wrap v1";
     pub const OWNER_BLOB_NAMES: &str = "vault 2026-11-27 owner blob names v1";
     pub const OWNER_TYPE_TAGS: &str = "vault 2026-11-27 owner type tags v1";
+    pub const AUDIT_REFS: &str = "vault 2026-11-27 audit leaf references v1";
+    pub const VAULT_RECORDS: &str = "vault 2026-11-27 vault record sealing v1";
 }
 
 /// The keys of one owner, derived from the owner key.
@@ -198,10 +190,7 @@ mod tests {
         let k = MasterKey::generate();
         let text = format!("{}\n  \n", k.to_base64().as_str());
         assert_eq!(MasterKey::from_base64(&text).unwrap(), k);
-        assert!(matches!(
-            MasterKey::from_base64("abc"),
-            Err(KeyError::Malformed)
-        ));
+        assert!(matches!(MasterKey::from_base64("abc"), Err(KeyError::Malformed)));
         assert!(matches!(
             MasterKey::from_base64(&base64::engine::general_purpose::STANDARD.encode([0u8; 31])),
             Err(KeyError::Malformed)

@@ -40,12 +40,18 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
+pub mod audit;
 pub mod check;
 pub mod commit;
 pub mod document;
 pub mod error;
+pub mod grants;
 pub mod ids;
 pub mod keys;
+pub mod merkle;
+pub mod note;
+pub mod provenance;
 pub mod seal;
 pub mod store;
 pub mod stream;
@@ -62,7 +68,7 @@ pub struct ReadmeDoctests;
 pub use check::{CheckReport, Problem};
 pub use document::{Document, NewDocument, Revocation, Signature, Status};
 pub use error::Error;
-pub use ids::{AgencyId, Digest, DocType, DocumentId, IdError, KeyId, OwnerId, Purpose};
+pub use ids::{AgencyId, Digest, DocType, DocumentId, GrantId, IdError, KeyId, OwnerId, Purpose};
 pub use keys::{KeyError, MasterKey, SecretKey};
 pub use store::{BlobStore, MetaStore, StoreError};
 pub use stream::DecryptError;

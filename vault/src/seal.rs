@@ -25,12 +25,7 @@ pub fn seal(key: &SecretKey, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
 }
 
 /// [`seal`] with a given nonce: for test vectors only; a nonce must never repeat under a key.
-pub(crate) fn seal_with_nonce(
-    key: &SecretKey,
-    aad: &[u8],
-    plaintext: &[u8],
-    nonce: [u8; 12],
-) -> Vec<u8> {
+pub(crate) fn seal_with_nonce(key: &SecretKey, aad: &[u8], plaintext: &[u8], nonce: [u8; 12]) -> Vec<u8> {
     let cipher = Aes256Gcm::new(key.expose().into());
     let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
     out.push(VERSION);
@@ -54,9 +49,7 @@ pub fn open(key: &SecretKey, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<
     let (nonce, rest) = sealed[1..].split_at(12);
     let (ct, tag) = rest.split_at(rest.len() - 16);
     let mut buf = Zeroizing::new(ct.to_vec());
-    cipher
-        .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut buf, tag.into())
-        .map_err(|_| Unsealable)?;
+    cipher.decrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut buf, tag.into()).map_err(|_| Unsealable)?;
     Ok(buf)
 }
 

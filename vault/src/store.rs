@@ -55,12 +55,7 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
     /// Applies all changes atomically (all or none survive a crash). Not yet durable.
     fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError>;
     /// Sets `key` to `new` if its value is `old` (None = absent); true if it was set.
-    fn compare_and_swap(
-        &self,
-        key: &[u8],
-        old: Option<&[u8]>,
-        new: Option<Vec<u8>>,
-    ) -> Result<bool, StoreError>;
+    fn compare_and_swap(&self, key: &[u8], old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError>;
     /// Makes every change applied before this call durable.
     fn sync(&self) -> Result<(), StoreError>;
 }
@@ -88,9 +83,7 @@ impl SledMeta {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).open().map_err(|e| match e {
-            sled::Error::Io(ref io)
-                if io.kind() == io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
-            {
+            sled::Error::Io(ref io) if io.kind() == io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
                 StoreError::Locked(dir.display().to_string())
             }
             other => sled_err(other),
@@ -105,11 +98,7 @@ impl MetaStore for SledMeta {
     }
 
     fn scan(&self, prefix: &[u8]) -> ScanIter<'_> {
-        Box::new(
-            self.db
-                .scan_prefix(prefix)
-                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(sled_err)),
-        )
+        Box::new(self.db.scan_prefix(prefix).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(sled_err)))
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
@@ -123,17 +112,8 @@ impl MetaStore for SledMeta {
         self.db.apply_batch(batch).map_err(sled_err)
     }
 
-    fn compare_and_swap(
-        &self,
-        key: &[u8],
-        old: Option<&[u8]>,
-        new: Option<Vec<u8>>,
-    ) -> Result<bool, StoreError> {
-        Ok(self
-            .db
-            .compare_and_swap(key, old, new)
-            .map_err(sled_err)?
-            .is_ok())
+    fn compare_and_swap(&self, key: &[u8], old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError> {
+        Ok(self.db.compare_and_swap(key, old, new).map_err(sled_err)?.is_ok())
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -210,9 +190,7 @@ pub struct FsBlobs {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("syncing directory", dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("syncing directory", dir))
 }
 
 /// Creates `dir` and any missing parents, syncing each parent whose entries changed.
@@ -287,15 +265,11 @@ impl Seek for FsNewBlob {
 impl NewBlob for FsNewBlob {
     fn commit(mut self: Box<Self>, name: &BlobName) -> Result<(), StoreError> {
         if name.owner != self.owner {
-            return Err(StoreError::Meta(
-                "a blob must be committed under the owner it was created for".into(),
-            ));
+            return Err(StoreError::Meta("a blob must be committed under the owner it was created for".into()));
         }
         let dest = self.dir.join(hex::encode(name.name));
         if PER_FILE_SYNC {
-            self.file
-                .sync_all()
-                .map_err(io_err("syncing", &self.path))?;
+            self.file.sync_all().map_err(io_err("syncing", &self.path))?;
         }
         fs::rename(&self.path, &dest).map_err(io_err("renaming into", &dest))?;
         self.committed = true;
@@ -327,31 +301,21 @@ impl BlobStore for FsBlobs {
                 fs::create_dir_all(&dir).map_err(io_err("creating directory", &dir))?;
             }
         }
-        let path = dir.join(format!(
-            "{}{TMP_SUFFIX}",
-            hex::encode(crate::keys::random_array::<16>())
-        ));
+        let path = dir.join(format!("{}{TMP_SUFFIX}", hex::encode(crate::keys::random_array::<16>())));
         let file = OpenOptions::new()
             .write(true)
             .read(true)
             .create_new(true)
             .open(&path)
             .map_err(io_err("creating", &path))?;
-        Ok(Box::new(FsNewBlob {
-            file,
-            path,
-            dir,
-            owner: *owner,
-            committed: false,
-        }))
+        Ok(Box::new(FsNewBlob { file, path, dir, owner: *owner, committed: false }))
     }
 
     fn sync(&self) -> Result<(), StoreError> {
         #[cfg(target_os = "linux")]
         {
             let root = File::open(&self.root).map_err(io_err("opening", &self.root))?;
-            rustix::fs::syncfs(&root)
-                .map_err(|e| io_err("syncing the file system of", &self.root)(e.into()))?;
+            rustix::fs::syncfs(&root).map_err(|e| io_err("syncing the file system of", &self.root)(e.into()))?;
         }
         Ok(())
     }
@@ -388,11 +352,7 @@ impl BlobStore for FsBlobs {
         let read = |p: &Path| fs::read_dir(p).map_err(io_err("listing", p));
         for fan in read(&self.root)? {
             let fan = fan.map_err(io_err("listing", &self.root))?.path();
-            let fan_name = fan
-                .file_name()
-                .and_then(|s| s.to_str())
-                .unwrap_or("")
-                .to_owned();
+            let fan_name = fan.file_name().and_then(|s| s.to_str()).unwrap_or("").to_owned();
             if !fan.is_dir() || fan_name.len() != 2 {
                 out.strays.push(fan.display().to_string());
                 continue;
@@ -409,10 +369,7 @@ impl BlobStore for FsBlobs {
                 for f in read(&owner)? {
                     let f = f.map_err(io_err("listing", &owner))?.path();
                     match parse_hex_name::<32>(&f) {
-                        Some(name) if f.is_file() => out.blobs.push(BlobName {
-                            owner: owner_ref,
-                            name,
-                        }),
+                        Some(name) if f.is_file() => out.blobs.push(BlobName { owner: owner_ref, name }),
                         _ if is_unfinished(&f) => out.unfinished.push(f),
                         _ => out.strays.push(f.display().to_string()),
                     }
@@ -444,11 +401,7 @@ fn is_unfinished(p: &Path) -> bool {
 
 fn parse_hex_name<const N: usize>(p: &Path) -> Option<[u8; N]> {
     let s = p.file_name()?.to_str()?;
-    if s.len() != 2 * N
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if s.len() != 2 * N || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         return None;
     }
     let mut out = [0u8; N];

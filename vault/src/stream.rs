@@ -101,9 +101,7 @@ pub struct BlobWriter<W: Write + Seek> {
 
 impl<W: Write + Seek> std::fmt::Debug for BlobWriter<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobWriter")
-            .field("size", &self.size)
-            .finish_non_exhaustive()
+        f.debug_struct("BlobWriter").field("size", &self.size).finish_non_exhaustive()
     }
 }
 
@@ -119,15 +117,7 @@ impl<W: Write + Seek> BlobWriter<W> {
         out.write_all(&[0u8; HEADER_LEN])?;
         let cipher = Aes256Gcm::new(key.expose().into());
         let buf = Vec::with_capacity(CHUNK + TAG);
-        Ok(Self {
-            out,
-            key,
-            cipher,
-            hasher: blake3::Hasher::new(),
-            buf,
-            index: 0,
-            size: 0,
-        })
+        Ok(Self { out, key, cipher, hasher: blake3::Hasher::new(), buf, index: 0, size: 0 })
     }
 
     /// Encrypts and writes the buffered chunk (which is full) as a non-last chunk.
@@ -169,12 +159,7 @@ impl<W: Write + Seek> BlobWriter<W> {
     pub fn finish(mut self) -> io::Result<Finished<W>> {
         self.emit(true)?;
         let digest = Digest::from(self.hasher.finalize());
-        Ok(Finished {
-            out: self.out,
-            key: self.key,
-            digest,
-            size: self.size,
-        })
+        Ok(Finished { out: self.out, key: self.key, digest, size: self.size })
     }
 }
 
@@ -198,10 +183,7 @@ pub struct Finished<W> {
 
 impl<W> std::fmt::Debug for Finished<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Finished")
-            .field("digest", &self.digest)
-            .field("size", &self.size)
-            .finish()
+        f.debug_struct("Finished").field("digest", &self.digest).field("size", &self.size).finish()
     }
 }
 
@@ -281,22 +263,14 @@ pub struct BlobReader<R: Read + Seek> {
 
 impl<R: Read + Seek> std::fmt::Debug for BlobReader<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobReader")
-            .field("size", &self.size)
-            .field("pos", &self.pos)
-            .finish_non_exhaustive()
+        f.debug_struct("BlobReader").field("size", &self.size).field("pos", &self.pos).finish_non_exhaustive()
     }
 }
 
 impl<R: Read + Seek> BlobReader<R> {
     /// Opens a blob: checks the header, unwraps the content key with `wrap_key` and `binding`,
     /// and checks the blob's length. `digest` is what the whole plaintext must hash to.
-    pub fn open(
-        mut inner: R,
-        wrap_key: &SecretKey,
-        binding: &[u8],
-        digest: Digest,
-    ) -> io::Result<Self> {
+    pub fn open(mut inner: R, wrap_key: &SecretKey, binding: &[u8], digest: Digest) -> io::Result<Self> {
         let len = inner.seek(SeekFrom::End(0))?;
         inner.seek(SeekFrom::Start(0))?;
         let mut h = [0u8; HEADER_LEN];
@@ -314,12 +288,7 @@ impl<R: Read + Seek> BlobReader<R> {
         let mut key = Zeroizing::new([0u8; 32]);
         key.copy_from_slice(&h[32..64]);
         Aes256Gcm::new(wrap_key.expose().into())
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&h[20..32]),
-                &aad,
-                key.as_mut_slice(),
-                h[64..80].into(),
-            )
+            .decrypt_in_place_detached(Nonce::from_slice(&h[20..32]), &aad, key.as_mut_slice(), h[64..80].into())
             .map_err(|_| DecryptError)?;
         let cipher = Aes256Gcm::new(key.as_ref().into());
         Ok(Self {
@@ -352,27 +321,16 @@ impl<R: Read + Seek> BlobReader<R> {
             return Ok(());
         }
         let last = index + 1 == self.chunks;
-        let plain_len = if last {
-            self.size - index * CHUNK as u64
-        } else {
-            CHUNK as u64
-        } as usize;
+        let plain_len = if last { self.size - index * CHUNK as u64 } else { CHUNK as u64 } as usize;
         self.buf_index = None;
-        self.inner.seek(SeekFrom::Start(
-            HEADER_LEN as u64 + index * (CHUNK + TAG) as u64,
-        ))?;
+        self.inner.seek(SeekFrom::Start(HEADER_LEN as u64 + index * (CHUNK + TAG) as u64))?;
         self.buf.resize(plain_len + TAG, 0);
         read_exact_or_opaque(&mut self.inner, &mut self.buf)?;
         let mut tag = [0u8; TAG];
         tag.copy_from_slice(&self.buf[plain_len..]);
         self.buf.truncate(plain_len);
         self.cipher
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&chunk_nonce(index, last)),
-                &[],
-                &mut self.buf,
-                (&tag).into(),
-            )
+            .decrypt_in_place_detached(Nonce::from_slice(&chunk_nonce(index, last)), &[], &mut self.buf, (&tag).into())
             .map_err(|_| DecryptError)?;
         self.buf_index = Some(index);
         if let Some(hasher) = self.hasher.as_mut() {
@@ -398,13 +356,7 @@ impl<R: Read + Seek> BlobReader<R> {
 }
 
 fn read_exact_or_opaque(r: &mut impl Read, buf: &mut [u8]) -> io::Result<()> {
-    r.read_exact(buf).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            DecryptError.into()
-        } else {
-            e
-        }
-    })
+    r.read_exact(buf).map_err(|e| if e.kind() == io::ErrorKind::UnexpectedEof { DecryptError.into() } else { e })
 }
 
 impl<R: Read + Seek> Read for BlobReader<R> {
@@ -444,10 +396,7 @@ impl<R: Read + Seek> Seek for BlobReader<R> {
                 self.pos = p;
                 Ok(p)
             }
-            None => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek before the start of the content",
-            )),
+            None => Err(io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the content")),
         }
     }
 }
@@ -495,9 +444,7 @@ mod tests {
     }
 
     fn data_of(len: usize, seed: u8) -> Vec<u8> {
-        (0..len)
-            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-            .collect()
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
     }
 
     #[test]
@@ -519,12 +466,10 @@ mod tests {
         assert_opaque(decrypt(&blob, d, &SecretKey::from_bytes([8; 32])));
         let mut b2 = vec![2u8; 16];
         b2.extend_from_slice(d.as_bytes());
-        assert_opaque(
-            BlobReader::open(Cursor::new(&blob), &WRAP, &b2, d).and_then(|mut r| {
-                let mut v = Vec::new();
-                r.read_to_end(&mut v).map(|_| v)
-            }),
-        );
+        assert_opaque(BlobReader::open(Cursor::new(&blob), &WRAP, &b2, d).and_then(|mut r| {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).map(|_| v)
+        }));
     }
 
     #[test]
@@ -541,10 +486,8 @@ mod tests {
         let (blob, d) = encrypt(&data);
         let c = CHUNK + TAG;
         let mut swapped = blob.clone();
-        swapped[HEADER_LEN..HEADER_LEN + c]
-            .copy_from_slice(&blob[HEADER_LEN + c..HEADER_LEN + 2 * c]);
-        swapped[HEADER_LEN + c..HEADER_LEN + 2 * c]
-            .copy_from_slice(&blob[HEADER_LEN..HEADER_LEN + c]);
+        swapped[HEADER_LEN..HEADER_LEN + c].copy_from_slice(&blob[HEADER_LEN + c..HEADER_LEN + 2 * c]);
+        swapped[HEADER_LEN + c..HEADER_LEN + 2 * c].copy_from_slice(&blob[HEADER_LEN..HEADER_LEN + c]);
         assert_opaque(decrypt(&swapped, d, &WRAP));
         // Dropping the last chunk and relabelling the size is caught by the header tag.
         let mut cut = blob[..HEADER_LEN + 2 * c].to_vec();
@@ -558,12 +501,7 @@ mod tests {
         let (blob, d) = encrypt(&data);
         let mut r = BlobReader::open(Cursor::new(&blob), &WRAP, &binding(&d), d).unwrap();
         // Out of order: chunk 2 first.
-        for (start, len) in [
-            (2 * CHUNK + 7, CHUNK),
-            (0usize, 10usize),
-            (CHUNK - 3, 10),
-            (3 * CHUNK + 90, 10),
-        ] {
+        for (start, len) in [(2 * CHUNK + 7, CHUNK), (0usize, 10usize), (CHUNK - 3, 10), (3 * CHUNK + 90, 10)] {
             r.seek(SeekFrom::Start(start as u64)).unwrap();
             let mut got = vec![0u8; len];
             r.read_exact(&mut got).unwrap();

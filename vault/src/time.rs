@@ -24,8 +24,7 @@ impl Timestamp {
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let bad = IdError {
             kind: "time",
-            reason:
-                "it must be RFC 3339 UTC with whole seconds and a `Z`, e.g. 2025-03-01T08:00:00Z",
+            reason: "it must be RFC 3339 UTC with whole seconds and a `Z`, e.g. 2025-03-01T08:00:00Z",
         };
         if s.len() != 20 {
             return Err(bad);
@@ -64,10 +63,7 @@ impl Timestamp {
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Every constructed Timestamp lies in years 0000-9999, which always formats.
-        match OffsetDateTime::from_unix_timestamp(self.0)
-            .ok()
-            .and_then(|t| t.format(FORMAT).ok())
-        {
+        match OffsetDateTime::from_unix_timestamp(self.0).ok().and_then(|t| t.format(FORMAT).ok()) {
             Some(s) => f.write_str(&s),
             None => write!(f, "@{}", self.0),
         }

@@ -9,11 +9,13 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::audit::Draft;
 use crate::commit::{CommitStats, GroupCommit};
 use crate::document::{Document, NewDocument, Revocation};
 use crate::error::Error;
 use crate::ids::{Digest, DocType, DocumentId, OwnerId};
 use crate::keys::{MasterKey, OwnerKeys, SecretKey};
+use crate::note::VaultSigner;
 use crate::seal::{self, Unsealable};
 use crate::store::{BlobName, BlobRead, BlobStore, FsBlobs, MetaStore, NewBlob, Op, SledMeta};
 use crate::stream::{BlobReader, BlobWriter, Finished};
@@ -32,9 +34,19 @@ pub(crate) mod prefix {
     pub const CONTENT: u8 = b'C';
     pub const DOCUMENT: u8 = b'D';
     pub const TYPE_INDEX: u8 = b'T';
+    pub const AGENCY: u8 = b'A';
+    pub const USED_KEY: u8 = b'U';
+    pub const GRANT: u8 = b'G';
+    pub const GRANT_BY_AGENCY: u8 = b'H';
+    pub const LEAF: u8 = b'L';
+    pub const NODE: u8 = b'N';
+    pub const OWNER_ENTRY: u8 = b'E';
 }
 const KEY_FORMAT: &[u8] = b"Mformat";
 const KEY_INDEX_KEY: &[u8] = b"Mindex-key";
+const KEY_SIGNING: &[u8] = b"Msigning-key";
+/// The key name of the vault's signing key in signed notes.
+pub const VAULT_KEY_NAME: &str = "vault";
 
 /// Associated data of a sealed value: binds it to its metadata key.
 pub(crate) fn aad(key: &[u8]) -> Vec<u8> {
@@ -64,10 +76,7 @@ pub(crate) struct OwnerCtx {
 
 impl OwnerCtx {
     pub fn blob(&self, digest: &Digest) -> BlobName {
-        BlobName {
-            owner: self.op,
-            name: self.keys.blob_name(digest),
-        }
+        BlobName { owner: self.op, name: self.keys.blob_name(digest) }
     }
     pub fn binding(&self, digest: &Digest) -> Vec<u8> {
         let mut b = self.op.to_vec();
@@ -107,6 +116,18 @@ pub struct Vault {
     blobs: Box<dyn BlobStore>,
     master_wrap: SecretKey,
     index_key: SecretKey,
+    /// Seals vault-level records (the agency registry, audit index entries).
+    pub(crate) vault_records: SecretKey,
+    /// Keys the references in audit leaves.
+    pub(crate) audit_refs: SecretKey,
+    /// The vault's Ed25519 key: checkpoints and receipts.
+    pub(crate) signer: VaultSigner,
+    /// Audit-log appends: the tree size, held while an index is assigned and its nodes written.
+    pub(crate) audit: Mutex<crate::audit::AuditState>,
+    /// Serialises registry changes.
+    registry: Mutex<()>,
+    /// Serialises grant changes (use counts, revocations).
+    pub(crate) grants_lock: Mutex<()>,
     commit: GroupCommit,
     /// Group commit of blob syncs (one `syncfs` for a batch of new blobs).
     blob_commit: GroupCommit,
@@ -119,10 +140,7 @@ pub struct Vault {
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vault")
-            .field("meta", &self.meta)
-            .field("blobs", &self.blobs)
-            .finish_non_exhaustive()
+        f.debug_struct("Vault").field("meta", &self.meta).field("blobs", &self.blobs).finish_non_exhaustive()
     }
 }
 
@@ -137,6 +155,10 @@ pub struct RecoveryReport {
     pub orphans_removed: usize,
 }
 
+fn not_held(digest: &Digest) -> Error {
+    Error::Conflict(format!("content {digest} is not held for this owner; upload it first"))
+}
+
 fn corrupt(key: &[u8]) -> Error {
     Error::Corrupt(describe_key(key))
 }
@@ -146,21 +168,20 @@ pub(crate) fn describe_key(key: &[u8]) -> String {
     match key.first() {
         Some(&prefix::OWNER) => format!("owner record {}", hex::encode(&key[1..])),
         Some(&prefix::CONTENT) if key.len() == 49 => {
-            format!(
-                "content record {}/{}",
-                hex::encode(&key[1..17]),
-                hex::encode(&key[17..])
-            )
+            format!("content record {}/{}", hex::encode(&key[1..17]), hex::encode(&key[17..]))
         }
         Some(&prefix::DOCUMENT) if key.len() == 33 => {
-            format!(
-                "document record {}/{}",
-                hex::encode(&key[1..17]),
-                hex::encode(&key[17..])
-            )
+            format!("document record {}/{}", hex::encode(&key[1..17]), hex::encode(&key[17..]))
         }
         Some(&prefix::TYPE_INDEX) => format!("type index entry {}", hex::encode(&key[1..])),
         Some(&prefix::META) => format!("vault record {}", String::from_utf8_lossy(&key[1..])),
+        Some(&prefix::AGENCY) => format!("agency record {}", String::from_utf8_lossy(&key[1..])),
+        Some(&prefix::USED_KEY) => format!("key-use marker {}", String::from_utf8_lossy(&key[1..])),
+        Some(&prefix::GRANT) => format!("grant record {}", hex::encode(&key[1..])),
+        Some(&prefix::GRANT_BY_AGENCY) => format!("grant index entry {}", hex::encode(&key[1..])),
+        Some(&prefix::LEAF) => format!("audit leaf {}", hex::encode(&key[1..])),
+        Some(&prefix::NODE) => format!("audit tree node {}", hex::encode(&key[1..])),
+        Some(&prefix::OWNER_ENTRY) => format!("access-log entry {}", hex::encode(&key[1..])),
         _ => format!("unknown metadata key {}", hex::encode(key)),
     }
 }
@@ -179,12 +200,7 @@ impl Vault {
         fs::create_dir_all(dir).map_err(io("creating data folder"))?;
         let meta = SledMeta::open(&dir.join("meta"))?;
         let blobs = FsBlobs::open(dir.join("blobs"))?;
-        Self::open_with(
-            Box::new(meta),
-            Box::new(blobs),
-            master,
-            Some(dir.join("OPEN")),
-        )
+        Self::open_with(Box::new(meta), Box::new(blobs), master, Some(dir.join("OPEN")))
     }
 
     /// Opens a vault over any storage backends. `open_marker` is a file whose presence marks
@@ -205,12 +221,8 @@ impl Vault {
                         expected: FORMAT,
                     });
                 }
-                let raw = seal::open(&master_wrap, &aad(KEY_INDEX_KEY), &sealed)
-                    .map_err(|_| Error::WrongMasterKey)?;
-                let bytes: [u8; 32] = raw
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| corrupt(KEY_INDEX_KEY))?;
+                let raw = seal::open(&master_wrap, &aad(KEY_INDEX_KEY), &sealed).map_err(|_| Error::WrongMasterKey)?;
+                let bytes: [u8; 32] = raw.as_slice().try_into().map_err(|_| corrupt(KEY_INDEX_KEY))?;
                 SecretKey::from_bytes(bytes)
             }
             None => {
@@ -224,16 +236,37 @@ impl Vault {
                 let key = SecretKey::generate();
                 meta.apply(vec![
                     Op::Put(KEY_FORMAT.to_vec(), FORMAT.as_bytes().to_vec()),
-                    Op::Put(
-                        KEY_INDEX_KEY.to_vec(),
-                        seal::seal(&master_wrap, &aad(KEY_INDEX_KEY), key.expose()),
-                    ),
+                    Op::Put(KEY_INDEX_KEY.to_vec(), seal::seal(&master_wrap, &aad(KEY_INDEX_KEY), key.expose())),
                 ])?;
                 meta.sync()?;
                 key
             }
         };
+        let seed: Zeroizing<[u8; 32]> = match meta.get(KEY_SIGNING)? {
+            Some(sealed) => {
+                let raw = seal::open(&master_wrap, &aad(KEY_SIGNING), &sealed).map_err(|_| corrupt(KEY_SIGNING))?;
+                Zeroizing::new(raw.as_slice().try_into().map_err(|_| corrupt(KEY_SIGNING))?)
+            }
+            None => {
+                let seed = SecretKey::generate();
+                meta.apply(vec![Op::Put(
+                    KEY_SIGNING.to_vec(),
+                    seal::seal(&master_wrap, &aad(KEY_SIGNING), seed.expose()),
+                )])?;
+                meta.sync()?;
+                Zeroizing::new(*seed.expose())
+            }
+        };
+        let signer = VaultSigner::new(VAULT_KEY_NAME, &seed);
+        let vault_records = index_key.derive(crate::keys::ctx::VAULT_RECORDS);
+        let audit_refs = index_key.derive(crate::keys::ctx::AUDIT_REFS);
         let mut vault = Vault {
+            vault_records,
+            audit_refs,
+            signer,
+            audit: Mutex::new(crate::audit::AuditState::default()),
+            registry: Mutex::new(()),
+            grants_lock: Mutex::new(()),
             meta,
             blobs,
             master_wrap,
@@ -246,6 +279,7 @@ impl Vault {
             recovered: RecoveryReport::default(),
         };
         vault.recover()?;
+        vault.load_audit()?;
         Ok(vault)
     }
 
@@ -254,10 +288,7 @@ impl Vault {
             Some(m) => m.exists(),
             None => true,
         };
-        let mut report = RecoveryReport {
-            unclean,
-            ..Default::default()
-        };
+        let mut report = RecoveryReport { unclean, ..Default::default() };
         if unclean {
             // Puts that never returned leave unfinished temp files, or (a crash between the
             // blob's rename and its record) a complete blob nothing points at. Neither was
@@ -274,17 +305,12 @@ impl Vault {
         if let Some(m) = &self.open_marker {
             File::create(m)
                 .and_then(|f| f.sync_all())
-                .map_err(|source| crate::store::StoreError::Io {
-                    what: format!("writing {}", m.display()),
+                .map_err(|source| crate::store::StoreError::Io { what: format!("writing {}", m.display()), source })?;
+            if let Some(dir) = m.parent() {
+                File::open(dir).and_then(|d| d.sync_all()).map_err(|source| crate::store::StoreError::Io {
+                    what: format!("syncing {}", dir.display()),
                     source,
                 })?;
-            if let Some(dir) = m.parent() {
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|source| crate::store::StoreError::Io {
-                        what: format!("syncing {}", dir.display()),
-                        source,
-                    })?;
             }
         }
         self.recovered = report;
@@ -314,11 +340,20 @@ impl Vault {
         self.blobs.as_ref()
     }
 
+    /// Serialises registry changes (read-check-write of an agency record).
+    pub(crate) fn registry_lock(&self) -> MutexGuard<'_, ()> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies changes and waits until they are durable.
+    pub(crate) fn apply_durable(&self, ops: Vec<Op>) -> Result<(), Error> {
+        let ticket = self.apply(ops)?;
+        self.durable(ticket)
+    }
+
     fn stripe(&self, name: &BlobName) -> MutexGuard<'_, ()> {
         // The guarded data is `()`: a poisoned stripe has no state to be inconsistent.
-        self.stripes[usize::from(name.name[0])]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.stripes[usize::from(name.name[0])].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn durable(&self, ticket: u64) -> Result<(), Error> {
@@ -331,6 +366,21 @@ impl Vault {
         Ok(self.commit.written())
     }
 
+    /// [`Vault::apply`] for other modules.
+    pub(crate) fn apply_ticket(&self, ops: Vec<Op>) -> Result<u64, Error> {
+        self.apply(ops)
+    }
+
+    /// Waits until everything up to `ticket` is durable.
+    pub(crate) fn wait_ticket(&self, ticket: u64) -> Result<(), Error> {
+        self.durable(ticket)
+    }
+
+    /// The ticket covering everything applied so far.
+    pub(crate) fn latest_ticket(&self) -> u64 {
+        self.commit.latest()
+    }
+
     pub(crate) fn owner_ref(&self, owner: &OwnerId) -> OwnerRef {
         let h = blake3::keyed_hash(self.index_key.expose(), owner.as_str().as_bytes());
         let mut op = [0u8; 16];
@@ -338,47 +388,40 @@ impl Vault {
         op
     }
 
-    pub(crate) fn unseal_owner(
-        &self,
-        key: &[u8],
-        sealed: &[u8],
-    ) -> Result<(SecretKey, OwnerId), Unsealable> {
+    pub(crate) fn unseal_owner(&self, key: &[u8], sealed: &[u8]) -> Result<(SecretKey, OwnerId), Unsealable> {
         let raw = seal::open(&self.master_wrap, &aad(key), sealed)?;
         if raw.len() < 32 {
             return Err(Unsealable);
         }
         let mut k = [0u8; 32];
         k.copy_from_slice(&raw[..32]);
-        let id = std::str::from_utf8(&raw[32..])
-            .ok()
-            .and_then(|s| OwnerId::parse(s).ok())
-            .ok_or(Unsealable)?;
+        let id = std::str::from_utf8(&raw[32..]).ok().and_then(|s| OwnerId::parse(s).ok()).ok_or(Unsealable)?;
         Ok((SecretKey::from_bytes(k), id))
+    }
+
+    /// The owner of a storage reference, if the owner key exists.
+    pub(crate) fn owner_by_ref(&self, op: &OwnerRef) -> Result<Option<Arc<OwnerCtx>>, Error> {
+        if let Some(ctx) = self.owners.read().unwrap_or_else(|p| p.into_inner()).get(op) {
+            return Ok(Some(ctx.clone()));
+        }
+        let key = key_of(prefix::OWNER, &[op]);
+        let Some(sealed) = self.meta.get(&key)? else { return Ok(None) };
+        let (_, id) = self.unseal_owner(&key, &sealed).map_err(|_| corrupt(&key))?;
+        self.owner(&id, false)
     }
 
     /// The owner's keys; with `create`, makes the owner if new (durable with the caller's next
     /// ticket).
-    pub(crate) fn owner(
-        &self,
-        owner: &OwnerId,
-        create: bool,
-    ) -> Result<Option<Arc<OwnerCtx>>, Error> {
+    pub(crate) fn owner(&self, owner: &OwnerId, create: bool) -> Result<Option<Arc<OwnerCtx>>, Error> {
         let op = self.owner_ref(owner);
-        if let Some(ctx) = self
-            .owners
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&op)
-        {
+        if let Some(ctx) = self.owners.read().unwrap_or_else(|p| p.into_inner()).get(&op) {
             return Ok(Some(ctx.clone()));
         }
         let key = key_of(prefix::OWNER, &[&op]);
         let owner_key = loop {
             match self.meta.get(&key)? {
                 Some(sealed) => {
-                    let (k, id) = self
-                        .unseal_owner(&key, &sealed)
-                        .map_err(|_| corrupt(&key))?;
+                    let (k, id) = self.unseal_owner(&key, &sealed).map_err(|_| corrupt(&key))?;
                     if &id != owner {
                         return Err(corrupt(&key));
                     }
@@ -398,11 +441,7 @@ impl Vault {
                 }
             }
         };
-        let ctx = Arc::new(OwnerCtx {
-            op,
-            id: owner.clone(),
-            keys: OwnerKeys::derive(&owner_key),
-        });
+        let ctx = Arc::new(OwnerCtx { op, id: owner.clone(), keys: OwnerKeys::derive(&owner_key) });
         // The map's values are immutable once inserted; a poisoned lock cannot hold a half-made entry.
         let mut map = self.owners.write().unwrap_or_else(|p| p.into_inner());
         Ok(Some(map.entry(op).or_insert(ctx).clone()))
@@ -415,9 +454,7 @@ impl Vault {
     ) -> Result<Option<T>, Error> {
         match self.meta.get(key)? {
             None => Ok(None),
-            Some(v) => Ok(Some(
-                open_record(keys, key, &v).ok_or_else(|| corrupt(key))?,
-            )),
+            Some(v) => Ok(Some(open_record(keys, key, &v).ok_or_else(|| corrupt(key))?)),
         }
     }
 
@@ -430,10 +467,7 @@ impl Vault {
         let Some(o) = self.owner(owner, false)? else {
             return Ok(false);
         };
-        Ok(self
-            .meta
-            .get(&Self::content_key(&o, &o.blob(digest)))?
-            .is_some())
+        Ok(self.meta.get(&Self::content_key(&o, &o.blob(digest)))?.is_some())
     }
 
     /// The digests among `digests` that the owner does not hold, in the order given.
@@ -454,26 +488,30 @@ impl Vault {
     /// content must hash to it ([`Error::DigestMismatch`] otherwise, leaving nothing behind),
     /// and if the owner already holds it the bytes are only hashed, never encrypted or written.
     /// Returns once the content is durable.
-    pub fn put_content(
+    pub fn put_content(&self, owner: &OwnerId, source: impl Read, expected: Option<Digest>) -> Result<Stored, Error> {
+        self.put_content_with(owner, source, expected, None)
+    }
+
+    /// [`Vault::put_content`], recording `audit` with the change.
+    pub(crate) fn put_content_with(
         &self,
         owner: &OwnerId,
         mut source: impl Read,
         expected: Option<Digest>,
+        audit: Option<&Draft>,
     ) -> Result<Stored, Error> {
         let o = self.owner_or_create(owner)?;
         if let Some(want) = expected {
             if self.held(&o, &want)? {
                 let (actual, size) = hash_source(&mut source)?;
                 if actual != want {
-                    return Err(Error::DigestMismatch {
-                        expected: want,
-                        actual,
-                    });
+                    return Err(Error::DigestMismatch { expected: want, actual });
                 }
-                return self.already_held(want, size);
+                return self.held_answer(want, size, audit);
             }
         }
-        self.store_new(&o, source, expected)
+        let fin = self.encrypt(&o, source, expected)?;
+        Ok(self.commit_blob(&o, fin, None, audit)?.0)
     }
 
     /// Stores a content held in memory. Held content costs one BLAKE3 pass and nothing else.
@@ -483,7 +521,8 @@ impl Vault {
         if self.held(&o, &digest)? {
             return self.already_held(digest, data.len() as u64);
         }
-        self.store_new(&o, data, Some(digest))
+        let fin = self.encrypt(&o, data, Some(digest))?;
+        Ok(self.commit_blob(&o, fin, None, None)?.0)
     }
 
     /// Stores the content of a file. The file is hashed first; held content is not read again.
@@ -496,35 +535,35 @@ impl Vault {
             return self.already_held(digest, size);
         }
         f.seek(SeekFrom::Start(0)).map_err(Error::Source)?;
-        self.store_new(&o, f, Some(digest))
+        let fin = self.encrypt(&o, f, Some(digest))?;
+        Ok(self.commit_blob(&o, fin, None, None)?.0)
     }
 
-    fn held(&self, o: &OwnerCtx, digest: &Digest) -> Result<bool, Error> {
-        Ok(self
-            .meta
-            .get(&Self::content_key(o, &o.blob(digest)))?
-            .is_some())
+    pub(crate) fn held(&self, o: &OwnerCtx, digest: &Digest) -> Result<bool, Error> {
+        Ok(self.meta.get(&Self::content_key(o, &o.blob(digest)))?.is_some())
     }
 
     /// The answer for held content: durable once whatever made it held is durable.
     fn already_held(&self, digest: Digest, size: u64) -> Result<Stored, Error> {
-        self.durable(self.commit.latest())?;
-        Ok(Stored {
-            digest,
-            size,
-            created: false,
-        })
+        self.held_answer(digest, size, None)
     }
 
-    /// Encrypts `source` into a new blob and records it (or finds it stored meanwhile).
-    fn store_new(
-        &self,
-        o: &OwnerCtx,
-        source: impl Read,
-        expected: Option<Digest>,
-    ) -> Result<Stored, Error> {
-        let fin = self.encrypt(o, source, expected)?;
-        Ok(self.commit_blob(o, fin, None)?.0)
+    fn held_answer(&self, digest: Digest, size: u64, audit: Option<&Draft>) -> Result<Stored, Error> {
+        match audit {
+            Some(d) => {
+                self.audit_now(d)?;
+            }
+            None => self.durable(self.commit.latest())?,
+        }
+        Ok(Stored { digest, size, created: false })
+    }
+
+    /// Applies `ops`, with the audit entry if there is one; returns the ticket to wait on.
+    fn apply_opt(&self, ops: Vec<Op>, audit: Option<&Draft>) -> Result<u64, Error> {
+        match audit {
+            Some(d) => Ok(self.apply_audited(ops, d)?.0),
+            None => self.apply(ops),
+        }
     }
 
     /// Encrypts `source` into an uncommitted blob, checking the digest if one is expected.
@@ -548,29 +587,33 @@ impl Vault {
         let fin = w.finish()?;
         if let Some(want) = expected {
             if fin.digest() != want {
-                return Err(Error::DigestMismatch {
-                    expected: want,
-                    actual: fin.digest(),
-                });
+                return Err(Error::DigestMismatch { expected: want, actual: fin.digest() });
             }
         }
         Ok(fin)
     }
 
-    fn owner_or_create(&self, owner: &OwnerId) -> Result<Arc<OwnerCtx>, Error> {
+    pub(crate) fn owner_or_create(&self, owner: &OwnerId) -> Result<Arc<OwnerCtx>, Error> {
         self.owner(owner, true)?.ok_or(Error::NotFound("owner"))
     }
 
     /// Records a new blob (or finds its content stored meanwhile by a concurrent put) and, with
-    /// `doc`, a document about it, in one atomic batch and one durable wait.
+    /// `doc`, a document about it (issuer-verified when its flag is set), in one atomic batch
+    /// and one durable wait.
     fn commit_blob(
         &self,
         o: &OwnerCtx,
         fin: Finished<Box<dyn NewBlob>>,
-        doc: Option<(NewDocument, bool)>,
+        doc: Option<(NewDocument, bool, DocumentId)>,
+        audit: Option<&Draft>,
     ) -> Result<(Stored, Option<Document>), Error> {
         let digest = fin.digest();
         let size = fin.size();
+        let mut ops = Vec::with_capacity(5);
+        if let Some((new, true, _)) = &doc {
+            // Before anything is stored: a bad signature leaves nothing behind.
+            ops.push(self.verify_issuer(&o.id, size, new)?);
+        }
         let name = o.blob(&digest);
         let key = Self::content_key(o, &name);
         let guard = self.stripe(&name);
@@ -582,32 +625,18 @@ impl Vault {
                 pending.commit(&name)?;
                 // The blob must be durable before the record that points at it can be.
                 let blob_ticket = self.blob_commit.written();
-                self.blob_commit
-                    .wait_durable(blob_ticket, || self.blobs.sync())?;
-                let rec = ContentRecord {
-                    digest,
-                    size,
-                    refs: 0,
-                    stored_at: Timestamp::now(),
-                };
-                (rec, true)
+                self.blob_commit.wait_durable(blob_ticket, || self.blobs.sync())?;
+                (ContentRecord { digest, size, refs: 0, stored_at: Timestamp::now() }, true)
             }
         };
-        let stored = Stored {
-            digest,
-            size,
-            created,
-        };
+        let stored = Stored { digest, size, created };
         if doc.is_none() && !created {
             drop(guard);
-            return Ok((self.already_held(digest, size)?, None));
+            return Ok((self.held_answer(digest, size, audit)?, None));
         }
-        let mut ops = Vec::with_capacity(3);
-        let document = doc.map(|(new, verified)| {
-            self.document_ops(o, &mut rec, new, verified, Timestamp::now(), &mut ops)
-        });
+        let document = doc.map(|plan| self.document_ops(o, &mut rec, plan, Timestamp::now(), &mut ops));
         ops.push(Op::Put(key.clone(), seal_record(&o.keys, &key, &rec)));
-        let ticket = self.apply(ops)?;
+        let ticket = self.apply_opt(ops, audit)?;
         drop(guard);
         self.durable(ticket)?;
         Ok((stored, document))
@@ -619,13 +648,12 @@ impl Vault {
         &self,
         o: &OwnerCtx,
         rec: &mut ContentRecord,
-        new: NewDocument,
-        verified: bool,
+        (new, verified, id): (NewDocument, bool, DocumentId),
         now: Timestamp,
         ops: &mut Vec<Op>,
     ) -> Document {
         let doc = Document {
-            id: DocumentId::random(),
+            id,
             owner: o.id.clone(),
             size: rec.size,
             deposited_at: now,
@@ -635,14 +663,7 @@ impl Vault {
         };
         rec.refs += 1;
         let dkey = key_of(prefix::DOCUMENT, &[&o.op, doc.id.as_bytes()]);
-        let tkey = key_of(
-            prefix::TYPE_INDEX,
-            &[
-                &o.op,
-                &o.keys.type_tag(&doc.meta.doc_type),
-                doc.id.as_bytes(),
-            ],
-        );
+        let tkey = key_of(prefix::TYPE_INDEX, &[&o.op, &o.keys.type_tag(&doc.meta.doc_type), doc.id.as_bytes()]);
         ops.push(Op::Put(dkey.clone(), seal_record(&o.keys, &dkey, &doc)));
         ops.push(Op::Put(tkey.clone(), seal_record(&o.keys, &tkey, &())));
         doc
@@ -650,22 +671,37 @@ impl Vault {
 
     /// Stores a content and records a document about it in one step: one durable wait instead
     /// of two. `new.digest` is the digest the content must have ([`Error::DigestMismatch`]
-    /// otherwise, leaving nothing behind). Held content is only hashed.
+    /// otherwise, leaving nothing behind). Held content is only hashed. The document is
+    /// unverified; see [`Vault::put_signed_document`].
     pub fn put_document(
         &self,
         owner: &OwnerId,
         source: impl Read,
         new: NewDocument,
     ) -> Result<(Stored, Document), Error> {
-        self.put_document_as(owner, source, new, false)
+        self.put_document_with(owner, source, new, false, DocumentId::random(), None)
     }
 
-    pub(crate) fn put_document_as(
+    /// [`Vault::put_document`] for an issuer-signed document: the signature is checked against
+    /// the agency registry (a key of the issuer valid at `issued_at`) before anything is stored,
+    /// and the document is recorded as verified.
+    pub fn put_signed_document(
+        &self,
+        owner: &OwnerId,
+        source: impl Read,
+        new: NewDocument,
+    ) -> Result<(Stored, Document), Error> {
+        self.put_document_with(owner, source, new, true, DocumentId::random(), None)
+    }
+
+    pub(crate) fn put_document_with(
         &self,
         owner: &OwnerId,
         mut source: impl Read,
         new: NewDocument,
-        verified: bool,
+        verify: bool,
+        id: DocumentId,
+        audit: Option<&Draft>,
     ) -> Result<(Stored, Document), Error> {
         new.validate()?;
         let o = self.owner_or_create(owner)?;
@@ -673,57 +709,53 @@ impl Vault {
         if self.held(&o, &want)? {
             let (actual, size) = hash_source(&mut source)?;
             if actual != want {
-                return Err(Error::DigestMismatch {
-                    expected: want,
-                    actual,
-                });
+                return Err(Error::DigestMismatch { expected: want, actual });
             }
-            let doc = self.deposit_as(owner, new, verified, Timestamp::now())?;
-            return Ok((
-                Stored {
-                    digest: want,
-                    size,
-                    created: false,
-                },
-                doc,
-            ));
+            let doc = self.deposit_inner(&o, new, verify, id, Timestamp::now(), audit)?;
+            return Ok((Stored { digest: want, size, created: false }, doc));
         }
         let fin = self.encrypt(&o, source, Some(want))?;
-        let (stored, doc) = self.commit_blob(&o, fin, Some((new, verified)))?;
+        let (stored, doc) = self.commit_blob(&o, fin, Some((new, verify, id)), audit)?;
         let doc = doc.ok_or_else(|| Error::Conflict("document was not recorded".into()))?;
         Ok((stored, doc))
     }
 
     /// Records a document about a content the owner already holds ([`Error::Conflict`] if
-    /// not). The document is unverified; issuer-signed deposits go through provenance checks
-    /// first. Returns once the record is durable.
+    /// not). The document is unverified (see [`Vault::deposit_signed`]). Returns once the record
+    /// is durable.
     pub fn deposit(&self, owner: &OwnerId, new: NewDocument) -> Result<Document, Error> {
-        self.deposit_as(owner, new, false, Timestamp::now())
+        let o = self.owner(owner, false)?.ok_or_else(|| not_held(&new.digest))?;
+        self.deposit_inner(&o, new, false, DocumentId::random(), Timestamp::now(), None)
     }
 
-    pub(crate) fn deposit_as(
+    /// [`Vault::deposit`] of an issuer-signed document: the signature must verify under a key
+    /// of the issuer valid at `issued_at`; the document is recorded as verified.
+    pub fn deposit_signed(&self, owner: &OwnerId, new: NewDocument) -> Result<Document, Error> {
+        let o = self.owner(owner, false)?.ok_or_else(|| not_held(&new.digest))?;
+        self.deposit_inner(&o, new, true, DocumentId::random(), Timestamp::now(), None)
+    }
+
+    pub(crate) fn deposit_inner(
         &self,
-        owner: &OwnerId,
+        o: &OwnerCtx,
         new: NewDocument,
-        verified: bool,
+        verify: bool,
+        id: DocumentId,
         now: Timestamp,
+        audit: Option<&Draft>,
     ) -> Result<Document, Error> {
         new.validate()?;
-        let not_held = || {
-            Error::Conflict(format!(
-                "content {} is not held for this owner; upload it first",
-                new.digest
-            ))
-        };
-        let o = self.owner(owner, false)?.ok_or_else(not_held)?;
         let name = o.blob(&new.digest);
-        let ckey = Self::content_key(&o, &name);
+        let ckey = Self::content_key(o, &name);
         let guard = self.stripe(&name);
-        let mut rec: ContentRecord = self.get_sealed(&o.keys, &ckey)?.ok_or_else(not_held)?;
-        let mut ops = Vec::with_capacity(3);
-        let doc = self.document_ops(&o, &mut rec, new, verified, now, &mut ops);
+        let mut rec: ContentRecord = self.get_sealed(&o.keys, &ckey)?.ok_or_else(|| not_held(&new.digest))?;
+        let mut ops = Vec::with_capacity(5);
+        if verify {
+            ops.push(self.verify_issuer(&o.id, rec.size, &new)?);
+        }
+        let doc = self.document_ops(o, &mut rec, (new, verify, id), now, &mut ops);
         ops.push(Op::Put(ckey.clone(), seal_record(&o.keys, &ckey, &rec)));
-        let ticket = self.apply(ops)?;
+        let ticket = self.apply_opt(ops, audit)?;
         drop(guard);
         self.durable(ticket)?;
         Ok(doc)
@@ -731,17 +763,13 @@ impl Vault {
 
     /// One document of an owner.
     pub fn document(&self, owner: &OwnerId, id: &DocumentId) -> Result<Document, Error> {
-        let o = self
-            .owner(owner, false)?
-            .ok_or(Error::NotFound("document"))?;
+        let o = self.owner(owner, false)?.ok_or(Error::NotFound("document"))?;
         self.document_of(&o, id)
     }
 
-    fn document_of(&self, o: &OwnerCtx, id: &DocumentId) -> Result<Document, Error> {
+    pub(crate) fn document_of(&self, o: &OwnerCtx, id: &DocumentId) -> Result<Document, Error> {
         let key = key_of(prefix::DOCUMENT, &[&o.op, id.as_bytes()]);
-        let doc: Document = self
-            .get_sealed(&o.keys, &key)?
-            .ok_or(Error::NotFound("document"))?;
+        let doc: Document = self.get_sealed(&o.keys, &key)?.ok_or(Error::NotFound("document"))?;
         if doc.owner != o.id || doc.id != *id {
             return Err(corrupt(&key));
         }
@@ -749,11 +777,7 @@ impl Vault {
     }
 
     /// The owner's documents, optionally of one type, oldest deposit first.
-    pub fn documents(
-        &self,
-        owner: &OwnerId,
-        doc_type: Option<&DocType>,
-    ) -> Result<Vec<Document>, Error> {
+    pub fn documents(&self, owner: &OwnerId, doc_type: Option<&DocType>) -> Result<Vec<Document>, Error> {
         let Some(o) = self.owner(owner, false)? else {
             return Ok(Vec::new());
         };
@@ -770,10 +794,7 @@ impl Vault {
                 }
             }
             Some(t) => {
-                for item in self
-                    .meta
-                    .scan(&key_of(prefix::TYPE_INDEX, &[&o.op, &o.keys.type_tag(t)]))
-                {
+                for item in self.meta.scan(&key_of(prefix::TYPE_INDEX, &[&o.op, &o.keys.type_tag(t)])) {
                     let (k, _) = item?;
                     let id = DocumentId::from_bytes(k[33..].try_into().map_err(|_| corrupt(&k))?);
                     let doc = self.document_of(&o, &id)?;
@@ -789,31 +810,27 @@ impl Vault {
 
     /// Deletes a document; deleting the last document of a content deletes the content.
     pub fn delete_document(&self, owner: &OwnerId, id: &DocumentId) -> Result<(), Error> {
-        let o = self
-            .owner(owner, false)?
-            .ok_or(Error::NotFound("document"))?;
-        let doc = self.document_of(&o, id)?;
+        let o = self.owner(owner, false)?.ok_or(Error::NotFound("document"))?;
+        self.delete_inner(&o, id, None)
+    }
+
+    pub(crate) fn delete_inner(&self, o: &OwnerCtx, id: &DocumentId, audit: Option<&Draft>) -> Result<(), Error> {
+        let doc = self.document_of(o, id)?;
         let name = o.blob(&doc.meta.digest);
-        let ckey = Self::content_key(&o, &name);
+        let ckey = Self::content_key(o, &name);
         // Held until the blob is gone, so a concurrent put of the same content cannot have its
         // fresh blob removed by this delete.
         let _guard = self.stripe(&name);
-        let mut rec: ContentRecord = self
-            .get_sealed(&o.keys, &ckey)?
-            .ok_or_else(|| corrupt(&ckey))?;
+        // Re-read under the lock: a concurrent delete may have won.
+        self.document_of(o, id)?;
+        let mut rec: ContentRecord = self.get_sealed(&o.keys, &ckey)?.ok_or_else(|| corrupt(&ckey))?;
         rec.refs = rec.refs.saturating_sub(1);
         let dkey = key_of(prefix::DOCUMENT, &[&o.op, id.as_bytes()]);
-        let tkey = key_of(
-            prefix::TYPE_INDEX,
-            &[&o.op, &o.keys.type_tag(&doc.meta.doc_type), id.as_bytes()],
-        );
+        let tkey = key_of(prefix::TYPE_INDEX, &[&o.op, &o.keys.type_tag(&doc.meta.doc_type), id.as_bytes()]);
         let last = rec.refs == 0;
-        let content_op = if last {
-            Op::Delete(ckey.clone())
-        } else {
-            Op::Put(ckey.clone(), seal_record(&o.keys, &ckey, &rec))
-        };
-        let ticket = self.apply(vec![Op::Delete(dkey), Op::Delete(tkey), content_op])?;
+        let content_op =
+            if last { Op::Delete(ckey.clone()) } else { Op::Put(ckey.clone(), seal_record(&o.keys, &ckey, &rec)) };
+        let ticket = self.apply_opt(vec![Op::Delete(dkey), Op::Delete(tkey), content_op], audit)?;
         self.durable(ticket)?;
         if last {
             self.blobs.remove(&name)?;
@@ -829,23 +846,29 @@ impl Vault {
         reason: &str,
         at: Timestamp,
     ) -> Result<Document, Error> {
+        let o = self.owner(owner, false)?.ok_or(Error::NotFound("document"))?;
+        self.revoke_inner(&o, id, reason, at, None)
+    }
+
+    pub(crate) fn revoke_inner(
+        &self,
+        o: &OwnerCtx,
+        id: &DocumentId,
+        reason: &str,
+        at: Timestamp,
+        audit: Option<&Draft>,
+    ) -> Result<Document, Error> {
         crate::document::check_text("reason", reason, crate::document::MAX_TEXT)?;
-        let o = self
-            .owner(owner, false)?
-            .ok_or(Error::NotFound("document"))?;
         let key = key_of(prefix::DOCUMENT, &[&o.op, id.as_bytes()]);
-        let digest = self.document_of(&o, id)?.meta.digest;
+        let digest = self.document_of(o, id)?.meta.digest;
         // The same stripe as delete_document, so a revocation cannot resurrect a deleted record.
         let guard = self.stripe(&o.blob(&digest));
-        let mut doc = self.document_of(&o, id)?;
+        let mut doc = self.document_of(o, id)?;
         if doc.revocation.is_some() {
             return Err(Error::Conflict("the document is already revoked".into()));
         }
-        doc.revocation = Some(Revocation {
-            at,
-            reason: reason.to_owned(),
-        });
-        let ticket = self.apply(vec![Op::Put(key.clone(), seal_record(&o.keys, &key, &doc))])?;
+        doc.revocation = Some(Revocation { at, reason: reason.to_owned() });
+        let ticket = self.apply_opt(vec![Op::Put(key.clone(), seal_record(&o.keys, &key, &doc))], audit)?;
         drop(guard);
         self.durable(ticket)?;
         Ok(doc)
@@ -853,28 +876,21 @@ impl Vault {
 
     /// Opens a held content for reading.
     pub fn open_content(&self, owner: &OwnerId, digest: &Digest) -> Result<ContentReader, Error> {
-        let o = self
-            .owner(owner, false)?
-            .ok_or(Error::NotFound("content"))?;
+        let o = self.owner(owner, false)?.ok_or(Error::NotFound("content"))?;
         self.open_content_of(&o, digest)
     }
 
-    pub(crate) fn open_content_of(
-        &self,
-        o: &OwnerCtx,
-        digest: &Digest,
-    ) -> Result<ContentReader, Error> {
+    pub(crate) fn open_content_of(&self, o: &OwnerCtx, digest: &Digest) -> Result<ContentReader, Error> {
         let name = o.blob(digest);
         let ckey = Self::content_key(o, &name);
-        let rec: ContentRecord = self
-            .get_sealed(&o.keys, &ckey)?
-            .ok_or(Error::NotFound("content"))?;
+        let rec: ContentRecord = self.get_sealed(&o.keys, &ckey)?.ok_or(Error::NotFound("content"))?;
         if rec.digest != *digest {
             return Err(corrupt(&ckey));
         }
-        let file = self.blobs.open(&name)?.ok_or_else(|| {
-            Error::Corrupt(format!("blob {} is missing", self.blobs.describe(&name)))
-        })?;
+        let file = self
+            .blobs
+            .open(&name)?
+            .ok_or_else(|| Error::Corrupt(format!("blob {} is missing", self.blobs.describe(&name))))?;
         let reader = BlobReader::open(file, &o.keys.blob_wrap, &o.binding(digest), *digest)?;
         if reader.size() != rec.size {
             return Err(Error::Decrypt(crate::stream::DecryptError));
@@ -883,14 +899,8 @@ impl Vault {
     }
 
     /// Opens a document's content for reading.
-    pub fn open_document_content(
-        &self,
-        owner: &OwnerId,
-        id: &DocumentId,
-    ) -> Result<(Document, ContentReader), Error> {
-        let o = self
-            .owner(owner, false)?
-            .ok_or(Error::NotFound("document"))?;
+    pub fn open_document_content(&self, owner: &OwnerId, id: &DocumentId) -> Result<(Document, ContentReader), Error> {
+        let o = self.owner(owner, false)?.ok_or(Error::NotFound("document"))?;
         let doc = self.document_of(&o, id)?;
         let reader = self.open_content_of(&o, &doc.meta.digest)?;
         Ok((doc, reader))
@@ -912,10 +922,8 @@ impl Vault {
     fn close_inner(&mut self) -> Result<(), Error> {
         self.meta.sync()?;
         if let Some(m) = self.open_marker.take() {
-            fs::remove_file(&m).map_err(|source| crate::store::StoreError::Io {
-                what: format!("removing {}", m.display()),
-                source,
-            })?;
+            fs::remove_file(&m)
+                .map_err(|source| crate::store::StoreError::Io { what: format!("removing {}", m.display()), source })?;
         }
         Ok(())
     }
@@ -953,11 +961,7 @@ pub(crate) fn seal_record<T: Serialize>(keys: &OwnerKeys, key: &[u8], value: &T)
     seal::seal(&keys.records, &aad(key), &plain)
 }
 
-pub(crate) fn open_record<T: for<'de> Deserialize<'de>>(
-    keys: &OwnerKeys,
-    key: &[u8],
-    sealed: &[u8],
-) -> Option<T> {
+pub(crate) fn open_record<T: for<'de> Deserialize<'de>>(keys: &OwnerKeys, key: &[u8], sealed: &[u8]) -> Option<T> {
     let plain = seal::open(&keys.records, &aad(key), sealed).ok()?;
     serde_json::from_slice(&plain).ok()
 }

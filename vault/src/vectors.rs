@@ -9,8 +9,7 @@ use crate::vault::aad;
 use crate::{seal, Digest, DocType};
 
 /// The content of api.md's statement vector: "Giấy khai sinh — bản điện tử\n".
-pub(crate) const CONTENT: &str =
-    "Gi\u{1ea5}y khai sinh \u{2014} b\u{1ea3}n \u{111}i\u{1ec7}n t\u{1eed}\n";
+pub(crate) const CONTENT: &str = "Gi\u{1ea5}y khai sinh \u{2014} b\u{1ea3}n \u{111}i\u{1ec7}n t\u{1eed}\n";
 
 fn seq(start: u8) -> [u8; 32] {
     let mut k = [0u8; 32];
@@ -33,15 +32,11 @@ pub(crate) fn compute() -> Vectors {
     put("master wrap key", hex::encode(wrap.expose()));
     let index = SecretKey::from_bytes(seq(0x80));
     put("index key", hex::encode(index.expose()));
-    let sealed_index =
-        seal::seal_with_nonce(&wrap, &aad(b"Mindex-key"), index.expose(), [0x01; 12]);
+    let sealed_index = seal::seal_with_nonce(&wrap, &aad(b"Mindex-key"), index.expose(), [0x01; 12]);
     put("sealed index key (nonce 01*12)", hex::encode(&sealed_index));
     let owner = "citizen:001099012345";
     let op = blake3::keyed_hash(index.expose(), owner.as_bytes());
-    put(
-        "owner ref of citizen:001099012345",
-        hex::encode(&op.as_bytes()[..16]),
-    );
+    put("owner ref of citizen:001099012345", hex::encode(&op.as_bytes()[..16]));
     let owner_key = SecretKey::from_bytes(seq(0x00));
     put("owner key", hex::encode(owner_key.expose()));
     let ok = OwnerKeys::derive(&owner_key);
@@ -54,9 +49,7 @@ pub(crate) fn compute() -> Vectors {
     put("blob name", hex::encode(ok.blob_name(&digest)));
     put(
         "type tag of giay-khai-sinh",
-        hex::encode(
-            ok.type_tag(&DocType::parse("giay-khai-sinh").unwrap_or_else(|_| unreachable!())),
-        ),
+        hex::encode(ok.type_tag(&DocType::parse("giay-khai-sinh").unwrap_or_else(|_| unreachable!()))),
     );
     let mut binding = op.as_bytes()[..16].to_vec();
     binding.extend_from_slice(digest.as_bytes());
@@ -65,15 +58,10 @@ pub(crate) fn compute() -> Vectors {
             .unwrap_or_else(|_| unreachable!());
         w.update(data).unwrap_or_else(|_| unreachable!());
         let f = w.finish().unwrap_or_else(|_| unreachable!());
-        f.write_header_with_nonce(&ok.blob_wrap, &binding, [0x07; 12])
-            .unwrap_or_else(|_| unreachable!())
-            .into_inner()
+        f.write_header_with_nonce(&ok.blob_wrap, &binding, [0x07; 12]).unwrap_or_else(|_| unreachable!()).into_inner()
     };
     put("content key", hex::encode(seq(0x40)));
-    put(
-        "blob of the content (wrap nonce 07*12)",
-        hex::encode(blob(CONTENT.as_bytes())),
-    );
+    put("blob of the content (wrap nonce 07*12)", hex::encode(blob(CONTENT.as_bytes())));
     let big: Vec<u8> = (0..65537u32).map(|i| (i % 251) as u8).collect();
     put(
         "BLAKE3 of the blob of 65537 bytes i%251 (same keys, same binding)",
@@ -96,10 +84,6 @@ mod tests {
                 missing.push(line);
             }
         }
-        assert!(
-            missing.is_empty(),
-            "SPEC.md lacks or disagrees with:\n{}",
-            missing.join("\n")
-        );
+        assert!(missing.is_empty(), "SPEC.md lacks or disagrees with:\n{}", missing.join("\n"));
     }
 }

@@ -1,0 +1,592 @@
+//! Provenance, consent, reuse and audit through the principal-aware API of the library.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+mod common;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use common::*;
+use ed25519_dalek::SigningKey;
+use vault::access::{Caller, ReuseStatus};
+use vault::grants::{verify_receipt, GrantStatus, NewGrant};
+use vault::provenance::{sign_statement, statement, AgencyKey, NewAgency, PublicKey};
+use vault::{AgencyId, Digest, DocType, Error, KeyId, NewDocument, OwnerId, Purpose, Timestamp, Vault};
+
+fn agency(s: &str) -> AgencyId {
+    AgencyId::parse(s).unwrap()
+}
+
+fn purpose(s: &str) -> Purpose {
+    Purpose::parse(s).unwrap()
+}
+
+fn signing_key(n: u8) -> SigningKey {
+    SigningKey::from_bytes(&[n; 32])
+}
+
+fn key(id: &str, sk: &SigningKey, not_before: &str, not_after: Option<&str>) -> AgencyKey {
+    AgencyKey {
+        id: KeyId::parse(id).unwrap(),
+        public_key: PublicKey::from_bytes(sk.verifying_key().to_bytes()).unwrap(),
+        not_before: Timestamp::parse(not_before).unwrap(),
+        not_after: not_after.map(|t| Timestamp::parse(t).unwrap()),
+    }
+}
+
+fn register(v: &Vault, id: &str, keys: Vec<AgencyKey>) {
+    v.put_agency_as(&Caller::operator(), &agency(id), NewAgency { name: format!("Agency {id}"), keys }).unwrap();
+}
+
+/// A signed document by `issuer` with key `k1` (seed `seed`).
+fn signed_doc(owner: &OwnerId, data: &[u8], doc_type: &str, issuer: &str, seed: u8) -> NewDocument {
+    let mut d = new_doc(Digest::of(data), doc_type);
+    d.issuer = Some(agency(issuer));
+    d.issued_at = Some(Timestamp::parse("2025-01-02T03:04:05Z").unwrap());
+    d.procedure = Some(purpose("1.001193"));
+    let st = statement(owner, data.len() as u64, &d);
+    d.signature = Some(sign_statement(&signing_key(seed), &KeyId::parse("k1").unwrap(), &st));
+    d
+}
+
+fn grant_terms(grantee: &str, p: &str, types: &[&str], max_uses: Option<u64>, secs: i64) -> NewGrant {
+    NewGrant {
+        grantee: agency(grantee),
+        purpose: purpose(p),
+        purpose_text: "Đăng ký kết hôn".into(),
+        doc_types: types.iter().map(|t| DocType::parse(t).unwrap()).collect(),
+        documents: vec![],
+        expires_at: Timestamp::now().plus_seconds(secs),
+        max_uses,
+    }
+}
+
+#[test]
+fn signed_deposits_verify_and_forgeries_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    register(&v, "ubnd-xa", vec![key("k1", &signing_key(1), "2020-01-01T00:00:00Z", Some("2030-01-01T00:00:00Z"))]);
+    let o = owner(1);
+    let data = content(1, 5000);
+    let iss = Caller::agency(agency("ubnd-xa"), None);
+    v.upload_as(&iss, &o, data.as_slice(), Some(Digest::of(&data))).unwrap();
+
+    let good = signed_doc(&o, &data, "giay-khai-sinh", "ubnd-xa", 1);
+    let doc = v.deposit_as_caller(&iss, &o, good.clone()).unwrap();
+    assert!(doc.verified);
+
+    // Forged (another key), truncated, flipped, not base64, missing.
+    let mut forged = good.clone();
+    forged.signature = signed_doc(&o, &data, "giay-khai-sinh", "ubnd-xa", 2).signature;
+    assert!(matches!(v.deposit_as_caller(&iss, &o, forged), Err(Error::InvalidSignature(_))));
+    let mut truncated = good.clone();
+    let sig = truncated.signature.as_mut().unwrap();
+    sig.value = B64.encode(&B64.decode(&sig.value).unwrap()[..63]);
+    assert!(matches!(v.deposit_as_caller(&iss, &o, truncated), Err(Error::InvalidSignature(_))));
+    let mut flipped = good.clone();
+    let sig = flipped.signature.as_mut().unwrap();
+    let mut raw = B64.decode(&sig.value).unwrap();
+    raw[5] ^= 1;
+    sig.value = B64.encode(raw);
+    assert!(matches!(v.deposit_as_caller(&iss, &o, flipped), Err(Error::InvalidSignature(_))));
+    let mut garbage = good.clone();
+    garbage.signature.as_mut().unwrap().value = "not base64!".into();
+    assert!(matches!(v.deposit_as_caller(&iss, &o, garbage), Err(Error::InvalidSignature(_))));
+    let mut unsigned = good.clone();
+    unsigned.signature = None;
+    assert!(matches!(v.deposit_as_caller(&iss, &o, unsigned), Err(Error::InvalidSignature(_))));
+    // A signed field changed after signing.
+    let mut altered = good.clone();
+    altered.title = "Giấy khai tử".into();
+    assert!(matches!(v.deposit_as_caller(&iss, &o, altered), Err(Error::InvalidSignature(_))));
+    // Unknown key id, and a key outside its validity window at issued_at.
+    let mut unknown = good.clone();
+    unknown.signature.as_mut().unwrap().key_id = KeyId::parse("k9").unwrap();
+    assert!(matches!(v.deposit_as_caller(&iss, &o, unknown), Err(Error::UnknownIssuerKey(_))));
+    let mut early = good.clone();
+    early.issued_at = Some(Timestamp::parse("2019-12-31T23:59:59Z").unwrap());
+    let st = statement(&o, data.len() as u64, &early);
+    early.signature = Some(sign_statement(&signing_key(1), &KeyId::parse("k1").unwrap(), &st));
+    assert!(matches!(v.deposit_as_caller(&iss, &o, early), Err(Error::UnknownIssuerKey(_))));
+    // Depositing as another agency, or as an unregistered one.
+    let other = Caller::agency(agency("ubnd-khac"), None);
+    assert!(matches!(v.deposit_as_caller(&other, &o, good.clone()), Err(Error::Forbidden)));
+    register(&v, "ubnd-khac", vec![key("k1", &signing_key(2), "2020-01-01T00:00:00Z", None)]);
+    assert!(matches!(v.deposit_as_caller(&other, &o, good.clone()), Err(Error::Forbidden)));
+    // The owner deposits unverified documents only.
+    let owner_caller = Caller::owner(o.clone());
+    assert!(matches!(v.deposit_as_caller(&owner_caller, &o, good), Err(Error::InvalidRequest(_))));
+    let own = v.deposit_as_caller(&owner_caller, &o, new_doc(Digest::of(&data), "cccd")).unwrap();
+    assert!(!own.verified);
+    assert_eq!(v.documents(&o, None).unwrap().len(), 2);
+
+    // A weak key cannot be registered; a key that signed cannot be dropped or changed.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    assert!(PublicKey::from_bytes(identity).is_err());
+    let drop_used = NewAgency { name: "x".into(), keys: vec![] };
+    assert!(matches!(v.put_agency_as(&Caller::operator(), &agency("ubnd-xa"), drop_used), Err(Error::Conflict(_))));
+    let changed = NewAgency { name: "x".into(), keys: vec![key("k1", &signing_key(3), "2020-01-01T00:00:00Z", None)] };
+    assert!(matches!(v.put_agency_as(&Caller::operator(), &agency("ubnd-xa"), changed), Err(Error::Conflict(_))));
+    // Retiring it by setting not_after is fine, and old documents stay verified.
+    let retired = NewAgency {
+        name: "x".into(),
+        keys: vec![key("k1", &signing_key(1), "2020-01-01T00:00:00Z", Some("2026-01-01T00:00:00Z"))],
+    };
+    let (_, created) = v.put_agency_as(&Caller::operator(), &agency("ubnd-xa"), retired).unwrap();
+    assert!(!created);
+    assert!(v.document(&o, &doc.id).unwrap().verified);
+    // Only the operator registers agencies.
+    let nope = NewAgency { name: "x".into(), keys: vec![] };
+    assert!(matches!(v.put_agency_as(&owner_caller, &agency("new"), nope), Err(Error::Forbidden)));
+    assert!(v.check(true).unwrap().is_clean());
+}
+
+/// The outcome of one call, as an error code or "ok".
+fn code<T>(r: Result<T, Error>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => e.code().into(),
+    }
+}
+
+#[test]
+fn authorization_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    let o = owner(1);
+    let op = Caller::operator();
+    for (i, a) in ["iss", "a-match", "a-expired", "a-revoked", "a-used", "a-other-type", "a-none"].iter().enumerate() {
+        register(&v, a, vec![key("k1", &signing_key(i as u8 + 1), "2020-01-01T00:00:00Z", None)]);
+    }
+    let _ = op;
+    let data = content(7, 3000);
+    let iss = Caller::agency(agency("iss"), None);
+    v.upload_as(&iss, &o, data.as_slice(), None).unwrap();
+    let doc = v.deposit_as_caller(&iss, &o, signed_doc(&o, &data, "cccd", "iss", 1)).unwrap();
+    let owner_c = Caller::owner(o.clone());
+    let p = "2.000001";
+    v.grant_as(&owner_c, &o, grant_terms("a-match", p, &["cccd"], None, 3600)).unwrap();
+    v.grant_as(&owner_c, &o, grant_terms("a-expired", p, &["cccd"], None, 1)).unwrap();
+    let revoked = v.grant_as(&owner_c, &o, grant_terms("a-revoked", p, &["cccd"], None, 3600)).unwrap();
+    v.revoke_grant_as(&owner_c, &o, &revoked.id).unwrap();
+    v.grant_as(&owner_c, &o, grant_terms("a-used", p, &["cccd"], Some(1), 3600)).unwrap();
+    let used = Caller::agency(agency("a-used"), Some(purpose(p)));
+    v.content_as(&used, &o, &doc.id).unwrap();
+    v.grant_as(&owner_c, &o, grant_terms("a-other-type", p, &["giay-khai-sinh"], None, 3600)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2100)); // let the 1-second grant expire
+
+    let log_before = v.access_log_as(&owner_c, &o).unwrap().len();
+    let callers: Vec<(&str, Caller)> = vec![
+        ("owner", owner_c.clone()),
+        ("other owner", Caller::owner(owner(2))),
+        ("matching grant", Caller::agency(agency("a-match"), Some(purpose(p)))),
+        ("wrong purpose", Caller::agency(agency("a-match"), Some(purpose("9.999999")))),
+        ("no purpose", Caller::agency(agency("a-match"), None)),
+        ("expired grant", Caller::agency(agency("a-expired"), Some(purpose(p)))),
+        ("revoked grant", Caller::agency(agency("a-revoked"), Some(purpose(p)))),
+        ("used-up grant", Caller::agency(agency("a-used"), Some(purpose(p)))),
+        ("grant for another type", Caller::agency(agency("a-other-type"), Some(purpose(p)))),
+        ("no grant", Caller::agency(agency("a-none"), Some(purpose(p)))),
+        ("unregistered agency", Caller::agency(agency("a-ghost"), Some(purpose(p)))),
+        ("operator", Caller::operator()),
+    ];
+    let cccd = DocType::parse("cccd").unwrap();
+    // Expected outcome per caller, in the order of the actions below:
+    // missing, list, read, content, reuse, delete-unknown, revoke, grant, grants, revoke-grant, access-log
+    let expected: &[(&str, [&str; 11])] = &[
+        ("owner", ["ok", "ok", "ok", "ok", "ok", "not_found", "forbidden", "ok", "ok", "not_found", "ok"]),
+        ("other owner", ["forbidden"; 11]),
+        (
+            "matching grant",
+            [
+                "ok",
+                "ok",
+                "ok",
+                "ok",
+                "ok",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+            ],
+        ),
+        (
+            "wrong purpose",
+            [
+                "ok",
+                "grant_required",
+                "grant_required",
+                "grant_required",
+                "grant_required",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+            ],
+        ),
+        (
+            "no purpose",
+            [
+                "purpose_required",
+                "purpose_required",
+                "purpose_required",
+                "purpose_required",
+                "purpose_required",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+            ],
+        ),
+        (
+            "expired grant",
+            [
+                "ok",
+                "grant_required",
+                "grant_required",
+                "grant_required",
+                "grant_required",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+            ],
+        ),
+        (
+            "revoked grant",
+            [
+                "ok",
+                "grant_required",
+                "grant_required",
+                "grant_required",
+                "grant_required",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+            ],
+        ),
+        (
+            "used-up grant",
+            [
+                "ok",
+                "grant_required",
+                "grant_required",
+                "grant_required",
+                "grant_required",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+            ],
+        ),
+        (
+            "grant for another type",
+            [
+                "ok",
+                "ok",
+                "grant_required",
+                "grant_required",
+                "ok",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+            ],
+        ),
+        (
+            "no grant",
+            [
+                "ok",
+                "grant_required",
+                "grant_required",
+                "grant_required",
+                "grant_required",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+            ],
+        ),
+        (
+            "unregistered agency",
+            [
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+            ],
+        ),
+        (
+            "operator",
+            [
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+            ],
+        ),
+    ];
+    let mut calls = 0;
+    let mut refusals = 0;
+    for (name, c) in &callers {
+        let reuse_purpose = c.purpose.clone().unwrap_or_else(|| purpose(p));
+        let got = [
+            code(v.missing_as(c, &o, &[doc.meta.digest])),
+            code(v.documents_as(c, &o, None)),
+            code(v.document_as(c, &o, &doc.id)),
+            code(v.content_as(c, &o, &doc.id)),
+            code(v.reuse_as(c, &o, &reuse_purpose, std::slice::from_ref(&cccd), None)),
+            code(v.delete_as(c, &o, &vault::DocumentId::from_bytes([9; 16]))),
+            code(v.revoke_as(c, &o, &doc.id, "wrong")),
+            code(v.grant_as(c, &o, grant_terms("a-none", "3.000003", &["cccd"], Some(5), 60))),
+            code(v.grants_as(c, &o)),
+            code(v.revoke_grant_as(c, &o, &vault::GrantId::from_bytes([7; 16]))),
+            code(v.access_log_as(c, &o)),
+        ];
+        let want = expected.iter().find(|(n, _)| n == name).unwrap().1;
+        assert_eq!(got.iter().map(String::as_str).collect::<Vec<_>>(), want.to_vec(), "caller: {name}");
+        // Every call but the access-log read is one audit entry about the owner.
+        calls += 10;
+        refusals += got[..10].iter().filter(|g| *g != "ok").count();
+    }
+    // What an agency sees: the matching grant sees the document, another type's grant does not.
+    let listed = v.documents_as(&callers[2].1, &o, None).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(v.documents_as(&callers[8].1, &o, None).unwrap().is_empty());
+    let r = v.reuse_as(&callers[8].1, &o, &purpose(p), std::slice::from_ref(&cccd), None).unwrap();
+    assert_eq!(r[0].status, ReuseStatus::NotGranted);
+    assert!(r[0].document.is_none());
+    // The issuer reads what it issued without a grant (still stating a purpose).
+    let iss_p = Caller::agency(agency("iss"), Some(purpose("7.000007")));
+    v.document_as(&iss_p, &o, &doc.id).unwrap();
+    v.content_as(&iss_p, &o, &doc.id).unwrap();
+    assert!(matches!(v.document_as(&iss, &o, &doc.id), Err(Error::PurposeRequired)));
+    calls += 6;
+    refusals += 1;
+
+    let log = v.access_log_as(&owner_c, &o).unwrap();
+    let new_entries = &log[log_before..];
+    assert_eq!(new_entries.len(), calls, "one entry per call about the owner");
+    let refused = new_entries.iter().filter(|e| e.outcome.starts_with("refused:")).count();
+    assert_eq!(refused, refusals, "each refusal is audited");
+    // Refused entries carry the error code; grant uses carry the grant.
+    assert!(new_entries.iter().any(|e| e.outcome == "refused:grant_required" && e.actor == "agency:a-expired"));
+    assert!(new_entries
+        .iter()
+        .any(|e| e.action == "document.content" && e.actor == "agency:a-match" && e.grant.is_some()));
+    // The other owner's calls are in the log of the owner they were about, not their own.
+    assert!(v.access_log_as(&Caller::owner(owner(2)), &owner(2)).unwrap().is_empty());
+    // Grant status after use.
+    let grants = v.grants_as(&owner_c, &o).unwrap();
+    let used_grant = grants.iter().find(|g| g.terms.grantee == agency("a-used")).unwrap();
+    assert_eq!((used_grant.uses, used_grant.status(Timestamp::now())), (1, GrantStatus::Exhausted));
+    assert_eq!(grants.iter().find(|g| g.id == revoked.id).unwrap().status(Timestamp::now()), GrantStatus::Revoked);
+    assert!(v.check(true).unwrap().is_clean());
+}
+
+#[test]
+fn grants_validate_and_carry_signed_receipts() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    register(&v, "a", vec![key("k1", &signing_key(1), "2020-01-01T00:00:00Z", None)]);
+    let o = owner(1);
+    let c = Caller::owner(o.clone());
+    let g = v.grant_as(&c, &o, grant_terms("a", "1.1", &["cccd"], Some(3), 3600)).unwrap();
+    assert_eq!(g.uses, 0);
+    assert!(verify_receipt(&g.receipt, &v.signer().public_key()));
+    assert!(g.receipt.text.contains(&format!("grant:{}\nowner:{o}\ngrantee:a\n", g.id)));
+    let mut forged = g.receipt.clone();
+    forged.text = forged.text.replace("max_uses:3", "max_uses:300");
+    assert!(!verify_receipt(&forged, &v.signer().public_key()));
+    // Invalid grants.
+    for (terms, what) in [
+        (grant_terms("ghost", "1.1", &["cccd"], None, 3600), "unregistered grantee"),
+        (grant_terms("a", "1.1", &["cccd"], None, -10), "expiry in the past"),
+        (grant_terms("a", "1.1", &["cccd"], None, 367 * 24 * 3600), "beyond 366 days"),
+        (grant_terms("a", "1.1", &["cccd"], Some(0), 3600), "max_uses 0"),
+        (grant_terms("a", "1.1", &[], None, 3600), "nothing covered"),
+    ] {
+        assert!(matches!(v.grant_as(&c, &o, terms), Err(Error::InvalidRequest(_))), "{what}");
+    }
+    let mut unknown_doc = grant_terms("a", "1.1", &[], None, 3600);
+    unknown_doc.documents = vec![vault::DocumentId::from_bytes([1; 16])];
+    assert!(matches!(v.grant_as(&c, &o, unknown_doc), Err(Error::InvalidRequest(_))));
+    // Revocation is effective for the very next call, and revoked grants stay listed.
+    let a = Caller::agency(agency("a"), Some(purpose("1.1")));
+    let data = b"can cuoc";
+    let d = put_doc(&v, &o, data, "cccd");
+    v.document_as(&a, &o, &d.id).unwrap();
+    v.revoke_grant_as(&c, &o, &g.id).unwrap();
+    assert!(matches!(v.document_as(&a, &o, &d.id), Err(Error::GrantRequired)));
+    assert_eq!(v.grants_as(&c, &o).unwrap().len(), 1);
+    assert_eq!(v.agency_grants_as(&Caller::agency(agency("a"), None)).unwrap().len(), 1);
+    assert!(matches!(v.agency_grants_as(&c), Err(Error::Forbidden)));
+    // A grant by document id covers that document only.
+    let mut by_id = grant_terms("a", "1.1", &[], None, 3600);
+    by_id.documents = vec![d.id];
+    v.grant_as(&c, &o, by_id).unwrap();
+    let d2 = put_doc(&v, &o, b"other cccd", "cccd");
+    v.document_as(&a, &o, &d.id).unwrap();
+    assert!(matches!(v.document_as(&a, &o, &d2.id), Err(Error::GrantRequired)));
+}
+
+#[test]
+fn reuse_check_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    register(&v, "iss", vec![key("k1", &signing_key(1), "2020-01-01T00:00:00Z", None)]);
+    let o = owner(1);
+    let c = Caller::owner(o.clone());
+    let t = |s: &str| Timestamp::parse(s).unwrap();
+    let dep = |data: &[u8], ty: &str, from: Option<&str>, until: Option<&str>, signed: bool| {
+        let mut d = if signed { signed_doc(&o, data, ty, "iss", 1) } else { new_doc(Digest::of(data), ty) };
+        d.valid_from = from.map(t);
+        d.valid_until = until.map(t);
+        if signed {
+            let st = statement(&o, data.len() as u64, &d);
+            d.signature = Some(sign_statement(&signing_key(1), &KeyId::parse("k1").unwrap(), &st));
+        }
+        v.put_content_bytes(&o, data).unwrap();
+        if signed {
+            v.deposit_signed(&o, d).unwrap()
+        } else {
+            v.deposit(&o, d).unwrap()
+        }
+    };
+    // held: a valid unverified and a valid verified one: the verified one wins.
+    dep(b"a1", "a", None, None, false);
+    let verified = dep(b"a2", "a", None, None, true);
+    // expired: newest is expired.
+    dep(b"b1", "b", None, Some("2024-01-01T00:00:00Z"), false);
+    // revoked.
+    let r = dep(b"c1", "c", None, None, true);
+    v.revoke_document(&o, &r.id, "error", Timestamp::now()).unwrap();
+    // only not yet valid -> missing.
+    dep(b"d1", "d", Some("2099-01-01T00:00:00Z"), None, false);
+    let types: Vec<DocType> = ["a", "b", "c", "d", "e"].iter().map(|s| DocType::parse(s).unwrap()).collect();
+    let res = v.reuse_as(&c, &o, &purpose("1.1"), &types, Some(t("2025-06-01T00:00:00Z"))).unwrap();
+    let statuses: Vec<ReuseStatus> = res.iter().map(|c| c.status).collect();
+    assert_eq!(
+        statuses,
+        [ReuseStatus::Held, ReuseStatus::Expired, ReuseStatus::Revoked, ReuseStatus::Missing, ReuseStatus::Missing]
+    );
+    assert_eq!(res[0].document.as_ref().unwrap().id, verified.id);
+    assert!(res[1..].iter().all(|c| c.document.is_none()));
+    // At a later time the not-yet-valid one is held.
+    let later = v.reuse_as(&c, &o, &purpose("1.1"), &types[3..4], Some(t("2099-06-01T00:00:00Z"))).unwrap();
+    assert_eq!(later[0].status, ReuseStatus::Held);
+    // An agency's body purpose must equal its header.
+    register(&v, "b-agency", vec![key("k1", &signing_key(2), "2020-01-01T00:00:00Z", None)]);
+    v.grant_as(&c, &o, grant_terms("b-agency", "1.1", &["a"], None, 3600)).unwrap();
+    let ag = Caller::agency(agency("b-agency"), Some(purpose("1.1")));
+    assert!(matches!(v.reuse_as(&ag, &o, &purpose("1.2"), &types, None), Err(Error::InvalidRequest(_))));
+    let res = v.reuse_as(&ag, &o, &purpose("1.1"), &types, None).unwrap();
+    assert_eq!(res[0].status, ReuseStatus::Held);
+    assert!(res[1..].iter().all(|c| c.status == ReuseStatus::NotGranted));
+}
+
+#[test]
+fn audit_log_proofs_and_privacy() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    let o = owner(1);
+    let c = Caller::owner(o.clone());
+    let note_key = vault::note::NoteVerifier::parse(&v.signer().verifier_key()).unwrap();
+    let cp0 = v.checkpoint().unwrap();
+    let (_, size0, root0) = vault::note::parse_checkpoint(note_key.verify(&cp0).unwrap()).unwrap();
+    let data = content(3, 1000);
+    v.upload_as(&c, &o, data.as_slice(), None).unwrap();
+    let doc = v.deposit_as_caller(&c, &o, new_doc(Digest::of(&data), "cccd")).unwrap();
+    v.documents_as(&c, &o, None).unwrap();
+    v.content_as(&c, &o, &doc.id).unwrap();
+    let _ = v.document_as(&Caller::owner(owner(2)), &o, &doc.id);
+    let cp = v.checkpoint().unwrap();
+    let (origin, size, root) = vault::note::parse_checkpoint(note_key.verify(&cp).unwrap()).unwrap();
+    assert_eq!(origin, v.log_origin());
+    assert_eq!(size, size0 + 5);
+    let entries = v.access_log_as(&c, &o).unwrap();
+    assert_eq!(entries.len(), 5);
+    assert_eq!(entries[4].outcome, "refused:forbidden");
+    for e in &entries {
+        let leaf = v.access_log_leaf_as(&c, &o, e.index).unwrap();
+        let text = String::from_utf8(leaf.clone()).unwrap();
+        // No personal data in clear: neither the owner id nor the document id.
+        assert!(!text.contains(o.as_str()) && !text.contains("001") && !text.contains(&doc.id.to_string()), "{text}");
+        assert!(text.starts_with("vault-audit-v1\n"));
+        let proof = v.inclusion_proof(e.index, size).unwrap();
+        assert_eq!(proof.leaf_hash, vault::merkle::leaf_hash(&leaf));
+        assert!(vault::merkle::verify_inclusion(&proof.leaf_hash, e.index, size, &proof.hashes, &root));
+    }
+    let cons = v.consistency_proof(size0, size).unwrap();
+    assert!(vault::merkle::verify_consistency(size0, size, &root0, &root, &cons));
+    // Out of range.
+    assert!(matches!(v.inclusion_proof(size, size), Err(Error::InvalidRequest(_))));
+    assert!(matches!(v.inclusion_proof(0, size + 1), Err(Error::InvalidRequest(_))));
+    assert!(matches!(v.consistency_proof(size, size - 1), Err(Error::InvalidRequest(_))));
+    // Another owner cannot read this owner's log or leaves.
+    assert!(matches!(v.access_log_leaf_as(&Caller::owner(owner(2)), &o, 0), Err(Error::Forbidden)));
+    // The log survives a reopen and `check` recomputes it.
+    v.close().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    assert_eq!(v.audit_size().unwrap(), size);
+    assert_eq!(v.audit_root(size).unwrap(), root);
+    assert!(v.check(false).unwrap().is_clean());
+}
+
+#[test]
+fn statement_vector_files() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/statement-1");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap().trim().to_owned();
+    let content = B64.decode(read("content.b64")).unwrap();
+    let fields: serde_json::Value = serde_json::from_str(&read("fields.json")).unwrap();
+    let mut d = new_doc(Digest::of(&content), fields["doc_type"].as_str().unwrap());
+    assert_eq!(d.digest.to_hex(), read("digest.hex"));
+    d.media_type = fields["media_type"].as_str().unwrap().into();
+    d.title = fields["title"].as_str().unwrap().into();
+    d.issuer = Some(agency(fields["issuer"].as_str().unwrap()));
+    d.issued_at = Some(Timestamp::parse(fields["issued_at"].as_str().unwrap()).unwrap());
+    d.reference = Some(fields["reference"].as_str().unwrap().into());
+    d.procedure = Some(purpose(fields["procedure"].as_str().unwrap()));
+    let o = OwnerId::parse(fields["owner"].as_str().unwrap()).unwrap();
+    let st = statement(&o, content.len() as u64, &d);
+    assert_eq!(B64.encode(st.as_bytes()), read("statement.b64"));
+    let seed: [u8; 32] = B64.decode(read("seed.b64")).unwrap().try_into().unwrap();
+    let sk = SigningKey::from_bytes(&seed);
+    assert_eq!(B64.encode(sk.verifying_key().to_bytes()), read("public.b64"));
+    let sig = sign_statement(&sk, &KeyId::parse("k1").unwrap(), &st);
+    assert_eq!(sig.value, read("signature.b64"));
+    let pk = PublicKey::parse(&read("public.b64")).unwrap();
+    assert!(pk.verify(st.as_bytes(), &B64.decode(read("signature.b64")).unwrap().try_into().unwrap()));
+}

@@ -1,0 +1,616 @@
+//! Principal-aware, audited operations: the one place that decides who may do what.
+//!
+//! Every method here takes a [`Caller`] (who, and for agencies the stated purpose), decides
+//! with [`Vault::decide`], performs the operation and appends exactly one audit entry about the
+//! owner, whether the call was allowed or refused (SPEC.md §14). The HTTP service uses only
+//! these methods; the methods without a caller on [`Vault`] are the trusted embedding API and
+//! are not audited.
+
+use std::io::Read;
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{Actor, Draft, Entry};
+use crate::document::{Document, NewDocument, Status};
+use crate::grants::{Grant, GrantStatus, NewGrant};
+use crate::ids::{AgencyId, Digest, DocType, DocumentId, GrantId, OwnerId, Purpose};
+use crate::provenance::{Agency, NewAgency};
+use crate::store::Op;
+use crate::time::Timestamp;
+use crate::vault::{seal_record, ContentReader, OwnerCtx, Stored, Vault};
+use crate::Error;
+
+/// Most digests in one `contents/missing` question.
+pub const MAX_MISSING: usize = 10_000;
+/// Most document types in one reuse check.
+pub const MAX_REUSE_TYPES: usize = 1_000;
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// An owner (citizen or company representative), authenticated by an identity provider.
+    Owner(OwnerId),
+    /// A dossier system, authenticated with one of its registered keys.
+    Agency(AgencyId),
+    /// The operator.
+    Operator,
+}
+
+/// A caller and the purpose it states (`Vault-Purpose`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Who.
+    pub principal: Principal,
+    /// The stated purpose (procedure code), for agency reads.
+    pub purpose: Option<Purpose>,
+}
+
+impl Caller {
+    /// An owner acting on their own data.
+    pub fn owner(id: OwnerId) -> Self {
+        Self { principal: Principal::Owner(id), purpose: None }
+    }
+
+    /// An agency stating a purpose.
+    pub fn agency(id: AgencyId, purpose: Option<Purpose>) -> Self {
+        Self { principal: Principal::Agency(id), purpose }
+    }
+
+    /// The operator.
+    pub fn operator() -> Self {
+        Self { principal: Principal::Operator, purpose: None }
+    }
+
+    fn actor(&self) -> Actor {
+        match &self.principal {
+            Principal::Owner(_) => Actor::Owner,
+            Principal::Agency(a) => Actor::Agency(a.clone()),
+            Principal::Operator => Actor::Operator,
+        }
+    }
+}
+
+/// Per-type answer of a reuse check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReuseStatus {
+    /// A valid document is held: drop the component from the form.
+    Held,
+    /// Nothing usable (none, or only not-yet-valid ones).
+    Missing,
+    /// The newest one has expired.
+    Expired,
+    /// The newest one was revoked.
+    Revoked,
+    /// The caller's grant does not cover this type (nothing is revealed about it).
+    NotGranted,
+}
+
+/// One component of a reuse check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Component {
+    /// The type asked about.
+    pub doc_type: DocType,
+    /// What the owner holds of it.
+    pub status: ReuseStatus,
+    /// The document to reuse, when `held`.
+    pub document: Option<Document>,
+}
+
+/// What a caller may see of an owner's documents.
+enum Visibility {
+    /// Everything (the owner).
+    All,
+    /// An agency: what its active grants for the purpose cover, and what it issued.
+    Agency { agency: AgencyId, grants: Vec<Grant> },
+}
+
+impl Visibility {
+    fn sees(&self, doc: &Document) -> bool {
+        match self {
+            Visibility::All => true,
+            Visibility::Agency { agency, grants } => {
+                doc.meta.issuer.as_ref() == Some(agency) || grants.iter().any(|g| g.covers(doc))
+            }
+        }
+    }
+
+    /// The grant that covers `doc`, if access to it rests on one.
+    fn grant_for(&self, doc: &Document) -> Option<&Grant> {
+        match self {
+            Visibility::All => None,
+            Visibility::Agency { grants, .. } => grants.iter().find(|g| g.covers(doc)),
+        }
+    }
+
+    fn first_grant(&self) -> Option<String> {
+        match self {
+            Visibility::Agency { grants, .. } => grants.first().map(|g| g.id.to_string()),
+            Visibility::All => None,
+        }
+    }
+}
+
+/// Reuse ordering: issuer-verified first, then newest `issued_at`, then newest deposit.
+fn reuse_rank(d: &Document) -> (bool, Option<Timestamp>, Timestamp) {
+    (d.verified, d.meta.issued_at, d.deposited_at)
+}
+
+impl Vault {
+    fn draft(&self, caller: &Caller, owner: Option<&OwnerId>, action: &'static str) -> Draft {
+        Draft {
+            time: Timestamp::now(),
+            actor: caller.actor(),
+            action,
+            owner: owner.cloned(),
+            document: None,
+            purpose: caller.purpose.clone(),
+            grant: None,
+            outcome: "allowed".into(),
+        }
+    }
+
+    /// Records a refusal (or a failure) and returns the error.
+    fn refuse<T>(&self, mut draft: Draft, e: Error) -> Result<T, Error> {
+        if matches!(e, Error::AuditFailed(_)) {
+            return Err(e);
+        }
+        draft.outcome = format!("refused:{}", e.code());
+        self.audit_now(&draft)?;
+        Err(e)
+    }
+
+    /// Runs `f`; on error, records the refusal. `f` records the allowed entry itself (in the
+    /// batch of its change, or with `audit_now` for reads).
+    fn audited<T>(&self, draft: Draft, f: impl FnOnce(&mut Draft) -> Result<T, Error>) -> Result<T, Error> {
+        let mut d = draft;
+        match f(&mut d) {
+            Ok(v) => Ok(v),
+            Err(e) => self.refuse(d, e),
+        }
+    }
+
+    fn registered_agency(&self, a: &AgencyId) -> Result<Agency, Error> {
+        self.agency(a)?.ok_or(Error::Forbidden)
+    }
+
+    /// The caller must be this owner.
+    fn require_owner(caller: &Caller, owner: &OwnerId) -> Result<(), Error> {
+        match &caller.principal {
+            Principal::Owner(o) if o == owner => Ok(()),
+            _ => Err(Error::Forbidden),
+        }
+    }
+
+    /// What the caller may read of `owner`'s documents (agency reads need a purpose).
+    fn visibility(
+        &self,
+        caller: &Caller,
+        owner: &OwnerId,
+        o: Option<&OwnerCtx>,
+        at: Timestamp,
+    ) -> Result<Visibility, Error> {
+        match &caller.principal {
+            Principal::Owner(id) if id == owner => Ok(Visibility::All),
+            Principal::Owner(_) | Principal::Operator => Err(Error::Forbidden),
+            Principal::Agency(a) => {
+                self.registered_agency(a)?;
+                let purpose = caller.purpose.as_ref().ok_or(Error::PurposeRequired)?;
+                let grants = match o {
+                    Some(o) => self.active_grants(o, a, purpose, at)?,
+                    None => Vec::new(),
+                };
+                Ok(Visibility::Agency { agency: a.clone(), grants })
+            }
+        }
+    }
+
+    /// Stores uploaded content for `owner` (the owner, or any registered agency for a deposit
+    /// that follows). For an agency, content it could not already read is reported as newly
+    /// stored even if the owner held it, so the answer reveals nothing.
+    pub fn upload_as(
+        &self,
+        caller: &Caller,
+        owner: &OwnerId,
+        source: impl Read,
+        expected: Option<Digest>,
+    ) -> Result<Stored, Error> {
+        self.audited(self.draft(caller, Some(owner), "content.upload"), |d| {
+            match &caller.principal {
+                Principal::Owner(o) if o == owner => {}
+                Principal::Agency(a) => {
+                    self.registered_agency(a)?;
+                }
+                _ => return Err(Error::Forbidden),
+            }
+            let mut stored = self.put_content_with(owner, source, expected, Some(d))?;
+            if let Principal::Agency(a) = &caller.principal {
+                if !stored.created && !self.agency_sees_content(owner, a, &stored.digest)? {
+                    stored.created = true;
+                }
+            }
+            Ok(stored)
+        })
+    }
+
+    /// Whether an agency could read some document of `owner` with this content (issued by it,
+    /// or covered by one of its active grants for any purpose).
+    fn agency_sees_content(&self, owner: &OwnerId, a: &AgencyId, digest: &Digest) -> Result<bool, Error> {
+        let Some(o) = self.owner(owner, false)? else { return Ok(false) };
+        let now = Timestamp::now();
+        let grants: Vec<Grant> = self
+            .grants_of(&o)?
+            .into_iter()
+            .filter(|g| &g.terms.grantee == a && g.status(now) == GrantStatus::Active)
+            .collect();
+        let vis = Visibility::Agency { agency: a.clone(), grants };
+        Ok(self.documents(owner, None)?.iter().any(|d| &d.meta.digest == digest && vis.sees(d)))
+    }
+
+    /// The digests the caller must upload: for the owner, those not held; for an agency, those
+    /// not held in a document it could read (so the answer reveals nothing else).
+    pub fn missing_as(&self, caller: &Caller, owner: &OwnerId, digests: &[Digest]) -> Result<Vec<Digest>, Error> {
+        self.audited(self.draft(caller, Some(owner), "content.missing"), |d| {
+            if digests.len() > MAX_MISSING {
+                return Err(Error::InvalidRequest(format!("at most {MAX_MISSING} digests per request")));
+            }
+            let o = self.owner(owner, false)?;
+            let vis = self.visibility(caller, owner, o.as_deref(), Timestamp::now())?;
+            d.grant = vis.first_grant();
+            let missing = match vis {
+                Visibility::All => self.missing(owner, digests)?,
+                vis => {
+                    let readable: std::collections::HashSet<Digest> = self
+                        .documents(owner, None)?
+                        .into_iter()
+                        .filter(|doc| vis.sees(doc))
+                        .map(|doc| doc.meta.digest)
+                        .collect();
+                    digests.iter().filter(|x| !readable.contains(x)).copied().collect()
+                }
+            };
+            self.audit_now(d)?;
+            Ok(missing)
+        })
+    }
+
+    /// Deposits a document. The owner deposits unverified documents (no issuer, no signature);
+    /// an agency deposits only as itself, with a signature that must verify.
+    pub fn deposit_as_caller(&self, caller: &Caller, owner: &OwnerId, new: NewDocument) -> Result<Document, Error> {
+        let id = DocumentId::random();
+        let mut draft = self.draft(caller, Some(owner), "document.deposit");
+        draft.document = Some(id);
+        self.audited(draft, |d| {
+            let verify = self.deposit_rules(caller, owner, &new)?;
+            let o = self.owner(owner, false)?.ok_or_else(|| {
+                Error::Conflict(format!("content {} is not held for this owner; upload it first", new.digest))
+            })?;
+            self.deposit_inner(&o, new, verify, id, Timestamp::now(), Some(d))
+        })
+    }
+
+    /// Uploads a content and deposits a document about it in one step (the one-call deposit of
+    /// a dossier system); same rules as [`Vault::upload_as`] and [`Vault::deposit_as_caller`].
+    pub fn put_document_as(
+        &self,
+        caller: &Caller,
+        owner: &OwnerId,
+        source: impl Read,
+        new: NewDocument,
+    ) -> Result<(Stored, Document), Error> {
+        let id = DocumentId::random();
+        let mut draft = self.draft(caller, Some(owner), "document.deposit");
+        draft.document = Some(id);
+        self.audited(draft, |d| {
+            let verify = self.deposit_rules(caller, owner, &new)?;
+            self.put_document_with(owner, source, new, verify, id, Some(d))
+        })
+    }
+
+    /// Who may deposit what; returns whether the signature must be verified.
+    fn deposit_rules(&self, caller: &Caller, owner: &OwnerId, new: &NewDocument) -> Result<bool, Error> {
+        match &caller.principal {
+            Principal::Owner(o) if o == owner => {
+                if new.issuer.is_some() || new.signature.is_some() {
+                    return Err(Error::InvalidRequest("an owner's own deposit has no issuer and no signature".into()));
+                }
+                Ok(false)
+            }
+            Principal::Agency(a) => {
+                self.registered_agency(a)?;
+                if new.issuer.as_ref() != Some(a) {
+                    return Err(Error::Forbidden);
+                }
+                Ok(true)
+            }
+            _ => Err(Error::Forbidden),
+        }
+    }
+
+    /// Lists documents: all for the owner; for an agency, those its active grants for the
+    /// stated purpose cover and those it issued.
+    pub fn documents_as(
+        &self,
+        caller: &Caller,
+        owner: &OwnerId,
+        doc_type: Option<&DocType>,
+    ) -> Result<Vec<Document>, Error> {
+        self.audited(self.draft(caller, Some(owner), "document.list"), |d| {
+            let o = self.owner(owner, false)?;
+            let vis = self.visibility(caller, owner, o.as_deref(), Timestamp::now())?;
+            let docs: Vec<Document> =
+                self.documents(owner, doc_type)?.into_iter().filter(|doc| vis.sees(doc)).collect();
+            if let Visibility::Agency { grants, agency } = &vis {
+                let issued_any = docs.iter().any(|doc| doc.meta.issuer.as_ref() == Some(agency));
+                if grants.is_empty() && !issued_any {
+                    return Err(Error::GrantRequired);
+                }
+            }
+            d.grant = vis.first_grant();
+            self.audit_now(d)?;
+            Ok(docs)
+        })
+    }
+
+    /// One document's record. For an agency, a document it may not read and a document that
+    /// does not exist get the same answer (`grant_required`).
+    pub fn document_as(&self, caller: &Caller, owner: &OwnerId, id: &DocumentId) -> Result<Document, Error> {
+        let mut draft = self.draft(caller, Some(owner), "document.read");
+        draft.document = Some(*id);
+        self.audited(draft, |d| {
+            let doc = self.readable_document(caller, owner, id, d)?;
+            self.audit_now(d)?;
+            Ok(doc)
+        })
+    }
+
+    fn readable_document(
+        &self,
+        caller: &Caller,
+        owner: &OwnerId,
+        id: &DocumentId,
+        d: &mut Draft,
+    ) -> Result<Document, Error> {
+        let o = self.owner(owner, false)?;
+        let vis = self.visibility(caller, owner, o.as_deref(), Timestamp::now())?;
+        let found = match &o {
+            Some(o) => match self.document_of(o, id) {
+                Ok(doc) => Some(doc),
+                Err(Error::NotFound(_)) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        match (found, &vis) {
+            (Some(doc), vis) if vis.sees(&doc) => {
+                d.grant = vis.grant_for(&doc).map(|g| g.id.to_string());
+                Ok(doc)
+            }
+            (_, Visibility::All) => Err(Error::NotFound("document")),
+            (_, Visibility::Agency { .. }) => Err(Error::GrantRequired),
+        }
+    }
+
+    /// Opens a document's content. An agency's read counts against its grant's `max_uses`
+    /// (documents it issued do not need a grant and count against none).
+    pub fn content_as(
+        &self,
+        caller: &Caller,
+        owner: &OwnerId,
+        id: &DocumentId,
+    ) -> Result<(Document, ContentReader), Error> {
+        let mut draft = self.draft(caller, Some(owner), "document.content");
+        draft.document = Some(*id);
+        self.audited(draft, |d| {
+            let doc = self.readable_document(caller, owner, id, d)?;
+            let o = self.owner(owner, false)?.ok_or(Error::NotFound("document"))?;
+            let reader = self.open_content_of(&o, &doc.meta.digest)?;
+            let issued_by_caller =
+                matches!(&caller.principal, Principal::Agency(a) if doc.meta.issuer.as_ref() == Some(a));
+            match (&d.grant, issued_by_caller) {
+                (Some(gid), false) => {
+                    let gid = GrantId::parse(gid).map_err(|_| Error::GrantRequired)?;
+                    self.use_grant(&o, &gid, d)?;
+                }
+                _ => {
+                    self.audit_now(d)?;
+                }
+            }
+            Ok((doc, reader))
+        })
+    }
+
+    /// Counts one content read against a grant, with the audit entry, atomically.
+    fn use_grant(&self, o: &OwnerCtx, id: &GrantId, d: &Draft) -> Result<(), Error> {
+        let _g = self.grants_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.grant_of(o, id)?.ok_or(Error::GrantRequired)?;
+        if g.status(Timestamp::now()) != GrantStatus::Active {
+            return Err(Error::GrantRequired);
+        }
+        g.uses += 1;
+        let key = crate::grants::grant_key(&o.op, id);
+        let (ticket, _) = self.apply_audited(vec![Op::Put(key.clone(), seal_record(&o.keys, &key, &g))], d)?;
+        self.wait_ticket(ticket)
+    }
+
+    /// Deletes a document (the owner only).
+    pub fn delete_as(&self, caller: &Caller, owner: &OwnerId, id: &DocumentId) -> Result<(), Error> {
+        let mut draft = self.draft(caller, Some(owner), "document.delete");
+        draft.document = Some(*id);
+        self.audited(draft, |d| {
+            Self::require_owner(caller, owner)?;
+            let o = self.owner(owner, false)?.ok_or(Error::NotFound("document"))?;
+            self.delete_inner(&o, id, Some(d))
+        })
+    }
+
+    /// Revokes a document (its issuing agency only). Anyone else, and an unknown document, get
+    /// `forbidden`.
+    pub fn revoke_as(
+        &self,
+        caller: &Caller,
+        owner: &OwnerId,
+        id: &DocumentId,
+        reason: &str,
+    ) -> Result<Document, Error> {
+        let mut draft = self.draft(caller, Some(owner), "document.revoke");
+        draft.document = Some(*id);
+        self.audited(draft, |d| {
+            let Principal::Agency(a) = &caller.principal else { return Err(Error::Forbidden) };
+            self.registered_agency(a)?;
+            let o = self.owner(owner, false)?.ok_or(Error::Forbidden)?;
+            let doc =
+                self.document_of(&o, id)
+                    .map_err(|e| if matches!(e, Error::NotFound(_)) { Error::Forbidden } else { e })?;
+            if doc.meta.issuer.as_ref() != Some(a) {
+                return Err(Error::Forbidden);
+            }
+            self.revoke_inner(&o, id, reason, Timestamp::now(), Some(d))
+        })
+    }
+
+    /// The reuse check: per document type, whether the owner holds a valid document of it
+    /// (api.md "Reuse check"). `purpose` is the procedure the check is for; an agency must
+    /// state the same purpose and hold an active grant for it.
+    pub fn reuse_as(
+        &self,
+        caller: &Caller,
+        owner: &OwnerId,
+        purpose: &Purpose,
+        doc_types: &[DocType],
+        at: Option<Timestamp>,
+    ) -> Result<Vec<Component>, Error> {
+        self.audited(self.draft(caller, Some(owner), "reuse.check"), |d| {
+            if doc_types.len() > MAX_REUSE_TYPES {
+                return Err(Error::InvalidRequest(format!("at most {MAX_REUSE_TYPES} document types per check")));
+            }
+            let now = Timestamp::now();
+            let at = at.unwrap_or(now);
+            let o = self.owner(owner, false)?;
+            let vis = self.visibility(caller, owner, o.as_deref(), now)?;
+            if let Visibility::Agency { grants, .. } = &vis {
+                if caller.purpose.as_ref() != Some(purpose) {
+                    return Err(Error::InvalidRequest("the body's purpose must equal the Vault-Purpose header".into()));
+                }
+                if grants.is_empty() {
+                    return Err(Error::GrantRequired);
+                }
+            }
+            d.grant = vis.first_grant();
+            let all = self.documents(owner, None)?;
+            let mut out = Vec::with_capacity(doc_types.len());
+            for t in doc_types {
+                let mut docs: Vec<&Document> =
+                    all.iter().filter(|doc| &doc.meta.doc_type == t && vis.sees(doc)).collect();
+                let type_granted = match &vis {
+                    Visibility::All => true,
+                    Visibility::Agency { grants, .. } => grants.iter().any(|g| g.terms.doc_types.contains(t)),
+                };
+                if !type_granted && docs.is_empty() {
+                    out.push(Component { doc_type: t.clone(), status: ReuseStatus::NotGranted, document: None });
+                    continue;
+                }
+                docs.sort_by_key(|doc| std::cmp::Reverse(reuse_rank(doc)));
+                let held = docs.iter().find(|doc| doc.status(at) == Status::Valid);
+                let component = match held {
+                    Some(doc) => {
+                        Component { doc_type: t.clone(), status: ReuseStatus::Held, document: Some((*doc).clone()) }
+                    }
+                    None => {
+                        // The newest document that is not merely not-yet-valid decides.
+                        let newest = docs
+                            .iter()
+                            .filter(|doc| doc.status(at) != Status::NotYetValid)
+                            .max_by_key(|doc| (doc.meta.issued_at, doc.deposited_at));
+                        let status = match newest.map(|doc| doc.status(at)) {
+                            Some(Status::Expired) => ReuseStatus::Expired,
+                            Some(Status::Revoked) => ReuseStatus::Revoked,
+                            _ => ReuseStatus::Missing,
+                        };
+                        Component { doc_type: t.clone(), status, document: None }
+                    }
+                };
+                out.push(component);
+            }
+            self.audit_now(d)?;
+            Ok(out)
+        })
+    }
+
+    /// Grants an agency access (the owner only).
+    pub fn grant_as(&self, caller: &Caller, owner: &OwnerId, terms: NewGrant) -> Result<Grant, Error> {
+        let mut draft = self.draft(caller, Some(owner), "grant.create");
+        draft.purpose = Some(terms.purpose.clone());
+        self.audited(draft, |d| {
+            Self::require_owner(caller, owner)?;
+            let o = self.owner_or_create(owner)?;
+            let (g, ops) = self.grant_ops(&o, terms, Timestamp::now())?;
+            d.grant = Some(g.id.to_string());
+            let (ticket, _) = self.apply_audited(ops, d)?;
+            self.wait_ticket(ticket)?;
+            Ok(g)
+        })
+    }
+
+    /// The owner's grants, revoked ones included (the owner only).
+    pub fn grants_as(&self, caller: &Caller, owner: &OwnerId) -> Result<Vec<Grant>, Error> {
+        self.audited(self.draft(caller, Some(owner), "grant.list"), |d| {
+            Self::require_owner(caller, owner)?;
+            let grants = match self.owner(owner, false)? {
+                Some(o) => self.grants_of(&o)?,
+                None => Vec::new(),
+            };
+            self.audit_now(d)?;
+            Ok(grants)
+        })
+    }
+
+    /// Revokes a grant (the owner only); effective for the very next call. Revoking a revoked
+    /// grant changes nothing.
+    pub fn revoke_grant_as(&self, caller: &Caller, owner: &OwnerId, id: &GrantId) -> Result<(), Error> {
+        let mut draft = self.draft(caller, Some(owner), "grant.revoke");
+        draft.grant = Some(id.to_string());
+        self.audited(draft, |d| {
+            Self::require_owner(caller, owner)?;
+            let o = self.owner(owner, false)?.ok_or(Error::NotFound("grant"))?;
+            let _g = self.grants_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = self.grant_of(&o, id)?.ok_or(Error::NotFound("grant"))?;
+            if g.revoked_at.is_none() {
+                g.revoked_at = Some(Timestamp::now());
+            }
+            let key = crate::grants::grant_key(&o.op, id);
+            let (ticket, _) = self.apply_audited(vec![Op::Put(key.clone(), seal_record(&o.keys, &key, &g))], d)?;
+            self.wait_ticket(ticket)
+        })
+    }
+
+    /// The grants given to the calling agency (`forbidden` for anyone else).
+    pub fn agency_grants_as(&self, caller: &Caller) -> Result<Vec<Grant>, Error> {
+        let Principal::Agency(a) = &caller.principal else { return Err(Error::Forbidden) };
+        self.registered_agency(a)?;
+        self.grants_to(a)
+    }
+
+    /// The owner's access log (the owner only; reading it is not itself logged).
+    pub fn access_log_as(&self, caller: &Caller, owner: &OwnerId) -> Result<Vec<Entry>, Error> {
+        Self::require_owner(caller, owner)?;
+        self.owner_entries(owner)
+    }
+
+    /// The leaf bytes of one of the owner's entries (the owner only).
+    pub fn access_log_leaf_as(&self, caller: &Caller, owner: &OwnerId, index: u64) -> Result<Vec<u8>, Error> {
+        Self::require_owner(caller, owner)?;
+        self.owner_entry(owner, index)?.ok_or(Error::NotFound("audit entry"))?;
+        self.leaf(index)
+    }
+
+    /// Registers or replaces an agency (the operator only); logged.
+    pub fn put_agency_as(&self, caller: &Caller, id: &AgencyId, new: NewAgency) -> Result<(Agency, bool), Error> {
+        self.audited(self.draft(caller, None, "agency.put"), |d| {
+            if caller.principal != Principal::Operator {
+                return Err(Error::Forbidden);
+            }
+            self.put_agency_with(id, new, Timestamp::now(), Some(d))
+        })
+    }
+}
