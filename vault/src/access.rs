@@ -150,6 +150,14 @@ impl Vault {
         }
     }
 
+    pub(crate) fn draft_for(&self, caller: &Caller, owner: Option<&OwnerId>, action: &'static str) -> Draft {
+        self.draft(caller, owner, action)
+    }
+
+    pub(crate) fn refuse_for<T>(&self, draft: Draft, e: Error) -> Result<T, Error> {
+        self.refuse(draft, e)
+    }
+
     /// Records a refusal (or a failure) and returns the error.
     fn refuse<T>(&self, mut draft: Draft, e: Error) -> Result<T, Error> {
         if matches!(e, Error::AuditFailed(_)) {

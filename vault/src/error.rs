@@ -19,6 +19,9 @@ pub enum Error {
     /// The master key does not open this vault.
     #[error("the master key does not open this vault (wrong key file, or a different vault's data folder); nothing was changed")]
     WrongMasterKey,
+    /// A master-key rotation was interrupted; it must be finished before the vault opens.
+    #[error("a master-key rotation was interrupted: run the rotation again with the old and the new key to finish it")]
+    RotationInProgress,
     /// The data folder was written by an unknown format version.
     #[error("the data folder has format {found:?}, this build reads {expected:?}")]
     UnsupportedFormat {
@@ -97,6 +100,7 @@ impl Error {
             Error::Gone => "gone",
             Error::Key(_)
             | Error::WrongMasterKey
+            | Error::RotationInProgress
             | Error::UnsupportedFormat { .. }
             | Error::Decrypt(_)
             | Error::Corrupt(_)

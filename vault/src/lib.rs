@@ -52,6 +52,8 @@ pub mod keys;
 pub mod merkle;
 pub mod note;
 pub mod provenance;
+pub mod rights;
+pub mod rotation;
 pub mod seal;
 pub mod store;
 pub mod stream;

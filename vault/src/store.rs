@@ -159,6 +159,8 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     fn len(&self, name: &BlobName) -> Result<Option<u64>, StoreError>;
     /// Removes a blob (absent is fine).
     fn remove(&self, name: &BlobName) -> Result<(), StoreError>;
+    /// Removes every blob of an owner (erasure); returns how many there were.
+    fn remove_owner(&self, owner: &[u8; 16]) -> Result<usize, StoreError>;
     /// Every stored blob, plus what is in the folder that is not a blob.
     fn list(&self) -> Result<BlobListing, StoreError>;
     /// Discards blobs that were started and never committed (after a crash; not while blobs
@@ -336,6 +338,20 @@ impl BlobStore for FsBlobs {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("reading metadata of", &path)(e)),
         }
+    }
+
+    fn remove_owner(&self, owner: &[u8; 16]) -> Result<usize, StoreError> {
+        let dir = Self::owner_dir(&self.root, owner);
+        let n = match fs::read_dir(&dir) {
+            Ok(rd) => rd.count(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_err("listing", &dir)(e)),
+        };
+        fs::remove_dir_all(&dir).map_err(io_err("removing", &dir))?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(n)
     }
 
     fn remove(&self, name: &BlobName) -> Result<(), StoreError> {

@@ -212,6 +212,9 @@ impl Vault {
         open_marker: Option<PathBuf>,
     ) -> Result<Self, Error> {
         let master_wrap = master.wrap_key();
+        if meta.get(crate::rotation::KEY_ROTATION)?.is_some() {
+            return Err(Error::RotationInProgress);
+        }
         let index_key = match meta.get(KEY_INDEX_KEY)? {
             Some(sealed) => {
                 let format = meta.get(KEY_FORMAT)?.unwrap_or_default();
@@ -397,6 +400,11 @@ impl Vault {
         k.copy_from_slice(&raw[..32]);
         let id = std::str::from_utf8(&raw[32..]).ok().and_then(|s| OwnerId::parse(s).ok()).ok_or(Unsealable)?;
         Ok((SecretKey::from_bytes(k), id))
+    }
+
+    /// Drops an erased owner's keys from the cache.
+    pub(crate) fn forget_owner(&self, op: &OwnerRef) {
+        self.owners.write().unwrap_or_else(|p| p.into_inner()).remove(op);
     }
 
     /// The owner of a storage reference, if the owner key exists.
