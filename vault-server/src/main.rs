@@ -44,6 +44,13 @@ enum Command {
     },
     /// Print a new random master key in the form `--master-key-file` takes.
     Keygen,
+    /// Re-wrap every key under a new master key (the server must be stopped). Resumes an
+    /// interrupted rotation when run again with the same two keys.
+    RotateMasterKey {
+        /// File holding the new master key (make one with `vault-server keygen`).
+        #[arg(long)]
+        new_master_key_file: PathBuf,
+    },
 }
 
 /// `vault-server check`: exit 0 when clean, 1 when problems were found, 2 when it cannot run.
@@ -140,6 +147,27 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Some(Command::Check { read_data }) => return check(&args, read_data),
+        Some(Command::RotateMasterKey { ref new_master_key_file }) => {
+            let result = master_key(&args).and_then(|old| {
+                let new = MasterKey::from_file(new_master_key_file).map_err(|e| e.to_string())?;
+                vault::rotation::rotate_master_key(&args.data, &old, &new).map_err(|e| e.to_string())
+            });
+            return match result {
+                Ok(r) => {
+                    println!(
+                        "rotated: {} keys re-wrapped, {} already under the new key{}; use the new key file from now on",
+                        r.rewrapped,
+                        r.already_new,
+                        if r.resumed { " (resumed an interrupted rotation)" } else { "" }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vault-server rotate-master-key: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(Command::Keygen) => {
             println!("{}", MasterKey::generate().to_base64().as_str());
             return ExitCode::SUCCESS;

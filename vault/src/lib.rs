@@ -48,6 +48,7 @@ pub mod document;
 pub mod error;
 pub mod grants;
 pub mod ids;
+pub mod journal;
 pub mod keys;
 pub mod merkle;
 pub mod note;

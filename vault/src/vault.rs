@@ -928,7 +928,7 @@ impl Vault {
     }
 
     fn close_inner(&mut self) -> Result<(), Error> {
-        self.meta.sync()?;
+        self.meta.close()?;
         if let Some(m) = self.open_marker.take() {
             fs::remove_file(&m)
                 .map_err(|source| crate::store::StoreError::Io { what: format!("removing {}", m.display()), source })?;
