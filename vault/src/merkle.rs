@@ -66,11 +66,25 @@ pub enum MerkleError {
 /// Hash of the leaves `start .. start+n` (n ≥ 1), where `start` is a multiple of the largest
 /// power of two not above `n` (true for every range the RFC algorithms ask for).
 pub fn subtree(nodes: &impl Nodes, start: u64, n: u64) -> Result<Hash, MerkleError> {
+    subtree_memo(nodes, start, n, &mut Memo::default())
+}
+
+/// Hashes of incomplete subtrees already computed for one proof. The right-edge subtrees a proof
+/// needs are nested (each is the right part of the previous one), so with this memo a proof
+/// reads each stored node at most once: O(log n) reads.
+type Memo = std::collections::HashMap<(u64, u64), Hash>;
+
+fn subtree_memo(nodes: &impl Nodes, start: u64, n: u64, memo: &mut Memo) -> Result<Hash, MerkleError> {
     if n.is_power_of_two() && start.is_multiple_of(n) {
         return nodes.node(n.trailing_zeros() as u8, start / n);
     }
+    if let Some(h) = memo.get(&(start, n)) {
+        return Ok(*h);
+    }
     let k = split(n);
-    Ok(node_hash(&subtree(nodes, start, k)?, &subtree(nodes, start + k, n - k)?))
+    let h = node_hash(&subtree_memo(nodes, start, k, memo)?, &subtree_memo(nodes, start + k, n - k, memo)?);
+    memo.insert((start, n), h);
+    Ok(h)
 }
 
 /// The root of the first `size` leaves.
@@ -87,22 +101,29 @@ pub fn inclusion_proof(nodes: &impl Nodes, index: u64, size: u64) -> Result<Vec<
         return Err(MerkleError::OutOfRange("index must be below the tree size"));
     }
     let mut proof = Vec::new();
-    // Iterative PATH(m, D[start:start+n]); hashes are collected leaf-to-root.
-    fn path(nodes: &impl Nodes, m: u64, start: u64, n: u64, out: &mut Vec<Hash>) -> Result<(), MerkleError> {
+    // PATH(m, D[start:start+n]); hashes are collected leaf-to-root.
+    fn path(
+        nodes: &impl Nodes,
+        m: u64,
+        start: u64,
+        n: u64,
+        out: &mut Vec<Hash>,
+        memo: &mut Memo,
+    ) -> Result<(), MerkleError> {
         if n <= 1 {
             return Ok(());
         }
         let k = split(n);
         if m < k {
-            path(nodes, m, start, k, out)?;
-            out.push(subtree(nodes, start + k, n - k)?);
+            path(nodes, m, start, k, out, memo)?;
+            out.push(subtree_memo(nodes, start + k, n - k, memo)?);
         } else {
-            path(nodes, m - k, start + k, n - k, out)?;
-            out.push(subtree(nodes, start, k)?);
+            path(nodes, m - k, start + k, n - k, out, memo)?;
+            out.push(subtree_memo(nodes, start, k, memo)?);
         }
         Ok(())
     }
-    path(nodes, index, 0, size, &mut proof)?;
+    path(nodes, index, 0, size, &mut proof, &mut Memo::default())?;
     Ok(proof)
 }
 
@@ -116,24 +137,34 @@ pub fn consistency_proof(nodes: &impl Nodes, old: u64, new: u64) -> Result<Vec<H
         return Ok(proof);
     }
     // SUBPROOF(m, D[start:start+n], b)
-    fn sub(nodes: &impl Nodes, m: u64, start: u64, n: u64, b: bool, out: &mut Vec<Hash>) -> Result<(), MerkleError> {
+    struct Ctx<'a, N> {
+        nodes: &'a N,
+        memo: Memo,
+        out: Vec<Hash>,
+    }
+    fn sub<N: Nodes>(c: &mut Ctx<'_, N>, m: u64, start: u64, n: u64, b: bool) -> Result<(), MerkleError> {
         if m == n {
             if !b {
-                out.push(subtree(nodes, start, n)?);
+                let h = subtree_memo(c.nodes, start, n, &mut c.memo)?;
+                c.out.push(h);
             }
             return Ok(());
         }
         let k = split(n);
         if m <= k {
-            sub(nodes, m, start, k, b, out)?;
-            out.push(subtree(nodes, start + k, n - k)?);
+            sub(c, m, start, k, b)?;
+            let h = subtree_memo(c.nodes, start + k, n - k, &mut c.memo)?;
+            c.out.push(h);
         } else {
-            sub(nodes, m - k, start + k, n - k, false, out)?;
-            out.push(subtree(nodes, start, k)?);
+            sub(c, m - k, start + k, n - k, false)?;
+            let h = subtree_memo(c.nodes, start, k, &mut c.memo)?;
+            c.out.push(h);
         }
         Ok(())
     }
-    sub(nodes, old, 0, new, true, &mut proof)?;
+    let mut c = Ctx { nodes, memo: Memo::default(), out: Vec::new() };
+    sub(&mut c, old, 0, new, true)?;
+    proof = c.out;
     Ok(proof)
 }
 
@@ -415,6 +446,33 @@ mod tests {
             let mut forked = old_root;
             forked[bit / 8] ^= 1 << (bit % 8);
             prop_assert!(!verify_consistency(old, n, &forked, &r, &c));
+        }
+    }
+
+    /// Proofs read O(log n) stored nodes, whatever the shape of the tree.
+    #[test]
+    fn proofs_read_logarithmically_many_nodes() {
+        struct Counting<'a>(&'a Mem, std::cell::Cell<usize>);
+        impl Nodes for Counting<'_> {
+            fn node(&self, level: u8, index: u64) -> Result<Hash, MerkleError> {
+                self.1.set(self.1.get() + 1);
+                self.0.node(level, index)
+            }
+        }
+        let mut mem = Mem::default();
+        for i in 0..100_003u32 {
+            mem.push(&i.to_le_bytes());
+        }
+        for n in [1_000u64, 65_536, 77_777, 100_003] {
+            let bound = 2 * (64 - n.leading_zeros() as usize) + 2;
+            for m in [0, n / 3, n - 1] {
+                let c = Counting(&mem, std::cell::Cell::new(0));
+                inclusion_proof(&c, m, n).unwrap();
+                assert!(c.1.get() <= bound, "inclusion {m}/{n}: {} reads", c.1.get());
+                let c = Counting(&mem, std::cell::Cell::new(0));
+                consistency_proof(&c, m.max(1), n).unwrap();
+                assert!(c.1.get() <= bound, "consistency {m}/{n}: {} reads", c.1.get());
+            }
         }
     }
 
