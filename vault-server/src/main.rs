@@ -1,19 +1,24 @@
-//! `vault-server`: the HTTP service over a vault on embedded storage.
-//!
-//! This first version opens (or creates) the vault and serves the service endpoints
-//! `/healthz` and `/readyz`; the `/v1` contract of api.md is being built on top (issue 4).
+//! `vault-server`: the HTTP service over a vault on embedded storage (api.md), and the
+//! operator subcommands `check`, `keygen` and `rotate-master-key`.
 
+mod api;
+mod auth;
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use axum::routing::get;
-use axum::Router;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use clap::Parser;
-use vault::{MasterKey, Vault};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use vault::access::Caller;
+use vault::provenance::{AgencyKey, NewAgency, PublicKey};
+use vault::{AgencyId, KeyId, MasterKey, Timestamp, Vault};
 
-/// Flags as in api.md, "Starting the server".
+/// Flags as in api.md, "Starting the server"; each also as `VAULT_<FLAG>`.
 #[derive(Debug, Parser)]
 #[command(name = "vault-server", version, about = "HTTP service for the vault")]
 struct Args {
@@ -28,7 +33,24 @@ struct Args {
     /// File holding the 32-byte master key in standard base64.
     #[arg(long, global = true, env = "VAULT_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
-    /// Development mode: create missing keys under the data folder. For trying it out only.
+    /// The operator's Ed25519 public key (standard base64 of 32 bytes).
+    #[arg(long, env = "VAULT_OPERATOR_KEY")]
+    operator_key: Option<String>,
+    /// A trusted identity provider: `<name>=<base64 public key>`; repeatable (comma-separated
+    /// in the environment).
+    #[arg(long = "identity-provider", env = "VAULT_IDENTITY_PROVIDER", value_delimiter = ',')]
+    identity_providers: Vec<String>,
+    /// The audience tokens must name.
+    #[arg(long, env = "VAULT_AUDIENCE", default_value = "vault")]
+    audience: String,
+    /// Longest token lifetime accepted (exp − iat), seconds.
+    #[arg(long, env = "VAULT_MAX_TOKEN_LIFETIME", default_value_t = 3600)]
+    max_token_lifetime: i64,
+    /// Largest content accepted, bytes.
+    #[arg(long, env = "VAULT_MAX_CONTENT_SIZE", default_value_t = 1 << 30)]
+    max_content_size: u64,
+    /// Development mode: create missing keys under the data folder and print tokens. For
+    /// trying it out only.
     #[arg(long, global = true, env = "VAULT_DEV")]
     dev: bool,
 }
@@ -36,14 +58,20 @@ struct Args {
 /// Operator subcommands; without one, the server runs.
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Verify the vault offline: records, blobs, reference counts (exit 0 clean, 1 problems).
+    /// Verify the vault offline: records, blobs, reference counts, the audit tree (exit 0
+    /// clean, 1 problems found, 2 cannot run).
     Check {
         /// Also decrypt every blob and verify its digest.
         #[arg(long)]
         read_data: bool,
     },
-    /// Print a new random master key in the form `--master-key-file` takes.
-    Keygen,
+    /// Print a new random master key (the form `--master-key-file` takes), or with `--ed25519`
+    /// a new Ed25519 key pair (private seed and public key, base64).
+    Keygen {
+        /// Make an Ed25519 key pair instead.
+        #[arg(long)]
+        ed25519: bool,
+    },
     /// Re-wrap every key under a new master key (the server must be stopped). Resumes an
     /// interrupted rotation when run again with the same two keys.
     RotateMasterKey {
@@ -51,6 +79,165 @@ enum Command {
         #[arg(long)]
         new_master_key_file: PathBuf,
     },
+}
+
+/// Reads a dev-mode seed file, creating it with a fresh random seed if missing.
+fn dev_seed(data: &Path, name: &str) -> Result<[u8; 32], String> {
+    let path = data.join(name);
+    if !path.exists() {
+        std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+        let key = MasterKey::generate();
+        std::fs::write(&path, format!("{}\n", key.to_base64().as_str()))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let raw = B64.decode(text.trim()).map_err(|_| format!("{} is not base64", path.display()))?;
+    raw.try_into().map_err(|_| format!("{} is not 32 bytes", path.display()))
+}
+
+/// The master key from `--master-key-file`, or in `--dev` mode from (or into) the data folder.
+fn master_key(args: &Args) -> Result<MasterKey, String> {
+    let key_file = match (&args.master_key_file, args.dev) {
+        (Some(p), _) => p.clone(),
+        (None, true) => {
+            dev_seed(&args.data, "dev-master.key")?;
+            let p = args.data.join("dev-master.key");
+            eprintln!(
+                "WARNING: --dev: the master key is stored in clear at {} next to the data. \
+                 This is for trying vault out only; never use it for real documents.",
+                p.display()
+            );
+            p
+        }
+        (None, false) => return Err("no master key: pass --master-key-file <path> (or --dev to try it out)".into()),
+    };
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(&key_file) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 && !args.dev {
+            eprintln!("WARNING: the master key file {} can be read by other users; chmod 600 it", key_file.display());
+        }
+    }
+    MasterKey::from_file(&key_file).map_err(|e| e.to_string())
+}
+
+fn verifying_key(text: &str, what: &str) -> Result<VerifyingKey, String> {
+    let pk = PublicKey::parse(text.trim()).map_err(|e| format!("{what}: {e}"))?;
+    VerifyingKey::from_bytes(pk.as_bytes()).map_err(|_| format!("{what}: not an Ed25519 key"))
+}
+
+/// Prints what a developer needs to try the service: tokens and a working call.
+fn dev_setup(args: &Args, vault: &Vault, auth: &mut auth::AuthConfig) -> Result<(), String> {
+    let op = SigningKey::from_bytes(&dev_seed(&args.data, "dev-operator.key")?);
+    let idp = SigningKey::from_bytes(&dev_seed(&args.data, "dev-idp.key")?);
+    let agency_key = SigningKey::from_bytes(&dev_seed(&args.data, "dev-agency.key")?);
+    if auth.operator.is_none() {
+        auth.operator = Some(op.verifying_key());
+    }
+    auth.providers.entry("dev-idp".into()).or_insert(idp.verifying_key());
+    let agency = AgencyId::parse("demo-agency").map_err(|e| e.to_string())?;
+    if vault.agency(&agency).map_err(|e| e.to_string())?.is_none() {
+        let key = AgencyKey {
+            id: KeyId::parse("k1").map_err(|e| e.to_string())?,
+            public_key: PublicKey::from_bytes(agency_key.verifying_key().to_bytes()).map_err(|e| e.to_string())?,
+            not_before: Timestamp::parse("2020-01-01T00:00:00Z").map_err(|e| e.to_string())?,
+            not_after: None,
+        };
+        vault
+            .put_agency_as(&Caller::operator(), &agency, NewAgency { name: "Demo agency".into(), keys: vec![key] })
+            .map_err(|e| e.to_string())?;
+    }
+    let now = Timestamp::now().unix();
+    let aud = &args.audience;
+    let citizen = "citizen:001099012345";
+    let t_op = auth::mint(&op, "operator", "operator", "operator", aud, now, now + 3600);
+    let t_cit = auth::mint(&idp, "dev-idp", "dev-idp", citizen, aud, now, now + 3600);
+    let t_ag = auth::mint(&agency_key, "k1", "demo-agency", "demo-agency", aud, now, now + 3600);
+    let base = format!("http://{}", args.listen);
+    println!("== vault-server --dev: FOR TRYING IT OUT ONLY (keys are stored in clear in {})", args.data.display());
+    println!("tokens (valid 1 hour):");
+    println!("  OPERATOR_TOKEN={t_op}");
+    println!("  CITIZEN_TOKEN={t_cit}     # {citizen}, identity provider dev-idp");
+    println!(
+        "  AGENCY_TOKEN={t_ag}      # demo-agency, key k1 (seed in {})",
+        args.data.join("dev-agency.key").display()
+    );
+    println!("try:");
+    println!("  curl -s -H \"Authorization: Bearer $CITIZEN_TOKEN\" {base}/v1/owners/{citizen}/documents");
+    println!("  (with the token variables above exported first)");
+    println!("  curl -s -H \"Authorization: Bearer {t_cit}\" {base}/v1/owners/{citizen}/documents");
+    Ok(())
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let master = master_key(&args)?;
+    let mut providers = HashMap::new();
+    for spec in &args.identity_providers {
+        let (name, key) =
+            spec.split_once('=').ok_or_else(|| format!("--identity-provider takes name=base64key, not {spec:?}"))?;
+        AgencyId::parse(name).map_err(|e| format!("identity provider name {name:?}: {e}"))?;
+        providers.insert(name.to_owned(), verifying_key(key, &format!("identity provider {name}"))?);
+    }
+    let operator = args.operator_key.as_deref().map(|k| verifying_key(k, "--operator-key")).transpose()?;
+    let mut auth = auth::AuthConfig {
+        audience: args.audience.clone(),
+        max_lifetime: args.max_token_lifetime,
+        operator,
+        providers,
+    };
+    let data = args.data.clone();
+    let vault = tokio::task::spawn_blocking(move || Vault::open(&data, &master))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot open the vault in {}: {e}", args.data.display()))?;
+    let vault = Arc::new(vault);
+    if args.dev {
+        dev_setup(&args, &vault, &mut auth)?;
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let state = Arc::new(api::AppState {
+        vault: vault.clone(),
+        auth,
+        max_content: args.max_content_size,
+        metrics: Default::default(),
+    });
+    eprintln!("vault-server listening on http://{} (data: {})", args.listen, args.data.display());
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    // In-flight requests have finished; close the vault (sync, mark clean) once they let go.
+    for _ in 0..100 {
+        if Arc::strong_count(&vault) == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    match Arc::try_unwrap(vault) {
+        Ok(v) => tokio::task::spawn_blocking(move || v.close())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?,
+        Err(_) => eprintln!("vault-server: requests still hold the vault; it will recover at the next start"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
 /// `vault-server check`: exit 0 when clean, 1 when problems were found, 2 when it cannot run.
@@ -78,75 +265,31 @@ fn check(args: &Args, read_data: bool) -> ExitCode {
     }
 }
 
-/// The master key from `--master-key-file`, or in `--dev` mode from (or into) the data folder.
-fn master_key(args: &Args) -> Result<MasterKey, String> {
-    let key_file = match (&args.master_key_file, args.dev) {
-        (Some(p), _) => p.clone(),
-        (None, true) => {
-            let p = dev_master_key(&args.data)?;
-            eprintln!(
-                "WARNING: --dev: the master key is stored in clear at {} next to the data. \
-                 This is for trying vault out only; never use it for real documents.",
-                p.display()
-            );
-            p
-        }
-        (None, false) => return Err("no master key: pass --master-key-file <path> (or --dev to try it out)".into()),
-    };
-    MasterKey::from_file(&key_file).map_err(|e| e.to_string())
-}
-
-fn dev_master_key(data: &Path) -> Result<PathBuf, String> {
-    let path = data.join("dev-master.key");
-    if !path.exists() {
-        std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
-        let key = MasterKey::generate();
-        std::fs::write(&path, format!("{}\n", key.to_base64().as_str()))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
-    Ok(path)
-}
-
-async fn run(args: Args) -> Result<(), String> {
-    let master = master_key(&args)?;
-    let data = args.data.clone();
-    let vault = tokio::task::spawn_blocking(move || Vault::open(&data, &master))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot open the vault in {}: {e}", args.data.display()))?;
-    let vault = Arc::new(vault);
-    let app = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(|| async { "ready\n" }));
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    eprintln!("vault-server listening on http://{} (data: {})", args.listen, args.data.display());
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())?;
-    // Last reference: closing syncs the metadata and marks the vault cleanly closed.
-    if let Ok(v) = Arc::try_unwrap(vault) {
-        tokio::task::spawn_blocking(move || v.close()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Some(Command::Check { read_data }) => return check(&args, read_data),
+        Some(Command::Keygen { ed25519 }) => {
+            if ed25519 {
+                let seed = MasterKey::generate();
+                let seed_b64 = seed.to_base64();
+                let pk = B64
+                    .decode(seed_b64.as_str())
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .map(|s| SigningKey::from_bytes(&s).verifying_key());
+                match pk {
+                    Some(pk) => {
+                        println!("private (seed): {}", seed_b64.as_str());
+                        println!("public:         {}", B64.encode(pk.to_bytes()));
+                    }
+                    None => return ExitCode::FAILURE,
+                }
+            } else {
+                println!("{}", MasterKey::generate().to_base64().as_str());
+            }
+            return ExitCode::SUCCESS;
+        }
         Some(Command::RotateMasterKey { ref new_master_key_file }) => {
             let result = master_key(&args).and_then(|old| {
                 let new = MasterKey::from_file(new_master_key_file).map_err(|e| e.to_string())?;
@@ -167,10 +310,6 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             };
-        }
-        Some(Command::Keygen) => {
-            println!("{}", MasterKey::generate().to_base64().as_str());
-            return ExitCode::SUCCESS;
         }
         None => {}
     }

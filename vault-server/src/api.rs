@@ -1,0 +1,901 @@
+//! The `/v1` HTTP contract of api.md, the service endpoints, and the one place that maps
+//! errors to status codes and bodies ([`ApiError`]).
+
+use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put, MethodRouter};
+use axum::Router;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use vault::access::{Caller, Component, Principal};
+use vault::grants::{Grant, NewGrant};
+use vault::provenance::{Agency, NewAgency};
+use vault::{
+    AgencyId, Digest, DocType, Document, DocumentId, GrantId, NewDocument, OwnerId, Purpose, Timestamp, Vault,
+};
+
+use crate::auth::{authenticate, AuthConfig};
+
+/// Shared state of the service.
+#[derive(Debug)]
+pub struct AppState {
+    /// The vault.
+    pub vault: Arc<Vault>,
+    /// Token verification settings.
+    pub auth: AuthConfig,
+    /// Largest content accepted.
+    pub max_content: u64,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+}
+
+/// Prometheus counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Requests answered, by status class.
+    pub requests: [AtomicU64; 6],
+    /// 401 answers.
+    pub unauthenticated: AtomicU64,
+    /// Content bytes received.
+    pub bytes_in: AtomicU64,
+    /// Content bytes sent.
+    pub bytes_out: AtomicU64,
+}
+
+/// Largest JSON body accepted.
+const MAX_JSON: usize = 2 << 20;
+
+/// An error answer: status, code and message of api.md's error body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+    fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such thing")
+    }
+    fn internal(message: impl std::fmt::Display) -> Self {
+        eprintln!("vault-server: internal error: {message}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the operator can see it in the server log",
+        )
+    }
+}
+
+/// The one mapping from library errors to the contract's status codes.
+impl From<vault::Error> for ApiError {
+    fn from(e: vault::Error) -> Self {
+        use vault::Error as E;
+        if let E::Source(io) = &e {
+            if io.get_ref().is_some_and(|i| i.is::<TooLarge>()) {
+                return Self::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "the content is larger than the server accepts",
+                );
+            }
+        }
+        let status = match e.code() {
+            "invalid_request" | "digest_mismatch" | "invalid_signature" | "unknown_issuer_key" | "purpose_required" => {
+                StatusCode::BAD_REQUEST
+            }
+            "forbidden" | "grant_required" => StatusCode::FORBIDDEN,
+            "not_found" => StatusCode::NOT_FOUND,
+            "conflict" => StatusCode::CONFLICT,
+            "gone" => StatusCode::GONE,
+            _ => return Self::internal(&e),
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn json_response(status: StatusCode, v: &impl Serialize) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(body) => (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// Runs blocking vault work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, vault::Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+impl AppState {
+    fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let principal = authenticate(&self.auth, &self.vault, auth, Timestamp::now().unix()).map_err(|e| {
+            self.metrics.unauthenticated.fetch_add(1, Ordering::Relaxed);
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.0)
+        })?;
+        let purpose = match headers.get("vault-purpose") {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| Purpose::parse(s.trim()).ok())
+                    .ok_or_else(|| ApiError::invalid("Vault-Purpose must be a procedure code"))?,
+            ),
+        };
+        let purpose = if matches!(principal, Principal::Agency(_)) { purpose } else { None };
+        Ok(Caller { principal, purpose })
+    }
+}
+
+fn owner_of(s: &str) -> Result<OwnerId, ApiError> {
+    OwnerId::parse(s).map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+/// Reads a JSON body (Content-Type must be JSON; size limited).
+async fn json_body<T: for<'de> Deserialize<'de>>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ct.trim().to_ascii_lowercase().starts_with("application/json") {
+        return Err(ApiError::invalid("send Content-Type: application/json"));
+    }
+    let bytes = axum::body::to_bytes(body, MAX_JSON)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the JSON body is too large"))?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("malformed JSON body: {e}")))
+}
+
+/// A document as the contract shows it: the record plus `status` now.
+#[derive(Serialize)]
+struct DocOut<'a> {
+    #[serde(flatten)]
+    doc: &'a Document,
+    status: vault::Status,
+}
+
+fn doc_out(doc: &Document) -> DocOut<'_> {
+    DocOut { doc, status: doc.status(Timestamp::now()) }
+}
+
+#[derive(Serialize)]
+struct GrantOut<'a> {
+    #[serde(flatten)]
+    grant: &'a Grant,
+    status: vault::grants::GrantStatus,
+}
+
+fn grant_out(g: &Grant) -> GrantOut<'_> {
+    GrantOut { grant: g, status: g.status(Timestamp::now()) }
+}
+
+#[derive(Serialize)]
+struct ComponentOut<'a> {
+    doc_type: &'a DocType,
+    status: vault::access::ReuseStatus,
+    document: Option<DocOut<'a>>,
+}
+
+// ---------------------------------------------------------------- contents
+
+#[derive(Deserialize)]
+struct MissingBody {
+    digests: Vec<String>,
+}
+
+async fn contents_missing(
+    State(st): State<Arc<AppState>>,
+    Path(owner): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let caller = st.caller(&headers)?;
+    let owner = owner_of(&owner)?;
+    let b: MissingBody = json_body(&headers, body).await?;
+    if b.digests.len() > vault::access::MAX_MISSING {
+        return Err(ApiError::invalid("at most 10,000 digests per request"));
+    }
+    let digests = b
+        .digests
+        .iter()
+        .map(|d| Digest::parse(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let v = st.vault.clone();
+    let missing = blocking(move || v.missing_as(&caller, &owner, &digests)).await?;
+    Ok(json_response(StatusCode::OK, &json!({"missing": missing})))
+}
+
+/// Marks the reader's error when the body passes the size limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the content is larger than the server accepts")]
+struct TooLarge;
+
+/// A blocking `Read` over body chunks sent from the async side.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, io::Error>>,
+    current: Bytes,
+    seen: u64,
+    max: u64,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(b)) => {
+                    self.seen += b.len() as u64;
+                    if self.seen > self.max {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, TooLarge));
+                    }
+                    self.current = b;
+                }
+            }
+        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+async fn put_content(
+    State(st): State<Arc<AppState>>,
+    Path((owner, digest)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let caller = st.caller(&headers)?;
+    let owner = owner_of(&owner)?;
+    let digest = Digest::parse(&digest).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > st.max_content) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the content is larger than the server accepts",
+        ));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let reader = ChannelReader { rx, current: Bytes::new(), seen: 0, max: st.max_content };
+    let v = st.vault.clone();
+    let task = tokio::task::spawn_blocking(move || v.upload_as(&caller, &owner, reader, Some(digest)));
+    let mut stream = body.into_data_stream();
+    let mut received = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let item = chunk.map_err(|e| io::Error::other(e.to_string()));
+        if let Ok(b) = &item {
+            received += b.len() as u64;
+        }
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() || failed {
+            break;
+        }
+    }
+    drop(tx);
+    st.metrics.bytes_in.fetch_add(received, Ordering::Relaxed);
+    let stored = task.await.map_err(ApiError::internal)??;
+    let status = if stored.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(json_response(status, &json!({"digest": stored.digest, "size": stored.size})))
+}
+
+// ---------------------------------------------------------------- documents
+
+async fn deposit(
+    State(st): State<Arc<AppState>>,
+    Path(owner): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let caller = st.caller(&headers)?;
+    let owner = owner_of(&owner)?;
+    let new: NewDocument = json_body(&headers, body).await?;
+    let v = st.vault.clone();
+    let doc = blocking(move || v.deposit_as_caller(&caller, &owner, new)).await?;
+    Ok(json_response(StatusCode::CREATED, &doc_out(&doc)))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    doc_type: Option<String>,
+}
+
+async fn list_documents(
+    State(st): State<Arc<AppState>>,
+    Path(owner): Path<String>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let caller = st.caller(&headers)?;
+    let owner = owner_of(&owner)?;
+    let t = q.doc_type.map(|t| DocType::parse(&t)).transpose().map_err(|e| ApiError::invalid(e.to_string()))?;
+    let v = st.vault.clone();
+    let docs = blocking(move || v.documents_as(&caller, &owner, t.as_ref())).await?;
+    let out: Vec<_> = docs.iter().map(doc_out).collect();
+    Ok(json_response(StatusCode::OK, &json!({"documents": out})))
+}
+
+fn doc_id(s: &str) -> Result<DocumentId, ApiError> {
+    DocumentId::parse(s).map_err(|_| ApiError::not_found())
+}
+
+async fn get_document(
+    State(st): State<Arc<AppState>>,
+    Path((owner, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let caller = st.caller(&headers)?;
+    let owner = owner_of(&owner)?;
+    let id = doc_id(&id)?;
+    let v = st.vault.clone();
+    let doc = blocking(move || v.document_as(&caller, &owner, &id)).await?;
+    Ok(json_response(StatusCode::OK, &doc_out(&doc)))
+}
+
+/// Parses a single `bytes=` range against `size`: `Ok(None)` = whole content, `Err` = 416.
+fn parse_range(h: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(spec) = h.and_then(|v| v.to_str().ok()).and_then(|s| s.trim().strip_prefix("bytes=")) else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None); // several ranges: served whole
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().map_err(|_| ())?;
+            if n == 0 || size == 0 {
+                return Err(());
+            }
+            (size.saturating_sub(n), size - 1)
+        }
+        (s, "") => (s.parse().map_err(|_| ())?, size.saturating_sub(1)),
+        (s, e) => {
+            let (s, e): (u64, u64) = (s.parse().map_err(|_| ())?, e.parse().map_err(|_| ())?);
+            if e < s {
+                return Err(());
+            }
+            (s, e.min(size.saturating_sub(1)))
+        }
+    };
+    if start >= size {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+async fn get_content(
+    State(st): State<Arc<AppState>>,
+    Path((owner, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let caller = st.caller(&headers)?;
+    let owner = owner_of(&owner)?;
+    let id = doc_id(&id)?;
+    let v = st.vault.clone();
+    let (doc, mut reader) = blocking(move || v.content_as(&caller, &owner, &id)).await?;
+    let etag = format!("\"{}\"", doc.meta.digest);
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    let size = doc.size;
+    let range = parse_range(headers.get(header::RANGE), size).map_err(|_| {
+        ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "invalid_range",
+            format!("the range is outside the content's {size} bytes"),
+        )
+    })?;
+    let (start, len, status) = match range {
+        Some((s, e)) => (s, e - s + 1, StatusCode::PARTIAL_CONTENT),
+        None => (0, size, StatusCode::OK),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, io::Error>>(4);
+    let st2 = st.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = reader.seek(SeekFrom::Start(start)) {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+        let mut left = len;
+        let mut buf = vec![0u8; 256 * 1024];
+        // A whole read continues to the end so the digest is checked before the last bytes go.
+        while left > 0 || (range.is_none() && start == 0) {
+            let want = buf.len().min(left.max(1) as usize);
+            match reader.read(&mut buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let n = n.min(left as usize);
+                    left -= n as u64;
+                    st2.metrics.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                    if n > 0 && tx.blocking_send(Ok(Bytes::copy_from_slice(&buf[..n]))).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // The content failed authentication: abort the response, never end it cleanly.
+                    eprintln!("vault-server: content of document {} failed while streaming: {e}", doc.id);
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let mut resp = Response::new(Body::from_stream(stream));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&doc.meta.media_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    h.insert(header::ETAG, HeaderValue::from_str(&etag).map_err(ApiError::internal)?);
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if status == StatusCode::PARTIAL_CONTENT {
+        let cr = format!("bytes {}-{}/{}", start, start + len - 1, size);
+        h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&cr).map_err(ApiError::internal)?);
+    }
+    Ok(resp)
+}
+
+async fn delete_document(
+    State(st): State<Arc<AppState>>,
+    Path((owner, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let caller = st.caller(&headers)?;
+    let owner = owner_of(&owner)?;
+    let id = doc_id(&id)?;
+    let v = st.vault.clone();
+    blocking(move || v.delete_as(&caller, &owner, &id)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+struct RevocationBody {
+    reason: String,
+}
+
+async fn revoke_document(
+    State(st): State<Arc<AppState>>,
+    Path((owner, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let caller = st.caller(&headers)?;
+    let owner = owner_of(&owner)?;
+    let id = doc_id(&id)?;
+    let b: RevocationBody = json_body(&headers, body).await?;
+    let v = st.vault.clone();
+    let doc = blocking(move || v.revoke_as(&caller, &owner, &id, &b.reason)).await?;
+    Ok(json_response(StatusCode::OK, &doc_out(&doc)))
+}
+
+// ---------------------------------------------------------------- reuse, grants
+
+#[derive(Deserialize)]
+struct ReuseBody {
+    purpose: Purpose,
+    doc_types: Vec<DocType>,
+    #[serde(default)]
+    at: Option<Timestamp>,
+}
+
+async fn reuse(
+    State(st): State<Arc<AppState>>,
+    Path(owner): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let caller = st.caller(&headers)?;
+    let owner = owner_of(&owner)?;
+    let b: ReuseBody = json_body(&headers, body).await?;
+    let v = st.vault.clone();
+    let components: Vec<Component> =
+        blocking(move || v.reuse_as(&caller, &owner, &b.purpose, &b.doc_types, b.at)).await?;
+    let out: Vec<_> = components
+        .iter()
+        .map(|c| ComponentOut { doc_type: &c.doc_type, status: c.status, document: c.document.as_ref().map(doc_out) })
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({"components": out})))
+}
+
+async fn create_grant(
+    State(st): State<Arc<AppState>>,
+    Path(owner): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let caller = st.caller(&headers)?;
+    let owner = owner_of(&owner)?;
+    let terms: NewGrant = json_body(&headers, body).await?;
+    let v = st.vault.clone();
+    let g = blocking(move || v.grant_as(&caller, &owner, terms)).await?;
+    Ok(json_response(StatusCode::CREATED, &grant_out(&g)))
+}
+
+async fn list_grants(State(st): State<Arc<AppState>>, Path(owner): Path<String>, headers: HeaderMap) -> ApiResult {
+    let caller = st.caller(&headers)?;
+    let owner = owner_of(&owner)?;
+    let v = st.vault.clone();
+    let grants = blocking(move || v.grants_as(&caller, &owner)).await?;
+    let out: Vec<_> = grants.iter().map(grant_out).collect();
+    Ok(json_response(StatusCode::OK, &json!({"grants": out})))
+}
+
+async fn revoke_grant(
+    State(st): State<Arc<AppState>>,
+    Path((owner, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let caller = st.caller(&headers)?;
+    let owner = owner_of(&owner)?;
+    let id = GrantId::parse(&id).map_err(|_| ApiError::not_found())?;
+    let v = st.vault.clone();
+    blocking(move || v.revoke_grant_as(&caller, &owner, &id)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn agency_grants(State(st): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
+    let caller = st.caller(&headers)?;
+    let v = st.vault.clone();
+    let grants = blocking(move || v.agency_grants_as(&caller)).await?;
+    let out: Vec<_> = grants.iter().map(grant_out).collect();
+    Ok(json_response(StatusCode::OK, &json!({"grants": out})))
+}
+
+// ---------------------------------------------------------------- audit
+
+async fn access_log(State(st): State<Arc<AppState>>, Path(owner): Path<String>, headers: HeaderMap) -> ApiResult {
+    let caller = st.caller(&headers)?;
+    let owner = owner_of(&owner)?;
+    let v = st.vault.clone();
+    let entries = blocking(move || v.access_log_as(&caller, &owner)).await?;
+    Ok(json_response(StatusCode::OK, &json!({"entries": entries})))
+}
+
+async fn access_log_leaf(
+    State(st): State<Arc<AppState>>,
+    Path((owner, index)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let caller = st.caller(&headers)?;
+    let owner = owner_of(&owner)?;
+    let index: u64 = index.parse().map_err(|_| ApiError::not_found())?;
+    let v = st.vault.clone();
+    let leaf = blocking(move || v.access_log_leaf_as(&caller, &owner, index)).await?;
+    Ok(json_response(StatusCode::OK, &json!({"index": index, "leaf": B64.encode(leaf)})))
+}
+
+async fn checkpoint(State(st): State<Arc<AppState>>) -> ApiResult {
+    let v = st.vault.clone();
+    let note = blocking(move || v.checkpoint()).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
+}
+
+fn u64_param(q: &std::collections::HashMap<String, String>, name: &str) -> Result<u64, ApiError> {
+    q.get(name)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ApiError::invalid(format!("query parameter {name} must be a number")))
+}
+
+async fn inclusion(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> ApiResult {
+    let (index, size) = (u64_param(&q, "index")?, u64_param(&q, "size")?);
+    let v = st.vault.clone();
+    let p = blocking(move || v.inclusion_proof(index, size)).await?;
+    let hashes: Vec<String> = p.hashes.iter().map(|h| B64.encode(h)).collect();
+    Ok(json_response(StatusCode::OK, &json!({"leaf_hash": B64.encode(p.leaf_hash), "hashes": hashes})))
+}
+
+async fn consistency(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> ApiResult {
+    let (from, to) = (u64_param(&q, "from")?, u64_param(&q, "to")?);
+    let v = st.vault.clone();
+    let p = blocking(move || v.consistency_proof(from, to)).await?;
+    let hashes: Vec<String> = p.iter().map(|h| B64.encode(h)).collect();
+    Ok(json_response(StatusCode::OK, &json!({"hashes": hashes})))
+}
+
+// ---------------------------------------------------------------- owners
+
+async fn export(State(st): State<Arc<AppState>>, Path(owner): Path<String>, headers: HeaderMap) -> ApiResult {
+    let caller = st.caller(&headers)?;
+    let owner = owner_of(&owner)?;
+    let v = st.vault.clone();
+    // Built in a temporary file, then streamed: the tar is complete and verified-readable
+    // before the first byte goes out, and memory stays flat.
+    let file = blocking(move || {
+        let mut f = tempfile_in_data()?;
+        v.export_as(&caller, &owner, &mut f)?;
+        f.seek(SeekFrom::Start(0)).map_err(vault::Error::from)?;
+        Ok(f)
+    })
+    .await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut f = file;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if tx.blocking_send(Ok(Bytes::copy_from_slice(&buf[..n]))).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Ok(([(header::CONTENT_TYPE, "application/x-tar")], Body::from_stream(stream)).into_response())
+}
+
+/// An anonymous temporary file (removed when closed).
+fn tempfile_in_data() -> Result<std::fs::File, vault::Error> {
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!("vault-export-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let f =
+        std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(vault::Error::from)?;
+    let _ = std::fs::remove_file(&path);
+    Ok(f)
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+async fn erase(State(st): State<Arc<AppState>>, Path(owner): Path<String>, headers: HeaderMap) -> ApiResult {
+    let caller = st.caller(&headers)?;
+    let owner = owner_of(&owner)?;
+    let v = st.vault.clone();
+    let receipt = blocking(move || v.erase_as(&caller, &owner)).await?;
+    Ok(json_response(StatusCode::OK, &receipt))
+}
+
+// ---------------------------------------------------------------- agencies
+
+async fn put_agency(
+    State(st): State<Arc<AppState>>,
+    Path(agency): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let caller = st.caller(&headers)?;
+    let id = AgencyId::parse(&agency).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let new: NewAgency = json_body(&headers, body).await?;
+    let v = st.vault.clone();
+    let (a, created) = blocking(move || v.put_agency_as(&caller, &id, new)).await?;
+    Ok(json_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &a))
+}
+
+async fn list_agencies(State(st): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
+    st.caller(&headers)?;
+    let v = st.vault.clone();
+    let all: Vec<Agency> = blocking(move || v.agencies()).await?;
+    Ok(json_response(StatusCode::OK, &json!({"agencies": all})))
+}
+
+async fn get_agency(State(st): State<Arc<AppState>>, Path(agency): Path<String>, headers: HeaderMap) -> ApiResult {
+    st.caller(&headers)?;
+    let id = AgencyId::parse(&agency).map_err(|_| ApiError::not_found())?;
+    let v = st.vault.clone();
+    let a = blocking(move || v.agency(&id)).await?.ok_or_else(ApiError::not_found)?;
+    Ok(json_response(StatusCode::OK, &a))
+}
+
+// ---------------------------------------------------------------- service
+
+async fn vault_key(State(st): State<Arc<AppState>>) -> ApiResult {
+    let s = st.vault.signer();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"name": s.name(), "public_key": B64.encode(s.public_key()), "note_verifier_key": s.verifier_key()}),
+    ))
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let m = &st.metrics;
+    let c = st.vault.commit_stats();
+    let b = st.vault.blob_commit_stats();
+    let mut out = String::new();
+    out.push_str("# HELP vault_http_requests_total HTTP requests answered, by status class.\n# TYPE vault_http_requests_total counter\n");
+    for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx", "other"].iter().enumerate() {
+        out.push_str(&format!(
+            "vault_http_requests_total{{class=\"{class}\"}} {}\n",
+            m.requests[i].load(Ordering::Relaxed)
+        ));
+    }
+    out.push_str(&format!(
+        "# TYPE vault_http_unauthenticated_total counter\nvault_http_unauthenticated_total {}\n\
+         # TYPE vault_content_bytes_in_total counter\nvault_content_bytes_in_total {}\n\
+         # TYPE vault_content_bytes_out_total counter\nvault_content_bytes_out_total {}\n\
+         # HELP vault_metadata_changes_total Metadata batches applied (audit appends included).\n# TYPE vault_metadata_changes_total counter\nvault_metadata_changes_total {}\n\
+         # HELP vault_metadata_syncs_total Journal syncs (group commits).\n# TYPE vault_metadata_syncs_total counter\nvault_metadata_syncs_total {}\n\
+         # TYPE vault_blob_commits_total counter\nvault_blob_commits_total {}\n# TYPE vault_blob_syncs_total counter\nvault_blob_syncs_total {}\n",
+        m.unauthenticated.load(Ordering::Relaxed),
+        m.bytes_in.load(Ordering::Relaxed),
+        m.bytes_out.load(Ordering::Relaxed),
+        c.written,
+        c.syncs,
+        b.written,
+        b.syncs
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+async fn fallback(method: Method) -> Response {
+    let _ = method;
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        .into_response()
+}
+
+/// Every route: (method, path, summary), the source of both the router and `/openapi.json`.
+pub const ROUTES: &[(&str, &str, &str)] = &[
+    ("post", "/v1/owners/{owner}/contents/missing", "Which of these digests must be uploaded"),
+    ("put", "/v1/owners/{owner}/contents/{digest}", "Upload a content (raw bytes, streamed)"),
+    ("post", "/v1/owners/{owner}/documents", "Deposit a document about a held content"),
+    ("get", "/v1/owners/{owner}/documents", "List documents (optionally ?doc_type=)"),
+    ("get", "/v1/owners/{owner}/documents/{id}", "One document"),
+    ("delete", "/v1/owners/{owner}/documents/{id}", "Delete a document (the owner)"),
+    ("get", "/v1/owners/{owner}/documents/{id}/content", "A document's content (Range, ETag)"),
+    ("post", "/v1/owners/{owner}/documents/{id}/revocation", "Revoke a document (its issuer)"),
+    ("post", "/v1/owners/{owner}/reuse", "Reuse check for a procedure's document types"),
+    ("post", "/v1/owners/{owner}/grants", "Grant an agency access (the owner)"),
+    ("get", "/v1/owners/{owner}/grants", "The owner's grants"),
+    ("delete", "/v1/owners/{owner}/grants/{id}", "Revoke a grant (the owner)"),
+    ("get", "/v1/grants", "Grants given to the calling agency"),
+    ("get", "/v1/owners/{owner}/access-log", "Every audit entry about the owner"),
+    ("get", "/v1/owners/{owner}/access-log/{index}/leaf", "The leaf bytes of one entry"),
+    ("get", "/v1/audit/checkpoint", "Signed checkpoint (C2SP signed note)"),
+    ("get", "/v1/audit/proof/inclusion", "RFC 9162 inclusion proof (?index=&size=)"),
+    ("get", "/v1/audit/proof/consistency", "RFC 9162 consistency proof (?from=&to=)"),
+    ("get", "/v1/owners/{owner}/export", "Everything of the owner as a verifiable tar"),
+    ("delete", "/v1/owners/{owner}", "Erase the owner (crypto-shredding)"),
+    ("put", "/v1/agencies/{agency}", "Register or replace an agency (the operator)"),
+    ("get", "/v1/agencies", "Registered agencies"),
+    ("get", "/v1/agencies/{agency}", "One agency"),
+    ("get", "/v1/vault-key", "The vault's signing key"),
+    ("get", "/healthz", "Liveness"),
+    ("get", "/readyz", "Readiness"),
+    ("get", "/metrics", "Prometheus metrics"),
+    ("get", "/openapi.json", "This document"),
+];
+
+/// The OpenAPI 3.1 document, generated from [`ROUTES`].
+pub fn openapi() -> Value {
+    let mut paths = serde_json::Map::new();
+    for (method, path, summary) in ROUTES {
+        let params: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let open = !path.starts_with("/v1/") || path.starts_with("/v1/audit/") || *path == "/v1/vault-key";
+        let mut op = json!({
+            "summary": summary,
+            "parameters": params,
+            "responses": {"default": {"description": "See api.md; errors are {\"error\": {\"code\", \"message\"}}"}}
+        });
+        if !open {
+            op["security"] = json!([{"bearer": []}]);
+        }
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        entry[*method] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "vault-server", "version": env!("CARGO_PKG_VERSION"), "description": "The HTTP contract of api.md."},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWS (EdDSA)"}}},
+        "paths": paths
+    })
+}
+
+fn handler_for(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
+    match (method, path) {
+        ("post", "/v1/owners/{owner}/contents/missing") => post(contents_missing),
+        ("put", "/v1/owners/{owner}/contents/{digest}") => put(put_content),
+        ("post", "/v1/owners/{owner}/documents") => post(deposit),
+        ("get", "/v1/owners/{owner}/documents") => get(list_documents),
+        ("get", "/v1/owners/{owner}/documents/{id}") => get(get_document),
+        ("delete", "/v1/owners/{owner}/documents/{id}") => delete(delete_document),
+        ("get", "/v1/owners/{owner}/documents/{id}/content") => get(get_content),
+        ("post", "/v1/owners/{owner}/documents/{id}/revocation") => post(revoke_document),
+        ("post", "/v1/owners/{owner}/reuse") => post(reuse),
+        ("post", "/v1/owners/{owner}/grants") => post(create_grant),
+        ("get", "/v1/owners/{owner}/grants") => get(list_grants),
+        ("delete", "/v1/owners/{owner}/grants/{id}") => delete(revoke_grant),
+        ("get", "/v1/grants") => get(agency_grants),
+        ("get", "/v1/owners/{owner}/access-log") => get(access_log),
+        ("get", "/v1/owners/{owner}/access-log/{index}/leaf") => get(access_log_leaf),
+        ("get", "/v1/audit/checkpoint") => get(checkpoint),
+        ("get", "/v1/audit/proof/inclusion") => get(inclusion),
+        ("get", "/v1/audit/proof/consistency") => get(consistency),
+        ("get", "/v1/owners/{owner}/export") => get(export),
+        ("delete", "/v1/owners/{owner}") => delete(erase),
+        ("put", "/v1/agencies/{agency}") => put(put_agency),
+        ("get", "/v1/agencies") => get(list_agencies),
+        ("get", "/v1/agencies/{agency}") => get(get_agency),
+        ("get", "/v1/vault-key") => get(vault_key),
+        ("get", "/healthz") => get(|| async { "ok\n" }),
+        ("get", "/readyz") => get(|| async { "ready\n" }),
+        ("get", "/metrics") => get(metrics),
+        ("get", "/openapi.json") => get(|| async { json_response(StatusCode::OK, &openapi()) }),
+        _ => get(fallback),
+    }
+}
+
+/// The router: every route of [`ROUTES`], JSON errors for unknown routes and methods, metrics.
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut by_path: Vec<(&str, MethodRouter<Arc<AppState>>)> = Vec::new();
+    for (method, path, _) in ROUTES {
+        let h = handler_for(method, path);
+        match by_path.iter_mut().find(|(p, _)| p == path) {
+            Some((_, mr)) => {
+                let old = std::mem::replace(mr, MethodRouter::new());
+                *mr = old.merge(h);
+            }
+            None => by_path.push((path, h)),
+        }
+    }
+    let mut r = Router::new();
+    for (path, mr) in by_path {
+        r = r.route(path, mr.fallback(method_not_allowed));
+    }
+    let counting = state.clone();
+    r.fallback(fallback)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::map_response(move |resp: Response| {
+            let st = counting.clone();
+            async move {
+                let class = (resp.status().as_u16() / 100).saturating_sub(1).min(5) as usize;
+                st.metrics.requests[class].fetch_add(1, Ordering::Relaxed);
+                resp
+            }
+        }))
+        .with_state(state)
+}

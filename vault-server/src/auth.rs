@@ -1,0 +1,141 @@
+//! Bearer tokens: compact JWS with `alg` EdDSA only (RFC 8037), verified with `verify_strict`.
+//!
+//! The key is chosen by `kid` (and, for agencies, `iss`): the operator key (`kid` = `operator`),
+//! a trusted identity provider's key (`kid` = its name), or a registered agency key valid now.
+//! All five claims are required; `aud` must contain the server's audience; 60 seconds of leeway
+//! apply to `iat` and `exp` but never widen the maximum lifetime (`exp − iat`).
+
+use std::collections::HashMap;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine as _;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::Deserialize;
+use vault::access::Principal;
+use vault::{AgencyId, KeyId, OwnerId, Timestamp, Vault};
+
+/// Clock skew allowed on `iat` and `exp`, in seconds.
+pub const LEEWAY: i64 = 60;
+
+/// What the server trusts.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Required audience.
+    pub audience: String,
+    /// Longest accepted `exp − iat`, seconds.
+    pub max_lifetime: i64,
+    /// The operator's key.
+    pub operator: Option<VerifyingKey>,
+    /// Identity providers by name.
+    pub providers: HashMap<String, VerifyingKey>,
+}
+
+/// Why a token was refused (always 401 `unauthenticated`; the message says what to fix).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AuthError(pub &'static str);
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    kid: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    iss: Option<String>,
+    sub: Option<String>,
+    aud: Option<Audience>,
+    iat: Option<i64>,
+    exp: Option<i64>,
+}
+
+fn part<T: for<'de> Deserialize<'de>>(s: &str, what: &'static str) -> Result<T, AuthError> {
+    let raw = B64URL.decode(s).map_err(|_| AuthError(what))?;
+    serde_json::from_slice(&raw).map_err(|_| AuthError(what))
+}
+
+/// Verifies `Authorization: Bearer <token>` and returns who is calling.
+pub fn authenticate(cfg: &AuthConfig, vault: &Vault, header: Option<&str>, now: i64) -> Result<Principal, AuthError> {
+    let header = header.ok_or(AuthError("send Authorization: Bearer <token>"))?;
+    let token =
+        header.strip_prefix("Bearer ").ok_or(AuthError("the Authorization header must be `Bearer <token>`"))?.trim();
+    let mut parts = token.split('.');
+    let (Some(h), Some(c), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(AuthError("a token is a compact JWS: header.claims.signature"));
+    };
+    let head: Header = part(h, "the token header is not base64url JSON")?;
+    if head.alg != "EdDSA" {
+        return Err(AuthError("only alg EdDSA (Ed25519) tokens are accepted"));
+    }
+    let kid = head.kid.ok_or(AuthError("the token header needs a kid"))?;
+    let claims: Claims = part(c, "the token claims are not base64url JSON")?;
+    let sig = B64URL.decode(sig).map_err(|_| AuthError("the token signature is not base64url"))?;
+    let sig = Signature::from_slice(&sig).map_err(|_| AuthError("the token signature is not 64 bytes"))?;
+    let (Some(iss), Some(sub), Some(aud), Some(iat), Some(exp)) =
+        (claims.iss, claims.sub, claims.aud, claims.iat, claims.exp)
+    else {
+        return Err(AuthError("the token needs all of iss, sub, aud, iat and exp"));
+    };
+    let aud_ok = match &aud {
+        Audience::One(a) => a == &cfg.audience,
+        Audience::Many(v) => v.iter().any(|a| a == &cfg.audience),
+    };
+    if !aud_ok {
+        return Err(AuthError("the token is for another audience"));
+    }
+    if exp <= iat || exp.saturating_sub(iat) > cfg.max_lifetime {
+        return Err(AuthError("the token lives longer than the server allows (or exp is not after iat)"));
+    }
+    if now.saturating_add(LEEWAY) < iat {
+        return Err(AuthError("the token is not valid yet (iat is in the future)"));
+    }
+    if now >= exp.saturating_add(LEEWAY) {
+        return Err(AuthError("the token has expired"));
+    }
+    let signing_input = &token.as_bytes()[..h.len() + 1 + c.len()];
+    let (key, principal) = if kid == "operator" {
+        if iss != "operator" || sub != "operator" {
+            return Err(AuthError("operator tokens have iss and sub `operator`"));
+        }
+        (cfg.operator.ok_or(AuthError("no operator key is configured"))?, Principal::Operator)
+    } else if let Some(k) = cfg.providers.get(&kid) {
+        if iss != kid {
+            return Err(AuthError("an identity provider's tokens have iss = its name = kid"));
+        }
+        let owner = OwnerId::parse(&sub).map_err(|_| AuthError("sub is not an owner id"))?;
+        (*k, Principal::Owner(owner))
+    } else {
+        let agency = AgencyId::parse(&iss).map_err(|_| AuthError("unknown token issuer"))?;
+        if sub != iss {
+            return Err(AuthError("an agency's tokens have sub = iss = its id"));
+        }
+        let kid = KeyId::parse(&kid).map_err(|_| AuthError("unknown key id"))?;
+        let at = Timestamp::from_unix(now).ok_or(AuthError("clock out of range"))?;
+        let reg = vault.agency(&agency).map_err(|_| AuthError("the agency registry is unavailable"))?;
+        let key =
+            reg.as_ref().and_then(|a| a.key_valid_at(&kid, at)).ok_or(AuthError("unknown or expired signing key"))?;
+        let vk = VerifyingKey::from_bytes(key.public_key.as_bytes())
+            .map_err(|_| AuthError("unknown or expired signing key"))?;
+        (vk, Principal::Agency(agency))
+    };
+    key.verify_strict(signing_input, &sig).map_err(|_| AuthError("the token signature does not verify"))?;
+    Ok(principal)
+}
+
+/// Mints a token (for `--dev` and tests): header `{"alg":"EdDSA","kid":..}`.
+pub fn mint(key: &SigningKey, kid: &str, iss: &str, sub: &str, aud: &str, iat: i64, exp: i64) -> String {
+    let header = B64URL.encode(serde_json::json!({"alg": "EdDSA", "kid": kid}).to_string());
+    let claims =
+        B64URL.encode(serde_json::json!({"iss": iss, "sub": sub, "aud": aud, "iat": iat, "exp": exp}).to_string());
+    let input = format!("{header}.{claims}");
+    let sig = B64URL.encode(key.sign(input.as_bytes()).to_bytes());
+    format!("{input}.{sig}")
+}
