@@ -1,0 +1,576 @@
+//! End-to-end tests of `vault-server` over HTTP on 127.0.0.1: the real binary, the contract of
+//! api.md, tokens minted here independently of the server's code.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use base64::Engine as _;
+use ed25519_dalek::{Signer, SigningKey};
+use serde_json::{json, Value};
+use vault::provenance::{sign_statement, statement};
+use vault::{AgencyId, Digest, DocType, KeyId, NewDocument, OwnerId, Purpose, Timestamp};
+
+const CITIZEN: &str = "citizen:001099012345";
+
+struct Server {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+    op: SigningKey,
+    idp: SigningKey,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn binary() -> std::path::PathBuf {
+    // target/<profile>/deps/<this test> -> target/<profile>/vault-server
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("vault-server")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn now() -> i64 {
+    Timestamp::now().unix()
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("master.key");
+        std::fs::write(&key, format!("{}\n", B64.encode([5u8; 32]))).unwrap();
+        let op = SigningKey::from_bytes(&[11; 32]);
+        let idp = SigningKey::from_bytes(&[12; 32]);
+        let port = free_port();
+        let child = Command::new(binary())
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .arg("--master-key-file")
+            .arg(&key)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--operator-key", &B64.encode(op.verifying_key().to_bytes())])
+            .args(["--identity-provider", &format!("vneid={}", B64.encode(idp.verifying_key().to_bytes()))])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = Server { child, base: format!("http://127.0.0.1:{port}"), _dir: dir, op, idp };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if ureq::get(&format!("{}/readyz", s.base)).timeout(Duration::from_secs(2)).call().is_ok() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server did not become ready");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn operator(&self) -> String {
+        token(&self.op, "operator", "operator", "operator", json!("vault"), now(), now() + 600)
+    }
+
+    fn owner(&self, owner: &str) -> String {
+        token(&self.idp, "vneid", "vneid", owner, json!("vault"), now(), now() + 600)
+    }
+}
+
+/// Mints a compact JWS, independently of the server's own code.
+fn token(key: &SigningKey, kid: &str, iss: &str, sub: &str, aud: Value, iat: i64, exp: i64) -> String {
+    raw_token(
+        &json!({"alg": "EdDSA", "kid": kid}),
+        &json!({"iss": iss, "sub": sub, "aud": aud, "iat": iat, "exp": exp}),
+        key,
+    )
+}
+
+fn raw_token(header: &Value, claims: &Value, key: &SigningKey) -> String {
+    let input = format!("{}.{}", B64URL.encode(header.to_string()), B64URL.encode(claims.to_string()));
+    format!("{input}.{}", B64URL.encode(key.sign(input.as_bytes()).to_bytes()))
+}
+
+struct Resp {
+    status: u16,
+    body: Vec<u8>,
+    headers: Vec<(String, String)>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or("").to_owned()
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+fn call(method: &str, url: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+    let mut req = ureq::request(method, url).timeout(Duration::from_secs(30));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let result = match body {
+        Some(b) => req.send_bytes(b),
+        None => req.call(),
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = resp.status();
+    let headers = resp.headers_names().iter().map(|n| (n.clone(), resp.header(n).unwrap_or("").to_owned())).collect();
+    let mut body = Vec::new();
+    resp.into_reader().read_to_end(&mut body).unwrap();
+    Resp { status, body, headers }
+}
+
+fn post_json(url: &str, token: &str, purpose: Option<&str>, v: &Value) -> Resp {
+    let mut h = vec![("Content-Type", "application/json")];
+    if let Some(p) = purpose {
+        h.push(("Vault-Purpose", p));
+    }
+    call("POST", url, Some(token), &h, Some(v.to_string().as_bytes()))
+}
+
+/// Registers `agency` with one key (`k1`) and returns its signing key and a token for it.
+fn register_agency(s: &Server, agency: &str, seed: u8) -> (SigningKey, String) {
+    let sk = SigningKey::from_bytes(&[seed; 32]);
+    let body = json!({"name": format!("Agency {agency}"), "keys": [{"id": "k1", "public_key": B64.encode(sk.verifying_key().to_bytes()), "not_before": "2020-01-01T00:00:00Z", "not_after": null}]});
+    let r = call(
+        "PUT",
+        &s.url(&format!("/v1/agencies/{agency}")),
+        Some(&s.operator()),
+        &[("Content-Type", "application/json")],
+        Some(body.to_string().as_bytes()),
+    );
+    assert!(r.status == 201 || r.status == 200, "{}", String::from_utf8_lossy(&r.body));
+    let t = token(&sk, "k1", agency, agency, json!(["other", "vault"]), now(), now() + 600);
+    (sk, t)
+}
+
+fn signed_deposit(owner: &str, data: &[u8], issuer: &str, sk: &SigningKey) -> Value {
+    let d = NewDocument {
+        digest: Digest::of(data),
+        doc_type: DocType::parse("giay-khai-sinh").unwrap(),
+        title: "Giấy khai sinh".into(),
+        media_type: "application/pdf".into(),
+        file_name: Some("khai-sinh.pdf".into()),
+        issuer: Some(AgencyId::parse(issuer).unwrap()),
+        issued_at: Some(Timestamp::parse("2024-05-06T07:08:09Z").unwrap()),
+        valid_from: None,
+        valid_until: None,
+        reference: Some("123/2024/TLKS".into()),
+        procedure: Some(Purpose::parse("1.001193").unwrap()),
+        signature: None,
+    };
+    let st = statement(&OwnerId::parse(owner).unwrap(), data.len() as u64, &d);
+    let sig = sign_statement(sk, &KeyId::parse("k1").unwrap(), &st);
+    let mut v = serde_json::to_value(&d).unwrap();
+    v["signature"] = json!({"key_id": "k1", "value": sig.value});
+    v
+}
+
+#[test]
+fn the_whole_story_over_http() {
+    let s = Server::start(&[]);
+    let (iss_key, iss) = register_agency(&s, "ubnd-xa", 21);
+    let (_, reader) = register_agency(&s, "so-gd", 22);
+    let citizen = s.owner(CITIZEN);
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let digest = Digest::of(&data);
+    let base = format!("/v1/owners/{CITIZEN}");
+
+    // Skip-upload negotiation, upload (chunked), deposit.
+    let r =
+        post_json(&s.url(&format!("{base}/contents/missing")), &iss, Some("1.001193"), &json!({"digests": [digest]}));
+    assert_eq!((r.status, r.json()["missing"][0].as_str()), (200, Some(digest.to_hex().as_str())));
+    let r = call("PUT", &s.url(&format!("{base}/contents/{digest}")), Some(&iss), &[], Some(&data));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["size"], 200_000);
+    let r = post_json(
+        &s.url(&format!("{base}/documents")),
+        &iss,
+        None,
+        &signed_deposit(CITIZEN, &data, "ubnd-xa", &iss_key),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let doc = r.json();
+    assert_eq!((doc["verified"].as_bool(), doc["status"].as_str()), (Some(true), Some("valid")));
+    let id = doc["id"].as_str().unwrap().to_owned();
+    // The citizen sees it; held content is now reported held to the citizen.
+    let r = call("GET", &s.url(&format!("{base}/documents")), Some(&citizen), &[], None);
+    assert_eq!(r.json()["documents"].as_array().unwrap().len(), 1);
+    let r = post_json(&s.url(&format!("{base}/contents/missing")), &citizen, None, &json!({"digests": [digest]}));
+    assert_eq!(r.json()["missing"], json!([]));
+    // A re-upload of held content by the owner: 200.
+    let r = call("PUT", &s.url(&format!("{base}/contents/{digest}")), Some(&citizen), &[], Some(&data));
+    assert_eq!(r.status, 200);
+
+    // Content: whole, ranges, ETag.
+    let url = s.url(&format!("{base}/documents/{id}/content"));
+    let r = call("GET", &url, Some(&citizen), &[], None);
+    assert_eq!((r.status, r.body.len()), (200, data.len()));
+    assert!(r.body == data);
+    assert_eq!(r.header("etag"), Some(format!("\"{digest}\"").as_str()));
+    assert_eq!(r.header("content-type"), Some("application/pdf"));
+    let r = call("GET", &url, Some(&citizen), &[("Range", "bytes=100000-100099")], None);
+    assert_eq!(r.status, 206);
+    assert!(r.body == data[100_000..100_100]);
+    assert_eq!(r.header("content-range"), Some("bytes 100000-100099/200000"));
+    let r = call("GET", &url, Some(&citizen), &[("Range", "bytes=-10")], None);
+    assert!(r.status == 206 && r.body == data[data.len() - 10..]);
+    let r = call("GET", &url, Some(&citizen), &[("Range", "bytes=300000-")], None);
+    assert_eq!((r.status, r.code()), (416, "invalid_range".into()));
+    let r = call("GET", &url, Some(&citizen), &[("If-None-Match", &format!("\"{digest}\""))], None);
+    assert_eq!(r.status, 304);
+
+    // Consent: the other agency needs a grant and a purpose.
+    let r =
+        call("GET", &s.url(&format!("{base}/documents/{id}")), Some(&reader), &[("Vault-Purpose", "1.000001")], None);
+    assert_eq!((r.status, r.code()), (403, "grant_required".into()));
+    let r = call("GET", &s.url(&format!("{base}/documents/{id}")), Some(&reader), &[], None);
+    assert_eq!((r.status, r.code()), (400, "purpose_required".into()));
+    let expires = Timestamp::now().plus_seconds(3600).to_string();
+    let r = post_json(
+        &s.url(&format!("{base}/grants")),
+        &citizen,
+        None,
+        &json!({"grantee": "so-gd", "purpose": "1.000001", "purpose_text": "Tuyển sinh", "doc_types": ["giay-khai-sinh"], "expires_at": expires, "max_uses": 5}),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let grant = r.json();
+    assert_eq!((grant["uses"].as_u64(), grant["status"].as_str()), (Some(0), Some("active")));
+    assert!(grant["receipt"]["signature"].is_string());
+    let r = post_json(
+        &s.url(&format!("{base}/reuse")),
+        &reader,
+        Some("1.000001"),
+        &json!({"purpose": "1.000001", "doc_types": ["giay-khai-sinh", "cccd"]}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let comps = r.json()["components"].clone();
+    assert_eq!((comps[0]["status"].as_str(), comps[1]["status"].as_str()), (Some("held"), Some("not_granted")));
+    assert_eq!(comps[0]["document"]["id"].as_str(), Some(id.as_str()));
+    assert!(comps[1]["document"].is_null());
+    let r = post_json(
+        &s.url(&format!("{base}/reuse")),
+        &reader,
+        Some("1.000001"),
+        &json!({"purpose": "1.000002", "doc_types": ["cccd"]}),
+    );
+    assert_eq!((r.status, r.code()), (400, "invalid_request".into()));
+    let r = call("GET", &url, Some(&reader), &[("Vault-Purpose", "1.000001")], None);
+    assert!(r.status == 200 && r.body == data);
+    let r = call("GET", &s.url("/v1/grants"), Some(&reader), &[], None);
+    assert_eq!(r.json()["grants"][0]["uses"], 1);
+    let r = call("GET", &s.url("/v1/grants"), Some(&citizen), &[], None);
+    assert_eq!((r.status, r.code()), (403, "forbidden".into()));
+    let gid = grant["id"].as_str().unwrap();
+    let r = call("DELETE", &s.url(&format!("{base}/grants/{gid}")), Some(&citizen), &[], None);
+    assert_eq!(r.status, 204);
+    let r = call("GET", &url, Some(&reader), &[("Vault-Purpose", "1.000001")], None);
+    assert_eq!((r.status, r.code()), (403, "grant_required".into()));
+    // Revocation by the issuer only.
+    let r = post_json(&s.url(&format!("{base}/documents/{id}/revocation")), &reader, None, &json!({"reason": "x"}));
+    assert_eq!((r.status, r.code()), (403, "forbidden".into()));
+
+    // The access log, a leaf, its inclusion in a signed checkpoint.
+    let r = call("GET", &s.url(&format!("{base}/access-log")), Some(&citizen), &[], None);
+    let entries = r.json()["entries"].as_array().unwrap().clone();
+    assert!(entries.len() >= 15, "{}", entries.len());
+    assert!(entries.iter().any(|e| e["outcome"] == "refused:grant_required" && e["actor"] == "agency:so-gd"));
+    let key = call("GET", &s.url("/v1/vault-key"), None, &[], None).json();
+    let verifier = vault::note::NoteVerifier::parse(key["note_verifier_key"].as_str().unwrap()).unwrap();
+    let note = String::from_utf8(call("GET", &s.url("/v1/audit/checkpoint"), None, &[], None).body).unwrap();
+    let (_, size, root) = vault::note::parse_checkpoint(verifier.verify(&note).unwrap()).unwrap();
+    let e = &entries[3];
+    let index = e["index"].as_u64().unwrap();
+    let leaf = call("GET", &s.url(&format!("{base}/access-log/{index}/leaf")), Some(&citizen), &[], None).json();
+    let leaf = B64.decode(leaf["leaf"].as_str().unwrap()).unwrap();
+    assert!(!String::from_utf8_lossy(&leaf).contains(CITIZEN));
+    let proof =
+        call("GET", &s.url(&format!("/v1/audit/proof/inclusion?index={index}&size={size}")), None, &[], None).json();
+    let hashes: Vec<[u8; 32]> = proof["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| B64.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+        .collect();
+    assert!(vault::merkle::verify_inclusion(&vault::merkle::leaf_hash(&leaf), index, size, &hashes, &root));
+    let r = call("GET", &s.url(&format!("/v1/audit/proof/inclusion?index={size}&size={size}")), None, &[], None);
+    assert_eq!((r.status, r.code()), (400, "invalid_request".into()));
+    let r = call("GET", &s.url(&format!("/v1/audit/proof/consistency?from=3&to={size}")), None, &[], None);
+    assert_eq!(r.status, 200);
+
+    // Export, verified offline; then erasure.
+    let r = call("GET", &s.url(&format!("{base}/export")), Some(&citizen), &[], None);
+    assert_eq!((r.status, r.header("content-type")), (200, Some("application/x-tar")));
+    let summary = vault::rights::verify_export(r.body.as_slice(), key["note_verifier_key"].as_str().unwrap()).unwrap();
+    assert_eq!((summary.documents, summary.signed_documents), (1, 1));
+    let r = call("DELETE", &s.url(&base), Some(&citizen), &[], None);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["text"].as_str().unwrap().starts_with("vault-erasure-receipt-v1\n"));
+    let r = call("GET", &s.url(&format!("{base}/documents/{id}")), Some(&citizen), &[], None);
+    assert_eq!(r.status, 404);
+    let r = call("GET", &s.url(&format!("{base}/documents")), Some(&citizen), &[], None);
+    assert_eq!(r.json()["documents"], json!([]));
+    let r = call("GET", &s.url("/metrics"), None, &[], None);
+    assert!(String::from_utf8_lossy(&r.body).contains("vault_http_requests_total{class=\"2xx\"}"));
+}
+
+#[test]
+fn tokens_are_checked() {
+    let s = Server::start(&[]);
+    let (agency_key, _) = register_agency(&s, "a1", 31);
+    let url = s.url(&format!("/v1/owners/{CITIZEN}/documents"));
+    let ok = s.owner(CITIZEN);
+    assert_eq!(call("GET", &url, Some(&ok), &[], None).status, 200);
+    let t = now();
+    let cases: Vec<(&str, String)> = vec![
+        ("no token", String::new()),
+        ("malformed", "abc.def".into()),
+        ("garbage parts", "a.b.c".into()),
+        ("expired", token(&s.idp, "vneid", "vneid", CITIZEN, json!("vault"), t - 4000, t - 3000)),
+        ("not yet valid", token(&s.idp, "vneid", "vneid", CITIZEN, json!("vault"), t + 600, t + 1200)),
+        ("too long-lived", token(&s.idp, "vneid", "vneid", CITIZEN, json!("vault"), t, t + 3601)),
+        ("other audience", token(&s.idp, "vneid", "vneid", CITIZEN, json!("someone-else"), t, t + 60)),
+        ("unknown kid", token(&s.idp, "other-idp", "other-idp", CITIZEN, json!("vault"), t, t + 60)),
+        ("wrong key", token(&SigningKey::from_bytes(&[99; 32]), "vneid", "vneid", CITIZEN, json!("vault"), t, t + 60)),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                B64URL.encode(r#"{"alg":"none","kid":"vneid"}"#),
+                B64URL.encode(json!({"iss":"vneid","sub":CITIZEN,"aud":"vault","iat":t,"exp":t+60}).to_string())
+            ),
+        ),
+        (
+            "HS256",
+            raw_token(
+                &json!({"alg": "HS256", "kid": "vneid"}),
+                &json!({"iss":"vneid","sub":CITIZEN,"aud":"vault","iat":t,"exp":t+60}),
+                &s.idp,
+            ),
+        ),
+        (
+            "missing exp",
+            raw_token(
+                &json!({"alg": "EdDSA", "kid": "vneid"}),
+                &json!({"iss":"vneid","sub":CITIZEN,"aud":"vault","iat":t}),
+                &s.idp,
+            ),
+        ),
+        ("sub not an owner", token(&s.idp, "vneid", "vneid", "bob", json!("vault"), t, t + 60)),
+        ("agency unknown key id", token(&agency_key, "k9", "a1", "a1", json!("vault"), t, t + 60)),
+        ("agency sub differs", token(&agency_key, "k1", "a1", "a2", json!("vault"), t, t + 60)),
+        ("unregistered agency", token(&agency_key, "k1", "ghost", "ghost", json!("vault"), t, t + 60)),
+    ];
+    for (what, tok) in cases {
+        let r = call("GET", &url, if tok.is_empty() { None } else { Some(&tok) }, &[], None);
+        assert_eq!((r.status, r.code()), (401, "unauthenticated".into()), "{what}");
+    }
+    // Leeway: 30 s in the future is fine; exactly the maximum lifetime is fine.
+    assert_eq!(
+        call("GET", &url, Some(&token(&s.idp, "vneid", "vneid", CITIZEN, json!("vault"), t + 30, t + 90)), &[], None)
+            .status,
+        200
+    );
+    assert_eq!(
+        call("GET", &url, Some(&token(&s.idp, "vneid", "vneid", CITIZEN, json!("vault"), t, t + 3600)), &[], None)
+            .status,
+        200
+    );
+    // A retired agency key stops working.
+    let body = json!({"name": "A1", "keys": [{"id": "k1", "public_key": B64.encode(agency_key.verifying_key().to_bytes()), "not_before": "2020-01-01T00:00:00Z", "not_after": "2021-01-01T00:00:00Z"}]});
+    call(
+        "PUT",
+        &s.url("/v1/agencies/a1"),
+        Some(&s.operator()),
+        &[("Content-Type", "application/json")],
+        Some(body.to_string().as_bytes()),
+    );
+    let r = call(
+        "GET",
+        &s.url("/v1/agencies"),
+        Some(&token(&agency_key, "k1", "a1", "a1", json!("vault"), t, t + 60)),
+        &[],
+        None,
+    );
+    assert_eq!(r.status, 401);
+    // Only the operator registers agencies.
+    let r = call(
+        "PUT",
+        &s.url("/v1/agencies/a2"),
+        Some(&ok),
+        &[("Content-Type", "application/json")],
+        Some(body.to_string().as_bytes()),
+    );
+    assert_eq!((r.status, r.code()), (403, "forbidden".into()));
+}
+
+#[test]
+fn contract_errors() {
+    let s = Server::start(&["--max-content-size", "1000"]);
+    let citizen = s.owner(CITIZEN);
+    let base = format!("/v1/owners/{CITIZEN}");
+    // Unknown route (no token needed) and wrong method: JSON errors.
+    let r = call("GET", &s.url("/v1/nothing-here"), None, &[], None);
+    assert_eq!((r.status, r.code()), (404, "not_found".into()));
+    let r = call("PATCH", &s.url(&format!("{base}/documents")), Some(&citizen), &[], None);
+    assert_eq!((r.status, r.code()), (405, "method_not_allowed".into()));
+    // Bad owner, wrong content type, malformed JSON, too many digests.
+    let r = call("GET", &s.url("/v1/owners/citizen:12/documents"), Some(&citizen), &[], None);
+    assert_eq!((r.status, r.code()), (400, "invalid_request".into()));
+    let r = call(
+        "POST",
+        &s.url(&format!("{base}/contents/missing")),
+        Some(&citizen),
+        &[("Content-Type", "text/plain")],
+        Some(b"{}"),
+    );
+    assert_eq!((r.status, r.code()), (400, "invalid_request".into()));
+    let r = call(
+        "POST",
+        &s.url(&format!("{base}/contents/missing")),
+        Some(&citizen),
+        &[("Content-Type", "application/json")],
+        Some(b"{nope"),
+    );
+    assert_eq!((r.status, r.code()), (400, "invalid_request".into()));
+    let many: Vec<String> = (0..10_001u32).map(|i| Digest::of(&i.to_le_bytes()).to_hex()).collect();
+    let r = post_json(&s.url(&format!("{base}/contents/missing")), &citizen, None, &json!({"digests": many}));
+    assert_eq!((r.status, r.code()), (400, "invalid_request".into()));
+    // Uploads: mismatch, too large (declared and chunked), bad digest.
+    let d = Digest::of(b"right");
+    let r = call("PUT", &s.url(&format!("{base}/contents/{d}")), Some(&citizen), &[], Some(b"wrong"));
+    assert_eq!((r.status, r.code()), (400, "digest_mismatch".into()));
+    let big = vec![7u8; 5000];
+    let r = call("PUT", &s.url(&format!("{base}/contents/{}", Digest::of(&big))), Some(&citizen), &[], Some(&big));
+    assert_eq!((r.status, r.code()), (413, "too_large".into()));
+    let r = ureq::put(&s.url(&format!("{base}/contents/{}", Digest::of(&big))))
+        .set("Authorization", &format!("Bearer {citizen}"))
+        .send(std::io::Cursor::new(big.clone()));
+    match r {
+        Err(ureq::Error::Status(413, _)) => {}
+        other => panic!("chunked oversize: {other:?}"),
+    }
+    let r = call("PUT", &s.url(&format!("{base}/contents/ABC")), Some(&citizen), &[], Some(b"x"));
+    assert_eq!((r.status, r.code()), (400, "invalid_request".into()));
+    // Deposit of content not held; malformed and unknown document ids.
+    let dep = json!({"digest": d, "doc_type": "cccd", "title": "x", "media_type": "text/plain"});
+    let r = post_json(&s.url(&format!("{base}/documents")), &citizen, None, &dep);
+    assert_eq!((r.status, r.code()), (409, "conflict".into()));
+    let r = call("GET", &s.url(&format!("{base}/documents/not-an-id")), Some(&citizen), &[], None);
+    assert_eq!((r.status, r.code()), (404, "not_found".into()));
+    let r = call("GET", &s.url(&format!("{base}/documents/{}", "0".repeat(32))), Some(&citizen), &[], None);
+    assert_eq!((r.status, r.code()), (404, "not_found".into()));
+    // Another owner's data: 403 without telling whether it exists.
+    let r = call("GET", &s.url("/v1/owners/citizen:000000000001/documents"), Some(&citizen), &[], None);
+    assert_eq!((r.status, r.code()), (403, "forbidden".into()));
+    // Signed deposits: unknown issuer key, invalid signature.
+    let (sk, agency) = register_agency(&s, "ubnd", 41);
+    let data = b"small result";
+    let r = call("PUT", &s.url(&format!("{base}/contents/{}", Digest::of(data))), Some(&agency), &[], Some(data));
+    assert_eq!(r.status, 201);
+    let mut dep = signed_deposit(CITIZEN, data, "ubnd", &sk);
+    dep["signature"]["key_id"] = json!("k7");
+    let r = post_json(&s.url(&format!("{base}/documents")), &agency, None, &dep);
+    assert_eq!((r.status, r.code()), (400, "unknown_issuer_key".into()));
+    let mut dep = signed_deposit(CITIZEN, data, "ubnd", &sk);
+    dep["title"] = json!("changed");
+    let r = post_json(&s.url(&format!("{base}/documents")), &agency, None, &dep);
+    assert_eq!((r.status, r.code()), (400, "invalid_signature".into()));
+    let mut dep = signed_deposit(CITIZEN, data, "ubnd", &sk);
+    dep["signature"] = Value::Null;
+    let r = post_json(&s.url(&format!("{base}/documents")), &agency, None, &dep);
+    assert_eq!((r.status, r.code()), (400, "invalid_signature".into()));
+    let r = post_json(&s.url(&format!("{base}/documents")), &agency, None, &signed_deposit(CITIZEN, data, "ubnd", &sk));
+    assert_eq!(r.status, 201);
+    // A grant beyond 366 days, to an unregistered agency.
+    let far = Timestamp::now().plus_seconds(400 * 86400).to_string();
+    let r = post_json(
+        &s.url(&format!("{base}/grants")),
+        &citizen,
+        None,
+        &json!({"grantee": "ubnd", "purpose": "1.1", "doc_types": ["cccd"], "expires_at": far}),
+    );
+    assert_eq!((r.status, r.code()), (400, "invalid_request".into()));
+    let soon = Timestamp::now().plus_seconds(60).to_string();
+    let r = post_json(
+        &s.url(&format!("{base}/grants")),
+        &citizen,
+        None,
+        &json!({"grantee": "ghost", "purpose": "1.1", "doc_types": ["cccd"], "expires_at": soon}),
+    );
+    assert_eq!((r.status, r.code()), (400, "invalid_request".into()));
+    let r = post_json(
+        &s.url(&format!("{base}/grants")),
+        &citizen,
+        None,
+        &json!({"grantee": "ubnd", "purpose": "1.1", "doc_types": ["cccd"], "expires_at": "2030-01-01T00:00:00+07:00"}),
+    );
+    assert_eq!((r.status, r.code()), (400, "invalid_request".into()));
+}
+
+#[test]
+fn openapi_covers_the_contract() {
+    let s = Server::start(&[]);
+    let doc = call("GET", &s.url("/openapi.json"), None, &[], None).json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    for (method, path) in [
+        ("post", "/v1/owners/{owner}/contents/missing"),
+        ("put", "/v1/owners/{owner}/contents/{digest}"),
+        ("post", "/v1/owners/{owner}/documents"),
+        ("get", "/v1/owners/{owner}/documents"),
+        ("get", "/v1/owners/{owner}/documents/{id}"),
+        ("get", "/v1/owners/{owner}/documents/{id}/content"),
+        ("delete", "/v1/owners/{owner}/documents/{id}"),
+        ("post", "/v1/owners/{owner}/documents/{id}/revocation"),
+        ("post", "/v1/owners/{owner}/reuse"),
+        ("post", "/v1/owners/{owner}/grants"),
+        ("get", "/v1/owners/{owner}/grants"),
+        ("delete", "/v1/owners/{owner}/grants/{id}"),
+        ("get", "/v1/grants"),
+        ("get", "/v1/owners/{owner}/access-log"),
+        ("get", "/v1/owners/{owner}/access-log/{index}/leaf"),
+        ("get", "/v1/audit/checkpoint"),
+        ("get", "/v1/audit/proof/inclusion"),
+        ("get", "/v1/audit/proof/consistency"),
+        ("get", "/v1/owners/{owner}/export"),
+        ("delete", "/v1/owners/{owner}"),
+        ("put", "/v1/agencies/{agency}"),
+        ("get", "/v1/agencies"),
+        ("get", "/v1/agencies/{agency}"),
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("get", "/metrics"),
+        ("get", "/openapi.json"),
+        ("get", "/v1/vault-key"),
+    ] {
+        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} missing from /openapi.json");
+    }
+}
