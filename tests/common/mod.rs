@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod http;
+
 use std::path::Path;
 
 use vault::{DocType, Document, MasterKey, NewDocument, OwnerId, Vault};

@@ -1,0 +1,197 @@
+//! An HTTP test harness: the real server binary on 127.0.0.1, tokens minted independently.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use base64::Engine as _;
+use ed25519_dalek::{Signer, SigningKey};
+use serde_json::{json, Value};
+use vault::provenance::{sign_statement, statement};
+use vault::{AgencyId, Digest, DocType, KeyId, NewDocument, OwnerId, Purpose, Timestamp};
+
+pub const CITIZEN: &str = "citizen:001099012345";
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub op: SigningKey,
+    pub idp: SigningKey,
+    pub port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn binary() -> std::path::PathBuf {
+    // target/<profile>/deps/<this test> -> target/<profile>/vault-server
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("vault-server")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn now() -> i64 {
+    Timestamp::now().unix()
+}
+
+impl Server {
+    pub fn start(extra: &[&str]) -> Server {
+        Self::start_in(tempfile::tempdir().unwrap(), extra)
+    }
+
+    /// Starts the server on the data folder in `dir` (which may hold an earlier run's data).
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        let key = dir.path().join("master.key");
+        std::fs::write(&key, format!("{}\n", B64.encode([5u8; 32]))).unwrap();
+        let op = SigningKey::from_bytes(&[11; 32]);
+        let idp = SigningKey::from_bytes(&[12; 32]);
+        let port = free_port();
+        let child = Command::new(binary())
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .arg("--master-key-file")
+            .arg(&key)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--operator-key", &B64.encode(op.verifying_key().to_bytes())])
+            .args(["--identity-provider", &format!("vneid={}", B64.encode(idp.verifying_key().to_bytes()))])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = Server { child, base: format!("http://127.0.0.1:{port}"), dir, op, idp, port };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if ureq::get(&format!("{}/readyz", s.base)).timeout(Duration::from_secs(2)).call().is_ok() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server did not become ready");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn operator(&self) -> String {
+        token(&self.op, "operator", "operator", "operator", json!("vault"), now(), now() + 600)
+    }
+
+    pub fn owner(&self, owner: &str) -> String {
+        token(&self.idp, "vneid", "vneid", owner, json!("vault"), now(), now() + 600)
+    }
+}
+
+/// Mints a compact JWS, independently of the server's own code.
+pub fn token(key: &SigningKey, kid: &str, iss: &str, sub: &str, aud: Value, iat: i64, exp: i64) -> String {
+    raw_token(
+        &json!({"alg": "EdDSA", "kid": kid}),
+        &json!({"iss": iss, "sub": sub, "aud": aud, "iat": iat, "exp": exp}),
+        key,
+    )
+}
+
+pub fn raw_token(header: &Value, claims: &Value, key: &SigningKey) -> String {
+    let input = format!("{}.{}", B64URL.encode(header.to_string()), B64URL.encode(claims.to_string()));
+    format!("{input}.{}", B64URL.encode(key.sign(input.as_bytes()).to_bytes()))
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or("").to_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn call(method: &str, url: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+    let mut req = ureq::request(method, url).timeout(Duration::from_secs(30));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let result = match body {
+        Some(b) => req.send_bytes(b),
+        None => req.call(),
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = resp.status();
+    let headers = resp.headers_names().iter().map(|n| (n.clone(), resp.header(n).unwrap_or("").to_owned())).collect();
+    let mut body = Vec::new();
+    resp.into_reader().read_to_end(&mut body).unwrap();
+    Resp { status, body, headers }
+}
+
+pub fn post_json(url: &str, token: &str, purpose: Option<&str>, v: &Value) -> Resp {
+    let mut h = vec![("Content-Type", "application/json")];
+    if let Some(p) = purpose {
+        h.push(("Vault-Purpose", p));
+    }
+    call("POST", url, Some(token), &h, Some(v.to_string().as_bytes()))
+}
+
+/// Registers `agency` with one key (`k1`) and returns its signing key and a token for it.
+pub fn register_agency(s: &Server, agency: &str, seed: u8) -> (SigningKey, String) {
+    let sk = SigningKey::from_bytes(&[seed; 32]);
+    let body = json!({"name": format!("Agency {agency}"), "keys": [{"id": "k1", "public_key": B64.encode(sk.verifying_key().to_bytes()), "not_before": "2020-01-01T00:00:00Z", "not_after": null}]});
+    let r = call(
+        "PUT",
+        &s.url(&format!("/v1/agencies/{agency}")),
+        Some(&s.operator()),
+        &[("Content-Type", "application/json")],
+        Some(body.to_string().as_bytes()),
+    );
+    assert!(r.status == 201 || r.status == 200, "{}", String::from_utf8_lossy(&r.body));
+    let t = token(&sk, "k1", agency, agency, json!(["other", "vault"]), now(), now() + 600);
+    (sk, t)
+}
+
+pub fn signed_deposit(owner: &str, data: &[u8], issuer: &str, sk: &SigningKey) -> Value {
+    let d = NewDocument {
+        digest: Digest::of(data),
+        doc_type: DocType::parse("giay-khai-sinh").unwrap(),
+        title: "Giấy khai sinh".into(),
+        media_type: "application/pdf".into(),
+        file_name: Some("khai-sinh.pdf".into()),
+        issuer: Some(AgencyId::parse(issuer).unwrap()),
+        issued_at: Some(Timestamp::parse("2024-05-06T07:08:09Z").unwrap()),
+        valid_from: None,
+        valid_until: None,
+        reference: Some("123/2024/TLKS".into()),
+        procedure: Some(Purpose::parse("1.001193").unwrap()),
+        signature: None,
+    };
+    let st = statement(&OwnerId::parse(owner).unwrap(), data.len() as u64, &d);
+    let sig = sign_statement(sk, &KeyId::parse("k1").unwrap(), &st);
+    let mut v = serde_json::to_value(&d).unwrap();
+    v["signature"] = json!({"key_id": "k1", "value": sig.value});
+    v
+}
