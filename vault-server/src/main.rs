@@ -154,18 +154,14 @@ fn dev_setup(args: &Args, vault: &Vault, auth: &mut auth::AuthConfig) -> Result<
     let t_cit = auth::mint(&idp, "dev-idp", "dev-idp", citizen, aud, now, now + 3600);
     let t_ag = auth::mint(&agency_key, "k1", "demo-agency", "demo-agency", aud, now, now + 3600);
     let base = format!("http://{}", args.listen);
-    println!("== vault-server --dev: FOR TRYING IT OUT ONLY (keys are stored in clear in {})", args.data.display());
-    println!("tokens (valid 1 hour):");
-    println!("  OPERATOR_TOKEN={t_op}");
-    println!("  CITIZEN_TOKEN={t_cit}     # {citizen}, identity provider dev-idp");
-    println!(
-        "  AGENCY_TOKEN={t_ag}      # demo-agency, key k1 (seed in {})",
-        args.data.join("dev-agency.key").display()
-    );
-    println!("try:");
-    println!("  curl -s -H \"Authorization: Bearer $CITIZEN_TOKEN\" {base}/v1/owners/{citizen}/documents");
-    println!("  (with the token variables above exported first)");
-    println!("  curl -s -H \"Authorization: Bearer {t_cit}\" {base}/v1/owners/{citizen}/documents");
+    println!("# vault-server --dev: FOR TRYING IT OUT ONLY. Keys are stored in clear in {}.", args.data.display());
+    println!("# Tokens, valid 1 hour: the operator; the citizen {citizen} (identity provider dev-idp);");
+    println!("# the agency demo-agency (key k1, seed in {}).", args.data.join("dev-agency.key").display());
+    println!("export OPERATOR_TOKEN={t_op}");
+    println!("export CITIZEN_TOKEN={t_cit}");
+    println!("export AGENCY_TOKEN={t_ag}");
+    println!("# Try (after pasting the exports above):");
+    println!("curl -s -H \"Authorization: Bearer $CITIZEN_TOKEN\" {base}/v1/owners/{citizen}/documents");
     Ok(())
 }
 
