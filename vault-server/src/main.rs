@@ -24,6 +24,10 @@ use vault::{AgencyId, KeyId, MasterKey, Timestamp, Vault};
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
+    /// A TOML file of the same settings (names with `_`, `[identity_providers]` as a table of
+    /// name = key). A flag beats its environment variable, which beats the file.
+    #[arg(long, global = true, env = "VAULT_CONFIG")]
+    config: Option<PathBuf>,
     /// Data folder (created if missing).
     #[arg(long, global = true, env = "VAULT_DATA", default_value = "./vault-data")]
     data: PathBuf,
@@ -53,6 +57,67 @@ struct Args {
     /// trying it out only.
     #[arg(long, global = true, env = "VAULT_DEV")]
     dev: bool,
+}
+
+/// The `--config` file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    master_key_file: Option<PathBuf>,
+    operator_key: Option<String>,
+    identity_providers: Option<std::collections::BTreeMap<String, String>>,
+    audience: Option<String>,
+    max_token_lifetime: Option<i64>,
+    max_content_size: Option<u64>,
+    dev: Option<bool>,
+}
+
+/// Fills in, from the `--config` file, every setting that neither a flag nor the environment
+/// gave.
+fn apply_config(args: &mut Args, m: &clap::ArgMatches) -> Result<(), String> {
+    use clap::parser::ValueSource;
+    let Some(path) = &args.config else { return Ok(()) };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    let f: FileConfig = toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
+    // Subcommand flags are marked global, so look in the subcommand's matches too.
+    let sub = m.subcommand().map(|(_, s)| s);
+    const GLOBAL: [&str; 3] = ["data", "master_key_file", "dev"];
+    let unset = |id: &str| {
+        // Global flags are known to the subcommand's matches as well; the others only to the top.
+        let in_sub = if GLOBAL.contains(&id) { sub.and_then(|s| s.value_source(id)) } else { None };
+        let src = in_sub.or_else(|| m.value_source(id));
+        matches!(src, None | Some(ValueSource::DefaultValue))
+    };
+    if let (true, Some(v)) = (unset("data"), f.data) {
+        args.data = v;
+    }
+    if let (true, Some(v)) = (unset("listen"), f.listen) {
+        args.listen = v;
+    }
+    if let (true, Some(v)) = (unset("master_key_file"), f.master_key_file) {
+        args.master_key_file = Some(v);
+    }
+    if let (true, Some(v)) = (unset("operator_key"), f.operator_key) {
+        args.operator_key = Some(v);
+    }
+    if let (true, Some(v)) = (unset("identity_providers"), f.identity_providers) {
+        args.identity_providers = v.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    }
+    if let (true, Some(v)) = (unset("audience"), f.audience) {
+        args.audience = v;
+    }
+    if let (true, Some(v)) = (unset("max_token_lifetime"), f.max_token_lifetime) {
+        args.max_token_lifetime = v;
+    }
+    if let (true, Some(v)) = (unset("max_content_size"), f.max_content_size) {
+        args.max_content_size = v;
+    }
+    if let (true, Some(v)) = (unset("dev"), f.dev) {
+        args.dev = v;
+    }
+    Ok(())
 }
 
 /// Operator subcommands; without one, the server runs.
@@ -262,7 +327,16 @@ fn check(args: &Args, read_data: bool) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Args::command().get_matches();
+    let mut args = match Args::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    if let Err(e) = apply_config(&mut args, &matches) {
+        eprintln!("vault-server: {e}");
+        return ExitCode::from(2);
+    }
     match args.command {
         Some(Command::Check { read_data }) => return check(&args, read_data),
         Some(Command::Keygen { ed25519 }) => {

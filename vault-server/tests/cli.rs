@@ -63,3 +63,64 @@ fn check_and_clear_errors() {
     let out = bin().args(["check", "--data"]).arg(&data).arg("--master-key-file").arg(&new).output().unwrap();
     assert!(out.status.success());
 }
+
+#[test]
+fn config_file_flags_and_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    std::fs::write(&key, bin().arg("keygen").output().unwrap().stdout).unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("vault.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data = {:?}\nmaster_key_file = {:?}\naudience = \"vault\"\n[identity_providers]\nvneid = \"AAAA\"\n",
+            data, key
+        ),
+    )
+    .unwrap();
+    // Everything from the file.
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .env_remove("VAULT_MASTER_KEY_FILE")
+        .env_remove("VAULT_DATA")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(data.join("meta").exists(), "the data folder of the file was used");
+    // A flag beats the file; the environment beats the file.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, format!("data = {:?}\nmaster_key_file = \"/nonexistent\"\n", data)).unwrap();
+    let out = bin().args(["check", "--config"]).arg(&bad).arg("--master-key-file").arg(&key).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin().args(["check", "--config"]).arg(&bad).env("VAULT_MASTER_KEY_FILE", &key).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin().args(["check", "--config"]).arg(&bad).env_remove("VAULT_MASTER_KEY_FILE").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent"));
+    // Malformed files and unknown settings are clear errors.
+    std::fs::write(&bad, "data = [").unwrap();
+    let out = bin().args(["check", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config file"));
+    std::fs::write(&bad, "colour = \"blue\"\n").unwrap();
+    let out = bin().args(["check", "--config"]).arg(&bad).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"), "{}", String::from_utf8_lossy(&out.stderr));
+    // A busy port is a clear error.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let out = bin()
+        .args(["--data"])
+        .arg(dir.path().join("d2"))
+        .arg("--master-key-file")
+        .arg(&key)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot listen on"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
