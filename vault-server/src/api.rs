@@ -28,8 +28,8 @@ use crate::auth::{authenticate, AuthConfig};
 /// Shared state of the service.
 #[derive(Debug)]
 pub struct AppState {
-    /// The vault.
-    pub vault: Arc<Vault>,
+    /// The vault, once opened and recovered (until then every call answers 503 `sealed`).
+    pub vault: std::sync::OnceLock<Arc<Vault>>,
     /// Token verification settings.
     pub auth: AuthConfig,
     /// Largest content accepted.
@@ -103,6 +103,7 @@ impl From<vault::Error> for ApiError {
             "not_found" => StatusCode::NOT_FOUND,
             "conflict" => StatusCode::CONFLICT,
             "gone" => StatusCode::GONE,
+            "sealed" => StatusCode::SERVICE_UNAVAILABLE,
             _ => return Self::internal(&e),
         };
         Self::new(status, e.code(), e.to_string())
@@ -136,9 +137,21 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl AppState {
+    /// The vault, or 503 `sealed` while it is still opening (recovery after a crash).
+    pub fn vault(&self) -> Result<Arc<Vault>, ApiError> {
+        self.vault.get().cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sealed",
+                "the vault is still opening (recovery); retry shortly",
+            )
+        })
+    }
+
     fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let vault = self.vault()?;
         let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let principal = authenticate(&self.auth, &self.vault, auth, Timestamp::now().unix()).map_err(|e| {
+        let principal = authenticate(&self.auth, &vault, auth, Timestamp::now().unix()).map_err(|e| {
             self.metrics.unauthenticated.fetch_add(1, Ordering::Relaxed);
             ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.0)
         })?;
@@ -227,7 +240,7 @@ async fn contents_missing(
         .map(|d| Digest::parse(d))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let missing = blocking(move || v.missing_as(&caller, &owner, &digests)).await?;
     Ok(json_response(StatusCode::OK, &json!({"missing": missing})))
 }
@@ -287,7 +300,7 @@ async fn put_content(
     }
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let reader = ChannelReader { rx, current: Bytes::new(), seen: 0, max: st.max_content };
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let task = tokio::task::spawn_blocking(move || v.upload_as(&caller, &owner, reader, Some(digest)));
     let mut stream = body.into_data_stream();
     let mut received = 0u64;
@@ -319,7 +332,7 @@ async fn deposit(
     let caller = st.caller(&headers)?;
     let owner = owner_of(&owner)?;
     let new: NewDocument = json_body(&headers, body).await?;
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let doc = blocking(move || v.deposit_as_caller(&caller, &owner, new)).await?;
     Ok(json_response(StatusCode::CREATED, &doc_out(&doc)))
 }
@@ -338,7 +351,7 @@ async fn list_documents(
     let caller = st.caller(&headers)?;
     let owner = owner_of(&owner)?;
     let t = q.doc_type.map(|t| DocType::parse(&t)).transpose().map_err(|e| ApiError::invalid(e.to_string()))?;
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let docs = blocking(move || v.documents_as(&caller, &owner, t.as_ref())).await?;
     let out: Vec<_> = docs.iter().map(doc_out).collect();
     Ok(json_response(StatusCode::OK, &json!({"documents": out})))
@@ -356,7 +369,7 @@ async fn get_document(
     let caller = st.caller(&headers)?;
     let owner = owner_of(&owner)?;
     let id = doc_id(&id)?;
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let doc = blocking(move || v.document_as(&caller, &owner, &id)).await?;
     Ok(json_response(StatusCode::OK, &doc_out(&doc)))
 }
@@ -401,7 +414,7 @@ async fn get_content(
     let caller = st.caller(&headers)?;
     let owner = owner_of(&owner)?;
     let id = doc_id(&id)?;
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let (doc, mut reader) = blocking(move || v.content_as(&caller, &owner, &id)).await?;
     let etag = format!("\"{}\"", doc.meta.digest);
     if headers
@@ -480,7 +493,7 @@ async fn delete_document(
     let caller = st.caller(&headers)?;
     let owner = owner_of(&owner)?;
     let id = doc_id(&id)?;
-    let v = st.vault.clone();
+    let v = st.vault()?;
     blocking(move || v.delete_as(&caller, &owner, &id)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -500,7 +513,7 @@ async fn revoke_document(
     let owner = owner_of(&owner)?;
     let id = doc_id(&id)?;
     let b: RevocationBody = json_body(&headers, body).await?;
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let doc = blocking(move || v.revoke_as(&caller, &owner, &id, &b.reason)).await?;
     Ok(json_response(StatusCode::OK, &doc_out(&doc)))
 }
@@ -524,7 +537,7 @@ async fn reuse(
     let caller = st.caller(&headers)?;
     let owner = owner_of(&owner)?;
     let b: ReuseBody = json_body(&headers, body).await?;
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let components: Vec<Component> =
         blocking(move || v.reuse_as(&caller, &owner, &b.purpose, &b.doc_types, b.at)).await?;
     let out: Vec<_> = components
@@ -543,7 +556,7 @@ async fn create_grant(
     let caller = st.caller(&headers)?;
     let owner = owner_of(&owner)?;
     let terms: NewGrant = json_body(&headers, body).await?;
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let g = blocking(move || v.grant_as(&caller, &owner, terms)).await?;
     Ok(json_response(StatusCode::CREATED, &grant_out(&g)))
 }
@@ -551,7 +564,7 @@ async fn create_grant(
 async fn list_grants(State(st): State<Arc<AppState>>, Path(owner): Path<String>, headers: HeaderMap) -> ApiResult {
     let caller = st.caller(&headers)?;
     let owner = owner_of(&owner)?;
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let grants = blocking(move || v.grants_as(&caller, &owner)).await?;
     let out: Vec<_> = grants.iter().map(grant_out).collect();
     Ok(json_response(StatusCode::OK, &json!({"grants": out})))
@@ -565,14 +578,14 @@ async fn revoke_grant(
     let caller = st.caller(&headers)?;
     let owner = owner_of(&owner)?;
     let id = GrantId::parse(&id).map_err(|_| ApiError::not_found())?;
-    let v = st.vault.clone();
+    let v = st.vault()?;
     blocking(move || v.revoke_grant_as(&caller, &owner, &id)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn agency_grants(State(st): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
     let caller = st.caller(&headers)?;
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let grants = blocking(move || v.agency_grants_as(&caller)).await?;
     let out: Vec<_> = grants.iter().map(grant_out).collect();
     Ok(json_response(StatusCode::OK, &json!({"grants": out})))
@@ -583,7 +596,7 @@ async fn agency_grants(State(st): State<Arc<AppState>>, headers: HeaderMap) -> A
 async fn access_log(State(st): State<Arc<AppState>>, Path(owner): Path<String>, headers: HeaderMap) -> ApiResult {
     let caller = st.caller(&headers)?;
     let owner = owner_of(&owner)?;
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let entries = blocking(move || v.access_log_as(&caller, &owner)).await?;
     Ok(json_response(StatusCode::OK, &json!({"entries": entries})))
 }
@@ -596,13 +609,13 @@ async fn access_log_leaf(
     let caller = st.caller(&headers)?;
     let owner = owner_of(&owner)?;
     let index: u64 = index.parse().map_err(|_| ApiError::not_found())?;
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let leaf = blocking(move || v.access_log_leaf_as(&caller, &owner, index)).await?;
     Ok(json_response(StatusCode::OK, &json!({"index": index, "leaf": B64.encode(leaf)})))
 }
 
 async fn checkpoint(State(st): State<Arc<AppState>>) -> ApiResult {
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let note = blocking(move || v.checkpoint()).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
 }
@@ -618,7 +631,7 @@ async fn inclusion(
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> ApiResult {
     let (index, size) = (u64_param(&q, "index")?, u64_param(&q, "size")?);
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let p = blocking(move || v.inclusion_proof(index, size)).await?;
     let hashes: Vec<String> = p.hashes.iter().map(|h| B64.encode(h)).collect();
     Ok(json_response(StatusCode::OK, &json!({"leaf_hash": B64.encode(p.leaf_hash), "hashes": hashes})))
@@ -629,7 +642,7 @@ async fn consistency(
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> ApiResult {
     let (from, to) = (u64_param(&q, "from")?, u64_param(&q, "to")?);
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let p = blocking(move || v.consistency_proof(from, to)).await?;
     let hashes: Vec<String> = p.iter().map(|h| B64.encode(h)).collect();
     Ok(json_response(StatusCode::OK, &json!({"hashes": hashes})))
@@ -640,7 +653,7 @@ async fn consistency(
 async fn export(State(st): State<Arc<AppState>>, Path(owner): Path<String>, headers: HeaderMap) -> ApiResult {
     let caller = st.caller(&headers)?;
     let owner = owner_of(&owner)?;
-    let v = st.vault.clone();
+    let v = st.vault()?;
     // Built in a temporary file, then streamed: the tar is complete and verified-readable
     // before the first byte goes out, and memory stays flat.
     let file = blocking(move || {
@@ -688,7 +701,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 async fn erase(State(st): State<Arc<AppState>>, Path(owner): Path<String>, headers: HeaderMap) -> ApiResult {
     let caller = st.caller(&headers)?;
     let owner = owner_of(&owner)?;
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let receipt = blocking(move || v.erase_as(&caller, &owner)).await?;
     Ok(json_response(StatusCode::OK, &receipt))
 }
@@ -704,14 +717,14 @@ async fn put_agency(
     let caller = st.caller(&headers)?;
     let id = AgencyId::parse(&agency).map_err(|e| ApiError::invalid(e.to_string()))?;
     let new: NewAgency = json_body(&headers, body).await?;
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let (a, created) = blocking(move || v.put_agency_as(&caller, &id, new)).await?;
     Ok(json_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &a))
 }
 
 async fn list_agencies(State(st): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
     st.caller(&headers)?;
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let all: Vec<Agency> = blocking(move || v.agencies()).await?;
     Ok(json_response(StatusCode::OK, &json!({"agencies": all})))
 }
@@ -719,7 +732,7 @@ async fn list_agencies(State(st): State<Arc<AppState>>, headers: HeaderMap) -> A
 async fn get_agency(State(st): State<Arc<AppState>>, Path(agency): Path<String>, headers: HeaderMap) -> ApiResult {
     st.caller(&headers)?;
     let id = AgencyId::parse(&agency).map_err(|_| ApiError::not_found())?;
-    let v = st.vault.clone();
+    let v = st.vault()?;
     let a = blocking(move || v.agency(&id)).await?.ok_or_else(ApiError::not_found)?;
     Ok(json_response(StatusCode::OK, &a))
 }
@@ -727,7 +740,8 @@ async fn get_agency(State(st): State<Arc<AppState>>, Path(agency): Path<String>,
 // ---------------------------------------------------------------- service
 
 async fn vault_key(State(st): State<Arc<AppState>>) -> ApiResult {
-    let s = st.vault.signer();
+    let v = st.vault()?;
+    let s = v.signer();
     Ok(json_response(
         StatusCode::OK,
         &json!({"name": s.name(), "public_key": B64.encode(s.public_key()), "note_verifier_key": s.verifier_key()}),
@@ -736,8 +750,10 @@ async fn vault_key(State(st): State<Arc<AppState>>) -> ApiResult {
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     let m = &st.metrics;
-    let c = st.vault.commit_stats();
-    let b = st.vault.blob_commit_stats();
+    let (c, b) = match st.vault.get() {
+        Some(v) => (v.commit_stats(), v.blob_commit_stats()),
+        None => (Default::default(), Default::default()),
+    };
     let mut out = String::new();
     out.push_str("# HELP vault_http_requests_total HTTP requests answered, by status class.\n# TYPE vault_http_requests_total counter\n");
     for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx", "other"].iter().enumerate() {
@@ -762,6 +778,11 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         b.syncs
     ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> ApiResult {
+    st.vault()?;
+    Ok("ready\n".into_response())
 }
 
 async fn fallback(method: Method) -> Response {
@@ -862,7 +883,7 @@ fn handler_for(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         ("get", "/v1/agencies/{agency}") => get(get_agency),
         ("get", "/v1/vault-key") => get(vault_key),
         ("get", "/healthz") => get(|| async { "ok\n" }),
-        ("get", "/readyz") => get(|| async { "ready\n" }),
+        ("get", "/readyz") => get(readyz),
         ("get", "/metrics") => get(metrics),
         ("get", "/openapi.json") => get(|| async { json_response(StatusCode::OK, &openapi()) }),
         _ => get(fallback),
@@ -898,4 +919,63 @@ pub fn router(state: Arc<AppState>) -> Router {
             }
         }))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    fn sealed_state() -> Arc<AppState> {
+        Arc::new(AppState {
+            vault: std::sync::OnceLock::new(),
+            auth: AuthConfig {
+                audience: "vault".into(),
+                max_lifetime: 3600,
+                operator: None,
+                providers: Default::default(),
+            },
+            max_content: 1 << 20,
+            metrics: Metrics::default(),
+        })
+    }
+
+    async fn status_and_code(app: Router, method: &str, uri: &str) -> (u16, String) {
+        let req = axum::http::Request::builder().method(method).uri(uri).body(Body::empty()).unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let code =
+            serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+        (status, code.unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn while_the_vault_opens_readyz_says_503_and_calls_are_sealed() {
+        let st = sealed_state();
+        assert_eq!(status_and_code(router(st.clone()), "GET", "/healthz").await.0, 200);
+        assert_eq!(status_and_code(router(st.clone()), "GET", "/readyz").await, (503, "sealed".into()));
+        assert_eq!(status_and_code(router(st.clone()), "GET", "/v1/audit/checkpoint").await, (503, "sealed".into()));
+        assert_eq!(status_and_code(router(st.clone()), "GET", "/v1/agencies").await, (503, "sealed".into()));
+        assert_eq!(status_and_code(router(st.clone()), "GET", "/nowhere").await, (404, "not_found".into()));
+        let openapi = status_and_code(router(st), "GET", "/openapi.json").await;
+        assert_eq!(openapi.0, 200);
+    }
+
+    #[test]
+    fn ranges() {
+        let h = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert_eq!(parse_range(None, 100), Ok(None));
+        assert_eq!(parse_range(Some(&h("bytes=0-9")), 100), Ok(Some((0, 9))));
+        assert_eq!(parse_range(Some(&h("bytes=90-")), 100), Ok(Some((90, 99))));
+        assert_eq!(parse_range(Some(&h("bytes=-10")), 100), Ok(Some((90, 99))));
+        assert_eq!(parse_range(Some(&h("bytes=-1000")), 100), Ok(Some((0, 99))));
+        assert_eq!(parse_range(Some(&h("bytes=50-1000")), 100), Ok(Some((50, 99))));
+        assert_eq!(parse_range(Some(&h("bytes=0-1,5-6")), 100), Ok(None));
+        for bad in ["bytes=100-", "bytes=5-1", "bytes=-0", "bytes=x-1", "bytes=1"] {
+            assert_eq!(parse_range(Some(&h(bad)), 100), Err(()), "{bad}");
+        }
+        assert_eq!(parse_range(Some(&h("bytes=0-0")), 0), Err(()));
+        assert_eq!(parse_range(Some(&h("items=0-1")), 100), Ok(None));
+    }
 }

@@ -5,6 +5,7 @@ mod api;
 mod auth;
 
 use std::collections::HashMap;
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -191,20 +192,34 @@ fn verifying_key(text: &str, what: &str) -> Result<VerifyingKey, String> {
     VerifyingKey::from_bytes(pk.as_bytes()).map_err(|_| format!("{what}: not an Ed25519 key"))
 }
 
-/// Prints what a developer needs to try the service: tokens and a working call.
-fn dev_setup(args: &Args, vault: &Vault, auth: &mut auth::AuthConfig) -> Result<(), String> {
-    let op = SigningKey::from_bytes(&dev_seed(&args.data, "dev-operator.key")?);
-    let idp = SigningKey::from_bytes(&dev_seed(&args.data, "dev-idp.key")?);
-    let agency_key = SigningKey::from_bytes(&dev_seed(&args.data, "dev-agency.key")?);
+/// The development keys (`--dev`): created under the data folder if missing.
+struct DevKeys {
+    op: SigningKey,
+    idp: SigningKey,
+    agency: SigningKey,
+}
+
+/// Loads the dev keys and trusts them, unless explicit keys were given.
+fn dev_keys(args: &Args, auth: &mut auth::AuthConfig) -> Result<DevKeys, String> {
+    let keys = DevKeys {
+        op: SigningKey::from_bytes(&dev_seed(&args.data, "dev-operator.key")?),
+        idp: SigningKey::from_bytes(&dev_seed(&args.data, "dev-idp.key")?),
+        agency: SigningKey::from_bytes(&dev_seed(&args.data, "dev-agency.key")?),
+    };
     if auth.operator.is_none() {
-        auth.operator = Some(op.verifying_key());
+        auth.operator = Some(keys.op.verifying_key());
     }
-    auth.providers.entry("dev-idp".into()).or_insert(idp.verifying_key());
+    auth.providers.entry("dev-idp".into()).or_insert(keys.idp.verifying_key());
+    Ok(keys)
+}
+
+/// Registers the demo agency and prints what a developer needs: tokens and a working call.
+fn dev_announce(args: &Args, vault: &Vault, keys: &DevKeys) -> Result<(), String> {
     let agency = AgencyId::parse("demo-agency").map_err(|e| e.to_string())?;
     if vault.agency(&agency).map_err(|e| e.to_string())?.is_none() {
         let key = AgencyKey {
             id: KeyId::parse("k1").map_err(|e| e.to_string())?,
-            public_key: PublicKey::from_bytes(agency_key.verifying_key().to_bytes()).map_err(|e| e.to_string())?,
+            public_key: PublicKey::from_bytes(keys.agency.verifying_key().to_bytes()).map_err(|e| e.to_string())?,
             not_before: Timestamp::parse("2020-01-01T00:00:00Z").map_err(|e| e.to_string())?,
             not_after: None,
         };
@@ -215,9 +230,9 @@ fn dev_setup(args: &Args, vault: &Vault, auth: &mut auth::AuthConfig) -> Result<
     let now = Timestamp::now().unix();
     let aud = &args.audience;
     let citizen = "citizen:001099012345";
-    let t_op = auth::mint(&op, "operator", "operator", "operator", aud, now, now + 3600);
-    let t_cit = auth::mint(&idp, "dev-idp", "dev-idp", citizen, aud, now, now + 3600);
-    let t_ag = auth::mint(&agency_key, "k1", "demo-agency", "demo-agency", aud, now, now + 3600);
+    let t_op = auth::mint(&keys.op, "operator", "operator", "operator", aud, now, now + 3600);
+    let t_cit = auth::mint(&keys.idp, "dev-idp", "dev-idp", citizen, aud, now, now + 3600);
+    let t_ag = auth::mint(&keys.agency, "k1", "demo-agency", "demo-agency", aud, now, now + 3600);
     let base = format!("http://{}", args.listen);
     println!("# vault-server --dev: FOR TRYING IT OUT ONLY. Keys are stored in clear in {}.", args.data.display());
     println!("# Tokens, valid 1 hour: the operator; the citizen {citizen} (identity provider dev-idp);");
@@ -246,29 +261,34 @@ async fn run(args: Args) -> Result<(), String> {
         operator,
         providers,
     };
+    let dev = if args.dev { Some(dev_keys(&args, &mut auth)?) } else { None };
+    // Serve first, so /readyz answers 503 while the vault opens (recovery after a crash may walk
+    // the whole blob folder); every other call answers 503 `sealed` meanwhile.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let state = Arc::new(api::AppState {
+        vault: std::sync::OnceLock::new(),
+        auth,
+        max_content: args.max_content_size,
+        metrics: Default::default(),
+    });
+    let server = tokio::spawn(
+        axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(shutdown_signal()).into_future(),
+    );
     let data = args.data.clone();
     let vault = tokio::task::spawn_blocking(move || Vault::open(&data, &master))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot open the vault in {}: {e}", args.data.display()))?;
     let vault = Arc::new(vault);
-    if args.dev {
-        dev_setup(&args, &vault, &mut auth)?;
+    if let Some(keys) = &dev {
+        dev_announce(&args, &vault, keys)?;
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let state = Arc::new(api::AppState {
-        vault: vault.clone(),
-        auth,
-        max_content: args.max_content_size,
-        metrics: Default::default(),
-    });
-    eprintln!("vault-server listening on http://{} (data: {})", args.listen, args.data.display());
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
+    let _ = state.vault.set(vault.clone());
+    eprintln!("vault-server ready on http://{} (data: {})", args.listen, args.data.display());
+    server.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    drop(state);
     // In-flight requests have finished; close the vault (sync, mark clean) once they let go.
     for _ in 0..100 {
         if Arc::strong_count(&vault) == 1 {

@@ -30,7 +30,7 @@ pub struct GroupCommit {
 }
 
 /// Counters of the group commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitStats {
     /// Changes applied.
     pub written: u64,
