@@ -158,7 +158,14 @@ fn the_whole_story_over_http() {
     let r = call("GET", &s.url(&format!("{base}/documents")), Some(&citizen), &[], None);
     assert_eq!(r.json()["documents"], json!([]));
     let r = call("GET", &s.url("/metrics"), None, &[], None);
-    assert!(String::from_utf8_lossy(&r.body).contains("vault_http_requests_total{class=\"2xx\"}"));
+    let m = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(m.contains("vault_http_requests_total{class=\"2xx\"}"), "{m}");
+    assert!(m.contains("vault_http_route_requests_total{route=\"/v1/owners/{owner}/documents/{id}/content\",method=\"GET\",status=\"206\"}"), "{m}");
+    assert!(m.contains("vault_http_request_duration_seconds_bucket{route=\"/v1/owners/{owner}/reuse\",method=\"POST\",le=\"+Inf\"}"), "{m}");
+    assert!(m.contains("vault_metadata_syncs_total"), "{m}");
+    assert!(r.header("x-request-id").is_some());
+    let r = call("GET", &s.url("/healthz"), None, &[("X-Request-Id", "abc-123")], None);
+    assert_eq!(r.header("x-request-id"), Some("abc-123"));
 }
 
 #[test]
@@ -393,4 +400,26 @@ fn openapi_covers_the_contract() {
     ] {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} missing from /openapi.json");
     }
+}
+
+#[test]
+fn logs_are_structured_and_never_hold_tokens() {
+    let s = Server::start(&["--log-json"]);
+    let t = s.owner(CITIZEN);
+    let (_, agency) = register_agency(&s, "ubnd", 61);
+    call("GET", &s.url(&format!("/v1/owners/{CITIZEN}/documents")), Some(&t), &[], None);
+    call("GET", &s.url("/v1/agencies"), Some(&agency), &[], None);
+    call("GET", &s.url("/v1/agencies"), Some("not-a-token"), &[], None);
+    let log = std::fs::read_to_string(s.dir.path().join("server.log")).unwrap();
+    let lines: Vec<Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(lines.len() >= 4, "{log}");
+    assert!(
+        lines.iter().any(|l| l["fields"]["route"] == "/v1/owners/{owner}/documents" && l["fields"]["status"] == 200),
+        "{log}"
+    );
+    for secret in [&t, &agency, &s.operator()] {
+        let sig = secret.rsplit('.').next().unwrap();
+        assert!(!log.contains(sig), "a token reached the log");
+    }
+    assert!(!log.contains(CITIZEN), "an owner id reached the log");
 }

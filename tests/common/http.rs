@@ -66,7 +66,7 @@ impl Server {
             .args(["--identity-provider", &format!("vneid={}", B64.encode(idp.verifying_key().to_bytes()))])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("server.log")).unwrap())
             .spawn()
             .unwrap();
         let s = Server { child, base: format!("http://127.0.0.1:{port}"), dir, op, idp, port };

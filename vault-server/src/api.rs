@@ -38,9 +38,22 @@ pub struct AppState {
     pub metrics: Metrics,
 }
 
+/// Upper bounds (seconds) of the latency histogram buckets.
+const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+
+/// Per route and method: answers by status, and a latency histogram.
+#[derive(Debug, Default)]
+struct RouteStats {
+    by_status: std::collections::BTreeMap<u16, u64>,
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
 /// Prometheus counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    routes: std::sync::Mutex<std::collections::BTreeMap<(String, String), RouteStats>>,
     /// Requests answered, by status class.
     pub requests: [AtomicU64; 6],
     /// 401 answers.
@@ -73,7 +86,7 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such thing")
     }
     fn internal(message: impl std::fmt::Display) -> Self {
-        eprintln!("vault-server: internal error: {message}");
+        tracing::error!(error = %message, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -460,7 +473,7 @@ async fn get_content(
                 }
                 Err(e) => {
                     // The content failed authentication: abort the response, never end it cleanly.
-                    eprintln!("vault-server: content of document {} failed while streaming: {e}", doc.id);
+                    tracing::error!(document = %doc.id, error = %e, "content failed authentication while streaming; response aborted");
                     let _ = tx.blocking_send(Err(e));
                     return;
                 }
@@ -777,6 +790,28 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         b.written,
         b.syncs
     ));
+    out.push_str("# HELP vault_http_route_requests_total Answers by route, method and status.\n# TYPE vault_http_route_requests_total counter\n");
+    let routes = m.routes.lock().unwrap_or_else(|p| p.into_inner());
+    for ((route, method), rs) in routes.iter() {
+        for (status, n) in &rs.by_status {
+            out.push_str(&format!(
+                "vault_http_route_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}\n"
+            ));
+        }
+    }
+    out.push_str("# HELP vault_http_request_duration_seconds Time to the response head, by route.\n# TYPE vault_http_request_duration_seconds histogram\n");
+    for ((route, method), rs) in routes.iter() {
+        let mut cumulative = 0;
+        for (i, le) in BUCKETS.iter().enumerate() {
+            cumulative += rs.buckets[i];
+            out.push_str(&format!("vault_http_request_duration_seconds_bucket{{route=\"{route}\",method=\"{method}\",le=\"{le}\"}} {cumulative}\n"));
+        }
+        out.push_str(&format!(
+            "vault_http_request_duration_seconds_bucket{{route=\"{route}\",method=\"{method}\",le=\"+Inf\"}} {}\nvault_http_request_duration_seconds_sum{{route=\"{route}\",method=\"{method}\"}} {}\nvault_http_request_duration_seconds_count{{route=\"{route}\",method=\"{method}\"}} {}\n",
+            rs.count, rs.sum, rs.count
+        ));
+    }
+    drop(routes);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -890,6 +925,44 @@ fn handler_for(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
     }
 }
 
+/// Request ids, one structured log line per request, and the metrics.
+async fn observe(st: Arc<AppState>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let start = std::time::Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("(unmatched)", |p| p.as_str()).to_owned();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            format!("{:08x}-{n:x}", std::process::id())
+        });
+    let mut resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let secs = start.elapsed().as_secs_f64();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let class = (status / 100).saturating_sub(1).min(5) as usize;
+    st.metrics.requests[class].fetch_add(1, Ordering::Relaxed);
+    {
+        let mut routes = st.metrics.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let rs = routes.entry((route.clone(), method.clone())).or_default();
+        *rs.by_status.entry(status).or_default() += 1;
+        if let Some(i) = BUCKETS.iter().position(|le| secs <= *le) {
+            rs.buckets[i] += 1;
+        }
+        rs.count += 1;
+        rs.sum += secs;
+    }
+    // No headers are logged: tokens never reach the log.
+    tracing::info!(request_id = %request_id, method = %method, route = %route, status, ms = secs * 1e3, "request");
+    resp
+}
+
 /// The router: every route of [`ROUTES`], JSON errors for unknown routes and methods, metrics.
 pub fn router(state: Arc<AppState>) -> Router {
     let mut by_path: Vec<(&str, MethodRouter<Arc<AppState>>)> = Vec::new();
@@ -910,13 +983,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     let counting = state.clone();
     r.fallback(fallback)
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(axum::middleware::map_response(move |resp: Response| {
+        .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
             let st = counting.clone();
-            async move {
-                let class = (resp.status().as_u16() / 100).saturating_sub(1).min(5) as usize;
-                st.metrics.requests[class].fetch_add(1, Ordering::Relaxed);
-                resp
-            }
+            async move { observe(st, req, next).await }
         }))
         .with_state(state)
 }

@@ -54,6 +54,10 @@ struct Args {
     /// Largest content accepted, bytes.
     #[arg(long, env = "VAULT_MAX_CONTENT_SIZE", default_value_t = 1 << 30)]
     max_content_size: u64,
+    /// Log one JSON object per line (default: human-readable text). `RUST_LOG`-style levels are
+    /// not configurable yet: requests are logged at info.
+    #[arg(long, env = "VAULT_LOG_JSON")]
+    log_json: bool,
     /// Development mode: create missing keys under the data folder and print tokens. For
     /// trying it out only.
     #[arg(long, global = true, env = "VAULT_DEV")]
@@ -73,6 +77,7 @@ struct FileConfig {
     max_token_lifetime: Option<i64>,
     max_content_size: Option<u64>,
     dev: Option<bool>,
+    log_json: Option<bool>,
 }
 
 /// Fills in, from the `--config` file, every setting that neither a flag nor the environment
@@ -117,6 +122,9 @@ fn apply_config(args: &mut Args, m: &clap::ArgMatches) -> Result<(), String> {
     }
     if let (true, Some(v)) = (unset("dev"), f.dev) {
         args.dev = v;
+    }
+    if let (true, Some(v)) = (unset("log_json"), f.log_json) {
+        args.log_json = v;
     }
     Ok(())
 }
@@ -402,6 +410,11 @@ fn main() -> ExitCode {
             };
         }
         None => {}
+    }
+    if args.log_json {
+        tracing_subscriber::fmt().json().with_writer(std::io::stderr).init();
+    } else {
+        tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
