@@ -64,6 +64,9 @@ pub struct Metrics {
     pub bytes_out: AtomicU64,
 }
 
+/// Deadline of a non-streaming request.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Largest JSON body accepted.
 const MAX_JSON: usize = 2 << 20;
 
@@ -940,7 +943,18 @@ async fn observe(st: Arc<AppState>, req: axum::extract::Request, next: axum::mid
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
             format!("{:08x}-{n:x}", std::process::id())
         });
-    let mut resp = next.run(req).await;
+    // Streams (uploads, downloads, exports) may legitimately take long; everything else gets a
+    // deadline so a stuck request cannot hold a connection and a worker forever.
+    let streaming = route.ends_with("/content") || route.contains("/contents/") || route.ends_with("/export");
+    let mut resp = if streaming {
+        next.run(req).await
+    } else {
+        match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long; retry")
+                .into_response(),
+        }
+    };
     let status = resp.status().as_u16();
     let secs = start.elapsed().as_secs_f64();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
