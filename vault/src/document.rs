@@ -116,7 +116,14 @@ impl Document {
 /// Checks a free-text field: at most `max` Unicode scalar values, no control characters (Cc).
 pub fn check_text(field: &'static str, s: &str, max: usize) -> Result<(), IdError> {
     if s.chars().count() > max {
-        return Err(IdError { kind: field, reason: "it is longer than 256 characters" });
+        let reason = match max {
+            200 => "it is longer than 200 characters",
+            255 => "it is longer than 255 characters",
+            256 => "it is longer than 256 characters",
+            1000 => "it is longer than 1000 characters",
+            _ => "it is too long",
+        };
+        return Err(IdError { kind: field, reason });
     }
     if s.chars().any(char::is_control) {
         return Err(IdError { kind: field, reason: "it contains control characters" });
