@@ -27,6 +27,8 @@ struct Gen {
     /// Sleep this long after every MiB produced.
     pause: Option<Duration>,
     since_pause: usize,
+    /// Bytes produced so far (shared with the test).
+    produced: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Read for Gen {
@@ -35,6 +37,7 @@ impl Read for Gen {
         self.out.fill(&mut b[..n]);
         self.left -= n as u64;
         self.since_pause += n;
+        self.produced.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
         if let Some(p) = self.pause {
             if self.since_pause >= 1 << 20 {
                 self.since_pause = 0;
@@ -46,7 +49,13 @@ impl Read for Gen {
 }
 
 fn gen(seed: &[u8], len: u64, pause: Option<Duration>) -> Gen {
-    Gen { left: len, out: blake3::Hasher::new().update(seed).finalize_xof(), pause, since_pause: 0 }
+    Gen {
+        left: len,
+        out: blake3::Hasher::new().update(seed).finalize_xof(),
+        pause,
+        since_pause: 0,
+        produced: Default::default(),
+    }
 }
 
 fn digest_of(mut r: impl Read) -> Digest {
@@ -171,15 +180,19 @@ fn sigterm_finishes_in_flight_uploads_and_exits_zero() {
     const SIZE: u64 = 30 << 20;
     let digest = digest_of(gen(b"slow", SIZE, None));
     let url = s.url(&format!("/v1/owners/{CITIZEN}/contents/{digest}"));
+    let slow = gen(b"slow", SIZE, Some(Duration::from_millis(50)));
+    let produced = slow.produced.clone();
     let upload = std::thread::spawn(move || {
         // About 1.5 s of upload: 30 chunks of 1 MiB, 50 ms apart.
-        ureq::put(&url)
-            .set("Authorization", &format!("Bearer {t}"))
-            .send(gen(b"slow", SIZE, Some(Duration::from_millis(50))))
-            .map(|r| r.status())
-            .ok()
+        ureq::put(&url).set("Authorization", &format!("Bearer {t}")).send(slow).map(|r| r.status()).ok()
     });
-    std::thread::sleep(Duration::from_millis(400));
+    // Signal only once more has been sent than loopback socket buffers can hold, so the server
+    // has certainly accepted the request and is reading it.
+    let start = Instant::now();
+    while produced.load(std::sync::atomic::Ordering::SeqCst) < 16 << 20 {
+        assert!(start.elapsed() < Duration::from_secs(60), "the upload did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let term = std::process::Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
     assert!(term.success());
     let status = upload.join().unwrap();
