@@ -430,14 +430,18 @@ impl Vault {
 
     /// Counts one content read against a grant, with the audit entry, atomically.
     fn use_grant(&self, o: &OwnerCtx, id: &GrantId, d: &Draft) -> Result<(), Error> {
-        let _g = self.grants_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut g = self.grant_of(o, id)?.ok_or(Error::GrantRequired)?;
-        if g.status(Timestamp::now()) != GrantStatus::Active {
-            return Err(Error::GrantRequired);
-        }
-        g.uses += 1;
-        let key = crate::grants::grant_key(&o.op, id);
-        let (ticket, _) = self.apply_audited(vec![Op::Put(key.clone(), seal_record(&o.keys, &key, &g))], d)?;
+        let ticket = {
+            // The check and the count are one step under the lock, so max_uses is never
+            // exceeded; the durable wait happens outside it, so concurrent reads share syncs.
+            let _g = self.grants_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = self.grant_of(o, id)?.ok_or(Error::GrantRequired)?;
+            if g.status(Timestamp::now()) != GrantStatus::Active {
+                return Err(Error::GrantRequired);
+            }
+            g.uses += 1;
+            let key = crate::grants::grant_key(&o.op, id);
+            self.apply_audited(vec![Op::Put(key.clone(), seal_record(&o.keys, &key, &g))], d)?.0
+        };
         self.wait_ticket(ticket)
     }
 
