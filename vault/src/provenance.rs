@@ -197,7 +197,7 @@ impl Vault {
             }
         }
         let _guard = self.registry_lock();
-        let old = self.agency(id)?;
+        let old = self.agency_uncached(id)?;
         if let Some(old) = &old {
             for k in &old.keys {
                 let kept = new.keys.iter().find(|n| n.id == k.id);
@@ -235,11 +235,32 @@ impl Vault {
             }
             None => self.apply_durable(vec![Op::Put(key, value)])?,
         }
+        // Still under the registry lock: no reader can cache the old registration after this.
+        self.agency_cache().remove(id);
         Ok((agency, old.is_none()))
+    }
+
+    fn agency_cache(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<AgencyId, Option<Agency>>> {
+        // The map holds whole values only; a poisoned lock cannot leave a half-written entry.
+        self.agency_cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A registered agency.
     pub fn agency(&self, id: &AgencyId) -> Result<Option<Agency>, Error> {
+        if let Some(hit) = self.agency_cache().get(id) {
+            return Ok(hit.clone());
+        }
+        let _guard = self.registry_lock();
+        let found = self.agency_uncached(id)?;
+        let mut cache = self.agency_cache();
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(id.clone(), found.clone());
+        Ok(found)
+    }
+
+    fn agency_uncached(&self, id: &AgencyId) -> Result<Option<Agency>, Error> {
         let key = agency_key(id);
         match self.meta().get(&key)? {
             None => Ok(None),

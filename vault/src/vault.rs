@@ -126,6 +126,8 @@ pub struct Vault {
     pub(crate) audit: Mutex<crate::audit::AuditState>,
     /// Serialises registry changes.
     registry: Mutex<()>,
+    /// Agency registrations read so far (and absences), dropped on change.
+    pub(crate) agency_cache: Mutex<HashMap<crate::ids::AgencyId, Option<crate::provenance::Agency>>>,
     /// Serialises grant changes (use counts, revocations).
     pub(crate) grants_lock: Mutex<()>,
     commit: GroupCommit,
@@ -269,6 +271,7 @@ impl Vault {
             signer,
             audit: Mutex::new(crate::audit::AuditState::default()),
             registry: Mutex::new(()),
+            agency_cache: Mutex::new(HashMap::new()),
             grants_lock: Mutex::new(()),
             meta,
             blobs,
