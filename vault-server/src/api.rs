@@ -185,6 +185,41 @@ impl AppState {
     }
 }
 
+/// An authenticated call: the state and who is calling (401 `unauthenticated` otherwise).
+struct Call {
+    st: Arc<AppState>,
+    caller: Caller,
+}
+
+impl axum::extract::FromRequestParts<Arc<AppState>> for Call {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, st: &Arc<AppState>) -> Result<Self, ApiError> {
+        let caller = st.caller(&parts.headers)?;
+        Ok(Call { st: st.clone(), caller })
+    }
+}
+
+/// An authenticated call about the owner in the path's `{owner}` (400 if malformed).
+struct OwnerCall {
+    st: Arc<AppState>,
+    caller: Caller,
+    owner: OwnerId,
+}
+
+impl axum::extract::FromRequestParts<Arc<AppState>> for OwnerCall {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, st: &Arc<AppState>) -> Result<Self, ApiError> {
+        let Call { st, caller } = Call::from_request_parts(parts, st).await?;
+        let Path(params) = Path::<std::collections::HashMap<String, String>>::from_request_parts(parts, &st)
+            .await
+            .map_err(|_| ApiError::not_found())?;
+        let owner = owner_of(params.get("owner").map(String::as_str).unwrap_or_default())?;
+        Ok(OwnerCall { st, caller, owner })
+    }
+}
+
 fn owner_of(s: &str) -> Result<OwnerId, ApiError> {
     OwnerId::parse(s).map_err(|e| ApiError::invalid(e.to_string()))
 }
@@ -238,14 +273,7 @@ struct MissingBody {
     digests: Vec<String>,
 }
 
-async fn contents_missing(
-    State(st): State<Arc<AppState>>,
-    Path(owner): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
-    let caller = st.caller(&headers)?;
-    let owner = owner_of(&owner)?;
+async fn contents_missing(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
     let b: MissingBody = json_body(&headers, body).await?;
     if b.digests.len() > vault::access::MAX_MISSING {
         return Err(ApiError::invalid("at most 10,000 digests per request"));
@@ -297,13 +325,11 @@ impl Read for ChannelReader {
 }
 
 async fn put_content(
-    State(st): State<Arc<AppState>>,
-    Path((owner, digest)): Path<(String, String)>,
+    OwnerCall { st, caller, owner }: OwnerCall,
+    Path((_, digest)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let caller = st.caller(&headers)?;
-    let owner = owner_of(&owner)?;
     let digest = Digest::parse(&digest).map_err(|e| ApiError::invalid(e.to_string()))?;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -339,14 +365,7 @@ async fn put_content(
 
 // ---------------------------------------------------------------- documents
 
-async fn deposit(
-    State(st): State<Arc<AppState>>,
-    Path(owner): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
-    let caller = st.caller(&headers)?;
-    let owner = owner_of(&owner)?;
+async fn deposit(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
     let new: NewDocument = json_body(&headers, body).await?;
     let v = st.vault()?;
     let doc = blocking(move || v.deposit_as_caller(&caller, &owner, new)).await?;
@@ -358,14 +377,7 @@ struct ListQuery {
     doc_type: Option<String>,
 }
 
-async fn list_documents(
-    State(st): State<Arc<AppState>>,
-    Path(owner): Path<String>,
-    Query(q): Query<ListQuery>,
-    headers: HeaderMap,
-) -> ApiResult {
-    let caller = st.caller(&headers)?;
-    let owner = owner_of(&owner)?;
+async fn list_documents(OwnerCall { st, caller, owner }: OwnerCall, Query(q): Query<ListQuery>) -> ApiResult {
     let t = q.doc_type.map(|t| DocType::parse(&t)).transpose().map_err(|e| ApiError::invalid(e.to_string()))?;
     let v = st.vault()?;
     let docs = blocking(move || v.documents_as(&caller, &owner, t.as_ref())).await?;
@@ -377,13 +389,7 @@ fn doc_id(s: &str) -> Result<DocumentId, ApiError> {
     DocumentId::parse(s).map_err(|_| ApiError::not_found())
 }
 
-async fn get_document(
-    State(st): State<Arc<AppState>>,
-    Path((owner, id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> ApiResult {
-    let caller = st.caller(&headers)?;
-    let owner = owner_of(&owner)?;
+async fn get_document(OwnerCall { st, caller, owner }: OwnerCall, Path((_, id)): Path<(String, String)>) -> ApiResult {
     let id = doc_id(&id)?;
     let v = st.vault()?;
     let doc = blocking(move || v.document_as(&caller, &owner, &id)).await?;
@@ -423,12 +429,10 @@ fn parse_range(h: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u64)>,
 }
 
 async fn get_content(
-    State(st): State<Arc<AppState>>,
-    Path((owner, id)): Path<(String, String)>,
+    OwnerCall { st, caller, owner }: OwnerCall,
+    Path((_, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let caller = st.caller(&headers)?;
-    let owner = owner_of(&owner)?;
     let id = doc_id(&id)?;
     let v = st.vault()?;
     let (doc, mut reader) = blocking(move || v.content_as(&caller, &owner, &id)).await?;
@@ -502,12 +506,9 @@ async fn get_content(
 }
 
 async fn delete_document(
-    State(st): State<Arc<AppState>>,
-    Path((owner, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    OwnerCall { st, caller, owner }: OwnerCall,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
-    let caller = st.caller(&headers)?;
-    let owner = owner_of(&owner)?;
     let id = doc_id(&id)?;
     let v = st.vault()?;
     blocking(move || v.delete_as(&caller, &owner, &id)).await?;
@@ -520,13 +521,11 @@ struct RevocationBody {
 }
 
 async fn revoke_document(
-    State(st): State<Arc<AppState>>,
-    Path((owner, id)): Path<(String, String)>,
+    OwnerCall { st, caller, owner }: OwnerCall,
+    Path((_, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let caller = st.caller(&headers)?;
-    let owner = owner_of(&owner)?;
     let id = doc_id(&id)?;
     let b: RevocationBody = json_body(&headers, body).await?;
     let v = st.vault()?;
@@ -544,14 +543,7 @@ struct ReuseBody {
     at: Option<Timestamp>,
 }
 
-async fn reuse(
-    State(st): State<Arc<AppState>>,
-    Path(owner): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
-    let caller = st.caller(&headers)?;
-    let owner = owner_of(&owner)?;
+async fn reuse(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
     let b: ReuseBody = json_body(&headers, body).await?;
     let v = st.vault()?;
     let components: Vec<Component> =
@@ -563,44 +555,28 @@ async fn reuse(
     Ok(json_response(StatusCode::OK, &json!({"components": out})))
 }
 
-async fn create_grant(
-    State(st): State<Arc<AppState>>,
-    Path(owner): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
-    let caller = st.caller(&headers)?;
-    let owner = owner_of(&owner)?;
+async fn create_grant(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
     let terms: NewGrant = json_body(&headers, body).await?;
     let v = st.vault()?;
     let g = blocking(move || v.grant_as(&caller, &owner, terms)).await?;
     Ok(json_response(StatusCode::CREATED, &grant_out(&g)))
 }
 
-async fn list_grants(State(st): State<Arc<AppState>>, Path(owner): Path<String>, headers: HeaderMap) -> ApiResult {
-    let caller = st.caller(&headers)?;
-    let owner = owner_of(&owner)?;
+async fn list_grants(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
     let v = st.vault()?;
     let grants = blocking(move || v.grants_as(&caller, &owner)).await?;
     let out: Vec<_> = grants.iter().map(grant_out).collect();
     Ok(json_response(StatusCode::OK, &json!({"grants": out})))
 }
 
-async fn revoke_grant(
-    State(st): State<Arc<AppState>>,
-    Path((owner, id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> ApiResult {
-    let caller = st.caller(&headers)?;
-    let owner = owner_of(&owner)?;
+async fn revoke_grant(OwnerCall { st, caller, owner }: OwnerCall, Path((_, id)): Path<(String, String)>) -> ApiResult {
     let id = GrantId::parse(&id).map_err(|_| ApiError::not_found())?;
     let v = st.vault()?;
     blocking(move || v.revoke_grant_as(&caller, &owner, &id)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn agency_grants(State(st): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
-    let caller = st.caller(&headers)?;
+async fn agency_grants(Call { st, caller }: Call) -> ApiResult {
     let v = st.vault()?;
     let grants = blocking(move || v.agency_grants_as(&caller)).await?;
     let out: Vec<_> = grants.iter().map(grant_out).collect();
@@ -609,21 +585,16 @@ async fn agency_grants(State(st): State<Arc<AppState>>, headers: HeaderMap) -> A
 
 // ---------------------------------------------------------------- audit
 
-async fn access_log(State(st): State<Arc<AppState>>, Path(owner): Path<String>, headers: HeaderMap) -> ApiResult {
-    let caller = st.caller(&headers)?;
-    let owner = owner_of(&owner)?;
+async fn access_log(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
     let v = st.vault()?;
     let entries = blocking(move || v.access_log_as(&caller, &owner)).await?;
     Ok(json_response(StatusCode::OK, &json!({"entries": entries})))
 }
 
 async fn access_log_leaf(
-    State(st): State<Arc<AppState>>,
-    Path((owner, index)): Path<(String, String)>,
-    headers: HeaderMap,
+    OwnerCall { st, caller, owner }: OwnerCall,
+    Path((_, index)): Path<(String, String)>,
 ) -> ApiResult {
-    let caller = st.caller(&headers)?;
-    let owner = owner_of(&owner)?;
     let index: u64 = index.parse().map_err(|_| ApiError::not_found())?;
     let v = st.vault()?;
     let leaf = blocking(move || v.access_log_leaf_as(&caller, &owner, index)).await?;
@@ -666,9 +637,7 @@ async fn consistency(
 
 // ---------------------------------------------------------------- owners
 
-async fn export(State(st): State<Arc<AppState>>, Path(owner): Path<String>, headers: HeaderMap) -> ApiResult {
-    let caller = st.caller(&headers)?;
-    let owner = owner_of(&owner)?;
+async fn export(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
     let v = st.vault()?;
     // Built in a temporary file, then streamed: the tar is complete and verified-readable
     // before the first byte goes out, and memory stays flat.
@@ -714,9 +683,7 @@ fn tempfile_in_data() -> Result<std::fs::File, vault::Error> {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-async fn erase(State(st): State<Arc<AppState>>, Path(owner): Path<String>, headers: HeaderMap) -> ApiResult {
-    let caller = st.caller(&headers)?;
-    let owner = owner_of(&owner)?;
+async fn erase(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
     let v = st.vault()?;
     let receipt = blocking(move || v.erase_as(&caller, &owner)).await?;
     Ok(json_response(StatusCode::OK, &receipt))
@@ -725,12 +692,11 @@ async fn erase(State(st): State<Arc<AppState>>, Path(owner): Path<String>, heade
 // ---------------------------------------------------------------- agencies
 
 async fn put_agency(
-    State(st): State<Arc<AppState>>,
+    Call { st, caller }: Call,
     Path(agency): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let caller = st.caller(&headers)?;
     let id = AgencyId::parse(&agency).map_err(|e| ApiError::invalid(e.to_string()))?;
     let new: NewAgency = json_body(&headers, body).await?;
     let v = st.vault()?;
