@@ -193,7 +193,7 @@ fn sigterm_finishes_in_flight_uploads_and_exits_zero() {
         assert!(start.elapsed() < Duration::from_secs(60), "the upload did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let term = std::process::Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
+    let term = std::process::Command::new("sh").args(["-c", &format!("kill -TERM {}", s.child.id())]).status().unwrap();
     assert!(term.success());
     let status = upload.join().unwrap();
     assert_eq!(status, Some(201), "the in-flight upload must finish");
