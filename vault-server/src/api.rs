@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
@@ -789,8 +789,7 @@ async fn readyz(State(st): State<Arc<AppState>>) -> ApiResult {
     Ok("ready\n".into_response())
 }
 
-async fn fallback(method: Method) -> Response {
-    let _ = method;
+async fn fallback() -> Response {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
 }
 

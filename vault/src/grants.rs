@@ -7,7 +7,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::document::{check_text, Document};
-use crate::ids::{AgencyId, DocType, DocumentId, GrantId, IdError, OwnerId, Purpose};
+use crate::ids::{AgencyId, DocType, DocumentId, GrantId, OwnerId, Purpose};
 use crate::store::Op;
 use crate::time::Timestamp;
 use crate::vault::{aad, key_of, open_record, prefix, seal_record, OwnerCtx, OwnerRef, Vault};
@@ -243,9 +243,4 @@ impl Vault {
             })
             .collect())
     }
-}
-
-/// Checks a text for the grant's purpose_text rules (used by the HTTP layer for early errors).
-pub fn check_purpose_text(s: &str) -> Result<(), IdError> {
-    check_text("purpose_text", s, 1000)
 }
