@@ -595,3 +595,56 @@ fn statement_vector_files() {
     let pk = PublicKey::parse(&read("public.b64")).unwrap();
     assert!(pk.verify(st.as_bytes(), &B64.decode(read("signature.b64")).unwrap().try_into().unwrap()));
 }
+
+#[test]
+fn repeated_deposits_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    register(&v, "ubnd-xa", vec![key("k1", &signing_key(1), "2020-01-01T00:00:00Z", None)]);
+    let o = owner(1);
+    let data = content(1, 3000);
+    let iss = Caller::agency(agency("ubnd-xa"), None);
+    v.upload_as(&iss, &o, data.as_slice(), None).unwrap();
+    let mut first = signed_doc(&o, &data, "cccd", "ubnd-xa", 1);
+    first.reference = Some("123/2024".into());
+    resign(&o, &data, &mut first);
+    let (a, created) = v.deposit_as(&iss, &o, first.clone()).unwrap();
+    assert!(created);
+    // The same deposit again (a re-run bulk deposit): the same document, nothing new.
+    let (b, created) = v.deposit_as(&iss, &o, first.clone()).unwrap();
+    assert!(!created);
+    assert_eq!(a.id, b.id);
+    // A forged signature is still refused on a repeat.
+    let mut forged = first.clone();
+    forged.signature = Some(sign_statement(&signing_key(9), &KeyId::parse("k1").unwrap(), "x"));
+    assert!(matches!(v.deposit_as(&iss, &o, forged), Err(Error::InvalidSignature(_))));
+    // Another reference, another type or the owner's own deposit: new documents.
+    let mut other = signed_doc(&o, &data, "cccd", "ubnd-xa", 1);
+    other.reference = Some("124/2024".into());
+    resign(&o, &data, &mut other);
+    assert!(v.deposit_as(&iss, &o, other).unwrap().1);
+    let own = Caller::owner(o.clone());
+    let mut mine = new_doc(Digest::of(&data), "cccd");
+    mine.reference = Some("123/2024".into());
+    assert!(v.deposit_as(&own, &o, mine.clone()).unwrap().1);
+    assert!(!v.deposit_as(&own, &o, mine).unwrap().1);
+    assert_eq!(v.documents(&o, None).unwrap().len(), 3);
+    // Revoked or deleted: a repeat deposits afresh.
+    v.revoke_as(&iss, &o, &a.id, "sai sót").unwrap();
+    let (c, created) = v.deposit_as(&iss, &o, first.clone()).unwrap();
+    assert!(created);
+    assert_ne!(c.id, a.id);
+    v.delete_as(&own, &o, &c.id).unwrap();
+    let (d, created) = v.deposit_as(&iss, &o, first).unwrap();
+    assert!(created);
+    assert_ne!(d.id, c.id);
+    // Every repeat was audited with the document it returned.
+    let log = v.access_log_as(&own, &o).unwrap();
+    assert_eq!(log.iter().filter(|e| e.action == "document.deposit" && e.document == Some(a.id)).count(), 2);
+    assert!(v.check(true).unwrap().is_clean());
+}
+
+fn resign(owner: &OwnerId, data: &[u8], d: &mut NewDocument) {
+    let st = statement(owner, data.len() as u64, d);
+    d.signature = Some(sign_statement(&signing_key(1), &KeyId::parse("k1").unwrap(), &st));
+}

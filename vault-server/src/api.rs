@@ -368,8 +368,9 @@ async fn put_content(
 async fn deposit(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
     let new: NewDocument = json_body(&headers, body).await?;
     let v = st.vault()?;
-    let doc = blocking(move || v.deposit_as_caller(&caller, &owner, new)).await?;
-    Ok(json_response(StatusCode::CREATED, &doc_out(&doc)))
+    let (doc, created) = blocking(move || v.deposit_as(&caller, &owner, new)).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(json_response(status, &doc_out(&doc)))
 }
 
 #[derive(Deserialize)]
@@ -802,7 +803,7 @@ async fn method_not_allowed() -> Response {
 pub const ROUTES: &[(&str, &str, &str)] = &[
     ("post", "/v1/owners/{owner}/contents/missing", "Which of these digests must be uploaded"),
     ("put", "/v1/owners/{owner}/contents/{digest}", "Upload a content (raw bytes, streamed)"),
-    ("post", "/v1/owners/{owner}/documents", "Deposit a document about a held content"),
+    ("post", "/v1/owners/{owner}/documents", "Deposit a document about a held content (201; 200 with the existing document for a repeat)"),
     ("get", "/v1/owners/{owner}/documents", "List documents (optionally ?doc_type=)"),
     ("get", "/v1/owners/{owner}/documents/{id}", "One document"),
     ("delete", "/v1/owners/{owner}/documents/{id}", "Delete a document (the owner)"),

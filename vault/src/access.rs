@@ -285,6 +285,13 @@ impl Vault {
     /// Deposits a document. The owner deposits unverified documents (no issuer, no signature);
     /// an agency deposits only as itself, with a signature that must verify.
     pub fn deposit_as_caller(&self, caller: &Caller, owner: &OwnerId, new: NewDocument) -> Result<Document, Error> {
+        Ok(self.deposit_as(caller, owner, new)?.0)
+    }
+
+    /// [`Vault::deposit_as_caller`], also telling whether the document is new: a deposit
+    /// identical (owner, digest, type, reference, issuer) to a live one returns that one and
+    /// `false`, so re-running a bulk deposit creates no duplicates.
+    pub fn deposit_as(&self, caller: &Caller, owner: &OwnerId, new: NewDocument) -> Result<(Document, bool), Error> {
         let id = DocumentId::random();
         let mut draft = self.draft(caller, Some(owner), "document.deposit");
         draft.document = Some(id);

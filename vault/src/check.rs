@@ -202,6 +202,20 @@ impl Vault {
             }
         }
 
+        for item in meta.scan(&[prefix::DEPOSIT_INDEX]) {
+            let (k, v) = item?;
+            if k.len() != 33 {
+                r.problem(describe_key(&k), "malformed key");
+                continue;
+            }
+            let (op, _) = split_ref::<16>(&k);
+            match owners.get(&op).and_then(|o| open_record::<DocumentId>(&o.keys, &k, &v)) {
+                Some(id) if doc_types.contains_key(&(op, id)) => {}
+                Some(_) => r.problem(describe_key(&k), "deposit index entry without its document"),
+                None => r.problem(describe_key(&k), "deposit index entry fails authentication"),
+            }
+        }
+
         // Grants open with their owner's key; vault-level records with the vault record key.
         for item in meta.scan(&[prefix::GRANT]) {
             let (k, v) = item?;
@@ -239,7 +253,8 @@ impl Vault {
                         | prefix::GRANT_BY_AGENCY
                         | prefix::LEAF
                         | prefix::NODE
-                        | prefix::OWNER_ENTRY)
+                        | prefix::OWNER_ENTRY
+                        | prefix::DEPOSIT_INDEX)
                 )
             ) {
                 r.problem(describe_key(&k), "unknown record");

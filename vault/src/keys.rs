@@ -164,6 +164,20 @@ impl OwnerKeys {
         out.copy_from_slice(&h.as_bytes()[..16]);
         out
     }
+
+    /// The deposit-index tag: a keyed hash (the type-tag key, in a domain no type tag can
+    /// reach) of length-prefixed parts.
+    pub fn deposit_tag(&self, parts: &[&[u8]]) -> [u8; 16] {
+        let mut h = blake3::Hasher::new_keyed(self.type_tags.expose());
+        h.update(b"\0vault-deposit-index-v1\0");
+        for p in parts {
+            h.update(&(p.len() as u64).to_be_bytes());
+            h.update(p);
+        }
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        out
+    }
 }
 
 impl fmt::Debug for OwnerKeys {

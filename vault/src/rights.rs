@@ -70,6 +70,7 @@ impl Vault {
             (prefix::CONTENT, Some(&mut contents)),
             (prefix::DOCUMENT, Some(&mut documents)),
             (prefix::TYPE_INDEX, None),
+            (prefix::DEPOSIT_INDEX, None),
             (prefix::GRANT, None),
             (prefix::OWNER_ENTRY, None),
         ] {

@@ -41,6 +41,7 @@ pub(crate) mod prefix {
     pub const LEAF: u8 = b'L';
     pub const NODE: u8 = b'N';
     pub const OWNER_ENTRY: u8 = b'E';
+    pub const DEPOSIT_INDEX: u8 = b'I';
 }
 const KEY_FORMAT: &[u8] = b"Mformat";
 const KEY_INDEX_KEY: &[u8] = b"Mindex-key";
@@ -183,6 +184,7 @@ pub(crate) fn describe_key(key: &[u8]) -> String {
         Some(&prefix::GRANT_BY_AGENCY) => format!("grant index entry {}", hex::encode(&key[1..])),
         Some(&prefix::LEAF) => format!("audit leaf {}", hex::encode(&key[1..])),
         Some(&prefix::NODE) => format!("audit tree node {}", hex::encode(&key[1..])),
+        Some(&prefix::DEPOSIT_INDEX) => format!("deposit index entry {}", hex::encode(&key[1..])),
         Some(&prefix::OWNER_ENTRY) => format!("access-log entry {}", hex::encode(&key[1..])),
         _ => format!("unknown metadata key {}", hex::encode(key)),
     }
@@ -677,6 +679,8 @@ impl Vault {
         let tkey = key_of(prefix::TYPE_INDEX, &[&o.op, &o.keys.type_tag(&doc.meta.doc_type), doc.id.as_bytes()]);
         ops.push(Op::Put(dkey.clone(), seal_record(&o.keys, &dkey, &doc)));
         ops.push(Op::Put(tkey.clone(), seal_record(&o.keys, &tkey, &())));
+        let ikey = deposit_key(o, &doc.meta);
+        ops.push(Op::Put(ikey.clone(), seal_record(&o.keys, &ikey, &doc.id)));
         doc
     }
 
@@ -722,7 +726,7 @@ impl Vault {
             if actual != want {
                 return Err(Error::DigestMismatch { expected: want, actual });
             }
-            let doc = self.deposit_inner(&o, new, verify, id, Timestamp::now(), audit)?;
+            let (doc, _) = self.deposit_inner(&o, new, verify, id, Timestamp::now(), audit)?;
             return Ok((Stored { digest: want, size, created: false }, doc));
         }
         let fin = self.encrypt(&o, source, Some(want))?;
@@ -736,16 +740,19 @@ impl Vault {
     /// is durable.
     pub fn deposit(&self, owner: &OwnerId, new: NewDocument) -> Result<Document, Error> {
         let o = self.owner(owner, false)?.ok_or_else(|| not_held(&new.digest))?;
-        self.deposit_inner(&o, new, false, DocumentId::random(), Timestamp::now(), None)
+        Ok(self.deposit_inner(&o, new, false, DocumentId::random(), Timestamp::now(), None)?.0)
     }
 
     /// [`Vault::deposit`] of an issuer-signed document: the signature must verify under a key
     /// of the issuer valid at `issued_at`; the document is recorded as verified.
     pub fn deposit_signed(&self, owner: &OwnerId, new: NewDocument) -> Result<Document, Error> {
         let o = self.owner(owner, false)?.ok_or_else(|| not_held(&new.digest))?;
-        self.deposit_inner(&o, new, true, DocumentId::random(), Timestamp::now(), None)
+        Ok(self.deposit_inner(&o, new, true, DocumentId::random(), Timestamp::now(), None)?.0)
     }
 
+    /// Records a document; returns it and whether it is new. A deposit identical in owner,
+    /// digest, type, reference and issuer to a live, unrevoked document returns that document
+    /// instead (`false`): re-running a bulk deposit creates no duplicates (SPEC.md §8).
     pub(crate) fn deposit_inner(
         &self,
         o: &OwnerCtx,
@@ -754,22 +761,41 @@ impl Vault {
         id: DocumentId,
         now: Timestamp,
         audit: Option<&Draft>,
-    ) -> Result<Document, Error> {
+    ) -> Result<(Document, bool), Error> {
         new.validate()?;
         let name = o.blob(&new.digest);
         let ckey = Self::content_key(o, &name);
+        // The stripe serialises deposits of one content, so two identical deposits racing each
+        // other still make one document.
         let guard = self.stripe(&name);
         let mut rec: ContentRecord = self.get_sealed(&o.keys, &ckey)?.ok_or_else(|| not_held(&new.digest))?;
-        let mut ops = Vec::with_capacity(5);
+        let mut ops = Vec::with_capacity(6);
         if verify {
             ops.push(self.verify_issuer(&o.id, rec.size, &new)?);
+        }
+        let ikey = deposit_key(o, &new);
+        if let Some(existing) = self.get_sealed::<DocumentId>(&o.keys, &ikey)? {
+            match self.document_of(o, &existing) {
+                Ok(doc) if doc.revocation.is_none() => {
+                    let mut d = audit.cloned();
+                    if let Some(d) = d.as_mut() {
+                        d.document = Some(existing);
+                    }
+                    let ticket = self.apply_opt(Vec::new(), d.as_ref())?;
+                    drop(guard);
+                    self.durable(ticket)?;
+                    return Ok((doc, false));
+                }
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         let doc = self.document_ops(o, &mut rec, (new, verify, id), now, &mut ops);
         ops.push(Op::Put(ckey.clone(), seal_record(&o.keys, &ckey, &rec)));
         let ticket = self.apply_opt(ops, audit)?;
         drop(guard);
         self.durable(ticket)?;
-        Ok(doc)
+        Ok((doc, true))
     }
 
     /// One document of an owner.
@@ -841,7 +867,12 @@ impl Vault {
         let last = rec.refs == 0;
         let content_op =
             if last { Op::Delete(ckey.clone()) } else { Op::Put(ckey.clone(), seal_record(&o.keys, &ckey, &rec)) };
-        let ticket = self.apply_opt(vec![Op::Delete(dkey), Op::Delete(tkey), content_op], audit)?;
+        let mut ops = vec![Op::Delete(dkey), Op::Delete(tkey), content_op];
+        let ikey = deposit_key(o, &doc.meta);
+        if self.get_sealed::<DocumentId>(&o.keys, &ikey)? == Some(*id) {
+            ops.push(Op::Delete(ikey));
+        }
+        let ticket = self.apply_opt(ops, audit)?;
         self.durable(ticket)?;
         if last {
             self.blobs.remove(&name)?;
@@ -963,6 +994,16 @@ fn hash_source(source: &mut impl Read) -> Result<(Digest, u64), Error> {
         }
     }
     Ok((hasher.finalize().into(), size))
+}
+
+/// The deposit-index key of a document: a keyed tag of owner, digest, type, reference and
+/// issuer (SPEC.md §8), so the index reveals none of them.
+fn deposit_key(o: &OwnerCtx, m: &NewDocument) -> Vec<u8> {
+    let issuer = m.issuer.as_ref().map_or("", |a| a.as_str());
+    let reference = m.reference.as_deref().unwrap_or("");
+    let parts: [&[u8]; 4] =
+        [m.digest.as_bytes(), m.doc_type.as_str().as_bytes(), reference.as_bytes(), issuer.as_bytes()];
+    key_of(prefix::DEPOSIT_INDEX, &[&o.op, &o.keys.deposit_tag(&parts)])
 }
 
 pub(crate) fn seal_record<T: Serialize>(keys: &OwnerKeys, key: &[u8], value: &T) -> Vec<u8> {
