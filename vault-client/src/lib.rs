@@ -1,12 +1,43 @@
-//! Client side of vault: what a dossier system computes before talking to the server.
+//! Client side of vault, for dossier systems, migrations and the `vault` command line.
 //!
-//! The typed HTTP client and the `vault` command line are being built (issue 5). This crate
-//! already gives the local half of the skip-upload negotiation: the digests the server is asked
-//! about are computed here, without the server.
+//! - [`Client`]: a typed async client (reqwest, rustls) for every endpoint of the HTTP
+//!   contract. Downloads are verified (digest, size, and the issuer's signature against the
+//!   agency registry) before the caller is told they succeeded; checkpoints are verified with
+//!   the pinned vault key and proven consistent with the last one seen ([`TrustStore`]).
+//! - [`AgencyCredentials`]: an agency's key file, minting short-lived tokens and signing
+//!   deposit statements.
+//! - [`bulk`]: deposits of many files that upload only what the vault does not hold, and that
+//!   can be re-run after an interruption without duplicates.
+//! - [`verify_export`]: offline verification of an owner's export.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), vault_client::Error> {
+//! use vault_client::{Auth, Client};
+//! let citizen = vault::OwnerId::parse("citizen:001099012345").map_err(|e| vault_client::Error::Invalid(e.to_string()))?;
+//! let client = Client::new("http://127.0.0.1:8700", Auth::Bearer(std::env::var("CITIZEN_TOKEN").unwrap_or_default()))?;
+//! for d in client.documents(&citizen, None).await? {
+//!     println!("{} {} {}", d.document.id, d.document.meta.doc_type, d.document.meta.title);
+//! }
+//! # Ok(()) }
+//! ```
 
 use std::io::{self, Read};
 use std::path::Path;
 
+pub mod bulk;
+mod client;
+mod credentials;
+mod error;
+pub mod trust;
+
+pub use client::{
+    part_path, Auth, Client, Component, DocumentView, GrantView, Uploaded, VaultKey, Verified, VerifiedEntry,
+    MISSING_BATCH,
+};
+pub use credentials::{AgencyCredentials, KeyFile, TOKEN_LIFETIME};
+pub use error::Error;
+pub use trust::{Checkpoint, TrustStore};
+pub use vault::rights::{verify_export, ExportSummary};
 pub use vault::Digest;
 
 /// BLAKE3-256 of a file's content, as the server addresses it.

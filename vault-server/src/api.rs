@@ -803,7 +803,11 @@ async fn method_not_allowed() -> Response {
 pub const ROUTES: &[(&str, &str, &str)] = &[
     ("post", "/v1/owners/{owner}/contents/missing", "Which of these digests must be uploaded"),
     ("put", "/v1/owners/{owner}/contents/{digest}", "Upload a content (raw bytes, streamed)"),
-    ("post", "/v1/owners/{owner}/documents", "Deposit a document about a held content (201; 200 with the existing document for a repeat)"),
+    (
+        "post",
+        "/v1/owners/{owner}/documents",
+        "Deposit a document about a held content (201; 200 with the existing document for a repeat)",
+    ),
     ("get", "/v1/owners/{owner}/documents", "List documents (optionally ?doc_type=)"),
     ("get", "/v1/owners/{owner}/documents/{id}", "One document"),
     ("delete", "/v1/owners/{owner}/documents/{id}", "Delete a document (the owner)"),

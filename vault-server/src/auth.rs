@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, VerifyingKey};
 use serde::Deserialize;
 use vault::access::Principal;
 use vault::{AgencyId, KeyId, OwnerId, Timestamp, Vault};
@@ -128,14 +128,4 @@ pub fn authenticate(cfg: &AuthConfig, vault: &Vault, header: Option<&str>, now: 
     };
     key.verify_strict(signing_input, &sig).map_err(|_| AuthError("the token signature does not verify"))?;
     Ok(principal)
-}
-
-/// Mints a token (for `--dev` and tests): header `{"alg":"EdDSA","kid":..}`.
-pub fn mint(key: &SigningKey, kid: &str, iss: &str, sub: &str, aud: &str, iat: i64, exp: i64) -> String {
-    let header = B64URL.encode(serde_json::json!({"alg": "EdDSA", "kid": kid}).to_string());
-    let claims =
-        B64URL.encode(serde_json::json!({"iss": iss, "sub": sub, "aud": aud, "iat": iat, "exp": exp}).to_string());
-    let input = format!("{header}.{claims}");
-    let sig = B64URL.encode(key.sign(input.as_bytes()).to_bytes());
-    format!("{input}.{sig}")
 }

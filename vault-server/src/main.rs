@@ -238,9 +238,10 @@ fn dev_announce(args: &Args, vault: &Vault, keys: &DevKeys) -> Result<(), String
     let now = Timestamp::now().unix();
     let aud = &args.audience;
     let citizen = "citizen:001099012345";
-    let t_op = auth::mint(&keys.op, "operator", "operator", "operator", aud, now, now + 3600);
-    let t_cit = auth::mint(&keys.idp, "dev-idp", "dev-idp", citizen, aud, now, now + 3600);
-    let t_ag = auth::mint(&keys.agency, "k1", "demo-agency", "demo-agency", aud, now, now + 3600);
+    let claims = |kid, iss, sub| Claims { kid, iss, sub, aud, iat: now, exp: now + 3600 };
+    let t_op = mint(&keys.op, &claims("operator", "operator", "operator"));
+    let t_cit = mint(&keys.idp, &claims("dev-idp", "dev-idp", citizen));
+    let t_ag = mint(&keys.agency, &claims("k1", "demo-agency", "demo-agency"));
     let base = format!("http://{}", args.listen);
     println!("# vault-server --dev: FOR TRYING IT OUT ONLY. Keys are stored in clear in {}.", args.data.display());
     println!("# Tokens, valid 1 hour: the operator; the citizen {citizen} (identity provider dev-idp);");

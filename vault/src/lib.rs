@@ -59,6 +59,7 @@ pub mod seal;
 pub mod store;
 pub mod stream;
 pub mod time;
+pub mod token;
 mod vault;
 #[cfg(test)]
 mod vectors;
