@@ -51,11 +51,22 @@ impl Server {
 
     /// Starts the server on the data folder in `dir` (which may hold an earlier run's data).
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        Self::start_at(dir, free_port(), extra)
+    }
+
+    /// Stops the server (SIGKILL) and hands back its folder.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    /// [`Server::start_in`] on a given port (a restart that clients see as the same server).
+    pub fn start_at(dir: tempfile::TempDir, port: u16, extra: &[&str]) -> Server {
         let key = dir.path().join("master.key");
         std::fs::write(&key, format!("{}\n", B64.encode([5u8; 32]))).unwrap();
         let op = SigningKey::from_bytes(&[11; 32]);
         let idp = SigningKey::from_bytes(&[12; 32]);
-        let port = free_port();
         let child = Command::new(binary())
             .arg("--data")
             .arg(dir.path().join("data"))
