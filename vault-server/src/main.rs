@@ -17,6 +17,7 @@ use clap::Parser;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use vault::access::Caller;
 use vault::provenance::{AgencyKey, NewAgency, PublicKey};
+use vault::token::{mint, Claims};
 use vault::{AgencyId, KeyId, MasterKey, Timestamp, Vault};
 
 /// Flags as in api.md, "Starting the server"; each also as `VAULT_<FLAG>`.

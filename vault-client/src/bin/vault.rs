@@ -210,9 +210,12 @@ enum AgencyCommand {
         /// Human name.
         #[arg(long)]
         name: String,
-        /// A key: KEY_ID=BASE64_PUBLIC_KEY (valid from now, no end); repeatable.
+        /// A key: KEY_ID=BASE64_PUBLIC_KEY (no end of validity); repeatable.
         #[arg(long = "key", required = true)]
         keys: Vec<String>,
+        /// Start of the keys' validity (default: now). Statements dated earlier need an earlier start.
+        #[arg(long, value_parser = Timestamp::parse)]
+        not_before: Option<Timestamp>,
     },
     /// List registered agencies.
     List,
@@ -619,7 +622,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                 },
             );
         }
-        Command::Agency { command: AgencyCommand::Put { id, name, keys } } => {
+        Command::Agency { command: AgencyCommand::Put { id, name, keys, not_before } } => {
             let mut list = Vec::new();
             for k in keys {
                 let (kid, pk) = k
@@ -629,7 +632,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                     id: KeyId::parse(kid).map_err(|e| Error::Invalid(format!("key id {kid:?}: {e}")))?,
                     public_key: PublicKey::parse(pk)
                         .map_err(|e| Error::Invalid(format!("public key of {kid}: {e}")))?,
-                    not_before: Timestamp::now(),
+                    not_before: not_before.unwrap_or_else(Timestamp::now),
                     not_after: None,
                 });
             }
