@@ -467,3 +467,38 @@ fn a_rolled_back_or_forked_log_is_detected() {
     let fresh = Cli::new(&s.base, &w.join("fresh"));
     fresh.ok(&[], &["audit", "verify"]);
 }
+
+#[test]
+fn the_readme_demo_script_runs_against_a_dev_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = Command::new(binary())
+        .args(["--dev", "--data"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let start = Instant::now();
+    while ureq::get(&format!("{base}/readyz")).timeout(Duration::from_secs(2)).call().is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo.sh");
+    let out = Command::new("sh")
+        .arg(script)
+        .env("VAULT_DATA", dir.path().join("data"))
+        .env("VAULT_SERVER", &base)
+        .env("VAULT_CLI", vault_bin())
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("giay-xac-nhan-tinh-trang-hon-nhan missing"), "{text}");
+    assert_eq!(text.matches("issuer signature of demo-agency verified").count(), 2, "{text}");
+    assert!(text.contains("export.tar: verified"), "{text}");
+}
