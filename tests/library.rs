@@ -44,7 +44,7 @@ fn reference_counts_remove_the_last_copy() {
     let dir = tempfile::tempdir().unwrap();
     let v = Vault::open(dir.path(), &master()).unwrap();
     let a = owner(1);
-    let data = content(2, 5000);
+    let data = content(2, 50_000); // above the inline limit: a blob file
     let d1 = put_doc(&v, &a, &data, "cccd");
     let d2 = put_doc(&v, &a, &data, "giay-khai-sinh");
     assert_eq!(files_below(&dir.path().join("blobs")).len(), 1);
@@ -120,9 +120,9 @@ fn digest_mismatch_leaves_nothing_behind() {
     assert!(files_below(&dir.path().join("tmp")).is_empty());
     assert!(!v.holds(&a, &Digest::of(&data)).unwrap());
     // Announcing a held digest with other bytes is refused too, and the held copy is intact.
-    let held = v.put_content_bytes(&a, b"held").unwrap();
+    let held = v.put_content_bytes(&a, &content(30, 40_000)).unwrap();
     assert!(matches!(v.put_content(&a, &b"not held"[..], Some(held.digest)), Err(Error::DigestMismatch { .. })));
-    assert_eq!(v.read_content(&a, &held.digest).unwrap(), b"held");
+    assert_eq!(v.read_content(&a, &held.digest).unwrap(), content(30, 40_000));
     // A source that fails mid-way stores nothing.
     struct Failing(usize);
     impl Read for Failing {
@@ -202,8 +202,8 @@ fn truncated_or_missing_blobs_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let v = Vault::open(dir.path(), &master()).unwrap();
     let a = owner(1);
-    let d1 = put_doc(&v, &a, &content(5, 1000), "cccd");
-    let d2 = put_doc(&v, &a, &content(6, 1000), "cccd");
+    let d1 = put_doc(&v, &a, &content(5, 40_000), "cccd");
+    let d2 = put_doc(&v, &a, &content(6, 40_000), "cccd");
     let mut blobs = files_below(&dir.path().join("blobs"));
     let f1 = blobs.pop().unwrap();
     let f2 = blobs.pop().unwrap();
@@ -366,7 +366,7 @@ fn recovery_after_an_unclean_shutdown_removes_unacknowledged_files_only() {
     let a = owner(1);
     let kept = {
         let v = Vault::open(dir.path(), &master()).unwrap();
-        let d = put_doc(&v, &a, &content(20, 3000), "cccd");
+        let d = put_doc(&v, &a, &content(20, 40_000), "cccd");
         v.close().unwrap();
         d
     };
@@ -393,6 +393,71 @@ fn recovery_after_an_unclean_shutdown_removes_unacknowledged_files_only() {
     assert!(r.unclean);
     assert_eq!((r.unfinished_removed, r.orphans_removed), (1, 1));
     assert!(!orphan.exists());
-    assert_eq!(v.read_content(&a, &kept.meta.digest).unwrap(), content(20, 3000));
+    assert_eq!(v.read_content(&a, &kept.meta.digest).unwrap(), content(20, 40_000));
+    assert!(v.check(true).unwrap().is_clean());
+}
+
+#[test]
+fn small_contents_are_kept_inline_and_checked_like_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = owner(1);
+    let small = content(40, 20_000);
+    let doc = {
+        let v = Vault::open(dir.path(), &master()).unwrap();
+        let d = put_doc(&v, &a, &small, "cccd");
+        let d2 = put_doc(&v, &a, &small, "giay-khai-sinh");
+        // No blob file: the blob is in the metadata store, in the record's batch.
+        assert!(files_below(&dir.path().join("blobs")).is_empty());
+        assert_eq!(v.read_content(&a, &d.meta.digest).unwrap(), small);
+        let mut r = v.open_content(&a, &d.meta.digest).unwrap();
+        r.seek(std::io::SeekFrom::Start(19_990)).unwrap();
+        let mut tail = Vec::new();
+        r.read_to_end(&mut tail).unwrap();
+        assert_eq!(tail, &small[19_990..]);
+        // The largest inline content and the smallest file one both read back.
+        for (seed, len) in [(41, 32 * 1024), (42, 32 * 1024 + 200)] {
+            let data = content(seed, len);
+            let d = put_doc(&v, &a, &data, "cccd");
+            let back = v.read_content(&a, &d.meta.digest);
+            assert!(back.as_ref().is_ok_and(|b| b == &data), "{len}: {:?}", back.map(|b| b.len()));
+        }
+        assert_eq!(files_below(&dir.path().join("blobs")).len(), 1);
+        assert!(v.check(true).unwrap().is_clean());
+        // Deleting the last document removes the inline blob with the record.
+        v.delete_document(&a, &d2.id).unwrap();
+        let other = put_doc(&v, &a, &content(43, 100), "cccd");
+        v.delete_document(&a, &other.id).unwrap();
+        assert!(!v.holds(&a, &other.meta.digest).unwrap());
+        assert!(v.check(true).unwrap().is_clean());
+        v.close().unwrap();
+        d
+    };
+    let db = sled::open(dir.path().join("meta")).unwrap();
+    assert_eq!(db.scan_prefix([b'B']).count(), 2);
+    drop(db);
+    // A flipped byte in an inline blob: reported by check --read-data, never served.
+    flip_meta_value(dir.path(), b'B');
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    let report = v.check(true).unwrap();
+    assert_eq!(report.problems.len(), 1, "{report}");
+    assert!(report.problems[0].what.contains("fails authentication"), "{report}");
+    let read = v.read_content(&a, &doc.meta.digest);
+    let other = v.read_content(&a, &Digest::of(&content(41, 32 * 1024)));
+    assert!(matches!(read, Err(Error::Decrypt(_))) || matches!(other, Err(Error::Decrypt(_))), "{read:?} {other:?}");
+}
+
+#[test]
+fn every_size_around_the_inline_limit_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    let a = owner(1);
+    let limit = vault::INLINE_MAX;
+    let mut sizes = vec![0, 1, 100, 20_000, 65_536, 65_537, 200_000];
+    sizes.extend((limit - 140..limit + 20).step_by(3));
+    for len in sizes {
+        let data = content(len as u64, len);
+        let s = v.put_content_bytes(&a, &data).unwrap();
+        assert_eq!(v.read_content(&a, &s.digest).unwrap(), data, "size {len}");
+    }
     assert!(v.check(true).unwrap().is_clean());
 }

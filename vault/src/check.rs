@@ -13,7 +13,9 @@ use crate::keys::OwnerKeys;
 use crate::seal;
 use crate::store::BlobName;
 use crate::stream::{blob_len, BlobReader};
-use crate::vault::{aad, describe_key, key_of, open_record, prefix, ContentRecord, OwnerRef, Vault, FORMAT};
+use crate::vault::{
+    aad, describe_key, inline_key, key_of, open_record, prefix, ContentRecord, OwnerRef, Vault, FORMAT,
+};
 use crate::Error;
 
 /// One thing `check` found wrong.
@@ -254,7 +256,8 @@ impl Vault {
                         | prefix::LEAF
                         | prefix::NODE
                         | prefix::OWNER_ENTRY
-                        | prefix::DEPOSIT_INDEX)
+                        | prefix::DEPOSIT_INDEX
+                        | prefix::INLINE_BLOB)
                 )
             ) {
                 r.problem(describe_key(&k), "unknown record");
@@ -273,6 +276,10 @@ impl Vault {
             }
         }
 
+        let mut inline = std::collections::BTreeSet::new();
+        for item in meta.scan(&[prefix::INLINE_BLOB]) {
+            inline.insert(item?.0);
+        }
         let mut sorted: Vec<_> = contents.into_iter().collect();
         sorted.sort_by_key(|a| a.0);
         for ((op, n), (rec, seen)) in sorted {
@@ -281,31 +288,62 @@ impl Vault {
             if seen != rec.refs {
                 r.problem(loc(), format!("reference count {} but {} documents point at it", rec.refs, seen));
             }
-            if !on_disk.contains(&name) {
-                r.problem(self.blobs().describe(&name), "blob is missing");
-                continue;
-            }
-            match self.blobs().len(&name)? {
-                Some(len) if len == blob_len(rec.size) => {}
-                Some(len) => {
-                    r.problem(
-                        self.blobs().describe(&name),
-                        format!("blob is {len} bytes, expected {}", blob_len(rec.size)),
-                    );
-                    continue;
+            let file: Option<Box<dyn crate::store::BlobRead>> = if rec.inline {
+                let ikey = inline_key(&name);
+                inline.remove(&ikey);
+                if on_disk.contains(&name) {
+                    r.problem(self.blobs().describe(&name), "blob file of a content kept inline");
                 }
-                None => {
+                match meta.get(&ikey)? {
+                    Some(b) if b.len() as u64 == blob_len(rec.size) => {
+                        Some(Box::new(std::io::Cursor::new(b)) as Box<dyn crate::store::BlobRead>)
+                    }
+                    Some(b) => {
+                        r.problem(
+                            describe_key(&ikey),
+                            format!("blob is {} bytes, expected {}", b.len(), blob_len(rec.size)),
+                        );
+                        continue;
+                    }
+                    None => {
+                        r.problem(describe_key(&ikey), "inline blob is missing");
+                        continue;
+                    }
+                }
+            } else {
+                if !on_disk.contains(&name) {
                     r.problem(self.blobs().describe(&name), "blob is missing");
                     continue;
                 }
-            }
+                match self.blobs().len(&name)? {
+                    Some(len) if len == blob_len(rec.size) => {}
+                    Some(len) => {
+                        r.problem(
+                            self.blobs().describe(&name),
+                            format!("blob is {len} bytes, expected {}", blob_len(rec.size)),
+                        );
+                        continue;
+                    }
+                    None => {
+                        r.problem(self.blobs().describe(&name), "blob is missing");
+                        continue;
+                    }
+                }
+                None
+            };
             if read_data {
                 let Some(owner) = owners.get(&op) else {
                     continue;
                 };
-                let Some(file) = self.blobs().open(&name)? else {
-                    r.problem(self.blobs().describe(&name), "blob is missing");
-                    continue;
+                let file = match file {
+                    Some(f) => f,
+                    None => match self.blobs().open(&name)? {
+                        Some(f) => f,
+                        None => {
+                            r.problem(self.blobs().describe(&name), "blob is missing");
+                            continue;
+                        }
+                    },
                 };
                 let mut binding = op.to_vec();
                 binding.extend_from_slice(rec.digest.as_bytes());
@@ -323,6 +361,9 @@ impl Vault {
                     Err(e) => r.problem(self.blobs().describe(&name), format!("cannot read: {e}")),
                 }
             }
+        }
+        for k in inline {
+            r.problem(describe_key(&k), "inline blob that no content record points at");
         }
         Ok(r)
     }

@@ -71,6 +71,7 @@ impl Vault {
             (prefix::DOCUMENT, Some(&mut documents)),
             (prefix::TYPE_INDEX, None),
             (prefix::DEPOSIT_INDEX, None),
+            (prefix::INLINE_BLOB, None),
             (prefix::GRANT, None),
             (prefix::OWNER_ENTRY, None),
         ] {

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -42,6 +42,54 @@ pub(crate) mod prefix {
     pub const NODE: u8 = b'N';
     pub const OWNER_ENTRY: u8 = b'E';
     pub const DEPOSIT_INDEX: u8 = b'I';
+    pub const INLINE_BLOB: u8 = b'B';
+}
+
+/// Blobs up to this many bytes (contents up to about 32 KiB) are kept in the metadata store,
+/// written in the same atomic batch as their content record (SPEC.md §8, "Inline blobs").
+pub const INLINE_MAX: usize = 32 * 1024 + 128;
+
+/// Where a new blob is written: in memory while it is small, spilled to a blob file of the
+/// [`BlobStore`] once it outgrows [`INLINE_MAX`].
+pub(crate) enum Spill<'a> {
+    Mem { buf: io::Cursor<Vec<u8>>, store: &'a dyn BlobStore, owner: OwnerRef },
+    File(Box<dyn NewBlob>),
+}
+
+impl Write for Spill<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if let Spill::Mem { buf, store, owner } = self {
+            let end = buf.position().saturating_add(data.len() as u64);
+            if end.max(buf.get_ref().len() as u64) <= INLINE_MAX as u64 {
+                return buf.write(data);
+            }
+            // Too big for the metadata store: move what is written to a blob file, at the same
+            // position (the header is written last, at the start).
+            let mut file = store.create(owner).map_err(io::Error::other)?;
+            file.write_all(buf.get_ref())?;
+            file.seek(SeekFrom::Start(buf.position()))?;
+            *self = Spill::File(file);
+        }
+        match self {
+            Spill::File(f) => f.write(data),
+            Spill::Mem { buf, .. } => buf.write(data),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Spill::File(f) => f.flush(),
+            Spill::Mem { .. } => Ok(()),
+        }
+    }
+}
+
+impl Seek for Spill<'_> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        match self {
+            Spill::File(f) => f.seek(pos),
+            Spill::Mem { buf, .. } => buf.seek(pos),
+        }
+    }
 }
 const KEY_FORMAT: &[u8] = b"Mformat";
 const KEY_INDEX_KEY: &[u8] = b"Mindex-key";
@@ -94,6 +142,14 @@ pub(crate) struct ContentRecord {
     /// Documents that point at this content.
     pub refs: u64,
     pub stored_at: Timestamp,
+    /// The blob is kept in the metadata store (`B` key), not as a file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inline: bool,
+}
+
+/// The metadata key of an inline blob.
+pub(crate) fn inline_key(name: &BlobName) -> Vec<u8> {
+    key_of(prefix::INLINE_BLOB, &[&name.owner, &name.name])
 }
 
 /// The result of storing a content.
@@ -185,6 +241,7 @@ pub(crate) fn describe_key(key: &[u8]) -> String {
         Some(&prefix::LEAF) => format!("audit leaf {}", hex::encode(&key[1..])),
         Some(&prefix::NODE) => format!("audit tree node {}", hex::encode(&key[1..])),
         Some(&prefix::DEPOSIT_INDEX) => format!("deposit index entry {}", hex::encode(&key[1..])),
+        Some(&prefix::INLINE_BLOB) => format!("inline blob {}", hex::encode(&key[1..])),
         Some(&prefix::OWNER_ENTRY) => format!("access-log entry {}", hex::encode(&key[1..])),
         _ => format!("unknown metadata key {}", hex::encode(key)),
     }
@@ -585,8 +642,9 @@ impl Vault {
         o: &OwnerCtx,
         mut source: impl Read,
         expected: Option<Digest>,
-    ) -> Result<Finished<Box<dyn NewBlob>>, Error> {
-        let mut w = BlobWriter::new(self.blobs.create(&o.op)?)?;
+    ) -> Result<Finished<Spill<'_>>, Error> {
+        let mem = Spill::Mem { buf: io::Cursor::new(Vec::new()), store: self.blobs.as_ref(), owner: o.op };
+        let mut w = BlobWriter::new(mem)?;
         let mut buf = vec![0u8; READ_BUF];
         loop {
             let n = match source.read(&mut buf) {
@@ -616,7 +674,7 @@ impl Vault {
     fn commit_blob(
         &self,
         o: &OwnerCtx,
-        fin: Finished<Box<dyn NewBlob>>,
+        fin: Finished<Spill<'_>>,
         doc: Option<(NewDocument, bool, DocumentId)>,
         audit: Option<&Draft>,
     ) -> Result<(Stored, Option<Document>), Error> {
@@ -634,12 +692,21 @@ impl Vault {
             // Stored meanwhile by a concurrent put: the new blob is dropped (and deleted).
             Some(rec) => (rec, false),
             None => {
-                let pending = fin.write_header(&o.keys.blob_wrap, &o.binding(&digest))?;
-                pending.commit(&name)?;
-                // The blob must be durable before the record that points at it can be.
-                let blob_ticket = self.blob_commit.written();
-                self.blob_commit.wait_durable(blob_ticket, || self.blobs.sync())?;
-                (ContentRecord { digest, size, refs: 0, stored_at: Timestamp::now() }, true)
+                let inline = match fin.write_header(&o.keys.blob_wrap, &o.binding(&digest))? {
+                    // Small: the blob goes into the same atomic batch as its record.
+                    Spill::Mem { buf, .. } => {
+                        ops.push(Op::Put(inline_key(&name), buf.into_inner()));
+                        true
+                    }
+                    Spill::File(pending) => {
+                        pending.commit(&name)?;
+                        // The blob must be durable before the record that points at it can be.
+                        let blob_ticket = self.blob_commit.written();
+                        self.blob_commit.wait_durable(blob_ticket, || self.blobs.sync())?;
+                        false
+                    }
+                };
+                (ContentRecord { digest, size, refs: 0, stored_at: Timestamp::now(), inline }, true)
             }
         };
         let stored = Stored { digest, size, created };
@@ -868,13 +935,16 @@ impl Vault {
         let content_op =
             if last { Op::Delete(ckey.clone()) } else { Op::Put(ckey.clone(), seal_record(&o.keys, &ckey, &rec)) };
         let mut ops = vec![Op::Delete(dkey), Op::Delete(tkey), content_op];
+        if last && rec.inline {
+            ops.push(Op::Delete(inline_key(&name)));
+        }
         let ikey = deposit_key(o, &doc.meta);
         if self.get_sealed::<DocumentId>(&o.keys, &ikey)? == Some(*id) {
             ops.push(Op::Delete(ikey));
         }
         let ticket = self.apply_opt(ops, audit)?;
         self.durable(ticket)?;
-        if last {
+        if last && !rec.inline {
             self.blobs.remove(&name)?;
         }
         Ok(())
@@ -929,10 +999,14 @@ impl Vault {
         if rec.digest != *digest {
             return Err(corrupt(&ckey));
         }
-        let file = self
-            .blobs
-            .open(&name)?
-            .ok_or_else(|| Error::Corrupt(format!("blob {} is missing", self.blobs.describe(&name))))?;
+        let file: Box<dyn BlobRead> = if rec.inline {
+            let ikey = inline_key(&name);
+            Box::new(io::Cursor::new(self.meta.get(&ikey)?.ok_or_else(|| corrupt(&ikey))?))
+        } else {
+            self.blobs
+                .open(&name)?
+                .ok_or_else(|| Error::Corrupt(format!("blob {} is missing", self.blobs.describe(&name))))?
+        };
         let reader = BlobReader::open(file, &o.keys.blob_wrap, &o.binding(digest), *digest)?;
         if reader.size() != rec.size {
             return Err(Error::Decrypt(crate::stream::DecryptError));
