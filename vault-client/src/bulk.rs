@@ -171,7 +171,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { concurrency: 8, batch: 2_000, journal: None }
+        Self { concurrency: 16, batch: 20_000, journal: None }
     }
 }
 
@@ -361,11 +361,20 @@ async fn run_batch(
             }
         }
     }
+    // One `contents/missing` conversation per owner, several owners at once.
+    let answers: Vec<(OwnerId, HashMap<Digest, Vec<Hashed>>, Result<HashSet<Digest>, Error>)> = stream::iter(by_owner)
+        .map(|(owner, contents)| async move {
+            let digests: Vec<Digest> = contents.keys().copied().collect();
+            let missing = client.missing(&owner, &digests).await.map(|m| m.into_iter().collect());
+            (owner, contents, missing)
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect()
+        .await;
     let mut groups = Vec::new();
-    for (owner, contents) in by_owner {
-        let digests: Vec<Digest> = contents.keys().copied().collect();
-        let missing: HashSet<Digest> = match client.missing(&owner, &digests).await {
-            Ok(m) => m.into_iter().collect(),
+    for (owner, contents, missing) in answers {
+        let missing = match missing {
+            Ok(m) => m,
             Err(e) => {
                 for h in contents.into_values().flatten() {
                     progress.file_done(h.size, Outcome::Failed);

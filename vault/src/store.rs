@@ -102,13 +102,25 @@ fn batch_of(ops: &[Op]) -> sled::Batch {
     batch
 }
 
+/// sled's segment size for new databases.
+const SEGMENT_SIZE: usize = 8 << 20;
+
 /// The name of the journal file inside the sled folder.
 pub const JOURNAL_FILE: &str = "vault-journal";
 
 impl SledMeta {
     /// Opens (or creates) the database in `dir`, replaying its journal.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).open().map_err(|e| match e {
+        // Durability is the journal's: sled is flushed at checkpoints only, never in the
+        // background. 8 MiB segments keep inline blobs (up to 32 KiB) inside sled's pages
+        // instead of one sled blob file per page; a database made with sled's default segment
+        // size (before inline blobs) keeps it, as sled requires.
+        let config = || sled::Config::new().path(dir).flush_every_ms(None);
+        let db = match config().segment_size(SEGMENT_SIZE).open() {
+            Err(sled::Error::Unsupported(_)) => config().open(),
+            other => other,
+        };
+        let db = db.map_err(|e| match e {
             sled::Error::Io(ref io) if io.kind() == io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
                 StoreError::Locked(dir.display().to_string())
             }
@@ -506,4 +518,25 @@ fn parse_hex_name<const N: usize>(p: &Path) -> Option<[u8; N]> {
     let mut out = [0u8; N];
     hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_database_made_with_sleds_default_segment_size_still_opens() {
+        let dir = std::env::temp_dir().join(format!("vault-sled-compat-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        {
+            let db = sled::Config::new().path(&dir).open().unwrap();
+            db.insert(b"Mold", b"value".to_vec()).unwrap();
+            db.flush().unwrap();
+        }
+        let meta = SledMeta::open(&dir).unwrap();
+        assert_eq!(meta.get(b"Mold").unwrap().as_deref(), Some(&b"value"[..]));
+        drop(meta);
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -25,7 +25,7 @@ use crate::time::Timestamp;
 pub const FORMAT: &str = "vault-format-1";
 const STRIPES: usize = 256;
 /// Read size for streaming puts.
-const READ_BUF: usize = 256 * 1024;
+const READ_BUF: usize = 64 * 1024;
 
 /// Key prefixes of the metadata store (SPEC.md, "Metadata keys").
 pub(crate) mod prefix {

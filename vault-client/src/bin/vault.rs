@@ -253,8 +253,8 @@ struct DepositArgs {
     /// Valid until.
     #[arg(long, value_parser = Timestamp::parse)]
     valid_until: Option<Timestamp>,
-    /// Uploads in flight.
-    #[arg(long, default_value_t = 8)]
+    /// Uploads and deposits in flight.
+    #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// The journal of acknowledged uploads and deposits (default: one per server, caller and
     /// input, beside the state file).
