@@ -284,6 +284,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// An owner's contents and the server's answer about which are missing.
+type OwnerAnswer = (OwnerId, HashMap<Digest, Vec<Hashed>>, Result<HashSet<Digest>, Error>);
+
 /// A hashed item.
 struct Hashed {
     item: Item,
@@ -362,7 +365,7 @@ async fn run_batch(
         }
     }
     // One `contents/missing` conversation per owner, several owners at once.
-    let answers: Vec<(OwnerId, HashMap<Digest, Vec<Hashed>>, Result<HashSet<Digest>, Error>)> = stream::iter(by_owner)
+    let answers: Vec<OwnerAnswer> = stream::iter(by_owner)
         .map(|(owner, contents)| async move {
             let digests: Vec<Digest> = contents.keys().copied().collect();
             let missing = client.missing(&owner, &digests).await.map(|m| m.into_iter().collect());
