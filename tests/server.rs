@@ -423,3 +423,49 @@ fn logs_are_structured_and_never_hold_tokens() {
     }
     assert!(!log.contains(CITIZEN), "an owner id reached the log");
 }
+
+#[test]
+fn upload_with_vault_deposit_stores_and_deposits_in_one_step() {
+    let s = Server::start(&[]);
+    let (sk, agency) = register_agency(&s, "ubnd", 31);
+    let data = b"%PDF-1.7 one-step deposit".repeat(50);
+    let digest = Digest::of(&data);
+    let body = signed_deposit(CITIZEN, &data, "ubnd", &sk);
+    let header = B64URL.encode(body.to_string());
+    let url = s.url(&format!("/v1/owners/{CITIZEN}/contents/{digest}"));
+    let put = |h: &str, bytes: &[u8]| call("PUT", &url, Some(&agency), &[("Vault-Deposit", h)], Some(bytes));
+    let r = put(&header, &data);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["digest"], digest.to_string());
+    assert_eq!(v["document"]["verified"], true);
+    let id = v["document"]["id"].as_str().unwrap().to_owned();
+    // The same again: the same document, 200.
+    let r = put(&header, &data);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["document"]["id"], id.as_str());
+    // Bad inputs: malformed header, a header about another digest, bytes that are not the
+    // digest, a signature that does not verify. Nothing is stored by any of them.
+    assert_eq!(put("%%%", &data).code(), "invalid_request");
+    let mut other = body.clone();
+    other["digest"] = json!(Digest::of(b"x").to_string());
+    assert_eq!(put(&B64URL.encode(other.to_string()), &data).code(), "invalid_request");
+    let r = put(&header, b"other bytes");
+    assert_eq!((r.status, r.code().as_str()), (400, "digest_mismatch"));
+    let data2 = b"second".repeat(10);
+    let mut forged = signed_deposit(CITIZEN, &data2, "ubnd", &sk);
+    forged["title"] = json!("changed after signing");
+    let url2 = s.url(&format!("/v1/owners/{CITIZEN}/contents/{}", Digest::of(&data2)));
+    let r = call("PUT", &url2, Some(&agency), &[("Vault-Deposit", &B64URL.encode(forged.to_string()))], Some(&data2));
+    assert_eq!(r.code(), "invalid_signature");
+    let owner = s.owner(CITIZEN);
+    let missing = post_json(
+        &s.url(&format!("/v1/owners/{CITIZEN}/contents/missing")),
+        &owner,
+        None,
+        &json!({"digests": [Digest::of(&data2).to_string()]}),
+    );
+    assert_eq!(missing.json()["missing"].as_array().unwrap().len(), 1, "a refused one-step deposit stores nothing");
+    let docs = call("GET", &s.url(&format!("/v1/owners/{CITIZEN}/documents")), Some(&owner), &[], None).json();
+    assert_eq!(docs["documents"].as_array().unwrap().len(), 1);
+}

@@ -448,22 +448,24 @@ async fn deposit_group(
         }
         let result = async {
             if need_upload {
-                client.upload_file(owner, &digest, &h.item.file).await?;
+                // One request stores the content and deposits the document.
+                let answer = client.upload_and_deposit(owner, &h.item.file, &doc).await?;
                 journal.uploaded(owner, &digest);
                 need_upload = false;
                 uploaded = true;
                 r.uploaded_files += 1;
                 r.uploaded_bytes += size;
+                return Ok(answer);
             }
             match client.deposit(owner, &doc).await {
                 // The journal said uploaded, but the server no longer holds it: upload again.
                 Err(Error::Api { status: 409, .. }) if !uploaded => {
-                    client.upload_file(owner, &digest, &h.item.file).await?;
+                    let answer = client.upload_and_deposit(owner, &h.item.file, &doc).await?;
                     journal.uploaded(owner, &digest);
                     uploaded = true;
                     r.uploaded_files += 1;
                     r.uploaded_bytes += size;
-                    client.deposit(owner, &doc).await
+                    Ok(answer)
                 }
                 other => other,
             }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use base64::engine::general_purpose::STANDARD as B64;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use base64::Engine as _;
 use futures_util::StreamExt;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -268,23 +268,39 @@ impl Client {
     pub async fn upload_file(&self, owner: &OwnerId, digest: &Digest, path: &Path) -> Result<Uploaded, Error> {
         let file = tokio::fs::File::open(path).await.map_err(Error::io(path))?;
         let len = file.metadata().await.map_err(Error::io(path))?.len();
-        let stream = futures_util::stream::unfold(file, |mut f| async move {
-            let mut buf = vec![0u8; 256 * 1024];
-            match f.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok::<_, std::io::Error>(buf), f))
-                }
-                Err(e) => Some((Err(e), f)),
-            }
-        });
+        let stream = file_stream(file);
         let r = self
             .request(Method::PUT, &Self::owner_path(owner, &format!("/contents/{digest}")))
             .header("Content-Type", "application/octet-stream")
             .header("Content-Length", len)
             .body(reqwest::Body::wrap_stream(stream));
         self.uploaded(r).await
+    }
+
+    /// `PUT contents/{digest}` streaming a file, with `Vault-Deposit`: stores the content and
+    /// deposits `doc` in one durable step (an extension of the contract, SPEC.md §20). Returns
+    /// the document and whether it is new.
+    pub async fn upload_and_deposit(
+        &self,
+        owner: &OwnerId,
+        path: &Path,
+        doc: &NewDocument,
+    ) -> Result<(DocumentView, bool), Error> {
+        #[derive(Deserialize)]
+        struct Answer {
+            document: DocumentView,
+        }
+        let file = tokio::fs::File::open(path).await.map_err(Error::io(path))?;
+        let len = file.metadata().await.map_err(Error::io(path))?.len();
+        let body = serde_json::to_vec(doc).map_err(|e| Error::Invalid(e.to_string()))?;
+        let r = self
+            .request(Method::PUT, &Self::owner_path(owner, &format!("/contents/{}", doc.digest)))
+            .header("Content-Type", "application/octet-stream")
+            .header("Content-Length", len)
+            .header("Vault-Deposit", B64URL.encode(body))
+            .body(reqwest::Body::wrap_stream(file_stream(file)));
+        let (status, a): (_, Answer) = self.json(r).await?;
+        Ok((a.document, status == StatusCode::CREATED))
     }
 
     /// `PUT contents/{digest}` of bytes in memory (the digest is computed here).
@@ -692,6 +708,23 @@ impl Client {
     pub async fn agency_info(&self, id: &AgencyId) -> Result<Agency, Error> {
         Ok(self.json(self.request(Method::GET, &format!("/v1/agencies/{}", id.as_str()))).await?.1)
     }
+}
+
+/// A file as a stream of chunks for a request body.
+fn file_stream(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
+    futures_util::stream::unfold(file, |mut f| async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(buf), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    })
 }
 
 /// `dest` + `.part`.

@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
-use base64::engine::general_purpose::STANDARD as B64;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use base64::Engine as _;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -340,10 +340,30 @@ async fn put_content(
             "the content is larger than the server accepts",
         ));
     }
+    // Extension: `Vault-Deposit` (base64url of a deposit body) stores the content and deposits
+    // the document in one durable step (SPEC.md §20).
+    let deposit = match headers.get("vault-deposit") {
+        None => None,
+        Some(h) => {
+            let raw =
+                h.to_str().ok().and_then(|t| B64URL.decode(t.trim()).ok()).ok_or_else(|| {
+                    ApiError::invalid("Vault-Deposit must be base64url (no padding) of a deposit body")
+                })?;
+            let new: NewDocument = serde_json::from_slice(&raw)
+                .map_err(|e| ApiError::invalid(format!("Vault-Deposit is not a deposit body: {e}")))?;
+            if new.digest != digest {
+                return Err(ApiError::invalid("the Vault-Deposit digest differs from the content's"));
+            }
+            Some(new)
+        }
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let reader = ChannelReader { rx, current: Bytes::new(), seen: 0, max: st.max_content };
     let v = st.vault()?;
-    let task = tokio::task::spawn_blocking(move || v.upload_as(&caller, &owner, reader, Some(digest)));
+    let task = tokio::task::spawn_blocking(move || match deposit {
+        None => v.upload_as(&caller, &owner, reader, Some(digest)).map(|s| (s, None)),
+        Some(new) => v.put_document_as(&caller, &owner, reader, new).map(|(s, d, c)| (s, Some((d, c)))),
+    });
     let mut stream = body.into_data_stream();
     let mut received = 0u64;
     while let Some(chunk) = stream.next().await {
@@ -358,9 +378,17 @@ async fn put_content(
     }
     drop(tx);
     st.metrics.bytes_in.fetch_add(received, Ordering::Relaxed);
-    let stored = task.await.map_err(ApiError::internal)??;
-    let status = if stored.created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(json_response(status, &json!({"digest": stored.digest, "size": stored.size})))
+    let (stored, doc) = task.await.map_err(ApiError::internal)??;
+    Ok(match doc {
+        None => {
+            let status = if stored.created { StatusCode::CREATED } else { StatusCode::OK };
+            json_response(status, &json!({"digest": stored.digest, "size": stored.size}))
+        }
+        Some((doc, created)) => {
+            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+            json_response(status, &json!({"digest": stored.digest, "size": stored.size, "document": doc_out(&doc)}))
+        }
+    })
 }
 
 // ---------------------------------------------------------------- documents
@@ -802,7 +830,11 @@ async fn method_not_allowed() -> Response {
 /// Every route: (method, path, summary), the source of both the router and `/openapi.json`.
 pub const ROUTES: &[(&str, &str, &str)] = &[
     ("post", "/v1/owners/{owner}/contents/missing", "Which of these digests must be uploaded"),
-    ("put", "/v1/owners/{owner}/contents/{digest}", "Upload a content (raw bytes, streamed)"),
+    (
+        "put",
+        "/v1/owners/{owner}/contents/{digest}",
+        "Upload a content (raw bytes, streamed); with Vault-Deposit, deposit it in the same step",
+    ),
     (
         "post",
         "/v1/owners/{owner}/documents",

@@ -305,14 +305,15 @@ impl Vault {
     }
 
     /// Uploads a content and deposits a document about it in one step (the one-call deposit of
-    /// a dossier system); same rules as [`Vault::upload_as`] and [`Vault::deposit_as_caller`].
+    /// a dossier system); same rules as [`Vault::upload_as`] and [`Vault::deposit_as`]. Returns
+    /// whether the document is new (a repeat of a live deposit returns that one).
     pub fn put_document_as(
         &self,
         caller: &Caller,
         owner: &OwnerId,
         source: impl Read,
         new: NewDocument,
-    ) -> Result<(Stored, Document), Error> {
+    ) -> Result<(Stored, Document, bool), Error> {
         let id = DocumentId::random();
         let mut draft = self.draft(caller, Some(owner), "document.deposit");
         draft.document = Some(id);

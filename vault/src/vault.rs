@@ -761,7 +761,8 @@ impl Vault {
         source: impl Read,
         new: NewDocument,
     ) -> Result<(Stored, Document), Error> {
-        self.put_document_with(owner, source, new, false, DocumentId::random(), None)
+        let (stored, doc, _) = self.put_document_with(owner, source, new, false, DocumentId::random(), None)?;
+        Ok((stored, doc))
     }
 
     /// [`Vault::put_document`] for an issuer-signed document: the signature is checked against
@@ -773,7 +774,8 @@ impl Vault {
         source: impl Read,
         new: NewDocument,
     ) -> Result<(Stored, Document), Error> {
-        self.put_document_with(owner, source, new, true, DocumentId::random(), None)
+        let (stored, doc, _) = self.put_document_with(owner, source, new, true, DocumentId::random(), None)?;
+        Ok((stored, doc))
     }
 
     pub(crate) fn put_document_with(
@@ -784,7 +786,7 @@ impl Vault {
         verify: bool,
         id: DocumentId,
         audit: Option<&Draft>,
-    ) -> Result<(Stored, Document), Error> {
+    ) -> Result<(Stored, Document, bool), Error> {
         new.validate()?;
         let o = self.owner_or_create(owner)?;
         let want = new.digest;
@@ -793,13 +795,13 @@ impl Vault {
             if actual != want {
                 return Err(Error::DigestMismatch { expected: want, actual });
             }
-            let (doc, _) = self.deposit_inner(&o, new, verify, id, Timestamp::now(), audit)?;
-            return Ok((Stored { digest: want, size, created: false }, doc));
+            let (doc, created) = self.deposit_inner(&o, new, verify, id, Timestamp::now(), audit)?;
+            return Ok((Stored { digest: want, size, created: false }, doc, created));
         }
         let fin = self.encrypt(&o, source, Some(want))?;
         let (stored, doc) = self.commit_blob(&o, fin, Some((new, verify, id)), audit)?;
         let doc = doc.ok_or_else(|| Error::Conflict("document was not recorded".into()))?;
-        Ok((stored, doc))
+        Ok((stored, doc, true))
     }
 
     /// Records a document about a content the owner already holds ([`Error::Conflict`] if
