@@ -334,7 +334,8 @@ async fn run_batch(
     progress: &dyn Progress,
     summary: &mut Summary,
 ) {
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // Small files are bound by open/read latency more than by hashing: more readers than cores.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2) * 4;
     let hashed: Vec<Result<Hashed, (Item, Error)>> = stream::iter(batch)
         .map(|item| async move {
             let path = item.file.clone();
@@ -437,7 +438,7 @@ async fn deposit_group(
     for h in items {
         let mut doc = h.item.new_document(h.digest);
         if let Some(c) = client.agency() {
-            c.sign(owner, h.size, &mut doc);
+            doc.issuer = Some(c.agency.clone());
         }
         let key = deposit_key(owner, &doc);
         if !missing && journal.was_deposited(&key) {
@@ -445,6 +446,10 @@ async fn deposit_group(
             r.held_files += 1;
             progress.file_done(h.size, Outcome::Held);
             continue;
+        }
+        // Signed only when it is sent.
+        if let Some(c) = client.agency() {
+            c.sign(owner, h.size, &mut doc);
         }
         let result = async {
             if need_upload {
