@@ -75,35 +75,40 @@ fn generate(name: &'static str, root: &Path, n: usize, seed: u64, size: impl Fn(
     Corpus { name, dir, files, bytes }
 }
 
-/// The library's bulk ingest: `VAULT_INGEST_THREADS` threads (default 16); each file hashed, then deposited if its content is
-/// held (idempotent: nothing new on a re-run) or stored and deposited in one step.
+/// The library's bulk ingest: `VAULT_INGEST_THREADS` threads (default 8), each taking batches
+/// of 32 files: every file is hashed, then the batch goes through `Vault::put_documents` (held
+/// contents are only deposited, idempotently; one durable wait per batch).
 fn library_ingest(v: &Vault, c: &Corpus) -> f64 {
+    const BATCH: usize = 32;
     let next = AtomicUsize::new(0);
     let start = Instant::now();
     std::thread::scope(|s| {
-        for _ in 0..env_num("VAULT_INGEST_THREADS", 16) {
+        for _ in 0..env_num("VAULT_INGEST_THREADS", 8) {
             s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((path, _, owner)) = c.files.get(i) else { break };
-                let digest = vault_client::digest_file(path).unwrap();
-                let new = NewDocument {
-                    digest,
-                    doc_type: DocType::parse("ket-qua").unwrap(),
-                    title: format!("{i:05}.bin"),
-                    media_type: "application/octet-stream".into(),
-                    file_name: None,
-                    issuer: None,
-                    issued_at: None,
-                    valid_from: None,
-                    valid_until: None,
-                    reference: Some(format!("{}-{i}", c.name)),
-                    procedure: None,
-                    signature: None,
-                };
-                if v.holds(owner, &digest).unwrap() {
-                    v.deposit(owner, new).unwrap();
-                } else {
-                    v.put_document(owner, std::fs::File::open(path).unwrap(), new).unwrap();
+                let first = next.fetch_add(BATCH, Ordering::Relaxed);
+                if first >= c.files.len() {
+                    break;
+                }
+                let mut items = Vec::with_capacity(BATCH);
+                for (i, (path, _, owner)) in c.files.iter().enumerate().skip(first).take(BATCH) {
+                    let new = NewDocument {
+                        digest: vault_client::digest_file(path).unwrap(),
+                        doc_type: DocType::parse("ket-qua").unwrap(),
+                        title: format!("{i:05}.bin"),
+                        media_type: "application/octet-stream".into(),
+                        file_name: None,
+                        issuer: None,
+                        issued_at: None,
+                        valid_from: None,
+                        valid_until: None,
+                        reference: Some(format!("{}-{i}", c.name)),
+                        procedure: None,
+                        signature: None,
+                    };
+                    items.push((owner.clone(), std::fs::File::open(path).unwrap(), new));
+                }
+                for r in v.put_documents(items).unwrap() {
+                    r.unwrap();
                 }
             });
         }

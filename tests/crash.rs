@@ -61,9 +61,34 @@ fn crash_child() {
             })
         })
         .collect();
+    // One more writer stores batches with `put_documents` (one durable wait per batch) and
+    // reports the batch's documents only after it returns.
+    let batcher = {
+        let v = v.clone();
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            loop {
+                let items: Vec<_> = (0..5)
+                    .map(|k| {
+                        let cn = 4 * 100_000 + i * 5 + k;
+                        let data = content_of(round, cn);
+                        let doc = new_doc(Digest::of(&data), "cccd");
+                        (owner((cn % 3) as u32), std::io::Cursor::new(data), doc)
+                    })
+                    .collect();
+                for (k, r) in v.put_documents(items).unwrap().into_iter().enumerate() {
+                    let (_, doc, _) = r.unwrap();
+                    let cn = 4 * 100_000 + i * 5 + k as u64;
+                    report(&format!("ACK {} {} {} {round} {cn}", doc.owner, doc.id, doc.meta.digest));
+                }
+                i += 1;
+            }
+        })
+    };
     for t in threads {
         t.join().unwrap();
     }
+    batcher.join().unwrap();
 }
 
 fn report(line: &str) {

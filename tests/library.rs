@@ -461,3 +461,39 @@ fn every_size_around_the_inline_limit_round_trips() {
     }
     assert!(v.check(true).unwrap().is_clean());
 }
+
+#[test]
+fn a_batch_of_documents_is_stored_with_one_durable_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    let a = owner(1);
+    let b = owner(2);
+    let small = content(50, 5000);
+    let large = content(51, 100_000);
+    let items = vec![
+        (a.clone(), std::io::Cursor::new(small.clone()), new_doc(Digest::of(&small), "cccd")),
+        (b.clone(), std::io::Cursor::new(large.clone()), new_doc(Digest::of(&large), "cccd")),
+        // The same deposit again, in the same batch: no duplicate.
+        (a.clone(), std::io::Cursor::new(small.clone()), new_doc(Digest::of(&small), "cccd")),
+        // Bytes that are not the announced digest: this item fails, the others stand.
+        (a.clone(), std::io::Cursor::new(b"other".to_vec()), new_doc(Digest::of(&small), "giay-khai-sinh")),
+    ];
+    let syncs = v.commit_stats().syncs;
+    let results = v.put_documents(items).unwrap();
+    assert_eq!(results.len(), 4);
+    let (_, d1, new1) = results[0].as_ref().unwrap();
+    let (_, d2, new2) = results[1].as_ref().unwrap();
+    let (_, d3, new3) = results[2].as_ref().unwrap();
+    assert!(*new1 && *new2 && !*new3);
+    assert_eq!(d1.id, d3.id);
+    assert!(matches!(results[3], Err(Error::DigestMismatch { .. })));
+    assert!(v.commit_stats().syncs - syncs <= 1, "one journal sync for the batch");
+    assert_eq!(v.read_content(&a, &d1.meta.digest).unwrap(), small);
+    assert_eq!(v.read_content(&b, &d2.meta.digest).unwrap(), large);
+    assert_eq!(v.documents(&a, None).unwrap().len(), 1);
+    // Outside a batch, every call waits for itself again.
+    let s = v.commit_stats().syncs;
+    put_doc(&v, &a, &content(52, 10), "cccd");
+    assert!(v.commit_stats().syncs > s);
+    assert!(v.check(true).unwrap().is_clean());
+}

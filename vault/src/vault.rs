@@ -45,6 +45,15 @@ pub(crate) mod prefix {
     pub const INLINE_BLOB: u8 = b'B';
 }
 
+/// One stored document of [`Vault::put_documents`]: the content, the document, and whether the
+/// document is new.
+pub type Put = (Stored, Document, bool);
+
+thread_local! {
+    /// `Some(max ticket)` while this thread runs a [`Vault::put_documents`] batch.
+    static DEFERRED: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
 /// Blobs up to this many bytes (contents up to about 32 KiB) are kept in the metadata store,
 /// written in the same atomic batch as their content record (SPEC.md §8, "Inline blobs").
 pub const INLINE_MAX: usize = 32 * 1024 + 128;
@@ -422,7 +431,39 @@ impl Vault {
     }
 
     fn durable(&self, ticket: u64) -> Result<(), Error> {
+        // Inside `put_documents` on this thread: remember the ticket, wait once at the end.
+        if DEFERRED.with(|d| d.get().map(|t| d.set(Some(t.max(ticket))))).is_some() {
+            return Ok(());
+        }
         Ok(self.commit.wait_durable(ticket, || self.meta.sync())?)
+    }
+
+    /// Stores contents and records documents about them (each as [`Vault::put_document`] does)
+    /// and waits for durability once for the whole batch: a bulk ingest costs one shared
+    /// journal sync per batch instead of one per document. Nothing is acknowledged before the
+    /// whole batch is durable: the outer error means none of it may be relied on; otherwise each
+    /// item has its own result (with whether the document is new, as for a repeated deposit).
+    pub fn put_documents<R: Read>(
+        &self,
+        items: Vec<(OwnerId, R, NewDocument)>,
+    ) -> Result<Vec<Result<Put, Error>>, Error> {
+        /// Restores immediate durability on this thread, even on a panic.
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                DEFERRED.with(|d| d.set(None));
+            }
+        }
+        DEFERRED.with(|d| d.set(Some(0)));
+        let reset = Reset;
+        let results: Vec<_> = items
+            .into_iter()
+            .map(|(owner, source, new)| self.put_document_with(&owner, source, new, false, DocumentId::random(), None))
+            .collect();
+        let ticket = DEFERRED.with(|d| d.get()).unwrap_or(0).max(self.commit.latest());
+        drop(reset);
+        self.durable(ticket)?;
+        Ok(results)
     }
 
     /// Applies changes and returns the ticket to wait on.
