@@ -469,3 +469,37 @@ fn upload_with_vault_deposit_stores_and_deposits_in_one_step() {
     let docs = call("GET", &s.url(&format!("/v1/owners/{CITIZEN}/documents")), Some(&owner), &[], None).json();
     assert_eq!(docs["documents"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn a_token_seen_before_is_still_refused_once_expired_or_its_key_is_retired() {
+    let s = Server::start(&[]);
+    let (sk, agency) = register_agency(&s, "so-tp", 41);
+    let list = |t: &str| call("GET", &s.url("/v1/agencies"), Some(t), &[], None).status;
+    assert_eq!(list(&agency), 200);
+    assert_eq!(list(&agency), 200); // now from the cache of verified tokens
+                                    // Expiring within the leeway: accepted now, refused three seconds later.
+    let t = now();
+    let short = token(&sk, "k1", "so-tp", "so-tp", json!("vault"), t - 100, t - 58);
+    assert_eq!(list(&short), 200);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(list(&short), 401);
+    // The key retired: the cached token stops working at once.
+    let retire = |pk: &[u8; 32], not_after: Option<&str>| {
+        let body = json!({"name": "Agency so-tp", "keys": [{"id": "k1", "public_key": B64.encode(pk), "not_before": "2020-01-01T00:00:00Z", "not_after": not_after}]});
+        let r = call(
+            "PUT",
+            &s.url("/v1/agencies/so-tp"),
+            Some(&s.operator()),
+            &[("Content-Type", "application/json")],
+            Some(body.to_string().as_bytes()),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    };
+    retire(&sk.verifying_key().to_bytes(), Some("2021-01-01T00:00:00Z"));
+    assert_eq!(list(&agency), 401);
+    // Restored, then the key id given another public key: the old token is refused.
+    retire(&sk.verifying_key().to_bytes(), None);
+    assert_eq!(list(&agency), 200);
+    retire(&SigningKey::from_bytes(&[42; 32]).verifying_key().to_bytes(), None);
+    assert_eq!(list(&agency), 401);
+}

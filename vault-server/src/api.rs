@@ -1019,6 +1019,7 @@ mod tests {
                 max_lifetime: 3600,
                 operator: None,
                 providers: Default::default(),
+                cache: Default::default(),
             },
             max_content: 1 << 20,
             metrics: Metrics::default(),

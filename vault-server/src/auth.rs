@@ -28,6 +28,41 @@ pub struct AuthConfig {
     pub operator: Option<VerifyingKey>,
     /// Identity providers by name.
     pub providers: HashMap<String, VerifyingKey>,
+    /// Tokens already verified (shared by clones).
+    pub cache: std::sync::Arc<TokenCache>,
+}
+
+/// Most tokens remembered; the cache is emptied when it is full.
+const CACHE_MAX: usize = 20_000;
+
+/// Tokens whose signature verified, by BLAKE3 of the whole token: a token presented again is
+/// not verified again (an Ed25519 verification costs more than the rest of a small read).
+/// Everything that can change is still checked on every call: expiry, and for an agency that
+/// the signing key is still registered, unchanged and valid now.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    map: std::sync::Mutex<HashMap<[u8; 32], Cached>>,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    principal: Principal,
+    exp: i64,
+    /// For an agency token: its key id and the public key that verified it.
+    agency_key: Option<(KeyId, [u8; 32])>,
+}
+
+impl TokenCache {
+    fn get(&self, k: &[u8; 32]) -> Option<Cached> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).get(k).cloned()
+    }
+    fn put(&self, k: [u8; 32], c: Cached) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= CACHE_MAX {
+            m.clear();
+        }
+        m.insert(k, c);
+    }
 }
 
 /// Why a token was refused (always 401 `unauthenticated`; the message says what to fix).
@@ -67,6 +102,22 @@ pub fn authenticate(cfg: &AuthConfig, vault: &Vault, header: Option<&str>, now: 
     let header = header.ok_or(AuthError("send Authorization: Bearer <token>"))?;
     let token =
         header.strip_prefix("Bearer ").ok_or(AuthError("the Authorization header must be `Bearer <token>`"))?.trim();
+    let fingerprint = *blake3::hash(token.as_bytes()).as_bytes();
+    if let Some(c) = cfg.cache.get(&fingerprint) {
+        if now >= c.exp.saturating_add(LEEWAY) {
+            return Err(AuthError("the token has expired"));
+        }
+        if let (Principal::Agency(agency), Some((kid, pk))) = (&c.principal, &c.agency_key) {
+            let at = Timestamp::from_unix(now).ok_or(AuthError("clock out of range"))?;
+            let reg = vault.agency(agency).map_err(|_| AuthError("the agency registry is unavailable"))?;
+            let still =
+                reg.as_ref().and_then(|a| a.key_valid_at(kid, at)).is_some_and(|k| k.public_key.as_bytes() == pk);
+            if !still {
+                return Err(AuthError("unknown or expired signing key"));
+            }
+        }
+        return Ok(c.principal);
+    }
     let mut parts = token.split('.');
     let (Some(h), Some(c), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(AuthError("a token is a compact JWS: header.claims.signature"));
@@ -101,6 +152,7 @@ pub fn authenticate(cfg: &AuthConfig, vault: &Vault, header: Option<&str>, now: 
         return Err(AuthError("the token has expired"));
     }
     let signing_input = &token.as_bytes()[..h.len() + 1 + c.len()];
+    let mut agency_key = None;
     let (key, principal) = if kid == "operator" {
         if iss != "operator" || sub != "operator" {
             return Err(AuthError("operator tokens have iss and sub `operator`"));
@@ -124,8 +176,10 @@ pub fn authenticate(cfg: &AuthConfig, vault: &Vault, header: Option<&str>, now: 
             reg.as_ref().and_then(|a| a.key_valid_at(&kid, at)).ok_or(AuthError("unknown or expired signing key"))?;
         let vk = VerifyingKey::from_bytes(key.public_key.as_bytes())
             .map_err(|_| AuthError("unknown or expired signing key"))?;
+        agency_key = Some((kid, *key.public_key.as_bytes()));
         (vk, Principal::Agency(agency))
     };
     key.verify_strict(signing_input, &sig).map_err(|_| AuthError("the token signature does not verify"))?;
+    cfg.cache.put(fingerprint, Cached { principal: principal.clone(), exp, agency_key });
     Ok(principal)
 }

@@ -270,6 +270,7 @@ async fn run(args: Args) -> Result<(), String> {
         max_lifetime: args.max_token_lifetime,
         operator,
         providers,
+        cache: Default::default(),
     };
     let dev = if args.dev { Some(dev_keys(&args, &mut auth)?) } else { None };
     // Serve first, so /readyz answers 503 while the vault opens (recovery after a crash may walk
