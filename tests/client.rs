@@ -132,11 +132,24 @@ fn the_demo_story_through_the_cli() {
     let third = cli.ok(&dep, &["deposit", "--journal", j.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()]);
     assert_eq!((third["uploaded_files"].as_u64(), third["deposited"].as_u64()), (Some(0), Some(0)));
     assert_eq!(third["already_deposited"].as_u64(), Some(2));
+    // A folder holding the manifest is the same deposit.
+    let folder = cli.ok(&dep, &["deposit", w.to_str().unwrap()]);
+    assert_eq!((folder["files"].as_u64(), folder["deposited"].as_u64()), (Some(2), Some(0)));
 
     // 2. The citizen sees them and grants another agency access for a procedure.
     let list = cli.ok(&as_citizen, &["list", CITIZEN]);
-    let docs = list["documents"].as_array().unwrap();
+    let docs = list["documents"].as_array().unwrap().clone();
     assert_eq!(docs.len(), 2, "{list}");
+    // (The citizen's own folder of scans, without a manifest: every file in it.)
+    let loose = w.join("scans");
+    std::fs::create_dir(&loose).unwrap();
+    std::fs::write(loose.join("a.jpg"), b"scan a").unwrap();
+    std::fs::write(loose.join("b.jpg"), b"scan b").unwrap();
+    let own = cli.ok(&as_citizen, &["deposit", "--owner", CITIZEN, "--doc-type", "ban-sao", loose.to_str().unwrap()]);
+    assert_eq!(own["deposited"].as_u64(), Some(2));
+    let o = cli.run(&as_citizen, &["deposit", loose.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no manifest"));
     assert!(docs.iter().all(|d| d["verified"] == true));
     let ks = docs.iter().find(|d| d["doc_type"] == "giay-khai-sinh").unwrap()["id"].as_str().unwrap().to_owned();
     let g = cli.ok(
@@ -192,7 +205,7 @@ fn the_demo_story_through_the_cli() {
     let tar = w.join("export.tar");
     cli.ok(&as_citizen, &["export", CITIZEN, "-o", tar.to_str().unwrap()]);
     let ve = cli.ok(&[], &["verify-export", tar.to_str().unwrap()]);
-    assert_eq!(ve["documents"], 2);
+    assert_eq!(ve["documents"], 4);
     // The citizen withdraws consent: the very next read is refused.
     cli.ok(&as_citizen, &["revoke", CITIZEN, g["id"].as_str().unwrap()]);
     let o = cli.run(&agency2, &["reuse", CITIZEN, "giay-khai-sinh"]);

@@ -223,7 +223,8 @@ enum AgencyCommand {
 
 #[derive(Debug, Args)]
 struct DepositArgs {
-    /// Files to deposit (all for --owner, of --doc-type).
+    /// Files to deposit (all for --owner, of --doc-type), or one folder: its manifest.csv or
+    /// manifest.json, or without one (with --owner and --doc-type) every file in it.
     files: Vec<PathBuf>,
     /// A CSV or JSON manifest (columns/fields: file, owner, doc_type, title, media_type,
     /// file_name, reference, issued_at, valid_from, valid_until, procedure).
@@ -708,11 +709,36 @@ impl Progress for Bar {
 }
 
 async fn deposit(g: &Global, a: DepositArgs) -> Result<u8, Error> {
+    // A folder: its manifest.csv / manifest.json, or (with --owner and --doc-type) its files.
+    let mut a = a;
+    if a.manifest.is_none() && a.files.len() == 1 && a.files[0].is_dir() {
+        let dir = a.files[0].clone();
+        let found = ["manifest.csv", "manifest.json"].into_iter().map(|m| dir.join(m)).find(|p| p.is_file());
+        match found {
+            Some(m) => {
+                a.manifest = Some(m);
+                a.files.clear();
+            }
+            None if a.owner.is_some() && a.doc_type.is_some() => {
+                let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                    .map_err(Error::io(&dir))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.is_file())
+                    .collect();
+                files.sort();
+                a.files = files;
+            }
+            None => return Err(Error::Invalid(format!(
+                "{} has no manifest.csv or manifest.json; add one, or give --owner and --doc-type for all its files",
+                dir.display()
+            ))),
+        }
+    }
     let items: Vec<Item> = match &a.manifest {
         Some(m) => bulk::read_manifest(m)?,
         None => {
             if a.files.is_empty() {
-                return Err(Error::Invalid("give files, or --manifest FILE".into()));
+                return Err(Error::Invalid("give files, a folder, or --manifest FILE".into()));
             }
             let owner =
                 a.owner.clone().ok_or_else(|| Error::Invalid("with files, say whose they are: --owner".into()))?;
