@@ -728,10 +728,12 @@ async fn deposit(g: &Global, a: DepositArgs) -> Result<u8, Error> {
                 files.sort();
                 a.files = files;
             }
-            None => return Err(Error::Invalid(format!(
+            None => {
+                return Err(Error::Invalid(format!(
                 "{} has no manifest.csv or manifest.json; add one, or give --owner and --doc-type for all its files",
                 dir.display()
-            ))),
+            )))
+            }
         }
     }
     let items: Vec<Item> = match &a.manifest {
