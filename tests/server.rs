@@ -503,3 +503,75 @@ fn a_token_seen_before_is_still_refused_once_expired_or_its_key_is_retired() {
     retire(&SigningKey::from_bytes(&[42; 32]).verifying_key().to_bytes(), None);
     assert_eq!(list(&agency), 401);
 }
+
+/// A batch body: a tar of (deposit body, content) pairs.
+fn batch_tar(items: &[(Value, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (i, (doc, data)) in items.iter().enumerate() {
+        for (name, bytes) in [(format!("{i}.json"), doc.to_string().into_bytes()), (format!("{i}.bin"), data.clone())] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o600);
+            h.set_cksum();
+            b.append_data(&mut h, name, bytes.as_slice()).unwrap();
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn batch_deposits_store_many_small_documents_in_one_request() {
+    let s = Server::start(&[]);
+    let (sk, agency) = register_agency(&s, "ubnd", 33);
+    let url = s.url(&format!("/v1/owners/{CITIZEN}/deposits"));
+    let tar_ct = [("Content-Type", "application/x-tar")];
+    let a = b"first small result".to_vec();
+    let b = b"second small result".to_vec();
+    let c = b"third, badly signed".to_vec();
+    let mut forged = signed_deposit(CITIZEN, &c, "ubnd", &sk);
+    forged["title"] = json!("changed after signing");
+    let body = batch_tar(&[
+        (signed_deposit(CITIZEN, &a, "ubnd", &sk), a.clone()),
+        (signed_deposit(CITIZEN, &b, "ubnd", &sk), b.clone()),
+        (forged, c.clone()),
+    ]);
+    let r = call("POST", &url, Some(&agency), &tar_ct, Some(&body));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let results = r.json()["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0]["created"], true);
+    assert_eq!(results[1]["document"]["verified"], true);
+    assert_eq!(results[2]["error"]["code"], "invalid_signature");
+    assert_eq!(results[2]["status"], 400);
+    // The same batch again: nothing new.
+    let again = call("POST", &url, Some(&agency), &tar_ct, Some(&body)).json();
+    assert_eq!(again["results"][0]["created"], false);
+    assert_eq!(again["results"][0]["document"]["id"], results[0]["document"]["id"]);
+    // Malformed batches are refused whole, and store nothing.
+    assert_eq!(
+        call("POST", &url, Some(&agency), &[("Content-Type", "application/json")], Some(&body)).code(),
+        "invalid_request"
+    );
+    assert_eq!(
+        call("POST", &url, Some(&agency), &tar_ct, Some(b"not a tar at all, just bytes")).code(),
+        "invalid_request"
+    );
+    let d = b"unpaired".to_vec();
+    let mut unpaired = batch_tar(&[(signed_deposit(CITIZEN, &d, "ubnd", &sk), d.clone())]);
+    // Cut the content member off (keep the deposit body and the end-of-archive blocks).
+    let cut = batch_tar(&[]);
+    unpaired.truncate(1024);
+    unpaired.extend_from_slice(&cut);
+    assert_eq!(call("POST", &url, Some(&agency), &tar_ct, Some(&unpaired)).code(), "invalid_request");
+    // Another owner's token cannot batch-deposit for this owner; every item is refused.
+    let other = s.owner("citizen:001099000009");
+    let r = call("POST", &url, Some(&other), &tar_ct, Some(&body)).json();
+    assert!(r["results"].as_array().unwrap().iter().all(|x| x["error"]["code"] == "forbidden"));
+    // The owner sees the two documents, and one audit entry per item of each batch.
+    let owner = s.owner(CITIZEN);
+    let docs = call("GET", &s.url(&format!("/v1/owners/{CITIZEN}/documents")), Some(&owner), &[], None).json();
+    assert_eq!(docs["documents"].as_array().unwrap().len(), 2);
+    let log = call("GET", &s.url(&format!("/v1/owners/{CITIZEN}/access-log")), Some(&owner), &[], None).json();
+    let deposits = log["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "document.deposit").count();
+    assert_eq!(deposits, 9);
+}

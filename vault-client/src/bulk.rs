@@ -391,6 +391,43 @@ async fn run_batch(
             groups.push((owner.clone(), missing.contains(&digest), items));
         }
     }
+    // Small new contents travel in batches (one request and one durable wait for many); the
+    // other documents about the same contents follow once those are held.
+    let mut small: HashMap<OwnerId, Vec<Hashed>> = HashMap::new();
+    let mut rest = Vec::new();
+    for (owner, missing, mut items) in groups {
+        let batchable = missing
+            && items.first().is_some_and(|h| h.size <= BATCH_CONTENT_MAX && !journal.was_uploaded(&owner, &h.digest));
+        if batchable && !items.is_empty() {
+            let first = items.remove(0);
+            small.entry(owner.clone()).or_default().push(first);
+            if !items.is_empty() {
+                rest.push((owner, false, items));
+            }
+        } else {
+            rest.push((owner, missing, items));
+        }
+    }
+    let batches: Vec<(OwnerId, Vec<Hashed>)> = small
+        .into_iter()
+        .flat_map(|(owner, mut items)| {
+            let mut out = Vec::new();
+            while !items.is_empty() {
+                let tail = items.split_off(items.len().min(BATCH_ITEMS));
+                out.push((owner.clone(), std::mem::replace(&mut items, tail)));
+            }
+            out
+        })
+        .collect();
+    let batch_results: Vec<GroupResult> = stream::iter(batches)
+        .map(|(owner, items)| {
+            let journal = journal.clone();
+            async move { deposit_small_batch(client, &owner, items, &journal, progress).await }
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect()
+        .await;
+    let groups = rest;
     let results: Vec<GroupResult> = stream::iter(groups)
         .map(|(owner, missing, items)| {
             let journal = journal.clone();
@@ -399,7 +436,7 @@ async fn run_batch(
         .buffer_unordered(opts.concurrency.max(1))
         .collect()
         .await;
-    for r in results {
+    for r in batch_results.into_iter().chain(results) {
         summary.uploaded_files += r.uploaded_files;
         summary.uploaded_bytes += r.uploaded_bytes;
         summary.held_files += r.held_files;
@@ -417,6 +454,79 @@ struct GroupResult {
     deposited: u64,
     already_deposited: u64,
     failed: Vec<(PathBuf, String)>,
+}
+
+/// Contents up to this size are sent in batches.
+const BATCH_CONTENT_MAX: u64 = 32 * 1024;
+/// Documents per batch request.
+const BATCH_ITEMS: usize = 64;
+
+/// Stores and deposits small new contents of one owner in one batch request.
+async fn deposit_small_batch(
+    client: &Client,
+    owner: &OwnerId,
+    items: Vec<Hashed>,
+    journal: &Journal,
+    progress: &dyn Progress,
+) -> GroupResult {
+    let mut r = GroupResult::default();
+    let mut sent = Vec::with_capacity(items.len());
+    let mut bodies = Vec::with_capacity(items.len());
+    for h in items {
+        match tokio::fs::read(&h.item.file).await {
+            // The file changed since it was hashed: the server would refuse it anyway.
+            Ok(data) if data.len() as u64 == h.size => {
+                let mut doc = h.item.new_document(h.digest);
+                if let Some(c) = client.agency() {
+                    c.sign(owner, h.size, &mut doc);
+                }
+                bodies.push((data, doc));
+                sent.push(h);
+            }
+            Ok(_) => {
+                progress.file_done(h.size, Outcome::Failed);
+                r.failed.push((h.item.file, "the file changed while being deposited".into()));
+            }
+            Err(e) => {
+                progress.file_done(h.size, Outcome::Failed);
+                r.failed.push((h.item.file.clone(), Error::io(&h.item.file)(e).to_string()));
+            }
+        }
+    }
+    if sent.is_empty() {
+        return r;
+    }
+    match client.deposit_batch(owner, &bodies).await {
+        Ok(results) => {
+            for ((h, (_, doc)), res) in sent.into_iter().zip(bodies).zip(results) {
+                match res {
+                    Ok((_, created)) => {
+                        journal.uploaded(owner, &h.digest);
+                        journal.deposited(deposit_key(owner, &doc));
+                        r.uploaded_files += 1;
+                        r.uploaded_bytes += h.size;
+                        if created {
+                            r.deposited += 1;
+                        } else {
+                            r.already_deposited += 1;
+                        }
+                        progress.file_done(h.size, Outcome::Uploaded);
+                    }
+                    Err(e) => {
+                        progress.file_done(h.size, Outcome::Failed);
+                        r.failed.push((h.item.file, e.to_string()));
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            for h in sent {
+                progress.file_done(h.size, Outcome::Failed);
+                r.failed.push((h.item.file, e.to_string()));
+            }
+        }
+    }
+    r
 }
 
 /// Uploads one content if needed and deposits every item about it.

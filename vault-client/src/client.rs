@@ -303,6 +303,56 @@ impl Client {
         Ok((a.document, status == StatusCode::CREATED))
     }
 
+    /// `POST /v1/owners/{owner}/deposits` (an extension, SPEC.md §20): many small contents
+    /// stored and deposited in one request and one durable wait. Each item has its own result.
+    pub async fn deposit_batch(
+        &self,
+        owner: &OwnerId,
+        items: &[(Vec<u8>, NewDocument)],
+    ) -> Result<Vec<Result<(DocumentView, bool), Error>>, Error> {
+        #[derive(Deserialize)]
+        struct Answer {
+            results: Vec<ItemAnswer>,
+        }
+        #[derive(Deserialize)]
+        struct ItemAnswer {
+            document: Option<DocumentView>,
+            created: Option<bool>,
+            status: Option<u16>,
+            error: Option<ErrorInner>,
+        }
+        let mut tar = tar::Builder::new(Vec::new());
+        for (i, (data, doc)) in items.iter().enumerate() {
+            let body = serde_json::to_vec(doc).map_err(|e| Error::Invalid(e.to_string()))?;
+            for (name, bytes) in [(format!("{i}.json"), body.as_slice()), (format!("{i}.bin"), data.as_slice())] {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(bytes.len() as u64);
+                h.set_mode(0o600);
+                h.set_cksum();
+                tar.append_data(&mut h, name, bytes).map_err(|e| Error::Invalid(e.to_string()))?;
+            }
+        }
+        let body = tar.into_inner().map_err(|e| Error::Invalid(e.to_string()))?;
+        let r = self
+            .request(Method::POST, &Self::owner_path(owner, "/deposits"))
+            .header("Content-Type", "application/x-tar")
+            .body(body);
+        let (_, a): (_, Answer) = self.json(r).await?;
+        if a.results.len() != items.len() {
+            return Err(Error::Protocol(format!("{} results for {} documents", a.results.len(), items.len())));
+        }
+        Ok(a.results
+            .into_iter()
+            .map(|r| match (r.document, r.error) {
+                (Some(d), _) => Ok((d, r.created.unwrap_or(true))),
+                (None, Some(e)) => {
+                    Err(Error::Api { status: r.status.unwrap_or(400), code: e.code, message: e.message })
+                }
+                (None, None) => Err(Error::Protocol("a batch result without document or error".into())),
+            })
+            .collect())
+    }
+
     /// `PUT contents/{digest}` of bytes in memory (the digest is computed here).
     pub async fn upload_bytes(&self, owner: &OwnerId, data: Vec<u8>) -> Result<Uploaded, Error> {
         let digest = Digest::of(&data);

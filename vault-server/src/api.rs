@@ -401,6 +401,82 @@ async fn deposit(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap,
     Ok(json_response(status, &doc_out(&doc)))
 }
 
+/// Largest body of a batch deposit.
+const MAX_BATCH_BODY: usize = 64 << 20;
+/// Most documents in a batch deposit.
+const MAX_BATCH_ITEMS: usize = 1000;
+
+/// One document of a batch: its content and deposit body.
+type BatchItem = (io::Cursor<Vec<u8>>, NewDocument);
+
+/// Reads a batch deposit: a tar whose members come in pairs, a `.json` deposit body and then the
+/// content it describes.
+fn batch_items(body: &[u8]) -> Result<Vec<BatchItem>, vault::Error> {
+    let bad = |m: String| vault::Error::InvalidRequest(format!("batch: {m}"));
+    let mut archive = tar::Archive::new(body);
+    let mut items = Vec::new();
+    let mut pending: Option<NewDocument> = None;
+    for member in archive.entries().map_err(|e| bad(e.to_string()))? {
+        let mut member = member.map_err(|e| bad(e.to_string()))?;
+        let name = member.path().map_err(|e| bad(e.to_string()))?.to_string_lossy().into_owned();
+        let mut data = Vec::with_capacity(usize::try_from(member.size()).unwrap_or(0).min(MAX_BATCH_BODY));
+        member.read_to_end(&mut data).map_err(|e| bad(e.to_string()))?;
+        match pending.take() {
+            None => {
+                if !name.ends_with(".json") {
+                    return Err(bad(format!("member {name:?} should be a deposit body (.json)")));
+                }
+                pending = Some(serde_json::from_slice(&data).map_err(|e| bad(format!("{name}: {e}")))?);
+            }
+            Some(new) => {
+                if items.len() == MAX_BATCH_ITEMS {
+                    return Err(bad(format!("at most {MAX_BATCH_ITEMS} documents per batch")));
+                }
+                items.push((io::Cursor::new(data), new));
+            }
+        }
+    }
+    if pending.is_some() {
+        return Err(bad("the last deposit body has no content after it".into()));
+    }
+    Ok(items)
+}
+
+/// Extension: many one-step deposits (upload + deposit) in one request and one durable wait.
+async fn deposit_batch(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ct.trim().eq_ignore_ascii_case("application/x-tar") {
+        return Err(ApiError::invalid("send Content-Type: application/x-tar"));
+    }
+    let bytes = axum::body::to_bytes(body, MAX_BATCH_BODY).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "a batch is at most 64 MiB; send large contents with PUT",
+        )
+    })?;
+    st.metrics.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    let v = st.vault()?;
+    let results = blocking(move || {
+        let items = batch_items(&bytes)?;
+        v.put_documents_as(&caller, &owner, items)
+    })
+    .await?;
+    let out: Vec<Value> = results
+        .into_iter()
+        .map(|r| match r {
+            Ok((stored, doc, created)) => {
+                json!({"digest": stored.digest, "size": stored.size, "created": created, "document": doc_out(&doc)})
+            }
+            Err(e) => {
+                let e = ApiError::from(e);
+                json!({"status": e.status.as_u16(), "error": {"code": e.code, "message": e.message}})
+            }
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({ "results": out })))
+}
+
 #[derive(Deserialize)]
 struct ListQuery {
     doc_type: Option<String>,
@@ -841,6 +917,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "Deposit a document about a held content (201; 200 with the existing document for a repeat)",
     ),
     ("get", "/v1/owners/{owner}/documents", "List documents (optionally ?doc_type=)"),
+    (
+        "post",
+        "/v1/owners/{owner}/deposits",
+        "Extension: many one-step deposits (a tar of deposit body + content pairs), one durable wait",
+    ),
     ("get", "/v1/owners/{owner}/documents/{id}", "One document"),
     ("delete", "/v1/owners/{owner}/documents/{id}", "Delete a document (the owner)"),
     ("get", "/v1/owners/{owner}/documents/{id}/content", "A document's content (Range, ETag)"),
@@ -901,6 +982,7 @@ fn handler_for(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         ("post", "/v1/owners/{owner}/contents/missing") => post(contents_missing),
         ("put", "/v1/owners/{owner}/contents/{digest}") => put(put_content),
         ("post", "/v1/owners/{owner}/documents") => post(deposit),
+        ("post", "/v1/owners/{owner}/deposits") => post(deposit_batch),
         ("get", "/v1/owners/{owner}/documents") => get(list_documents),
         ("get", "/v1/owners/{owner}/documents/{id}") => get(get_document),
         ("delete", "/v1/owners/{owner}/documents/{id}") => delete(delete_document),

@@ -323,6 +323,20 @@ impl Vault {
         })
     }
 
+    /// [`Vault::put_document_as`] for many documents of one owner, each with its own rules,
+    /// result and audit entry, made durable together with one wait before anything is
+    /// returned (the outer error means none of it may be relied on).
+    pub fn put_documents_as<R: Read>(
+        &self,
+        caller: &Caller,
+        owner: &OwnerId,
+        items: Vec<(R, NewDocument)>,
+    ) -> Result<Vec<Result<crate::vault::Put, Error>>, Error> {
+        self.deferred(|| {
+            items.into_iter().map(|(source, new)| self.put_document_as(caller, owner, source, new)).collect()
+        })
+    }
+
     /// Who may deposit what; returns whether the signature must be verified.
     fn deposit_rules(&self, caller: &Caller, owner: &OwnerId, new: &NewDocument) -> Result<bool, Error> {
         match &caller.principal {

@@ -77,4 +77,4 @@ pub use keys::{KeyError, MasterKey, SecretKey};
 pub use store::{BlobStore, MetaStore, StoreError};
 pub use stream::DecryptError;
 pub use time::Timestamp;
-pub use vault::{ContentReader, OwnerRef, RecoveryReport, Stored, Vault, FORMAT, INLINE_MAX};
+pub use vault::{ContentReader, OwnerRef, Put, RecoveryReport, Stored, Vault, FORMAT, INLINE_MAX};

@@ -447,6 +447,19 @@ impl Vault {
         &self,
         items: Vec<(OwnerId, R, NewDocument)>,
     ) -> Result<Vec<Result<Put, Error>>, Error> {
+        self.deferred(|| {
+            items
+                .into_iter()
+                .map(|(owner, source, new)| {
+                    self.put_document_with(&owner, source, new, false, DocumentId::random(), None)
+                })
+                .collect()
+        })
+    }
+
+    /// Runs `f` with durable waits deferred on this thread, then waits once for everything it
+    /// applied (and everything applied before), before returning its result.
+    pub(crate) fn deferred<T>(&self, f: impl FnOnce() -> T) -> Result<T, Error> {
         /// Restores immediate durability on this thread, even on a panic.
         struct Reset;
         impl Drop for Reset {
@@ -456,14 +469,11 @@ impl Vault {
         }
         DEFERRED.with(|d| d.set(Some(0)));
         let reset = Reset;
-        let results: Vec<_> = items
-            .into_iter()
-            .map(|(owner, source, new)| self.put_document_with(&owner, source, new, false, DocumentId::random(), None))
-            .collect();
+        let out = f();
         let ticket = DEFERRED.with(|d| d.get()).unwrap_or(0).max(self.commit.latest());
         drop(reset);
         self.durable(ticket)?;
-        Ok(results)
+        Ok(out)
     }
 
     /// Applies changes and returns the ticket to wait on.
