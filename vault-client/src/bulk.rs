@@ -424,7 +424,9 @@ async fn run_batch(
             let journal = journal.clone();
             async move { deposit_small_batch(client, &owner, items, &journal, progress).await }
         })
-        .buffer_unordered(opts.concurrency.max(1))
+        // A batch holds up to 64 contents twice (read, then in the request body): a few in
+        // flight keep the server busy without growing the client's memory.
+        .buffer_unordered(opts.concurrency.clamp(1, BATCHES_IN_FLIGHT))
         .collect()
         .await;
     let groups = rest;
@@ -460,6 +462,8 @@ struct GroupResult {
 const BATCH_CONTENT_MAX: u64 = 32 * 1024;
 /// Documents per batch request.
 const BATCH_ITEMS: usize = 64;
+/// Batch requests in flight at most.
+const BATCHES_IN_FLIGHT: usize = 4;
 
 /// Stores and deposits small new contents of one owner in one batch request.
 async fn deposit_small_batch(
