@@ -75,7 +75,7 @@ fn generate(name: &'static str, root: &Path, n: usize, seed: u64, size: impl Fn(
     Corpus { name, dir, files, bytes }
 }
 
-/// The library's bulk ingest: `VAULT_INGEST_THREADS` threads (default 8), each taking batches
+/// The library's bulk ingest: `VAULT_INGEST_THREADS` threads (default 16), each taking batches
 /// of 32 files: every file is hashed, then the batch goes through `Vault::put_documents` (held
 /// contents are only deposited, idempotently; one durable wait per batch).
 fn library_ingest(v: &Vault, c: &Corpus) -> f64 {
@@ -83,7 +83,7 @@ fn library_ingest(v: &Vault, c: &Corpus) -> f64 {
     let next = AtomicUsize::new(0);
     let start = Instant::now();
     std::thread::scope(|s| {
-        for _ in 0..env_num("VAULT_INGEST_THREADS", 8) {
+        for _ in 0..env_num("VAULT_INGEST_THREADS", 16) {
             s.spawn(|| loop {
                 let first = next.fetch_add(BATCH, Ordering::Relaxed);
                 if first >= c.files.len() {
