@@ -28,8 +28,8 @@ use crate::Error;
 /// Most digests the server takes in one `contents/missing` call.
 pub const MISSING_BATCH: usize = 10_000;
 
-/// How the client authenticates.
-#[derive(Debug, Clone)]
+/// How the client authenticates. `Debug` never shows a token.
+#[derive(Clone)]
 pub enum Auth {
     /// No token (the service and audit endpoints only).
     None,
@@ -37,6 +37,16 @@ pub enum Auth {
     Bearer(String),
     /// An agency: a fresh token is minted for every call.
     Agency(Arc<AgencyCredentials>),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::None => f.write_str("None"),
+            Auth::Bearer(_) => f.write_str("Bearer([redacted])"),
+            Auth::Agency(c) => f.debug_tuple("Agency").field(&c.agency).field(&c.key_id).finish(),
+        }
+    }
 }
 
 /// A document as the server returns it: the record and its status now.
@@ -819,4 +829,19 @@ fn hash32(s: &str) -> Result<[u8; 32], Error> {
 
 fn preview(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(120)]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_a_token() {
+        let c = Client::new("http://127.0.0.1:1", Auth::Bearer("eyJ.secret.token".into())).unwrap();
+        let text = format!("{c:?}");
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("[redacted]"));
+        assert!(Client::new("ftp://x", Auth::None).is_err());
+    }
 }
