@@ -242,7 +242,12 @@ impl Journal {
                 }
             }
         }
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(Error::io(path))?;
+        // Owner ids are personal data: the journal is readable by its user only.
+        let mut o = std::fs::OpenOptions::new();
+        o.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+        let mut file = o.open(path).map_err(Error::io(path))?;
         // End a torn last line, so the next record starts on a line of its own.
         let len = file.metadata().map_err(Error::io(path))?.len();
         if len > 0 && std::fs::read(path).map_err(Error::io(path))?.last() != Some(&b'\n') {
