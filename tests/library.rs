@@ -497,3 +497,25 @@ fn a_batch_of_documents_is_stored_with_one_durable_wait() {
     assert!(v.commit_stats().syncs > s);
     assert!(v.check(true).unwrap().is_clean());
 }
+
+#[test]
+fn identical_deposits_racing_each_other_make_one_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = std::sync::Arc::new(Vault::open(dir.path(), &master()).unwrap());
+    let a = owner(1);
+    for (round, size) in [(0u64, 3000usize), (1, 90_000)] {
+        let data = content(60 + round, size);
+        let mut doc = new_doc(Digest::of(&data), "cccd");
+        doc.reference = Some(format!("race-{round}"));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (v, a, data, doc) = (v.clone(), a.clone(), data.clone(), doc.clone());
+                std::thread::spawn(move || v.put_document(&a, data.as_slice(), doc).unwrap().1.id)
+            })
+            .collect();
+        let ids: std::collections::HashSet<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(ids.len(), 1, "size {size}: {ids:?}");
+    }
+    assert_eq!(v.documents(&a, None).unwrap().len(), 2);
+    assert!(v.check(true).unwrap().is_clean());
+}

@@ -728,7 +728,7 @@ impl Vault {
         fin: Finished<Spill<'_>>,
         doc: Option<(NewDocument, bool, DocumentId)>,
         audit: Option<&Draft>,
-    ) -> Result<(Stored, Option<Document>), Error> {
+    ) -> Result<(Stored, Option<(Document, bool)>), Error> {
         let digest = fin.digest();
         let size = fin.size();
         let mut ops = Vec::with_capacity(5);
@@ -765,7 +765,16 @@ impl Vault {
             drop(guard);
             return Ok((self.held_answer(digest, size, audit)?, None));
         }
-        let document = doc.map(|plan| self.document_ops(o, &mut rec, plan, Timestamp::now(), &mut ops));
+        // Stored meanwhile by a concurrent put, possibly the same deposit: no duplicate.
+        if let (false, Some((new, _, _))) = (created, &doc) {
+            if let Some(existing) = self.existing_deposit(o, new)? {
+                let ticket = self.audit_repeat(&existing, audit)?;
+                drop(guard);
+                self.durable(ticket)?;
+                return Ok((stored, Some((existing, false))));
+            }
+        }
+        let document = doc.map(|plan| (self.document_ops(o, &mut rec, plan, Timestamp::now(), &mut ops), true));
         ops.push(Op::Put(key.clone(), seal_record(&o.keys, &key, &rec)));
         let ticket = self.apply_opt(ops, audit)?;
         drop(guard);
@@ -851,8 +860,8 @@ impl Vault {
         }
         let fin = self.encrypt(&o, source, Some(want))?;
         let (stored, doc) = self.commit_blob(&o, fin, Some((new, verify, id)), audit)?;
-        let doc = doc.ok_or_else(|| Error::Conflict("document was not recorded".into()))?;
-        Ok((stored, doc, true))
+        let (doc, created) = doc.ok_or_else(|| Error::Conflict("document was not recorded".into()))?;
+        Ok((stored, doc, created))
     }
 
     /// Records a document about a content the owner already holds ([`Error::Conflict`] if
@@ -893,22 +902,11 @@ impl Vault {
         if verify {
             ops.push(self.verify_issuer(&o.id, rec.size, &new)?);
         }
-        let ikey = deposit_key(o, &new);
-        if let Some(existing) = self.get_sealed::<DocumentId>(&o.keys, &ikey)? {
-            match self.document_of(o, &existing) {
-                Ok(doc) if doc.revocation.is_none() => {
-                    let mut d = audit.cloned();
-                    if let Some(d) = d.as_mut() {
-                        d.document = Some(existing);
-                    }
-                    let ticket = self.apply_opt(Vec::new(), d.as_ref())?;
-                    drop(guard);
-                    self.durable(ticket)?;
-                    return Ok((doc, false));
-                }
-                Ok(_) | Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
+        if let Some(doc) = self.existing_deposit(o, &new)? {
+            let ticket = self.audit_repeat(&doc, audit)?;
+            drop(guard);
+            self.durable(ticket)?;
+            return Ok((doc, false));
         }
         let doc = self.document_ops(o, &mut rec, (new, verify, id), now, &mut ops);
         ops.push(Op::Put(ckey.clone(), seal_record(&o.keys, &ckey, &rec)));
@@ -916,6 +914,28 @@ impl Vault {
         drop(guard);
         self.durable(ticket)?;
         Ok((doc, true))
+    }
+
+    /// The live, unrevoked document a deposit repeats, if any (call under the content's
+    /// stripe lock).
+    fn existing_deposit(&self, o: &OwnerCtx, new: &NewDocument) -> Result<Option<Document>, Error> {
+        let Some(existing) = self.get_sealed::<DocumentId>(&o.keys, &deposit_key(o, new))? else {
+            return Ok(None);
+        };
+        match self.document_of(o, &existing) {
+            Ok(doc) if doc.revocation.is_none() => Ok(Some(doc)),
+            Ok(_) | Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records the audit entry of a repeated deposit (naming the document it returns).
+    fn audit_repeat(&self, doc: &Document, audit: Option<&Draft>) -> Result<u64, Error> {
+        let mut d = audit.cloned();
+        if let Some(d) = d.as_mut() {
+            d.document = Some(doc.id);
+        }
+        self.apply_opt(Vec::new(), d.as_ref())
     }
 
     /// One document of an owner.
