@@ -689,23 +689,33 @@ impl Client {
         let entries = self.access_log(owner).await?;
         // After the listing, so the checkpoint covers every listed entry.
         let cp = self.verified_checkpoint(trust).await?;
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            if e.index >= cp.size {
-                return Err(Error::Verification(format!(
-                    "entry {} is not covered by the checkpoint (size {})",
-                    e.index, cp.size
-                )));
-            }
-            let leaf = self.access_log_leaf(owner, e.index).await?;
-            check_leaf(&e, &leaf)?;
-            let hash = vault::merkle::leaf_hash(&leaf);
-            let (_, path) = self.inclusion_proof(e.index, cp.size).await?;
-            if !vault::merkle::verify_inclusion(&hash, e.index, cp.size, &path, &cp.root) {
-                return Err(Error::Verification(format!("entry {} is not in the log the checkpoint signs", e.index)));
-            }
-            out.push(VerifiedEntry { entry: e, proven_in: cp.size });
-        }
+        let cp_ref = &cp;
+        // Each entry needs its leaf and its proof: several entries in flight, results in order.
+        let out: Vec<VerifiedEntry> = futures_util::stream::iter(entries)
+            .map(|e| async move {
+                if e.index >= cp_ref.size {
+                    return Err(Error::Verification(format!(
+                        "entry {} is not covered by the checkpoint (size {})",
+                        e.index, cp_ref.size
+                    )));
+                }
+                let leaf = self.access_log_leaf(owner, e.index).await?;
+                check_leaf(&e, &leaf)?;
+                let hash = vault::merkle::leaf_hash(&leaf);
+                let (_, path) = self.inclusion_proof(e.index, cp_ref.size).await?;
+                if !vault::merkle::verify_inclusion(&hash, e.index, cp_ref.size, &path, &cp_ref.root) {
+                    return Err(Error::Verification(format!(
+                        "entry {} is not in the log the checkpoint signs",
+                        e.index
+                    )));
+                }
+                Ok(VerifiedEntry { entry: e, proven_in: cp_ref.size })
+            })
+            .buffered(16)
+            .collect::<Vec<Result<VerifiedEntry, Error>>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
         Ok((cp, out))
     }
 
