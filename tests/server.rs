@@ -575,3 +575,32 @@ fn batch_deposits_store_many_small_documents_in_one_request() {
     let deposits = log["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "document.deposit").count();
     assert_eq!(deposits, 9);
 }
+
+#[test]
+fn batch_deposits_keep_the_content_limit_and_the_item_limit() {
+    let s = Server::start(&["--max-content-size", "1000"]);
+    let (sk, agency) = register_agency(&s, "ubnd", 34);
+    let url = s.url(&format!("/v1/owners/{CITIZEN}/deposits"));
+    let tar_ct = [("Content-Type", "application/x-tar")];
+    let small = vec![1u8; 500];
+    let big = vec![2u8; 2000];
+    let body = batch_tar(&[
+        (signed_deposit(CITIZEN, &small, "ubnd", &sk), small.clone()),
+        (signed_deposit(CITIZEN, &big, "ubnd", &sk), big.clone()),
+    ]);
+    let r = call("POST", &url, Some(&agency), &tar_ct, Some(&body));
+    assert_eq!((r.status, r.code().as_str()), (413, "too_large"));
+    // 1,001 documents: refused whole.
+    let items: Vec<(Value, Vec<u8>)> = (0..1001u32)
+        .map(|i| {
+            let d = i.to_le_bytes().to_vec();
+            (signed_deposit(CITIZEN, &d, "ubnd", &sk), d)
+        })
+        .collect();
+    let r = call("POST", &url, Some(&agency), &tar_ct, Some(&batch_tar(&items)));
+    assert_eq!((r.status, r.code().as_str()), (400, "invalid_request"));
+    // Neither stored anything.
+    let owner = s.owner(CITIZEN);
+    let docs = call("GET", &s.url(&format!("/v1/owners/{CITIZEN}/documents")), Some(&owner), &[], None).json();
+    assert!(docs["documents"].as_array().unwrap().is_empty());
+}

@@ -410,15 +410,22 @@ const MAX_BATCH_ITEMS: usize = 1000;
 type BatchItem = (io::Cursor<Vec<u8>>, NewDocument);
 
 /// Reads a batch deposit: a tar whose members come in pairs, a `.json` deposit body and then the
-/// content it describes.
-fn batch_items(body: &[u8]) -> Result<Vec<BatchItem>, vault::Error> {
-    let bad = |m: String| vault::Error::InvalidRequest(format!("batch: {m}"));
+/// content it describes. A content above `max` (the server's content limit) refuses the batch.
+fn batch_items(body: &[u8], max: u64) -> Result<Vec<BatchItem>, ApiError> {
+    let bad = |m: String| ApiError::invalid(format!("batch: {m}"));
     let mut archive = tar::Archive::new(body);
     let mut items = Vec::new();
     let mut pending: Option<NewDocument> = None;
     for member in archive.entries().map_err(|e| bad(e.to_string()))? {
         let mut member = member.map_err(|e| bad(e.to_string()))?;
         let name = member.path().map_err(|e| bad(e.to_string()))?.to_string_lossy().into_owned();
+        if pending.is_some() && member.size() > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("batch: {name} is larger than the server accepts"),
+            ));
+        }
         let mut data = Vec::with_capacity(usize::try_from(member.size()).unwrap_or(0).min(MAX_BATCH_BODY));
         member.read_to_end(&mut data).map_err(|e| bad(e.to_string()))?;
         match pending.take() {
@@ -457,11 +464,13 @@ async fn deposit_batch(OwnerCall { st, caller, owner }: OwnerCall, headers: Head
     })?;
     st.metrics.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
     let v = st.vault()?;
-    let results = blocking(move || {
-        let items = batch_items(&bytes)?;
-        v.put_documents_as(&caller, &owner, items)
+    let max = st.max_content;
+    let results = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let items = batch_items(&bytes, max)?;
+        Ok(v.put_documents_as(&caller, &owner, items)?)
     })
-    .await?;
+    .await
+    .map_err(ApiError::internal)??;
     let out: Vec<Value> = results
         .into_iter()
         .map(|r| match r {
