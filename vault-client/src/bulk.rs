@@ -250,8 +250,14 @@ impl Journal {
         let mut file = o.open(path).map_err(Error::io(path))?;
         // End a torn last line, so the next record starts on a line of its own.
         let len = file.metadata().map_err(Error::io(path))?.len();
-        if len > 0 && std::fs::read(path).map_err(Error::io(path))?.last() != Some(&b'\n') {
-            file.write_all(b"\n").map_err(Error::io(path))?;
+        if len > 0 {
+            let mut last = [0u8; 1];
+            let mut r = std::fs::File::open(path).map_err(Error::io(path))?;
+            std::io::Seek::seek(&mut r, std::io::SeekFrom::Start(len - 1)).map_err(Error::io(path))?;
+            std::io::Read::read_exact(&mut r, &mut last).map_err(Error::io(path))?;
+            if last != *b"\n" {
+                file.write_all(b"\n").map_err(Error::io(path))?;
+            }
         }
         Ok(Self { file: Some(Mutex::new(file)), ..j })
     }

@@ -276,14 +276,8 @@ impl Client {
 
     /// `PUT contents/{digest}` streaming a file.
     pub async fn upload_file(&self, owner: &OwnerId, digest: &Digest, path: &Path) -> Result<Uploaded, Error> {
-        let file = tokio::fs::File::open(path).await.map_err(Error::io(path))?;
-        let len = file.metadata().await.map_err(Error::io(path))?.len();
-        let stream = file_stream(file);
-        let r = self
-            .request(Method::PUT, &Self::owner_path(owner, &format!("/contents/{digest}")))
-            .header("Content-Type", "application/octet-stream")
-            .header("Content-Length", len)
-            .body(reqwest::Body::wrap_stream(stream));
+        let r = file_body(self.request(Method::PUT, &Self::owner_path(owner, &format!("/contents/{digest}"))), path)
+            .await?;
         self.uploaded(r).await
     }
 
@@ -300,15 +294,13 @@ impl Client {
         struct Answer {
             document: DocumentView,
         }
-        let file = tokio::fs::File::open(path).await.map_err(Error::io(path))?;
-        let len = file.metadata().await.map_err(Error::io(path))?.len();
-        let body = serde_json::to_vec(doc).map_err(|e| Error::Invalid(e.to_string()))?;
-        let r = self
-            .request(Method::PUT, &Self::owner_path(owner, &format!("/contents/{}", doc.digest)))
-            .header("Content-Type", "application/octet-stream")
-            .header("Content-Length", len)
-            .header("Vault-Deposit", B64URL.encode(body))
-            .body(reqwest::Body::wrap_stream(file_stream(file)));
+        let deposit = serde_json::to_vec(doc).map_err(|e| Error::Invalid(e.to_string()))?;
+        let r = file_body(
+            self.request(Method::PUT, &Self::owner_path(owner, &format!("/contents/{}", doc.digest)))
+                .header("Vault-Deposit", B64URL.encode(deposit)),
+            path,
+        )
+        .await?;
         let (status, a): (_, Answer) = self.json(r).await?;
         Ok((a.document, status == StatusCode::CREATED))
     }
@@ -778,6 +770,15 @@ impl Client {
     pub async fn agency_info(&self, id: &AgencyId) -> Result<Agency, Error> {
         Ok(self.json(self.request(Method::GET, &format!("/v1/agencies/{}", id.as_str()))).await?.1)
     }
+}
+
+/// Streams the file at `path` as the raw body of `r`.
+async fn file_body(r: RequestBuilder, path: &Path) -> Result<RequestBuilder, Error> {
+    let file = tokio::fs::File::open(path).await.map_err(Error::io(path))?;
+    let len = file.metadata().await.map_err(Error::io(path))?.len();
+    Ok(r.header("Content-Type", "application/octet-stream")
+        .header("Content-Length", len)
+        .body(reqwest::Body::wrap_stream(file_stream(file))))
 }
 
 /// A file as a stream of chunks for a request body.
