@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 
+use axum::serve::ListenerExt;
 use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -277,7 +278,14 @@ async fn run(args: Args) -> Result<(), String> {
     // the whole blob folder); every other call answers 503 `sealed` meanwhile.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?
+        // Small responses (JSON, streamed content frames) must not wait for the client's delayed
+        // ACK (Nagle): issue 11 measured content reads going from ~1,500 to ~2,200/s with this.
+        .tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {e}");
+            }
+        });
     let state = Arc::new(api::AppState {
         vault: std::sync::OnceLock::new(),
         auth,
