@@ -386,13 +386,16 @@ fn recovery_after_an_unclean_shutdown_removes_unacknowledged_files_only() {
         assert!(report.problems[0].what.contains("no content record"), "{report}");
         v.close().unwrap();
     }
-    // After an unclean shutdown (OPEN left behind) both go, the acknowledged document stays.
+    // After an unclean shutdown (OPEN left behind) the temp file goes and the orphan is set
+    // aside; the acknowledged document stays.
     std::fs::write(dir.path().join("OPEN"), b"").unwrap();
     let v = Vault::open(dir.path(), &master()).unwrap();
     let r = v.recovery();
     assert!(r.unclean);
-    assert_eq!((r.unfinished_removed, r.orphans_removed), (1, 1));
+    assert_eq!((r.unfinished_removed, r.orphans_set_aside), (1, 1));
+    // Never deleted: kept aside in orphans/ for the operator.
     assert!(!orphan.exists());
+    assert!(dir.path().join("orphans").join(owner_dir.file_name().unwrap()).join("cd".repeat(32)).exists());
     assert_eq!(v.read_content(&a, &kept.meta.digest).unwrap(), content(20, 40_000));
     assert!(v.check(true).unwrap().is_clean());
 }
