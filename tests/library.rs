@@ -231,6 +231,12 @@ fn flip_meta_value(dir: &std::path::Path, prefix: u8) {
     v[i] ^= 0x01;
     db.insert(k, v).unwrap();
     db.flush().unwrap();
+    drop(db);
+    // The changed database no longer matches its anchor: the vault refuses to open.
+    let err = Vault::open(dir, &master()).unwrap_err();
+    assert!(matches!(err, Error::Store(vault::store::StoreError::Damaged { .. })), "{err}");
+    // The operator accepts the database as it is (SPEC.md §10): then check finds the damage.
+    std::fs::remove_file(dir.join("meta").join(vault::store::ANCHOR_FILE)).unwrap();
 }
 
 #[test]
