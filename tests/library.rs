@@ -231,6 +231,12 @@ fn flip_meta_value(dir: &std::path::Path, prefix: u8) {
     v[i] ^= 0x01;
     db.insert(k, v).unwrap();
     db.flush().unwrap();
+    drop(db);
+    // The changed database no longer matches its anchor: the vault refuses to open.
+    let err = Vault::open(dir, &master()).unwrap_err();
+    assert!(matches!(err, Error::Store(vault::store::StoreError::Damaged { .. })), "{err}");
+    // The operator accepts the database as it is (SPEC.md §10): then check finds the damage.
+    std::fs::remove_file(dir.join("meta").join(vault::store::ANCHOR_FILE)).unwrap();
 }
 
 #[test]
@@ -386,13 +392,16 @@ fn recovery_after_an_unclean_shutdown_removes_unacknowledged_files_only() {
         assert!(report.problems[0].what.contains("no content record"), "{report}");
         v.close().unwrap();
     }
-    // After an unclean shutdown (OPEN left behind) both go, the acknowledged document stays.
+    // After an unclean shutdown (OPEN left behind) the temp file goes and the orphan is set
+    // aside; the acknowledged document stays.
     std::fs::write(dir.path().join("OPEN"), b"").unwrap();
     let v = Vault::open(dir.path(), &master()).unwrap();
     let r = v.recovery();
     assert!(r.unclean);
-    assert_eq!((r.unfinished_removed, r.orphans_removed), (1, 1));
+    assert_eq!((r.unfinished_removed, r.orphans_set_aside), (1, 1));
+    // Never deleted: kept aside in orphans/ for the operator.
     assert!(!orphan.exists());
+    assert!(dir.path().join("orphans").join(owner_dir.file_name().unwrap()).join("cd".repeat(32)).exists());
     assert_eq!(v.read_content(&a, &kept.meta.digest).unwrap(), content(20, 40_000));
     assert!(v.check(true).unwrap().is_clean());
 }

@@ -138,6 +138,26 @@ impl Vault {
         if size > 0 && self.meta().get(&leaf_key(size - 1))?.is_none() {
             return Err(Error::Corrupt(format!("audit log: leaf {} is missing", size - 1)));
         }
+        // The log never shrinks below, nor forks from, a checkpoint it signed.
+        if let Some((signed, root)) = self.meta().signed_floor() {
+            let behind = |what: String| crate::store::StoreError::Damaged {
+                file: "the audit log in the metadata database".into(),
+                offset: None,
+                what,
+            };
+            if size < signed {
+                return Err(behind(format!(
+                    "it has {size} entries but a checkpoint of {signed} entries was signed: acknowledged entries are lost"
+                ))
+                .into());
+            }
+            if merkle::root(&VaultNodes(self), signed).ok() != Some(root) {
+                return Err(behind(format!(
+                    "its first {signed} entries no longer hash to the root of the checkpoint signed at that size"
+                ))
+                .into());
+            }
+        }
         self.audit_state().size = size;
         Ok(())
     }
@@ -238,6 +258,31 @@ impl Vault {
     pub fn checkpoint(&self) -> Result<String, Error> {
         let size = self.audit_size()?;
         let root = merkle::root(&VaultNodes(self), size).map_err(|e| Error::Corrupt(e.to_string()))?;
+        // Never a checkpoint smaller than, or forking from, one signed before; the anchor
+        // records a larger one durably before it is handed out.
+        let (mut size, mut root) = (size, root);
+        if let Some((signed, signed_root)) = self.meta().signed_floor() {
+            let refuse = || {
+                Error::AuditFailed(format!(
+                    "refusing to sign a checkpoint of {size} entries that disagrees with the one of {signed} \
+                     entries signed before"
+                ))
+            };
+            match size.cmp(&signed) {
+                std::cmp::Ordering::Equal if root != signed_root => return Err(refuse()),
+                // A concurrent call signed a larger tree meanwhile: that one covers this call too.
+                std::cmp::Ordering::Less => {
+                    if signed > self.audit_state().size
+                        || merkle::root(&VaultNodes(self), signed).ok() != Some(signed_root)
+                    {
+                        return Err(refuse());
+                    }
+                    (size, root) = (signed, signed_root);
+                }
+                _ => {}
+            }
+        }
+        self.meta().raise_signed_floor(size, root)?;
         Ok(self.signer.sign_note(&note::checkpoint_text(&self.log_origin(), size, &root)))
     }
 

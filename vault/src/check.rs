@@ -42,6 +42,9 @@ pub struct CheckReport {
     pub bytes_verified: u64,
     /// Everything found wrong.
     pub problems: Vec<Problem>,
+    /// Blobs that no record pointed at, set aside by recovery (not a problem by themselves:
+    /// crashes leave them; never deleted automatically).
+    pub set_aside: Vec<String>,
 }
 
 impl CheckReport {
@@ -62,6 +65,18 @@ impl fmt::Display for CheckReport {
             "{} owners, {} documents, {} contents, {} blobs, {} bytes verified",
             self.owners, self.documents, self.contents, self.blobs, self.bytes_verified
         )?;
+        if !self.set_aside.is_empty() {
+            writeln!(
+                f,
+                "{} blobs without a record were set aside by recovery (a put or delete cut short by a crash \
+                 leaves them; so does a record lost to damage). They are kept until you decide: delete them \
+                 if nothing is missing, or keep them for a restore (SPEC.md §10):",
+                self.set_aside.len()
+            )?;
+            for p in &self.set_aside {
+                writeln!(f, "  {p}")?;
+            }
+        }
         if self.problems.is_empty() {
             return writeln!(f, "no problems found");
         }
@@ -264,6 +279,7 @@ impl Vault {
             }
         }
 
+        r.set_aside = self.blobs().set_aside_list()?;
         let listing = self.blobs().list()?;
         for stray in listing.strays {
             r.problem(stray, "unexpected file in the blob folder");
@@ -272,7 +288,11 @@ impl Vault {
         r.blobs = on_disk.len() as u64;
         for name in &listing.blobs {
             if !contents.contains_key(&(name.owner, name.name)) {
-                r.problem(self.blobs().describe(name), "blob that no content record points at");
+                r.problem(
+                    self.blobs().describe(name),
+                    "blob that no content record points at: its record may have been lost; it is kept (never \
+                     deleted automatically)",
+                );
             }
         }
 

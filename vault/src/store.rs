@@ -27,6 +27,22 @@ pub enum StoreError {
     /// Another process holds the data folder.
     #[error("the data folder {0} is in use by another process")]
     Locked(String),
+    /// A file of the data folder is damaged, or the database is behind (or ahead of) the state
+    /// its anchor and journal recorded. Nothing was changed (SPEC.md §10).
+    #[error(
+        "{file}{} is damaged: {what}. The vault was not opened and nothing was changed. Stop, copy the data \
+         folder aside, and restore it from a backup; SPEC.md §10 (\"When the vault refuses to open\") \
+         explains the other choices",
+        offset.map(|o| format!(" (at byte {o})")).unwrap_or_default()
+    )]
+    Damaged {
+        /// The damaged file or database.
+        file: String,
+        /// Where in it, if known.
+        offset: Option<u64>,
+        /// What is wrong.
+        what: String,
+    },
 }
 
 fn io_err(what: impl fmt::Display, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
@@ -62,6 +78,15 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
     fn close(&self) -> Result<(), StoreError> {
         self.sync()
     }
+    /// The largest audit checkpoint ever signed (size, root), as kept outside the database;
+    /// None if the store keeps none.
+    fn signed_floor(&self) -> Option<(u64, [u8; 32])> {
+        None
+    }
+    /// Durably records a checkpoint about to be signed, if larger than the floor.
+    fn raise_signed_floor(&self, _size: u64, _root: [u8; 32]) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The embedded metadata store: one sled tree, made durable by a journal.
@@ -75,10 +100,13 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
 /// detected rather than served (SPEC.md §9).
 pub struct SledMeta {
     db: sled::Db,
+    dir: PathBuf,
     journal: std::sync::Mutex<crate::journal::Journal>,
     /// Handle used to sync the journal without holding its lock.
     sync_file: File,
     replayed: usize,
+    /// The anchor as last written (its state part is the last checkpoint's).
+    anchor: std::sync::Mutex<Anchor>,
 }
 
 impl fmt::Debug for SledMeta {
@@ -88,7 +116,14 @@ impl fmt::Debug for SledMeta {
 }
 
 fn sled_err(e: sled::Error) -> StoreError {
-    StoreError::Meta(e.to_string())
+    match e {
+        sled::Error::Corruption { .. } => StoreError::Damaged {
+            file: "the sled database".into(),
+            offset: None,
+            what: format!("sled found damaged data ({e})"),
+        },
+        other => StoreError::Meta(other.to_string()),
+    }
 }
 
 fn batch_of(ops: &[Op]) -> sled::Batch {
@@ -107,9 +142,108 @@ const SEGMENT_SIZE: usize = 8 << 20;
 
 /// The name of the journal file inside the sled folder.
 pub const JOURNAL_FILE: &str = "vault-journal";
+/// The name of the anchor file inside the sled folder.
+pub const ANCHOR_FILE: &str = "vault-anchor";
+
+const ANCHOR_MAGIC: &[u8; 8] = b"VLTANCH1";
+const ANCHOR_LEN: usize = 112;
+const STATE_CONTEXT: &str = "vault 2026-12-02 metadata state digest v1";
+
+/// What is kept outside the database to find it rolled back (SPEC.md §8, "The anchor"): the
+/// store's state at the last checkpoint, and the largest audit checkpoint ever signed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Anchor {
+    /// Change sequence, key count and state digest at the last checkpoint.
+    pub state: crate::journal::State,
+    /// Size of the largest signed audit checkpoint.
+    pub signed_size: u64,
+    /// Its root.
+    pub signed_root: [u8; 32],
+}
+
+impl Anchor {
+    /// The file's bytes: magic, sequence, count, digest, signed size, signed root, and the first
+    /// 16 bytes of BLAKE3 of all of these (integers big-endian).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ANCHOR_LEN);
+        out.extend_from_slice(ANCHOR_MAGIC);
+        out.extend_from_slice(&self.state.seq.to_be_bytes());
+        out.extend_from_slice(&self.state.count.to_be_bytes());
+        out.extend_from_slice(&self.state.digest);
+        out.extend_from_slice(&self.signed_size.to_be_bytes());
+        out.extend_from_slice(&self.signed_root);
+        let check = blake3::hash(&out);
+        out.extend_from_slice(&check.as_bytes()[..16]);
+        out
+    }
+
+    /// Parses the file's bytes; None if they are not an intact anchor.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() != ANCHOR_LEN || &b[..8] != ANCHOR_MAGIC || blake3::hash(&b[..96]).as_bytes()[..16] != b[96..] {
+            return None;
+        }
+        let u = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().unwrap_or_default());
+        let arr = |i: usize| <[u8; 32]>::try_from(&b[i..i + 32]).unwrap_or_default();
+        Some(Self {
+            state: crate::journal::State { seq: u(8), count: u(16), digest: arr(24) },
+            signed_size: u(56),
+            signed_root: arr(64),
+        })
+    }
+
+    fn read(path: &Path) -> Result<Option<Self>, StoreError> {
+        match fs::read(path) {
+            Ok(b) => Self::decode(&b).map(Some).ok_or_else(|| StoreError::Damaged {
+                file: path.display().to_string(),
+                offset: None,
+                what: "the anchor file fails its checksum".into(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("reading", path)(e)),
+        }
+    }
+
+    /// Replaces the file atomically: temp file, fsync, rename, fsync of the folder.
+    fn write(&self, path: &Path) -> Result<(), StoreError> {
+        let tmp = path.with_extension("tmp");
+        let mut f = File::create(&tmp).map_err(io_err("creating", &tmp))?;
+        f.write_all(&self.encode()).and_then(|()| f.sync_all()).map_err(io_err("writing", &tmp))?;
+        fs::rename(&tmp, path).map_err(io_err("renaming into", path))?;
+        path.parent().map_or(Ok(()), sync_dir)
+    }
+}
+
+/// The hash of one key and value in the state digest.
+fn pair_hash(key: &[u8], value: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(STATE_CONTEXT);
+    h.update(&(key.len() as u64).to_be_bytes());
+    h.update(key);
+    h.update(value);
+    *h.finalize().as_bytes()
+}
+
+fn xor_into(d: &mut [u8; 32], h: &[u8; 32]) {
+    for (a, b) in d.iter_mut().zip(h) {
+        *a ^= b;
+    }
+}
+
+/// Key count and state digest of the whole database (a full scan).
+fn scan_state(db: &sled::Db) -> Result<(u64, [u8; 32]), StoreError> {
+    let mut count = 0u64;
+    let mut digest = [0u8; 32];
+    for item in db.iter() {
+        let (k, v) = item.map_err(sled_err)?;
+        count += 1;
+        xor_into(&mut digest, &pair_hash(&k, &v));
+    }
+    Ok((count, digest))
+}
 
 impl SledMeta {
-    /// Opens (or creates) the database in `dir`, replaying its journal.
+    /// Opens (or creates) the database in `dir`, replaying its journal and checking the result
+    /// against the anchor and the journal's recorded state ([`StoreError::Damaged`] if the
+    /// journal is damaged or the database lost or altered changes).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         // Durability is the journal's: sled is flushed at checkpoints only, never in the
         // background. 8 MiB segments keep inline blobs (up to 32 KiB) inside sled's pages
@@ -124,20 +258,83 @@ impl SledMeta {
             sled::Error::Io(ref io) if io.kind() == io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
                 StoreError::Locked(dir.display().to_string())
             }
-            other => sled_err(other),
+            sled::Error::Io(io) => io_err("opening the sled database in", dir)(io),
+            other => StoreError::Damaged {
+                file: format!("the sled database in {}", dir.display()),
+                offset: None,
+                what: format!("sled cannot open it ({other}); one of its files (conf, db, snap.*) is damaged"),
+            },
         })?;
+        let anchor_path = dir.join(ANCHOR_FILE);
+        let anchor = Anchor::read(&anchor_path)?;
         let path = dir.join(JOURNAL_FILE);
-        let (mut journal, batches) = crate::journal::Journal::open(&path).map_err(io_err("opening journal", &path))?;
-        let replayed = batches.len();
-        for ops in &batches {
-            db.apply_batch(batch_of(ops)).map_err(sled_err)?;
+        let (mut journal, replay) = crate::journal::Journal::open(&path)?;
+        let damaged = |what: String| StoreError::Damaged { file: path.display().to_string(), offset: None, what };
+        // The state the database must be in after replay: the last record's, or the anchor's.
+        let mut expected = anchor.map(|a| a.state);
+        let mut prev: Option<u64> = None;
+        for b in &replay.batches {
+            let Some(st) = b.state else { continue };
+            match (prev, anchor) {
+                (Some(p), _) if st.seq != p + 1 => {
+                    return Err(damaged(format!("record of change {} follows change {p}", st.seq)));
+                }
+                (None, Some(a)) if st.seq > a.state.seq + 1 => {
+                    return Err(damaged(format!(
+                        "the journal starts at change {} but the anchor is at change {}: changes in between are missing",
+                        st.seq, a.state.seq
+                    )));
+                }
+                _ => {}
+            }
+            prev = Some(st.seq);
+            if expected.is_none_or(|e| st.seq >= e.seq) {
+                expected = Some(st);
+            }
         }
-        if replayed > 0 {
-            db.flush().map_err(sled_err)?;
-            journal.truncate().map_err(io_err("emptying journal", &path))?;
+        if let (Some(p), Some(a)) = (prev, anchor) {
+            if p < a.state.seq {
+                return Err(damaged(format!(
+                    "the journal ends at change {p} but the anchor recorded change {}: records are missing",
+                    a.state.seq
+                )));
+            }
         }
-        let sync_file = journal.sync_handle().map_err(io_err("opening journal", &path))?;
-        Ok(Self { db, journal: std::sync::Mutex::new(journal), sync_file, replayed })
+        let replayed = replay.batches.len();
+        for b in &replay.batches {
+            db.apply_batch(batch_of(&b.ops)).map_err(sled_err)?;
+        }
+        let (count, digest) = scan_state(&db)?;
+        if let Some(e) = expected {
+            if (e.count, e.digest) != (count, digest) {
+                return Err(StoreError::Damaged {
+                    file: format!("the sled database in {}", dir.display()),
+                    offset: None,
+                    what: format!(
+                        "it holds {count} records that differ from the state recorded at change {} ({} records) \
+                         in {} and {}: it lost or altered acknowledged changes (a damaged or rolled-back \
+                         database)",
+                        e.seq,
+                        e.count,
+                        anchor_path.display(),
+                        path.display()
+                    ),
+                });
+            }
+        }
+        journal.state = crate::journal::State { seq: expected.map_or(0, |e| e.seq), count, digest };
+        let meta = Self {
+            db,
+            dir: dir.to_owned(),
+            sync_file: journal.sync_handle().map_err(io_err("opening journal", &path))?,
+            journal: std::sync::Mutex::new(journal),
+            replayed,
+            anchor: std::sync::Mutex::new(anchor.unwrap_or_default()),
+        };
+        if replayed > 0 || anchor.is_none() {
+            meta.checkpoint()?;
+        }
+        Ok(meta)
     }
 
     /// Batches replayed from the journal at open (0 after a clean close).
@@ -150,29 +347,75 @@ impl SledMeta {
         self.journal.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes `record` to the journal and then runs `f` on sled, atomically with respect to
-    /// other writers; checkpoints when the journal is large.
-    fn journaled<T>(&self, record: Option<&[u8]>, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let mut j = self.journal();
-        if let Some(rec) = record {
-            let path = j.path().to_owned();
-            j.append(rec).map_err(io_err("writing journal", &path))?;
+    fn anchor_lock(&self) -> std::sync::MutexGuard<'_, Anchor> {
+        // The anchor is replaced whole, after its file is written.
+        self.anchor.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state after `ops` are applied to the current one (call under the journal lock).
+    fn next_state(&self, cur: &crate::journal::State, ops: &[Op]) -> Result<crate::journal::State, StoreError> {
+        let mut s = *cur;
+        s.seq += 1;
+        let mut seen: std::collections::HashMap<&[u8], Option<&[u8]>> = std::collections::HashMap::new();
+        for op in ops {
+            let (key, new) = match op {
+                Op::Put(k, v) => (k.as_slice(), Some(v.as_slice())),
+                Op::Delete(k) => (k.as_slice(), None),
+            };
+            let old = match seen.get(key) {
+                Some(v) => v.map(<[u8]>::to_vec),
+                None => self.db.get(key).map_err(sled_err)?.map(|v| v.to_vec()),
+            };
+            if let Some(old) = old {
+                xor_into(&mut s.digest, &pair_hash(key, &old));
+                s.count = s.count.saturating_sub(1);
+            }
+            if let Some(new) = new {
+                xor_into(&mut s.digest, &pair_hash(key, new));
+                s.count += 1;
+            }
+            seen.insert(key, new);
         }
+        Ok(s)
+    }
+
+    /// Writes a record of `ops` (with the state after them) to the journal and then runs `f`
+    /// on sled, atomically with respect to other writers; checkpoints when the journal is large.
+    fn journaled<T>(
+        &self,
+        j: &mut crate::journal::Journal,
+        ops: &[Op],
+        payload: Vec<u8>,
+        f: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let state = self.next_state(&j.state, ops)?;
+        let path = j.path().to_owned();
+        j.append(&crate::journal::frame(payload, Some(&state))).map_err(io_err("writing journal", &path))?;
+        j.state = state;
         let out = f()?;
         if j.len() > crate::journal::CHECKPOINT_BYTES {
-            self.db.flush().map_err(sled_err)?;
-            let path = j.path().to_owned();
-            j.truncate().map_err(io_err("emptying journal", &path))?;
+            self.checkpoint_locked(j)?;
         }
         Ok(out)
+    }
+
+    /// Flushes sled, writes the anchor, then empties the journal (in that order, so a crash
+    /// between any two steps leaves a journal and an anchor that agree with the database).
+    fn checkpoint_locked(&self, j: &mut crate::journal::Journal) -> Result<(), StoreError> {
+        self.db.flush().map_err(sled_err)?;
+        let mut anchor = self.anchor_lock();
+        let next = Anchor { state: j.state, ..*anchor };
+        next.write(&self.dir.join(ANCHOR_FILE))?;
+        *anchor = next;
+        drop(anchor);
+        let path = j.path().to_owned();
+        j.truncate().map_err(io_err("emptying journal", &path))
     }
 
     /// Flushes sled and empties the journal (used at a clean close).
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         let mut j = self.journal();
-        self.db.flush().map_err(sled_err)?;
-        let path = j.path().to_owned();
-        j.truncate().map_err(io_err("emptying journal", &path))
+        self.checkpoint_locked(&mut j)
     }
 }
 
@@ -186,23 +429,27 @@ impl MetaStore for SledMeta {
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
-        let record = crate::journal::encode(&ops);
-        self.journaled(Some(&record), || self.db.apply_batch(batch_of(&ops)).map_err(sled_err))
+        let payload = crate::journal::encode_ops(&ops);
+        let mut j = self.journal();
+        self.journaled(&mut j, &ops, payload, || self.db.apply_batch(batch_of(&ops)).map_err(sled_err))
     }
 
     fn compare_and_swap(&self, key: &[u8], old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError> {
-        // Under the journal lock: the outcome is journaled only if the swap happened.
+        // Under the journal lock, which every write holds: the value cannot change between this
+        // read and the write, and the record is journaled before sled sees the change (so sled
+        // is never ahead of its journal).
         let mut j = self.journal();
-        let swapped = self.db.compare_and_swap(key, old, new.clone()).map_err(sled_err)?.is_ok();
-        if swapped {
-            let op = match new {
-                Some(v) => Op::Put(key.to_vec(), v),
-                None => Op::Delete(key.to_vec()),
-            };
-            let path = j.path().to_owned();
-            j.append(&crate::journal::encode(&[op])).map_err(io_err("writing journal", &path))?;
+        if self.db.get(key).map_err(sled_err)?.as_deref() != old {
+            return Ok(false);
         }
-        Ok(swapped)
+        let op = match new {
+            Some(v) => Op::Put(key.to_vec(), v),
+            None => Op::Delete(key.to_vec()),
+        };
+        let ops = [op];
+        let payload = crate::journal::encode_ops(&ops);
+        self.journaled(&mut j, &ops, payload, || self.db.apply_batch(batch_of(&ops)).map_err(sled_err))?;
+        Ok(true)
     }
 
     fn close(&self) -> Result<(), StoreError> {
@@ -213,6 +460,22 @@ impl MetaStore for SledMeta {
         self.sync_file
             .sync_data()
             .map_err(|source| StoreError::Io { what: "syncing the metadata journal".into(), source })
+    }
+
+    fn signed_floor(&self) -> Option<(u64, [u8; 32])> {
+        let a = self.anchor_lock();
+        (a.signed_size > 0).then_some((a.signed_size, a.signed_root))
+    }
+
+    fn raise_signed_floor(&self, size: u64, root: [u8; 32]) -> Result<(), StoreError> {
+        let mut anchor = self.anchor_lock();
+        if size <= anchor.signed_size {
+            return Ok(());
+        }
+        let next = Anchor { signed_size: size, signed_root: root, ..*anchor };
+        next.write(&self.dir.join(ANCHOR_FILE))?;
+        *anchor = next;
+        Ok(())
     }
 }
 
@@ -263,6 +526,15 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     fn discard_unfinished(&self) -> Result<usize, StoreError>;
     /// A place to name in reports.
     fn describe(&self, name: &BlobName) -> String;
+    /// Moves a blob that no record points at out of the blob folder, keeping it until an
+    /// operator decides (SPEC.md §10); false if this store cannot (the blob stays in place).
+    fn set_aside(&self, _name: &BlobName) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    /// Where the blobs set aside so far are.
+    fn set_aside_list(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// What [`BlobStore::list`] found.
@@ -323,6 +595,11 @@ impl FsBlobs {
 
     fn path(&self, name: &BlobName) -> PathBuf {
         Self::owner_dir(&self.root, &name.owner).join(hex::encode(name.name))
+    }
+
+    /// Where blobs without a record are kept: `orphans/` beside the blob folder.
+    fn orphans(&self) -> PathBuf {
+        self.root.with_file_name("orphans")
     }
 }
 
@@ -500,6 +777,35 @@ impl BlobStore for FsBlobs {
 
     fn describe(&self, name: &BlobName) -> String {
         self.path(name).display().to_string()
+    }
+
+    fn set_aside(&self, name: &BlobName) -> Result<bool, StoreError> {
+        let from = self.path(name);
+        let dir = self.orphans().join(hex::encode(name.owner));
+        create_dir_durable(&dir)?;
+        let to = dir.join(hex::encode(name.name));
+        fs::rename(&from, &to).map_err(io_err("setting aside", &from))?;
+        sync_dir(&dir)?;
+        from.parent().map_or(Ok(()), sync_dir)?;
+        Ok(true)
+    }
+
+    fn set_aside_list(&self) -> Result<Vec<String>, StoreError> {
+        let root = self.orphans();
+        let mut out = Vec::new();
+        let owners = match fs::read_dir(&root) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io_err("listing", &root)(e)),
+        };
+        for o in owners {
+            let o = o.map_err(io_err("listing", &root))?.path();
+            for f in fs::read_dir(&o).map_err(io_err("listing", &o))? {
+                out.push(f.map_err(io_err("listing", &o))?.path().display().to_string());
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 }
 

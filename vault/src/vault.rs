@@ -219,8 +219,9 @@ pub struct RecoveryReport {
     pub unclean: bool,
     /// Unfinished blob files (`*.tmp`) removed.
     pub unfinished_removed: usize,
-    /// Blob files removed that no record pointed at (written by a put that never returned).
-    pub orphans_removed: usize,
+    /// Blob files that no record pointed at (written by a put that never returned, or left
+    /// by a delete cut short), moved to `orphans/`: never deleted (SPEC.md §10).
+    pub orphans_set_aside: usize,
 }
 
 fn not_held(digest: &Digest) -> Error {
@@ -306,6 +307,21 @@ impl Vault {
                         describe_key(&k)
                     )));
                 }
+                // An empty database over existing blobs is a lost database, not a new vault: a
+                // new vault key would silently replace the old one.
+                let listing = blobs.list()?;
+                if !listing.blobs.is_empty() || !blobs.set_aside_list()?.is_empty() {
+                    return Err(crate::store::StoreError::Damaged {
+                        file: "the metadata database".into(),
+                        offset: None,
+                        what: format!(
+                            "it is empty (no vault key) but the blob store holds {} blobs: refusing to create \
+                             a new vault key over existing data",
+                            listing.blobs.len()
+                        ),
+                    }
+                    .into());
+                }
                 let key = SecretKey::generate();
                 meta.apply(vec![
                     Op::Put(KEY_FORMAT.to_vec(), FORMAT.as_bytes().to_vec()),
@@ -366,13 +382,13 @@ impl Vault {
         if unclean {
             // Puts that never returned leave unfinished temp files, or (a crash between the
             // blob's rename and its record) a complete blob nothing points at. Neither was
-            // acknowledged.
+            // acknowledged, but a blob is never deleted because a record is missing (the record
+            // may be what was lost): it is set aside for the operator.
             report.unfinished_removed = self.blobs.discard_unfinished()?;
             for name in self.blobs.list()?.blobs {
                 let key = key_of(prefix::CONTENT, &[&name.owner, &name.name]);
-                if self.meta.get(&key)?.is_none() {
-                    self.blobs.remove(&name)?;
-                    report.orphans_removed += 1;
+                if self.meta.get(&key)?.is_none() && self.blobs.set_aside(&name)? {
+                    report.orphans_set_aside += 1;
                 }
             }
         }
