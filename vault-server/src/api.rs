@@ -36,6 +36,113 @@ pub struct AppState {
     pub max_content: u64,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// Per-principal upload limits and stream timeouts.
+    pub limits: Limits,
+}
+
+/// Bounds on streams, so stalled or unread transfers cannot exhaust the server (SPEC.md §20).
+#[derive(Debug)]
+pub struct Limits {
+    /// Most uploads (content `PUT`s and batch deposits) one principal may have in flight.
+    pub uploads_per_principal: usize,
+    /// A request body that sends no byte for this long, or a response nobody reads for this
+    /// long, is aborted.
+    pub idle: std::time::Duration,
+    /// Uploads in flight, by principal.
+    in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl Limits {
+    /// Limits with these bounds.
+    pub fn new(uploads_per_principal: usize, idle: std::time::Duration) -> Self {
+        Self { uploads_per_principal, idle, in_flight: Default::default() }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::new(16, std::time::Duration::from_secs(30))
+    }
+}
+
+/// One upload slot of a principal, given back on drop.
+struct UploadSlot {
+    st: Arc<AppState>,
+    key: String,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        let mut m = self.st.limits.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Takes an upload slot for the caller, or 429 `too_many_requests`.
+fn upload_slot(st: &Arc<AppState>, caller: &Caller) -> Result<UploadSlot, ApiError> {
+    let key = match &caller.principal {
+        Principal::Owner(o) => format!("owner:{o}"),
+        Principal::Agency(a) => format!("agency:{a}"),
+        Principal::Operator => "operator".to_owned(),
+    };
+    let mut m = st.limits.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+    let n = m.entry(key.clone()).or_default();
+    if *n >= st.limits.uploads_per_principal {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!("at most {} uploads at a time per caller; retry later", st.limits.uploads_per_principal),
+        ));
+    }
+    *n += 1;
+    drop(m);
+    Ok(UploadSlot { st: st.clone(), key })
+}
+
+/// The sending end of a streamed response fed by a blocking reader: a send waits at most the
+/// idle timeout for the client to take data, so an unread response gives its thread back.
+struct Feed {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, io::Error>>,
+    rt: tokio::runtime::Handle,
+    idle: std::time::Duration,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Feed {
+    /// Sends one item from a blocking thread; false when the response is gone or unread.
+    fn send(&self, item: Result<Bytes, io::Error>) -> bool {
+        matches!(self.rt.block_on(tokio::time::timeout(self.idle, self.tx.send(item))), Ok(Ok(())))
+    }
+
+    /// Marks the response complete: only then does its body end cleanly.
+    fn finish(self) {
+        self.done.store(true, Ordering::Release);
+    }
+}
+
+/// A response body fed from a blocking thread through a [`Feed`]. If the feeder stops without
+/// [`Feed::finish`] (an error, an unread response), the body ends with an error, never cleanly.
+fn fed_body(st: &AppState) -> (Feed, Body) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, io::Error>>(4);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feed = Feed { tx, rt: tokio::runtime::Handle::current(), idle: st.limits.idle, done: done.clone() };
+    let stream = futures_util::stream::unfold(Some(rx), move |rx| {
+        let done = done.clone();
+        async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Some(item) => Some((item, Some(rx))),
+                None if done.load(Ordering::Acquire) => None,
+                None => Some((Err(io::Error::other("the response was aborted")), None)),
+            }
+        }
+    });
+    (feed, Body::from_stream(stream))
 }
 
 /// Upper bounds (seconds) of the latency histogram buckets.
@@ -88,6 +195,9 @@ impl ApiError {
     fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such thing")
     }
+    fn idle() -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "timeout", "the request body stalled; send it again")
+    }
     fn internal(message: impl std::fmt::Display) -> Self {
         tracing::error!(error = %message, "internal error");
         Self::new(
@@ -126,10 +236,24 @@ impl From<vault::Error> for ApiError {
     }
 }
 
+impl From<crate::batch::BatchError> for ApiError {
+    fn from(e: crate::batch::BatchError) -> Self {
+        use crate::batch::BatchError as E;
+        match &e {
+            E::Malformed(_) => Self::invalid(e.to_string()),
+            E::TooLarge(_) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+        let mut resp = (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
     }
 }
 
@@ -357,16 +481,22 @@ async fn put_content(
             Some(new)
         }
     };
+    let _slot = upload_slot(&st, &caller)?;
+    let v = st.vault()?;
+    let idle = st.limits.idle;
+    // No blocking thread is taken before the first body byte (or the body's end) arrives, and
+    // a body that stalls for the idle timeout is aborted (nothing is stored).
+    let mut stream = body.into_data_stream();
+    let mut next = tokio::time::timeout(idle, stream.next()).await.map_err(|_| ApiError::idle())?;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let reader = ChannelReader { rx, current: Bytes::new(), seen: 0, max: st.max_content };
-    let v = st.vault()?;
     let task = tokio::task::spawn_blocking(move || match deposit {
         None => v.upload_as(&caller, &owner, reader, Some(digest)).map(|s| (s, None)),
         Some(new) => v.put_document_as(&caller, &owner, reader, new).map(|(s, d, c)| (s, Some((d, c)))),
     });
-    let mut stream = body.into_data_stream();
     let mut received = 0u64;
-    while let Some(chunk) = stream.next().await {
+    let mut stalled = false;
+    while let Some(chunk) = next {
         let item = chunk.map_err(|e| io::Error::other(e.to_string()));
         if let Ok(b) = &item {
             received += b.len() as u64;
@@ -375,10 +505,22 @@ async fn put_content(
         if tx.send(item).await.is_err() || failed {
             break;
         }
+        next = match tokio::time::timeout(idle, stream.next()).await {
+            Ok(n) => n,
+            Err(_) => {
+                stalled = true;
+                let _ = tx.send(Err(io::Error::new(io::ErrorKind::TimedOut, "the request body stalled"))).await;
+                break;
+            }
+        };
     }
     drop(tx);
     st.metrics.bytes_in.fetch_add(received, Ordering::Relaxed);
-    let (stored, doc) = task.await.map_err(ApiError::internal)??;
+    let result = task.await.map_err(ApiError::internal)?;
+    if stalled {
+        return Err(ApiError::idle());
+    }
+    let (stored, doc) = result?;
     Ok(match doc {
         None => {
             let status = if stored.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -406,67 +548,40 @@ const MAX_BATCH_BODY: usize = 64 << 20;
 /// Most documents in a batch deposit.
 const MAX_BATCH_ITEMS: usize = 1000;
 
-/// One document of a batch: its content and deposit body.
-type BatchItem = (io::Cursor<Vec<u8>>, NewDocument);
-
-/// Reads a batch deposit: a tar whose members come in pairs, a `.json` deposit body and then the
-/// content it describes. A content above `max` (the server's content limit) refuses the batch.
-fn batch_items(body: &[u8], max: u64) -> Result<Vec<BatchItem>, ApiError> {
-    let bad = |m: String| ApiError::invalid(format!("batch: {m}"));
-    let mut archive = tar::Archive::new(body);
-    let mut items = Vec::new();
-    let mut pending: Option<NewDocument> = None;
-    for member in archive.entries().map_err(|e| bad(e.to_string()))? {
-        let mut member = member.map_err(|e| bad(e.to_string()))?;
-        let name = member.path().map_err(|e| bad(e.to_string()))?.to_string_lossy().into_owned();
-        if pending.is_some() && member.size() > max {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("batch: {name} is larger than the server accepts"),
-            ));
-        }
-        let mut data = Vec::with_capacity(usize::try_from(member.size()).unwrap_or(0).min(MAX_BATCH_BODY));
-        member.read_to_end(&mut data).map_err(|e| bad(e.to_string()))?;
-        match pending.take() {
-            None => {
-                if !name.ends_with(".json") {
-                    return Err(bad(format!("member {name:?} should be a deposit body (.json)")));
-                }
-                pending = Some(serde_json::from_slice(&data).map_err(|e| bad(format!("{name}: {e}")))?);
-            }
-            Some(new) => {
-                if items.len() == MAX_BATCH_ITEMS {
-                    return Err(bad(format!("at most {MAX_BATCH_ITEMS} documents per batch")));
-                }
-                items.push((io::Cursor::new(data), new));
-            }
-        }
-    }
-    if pending.is_some() {
-        return Err(bad("the last deposit body has no content after it".into()));
-    }
-    Ok(items)
-}
-
 /// Extension: many one-step deposits (upload + deposit) in one request and one durable wait.
+/// The caller is authorised before the body is read; the body (at most 64 MiB) is held once and
+/// the strict reader of [`crate::batch`] hands out ranges of it, never allocating from a size a
+/// header declares.
 async fn deposit_batch(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !ct.trim().eq_ignore_ascii_case("application/x-tar") {
         return Err(ApiError::invalid("send Content-Type: application/x-tar"));
     }
-    let bytes = axum::body::to_bytes(body, MAX_BATCH_BODY).await.map_err(|_| {
+    let v = st.vault()?;
+    let (c, o) = (caller.clone(), owner.clone());
+    blocking(move || v.may_deposit_as(&c, &o)).await?;
+    let _slot = upload_slot(&st, &caller)?;
+    let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             "a batch is at most 64 MiB; send large contents with PUT",
         )
-    })?;
+    };
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BATCH_BODY as u64) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, MAX_BATCH_BODY).await.map_err(|_| too_large())?;
     st.metrics.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
     let v = st.vault()?;
     let max = st.max_content;
     let results = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-        let items = batch_items(&bytes, max)?;
+        let items: Vec<(io::Cursor<Bytes>, NewDocument)> = crate::batch::items(&bytes, max, MAX_BATCH_ITEMS)?
+            .into_iter()
+            .map(|(range, new)| (io::Cursor::new(bytes.slice(range)), new))
+            .collect();
         Ok(v.put_documents_as(&caller, &owner, items)?)
     })
     .await
@@ -542,6 +657,13 @@ fn parse_range(h: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u64)>,
     Ok(Some((start, end)))
 }
 
+/// A deposited content (HTML, SVG, ...) must never run in the vault's origin: no sniffing, and a
+/// sandbox for anything a browser might render.
+fn content_safety(h: &mut HeaderMap) {
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
+}
+
 async fn get_content(
     OwnerCall { st, caller, owner }: OwnerCall,
     Path((_, id)): Path<(String, String)>,
@@ -556,7 +678,9 @@ async fn get_content(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
     {
-        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+        let mut resp = (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+        content_safety(resp.headers_mut());
+        return Ok(resp);
     }
     let size = doc.size;
     let range = parse_range(headers.get(header::RANGE), size).map_err(|_| {
@@ -570,11 +694,11 @@ async fn get_content(
         Some((s, e)) => (s, e - s + 1, StatusCode::PARTIAL_CONTENT),
         None => (0, size, StatusCode::OK),
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, io::Error>>(4);
+    let (feed, body) = fed_body(&st);
     let st2 = st.clone();
     tokio::task::spawn_blocking(move || {
         if let Err(e) = reader.seek(SeekFrom::Start(start)) {
-            let _ = tx.blocking_send(Err(e));
+            feed.send(Err(e));
             return;
         }
         let mut left = len;
@@ -588,21 +712,21 @@ async fn get_content(
                     let n = n.min(left as usize);
                     left -= n as u64;
                     st2.metrics.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                    if n > 0 && tx.blocking_send(Ok(Bytes::copy_from_slice(&buf[..n]))).is_err() {
+                    if n > 0 && !feed.send(Ok(Bytes::copy_from_slice(&buf[..n]))) {
                         return;
                     }
                 }
                 Err(e) => {
                     // The content failed authentication: abort the response, never end it cleanly.
                     tracing::error!(document = %doc.id, error = %e, "content failed authentication while streaming; response aborted");
-                    let _ = tx.blocking_send(Err(e));
+                    feed.send(Err(e));
                     return;
                 }
             }
         }
+        feed.finish();
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    let mut resp = Response::new(Body::from_stream(stream));
+    let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
@@ -611,6 +735,7 @@ async fn get_content(
     );
     h.insert(header::ETAG, HeaderValue::from_str(&etag).map_err(ApiError::internal)?);
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    content_safety(h);
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if status == StatusCode::PARTIAL_CONTENT {
         let cr = format!("bytes {}-{}/{}", start, start + len - 1, size);
@@ -762,27 +887,26 @@ async fn export(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
         Ok(f)
     })
     .await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, io::Error>>(4);
+    let (feed, body) = fed_body(&st);
     tokio::task::spawn_blocking(move || {
         let mut f = file;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             match f.read(&mut buf) {
-                Ok(0) => return,
+                Ok(0) => return feed.finish(),
                 Ok(n) => {
-                    if tx.blocking_send(Ok(Bytes::copy_from_slice(&buf[..n]))).is_err() {
+                    if !feed.send(Ok(Bytes::copy_from_slice(&buf[..n]))) {
                         return;
                     }
                 }
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
+                    feed.send(Err(e));
                     return;
                 }
             }
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    Ok(([(header::CONTENT_TYPE, "application/x-tar")], Body::from_stream(stream)).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/x-tar")], body).into_response())
 }
 
 /// An anonymous temporary file (removed when closed).
@@ -975,6 +1099,22 @@ pub fn openapi() -> Value {
         if !open {
             op["security"] = json!([{"bearer": []}]);
         }
+        if *method == "get" && path.ends_with("/content") {
+            let safety = json!({
+                "X-Content-Type-Options": {"schema": {"type": "string", "const": "nosniff"}},
+                "Content-Security-Policy": {"schema": {"type": "string", "const": "sandbox"}}
+            });
+            for status in ["200", "206", "304"] {
+                op["responses"][status] = json!({"description": "The content (or not modified)", "headers": safety});
+            }
+        }
+        if (*method == "put" && path.contains("/contents/{digest}")) || path.ends_with("/deposits") {
+            op["responses"]["429"] = json!({
+                "description": "too_many_requests: the caller has too many uploads in flight",
+                "headers": {"Retry-After": {"schema": {"type": "integer"}}}
+            });
+            op["responses"]["408"] = json!({"description": "timeout: the request body stalled"});
+        }
         let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
         entry[*method] = op;
     }
@@ -1021,10 +1161,17 @@ fn handler_for(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
     }
 }
 
+/// The method as a metrics and log label: one of the standard methods, or `other` (so made-up
+/// methods cannot grow `/metrics`).
+fn method_label(m: &axum::http::Method) -> &'static str {
+    const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT"];
+    KNOWN.iter().find(|k| **k == m.as_str()).copied().unwrap_or("other")
+}
+
 /// Request ids, one structured log line per request, and the metrics.
 async fn observe(st: Arc<AppState>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let start = std::time::Instant::now();
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method()).to_owned();
     let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("(unmatched)", |p| p.as_str()).to_owned();
     let request_id = req
         .headers()
@@ -1114,6 +1261,7 @@ mod tests {
             },
             max_content: 1 << 20,
             metrics: Metrics::default(),
+            limits: Limits::default(),
         })
     }
 
@@ -1137,6 +1285,46 @@ mod tests {
         assert_eq!(status_and_code(router(st.clone()), "GET", "/nowhere").await, (404, "not_found".into()));
         let openapi = status_and_code(router(st), "GET", "/openapi.json").await;
         assert_eq!(openapi.0, 200);
+    }
+
+    async fn metrics_len(st: &Arc<AppState>) -> usize {
+        let req = axum::http::Request::builder().uri("/metrics").body(Body::empty()).unwrap();
+        let resp = router(st.clone()).oneshot(req).await.unwrap();
+        axum::body::to_bytes(resp.into_body(), 1 << 24).await.unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn item_9_8_made_up_methods_and_paths_do_not_grow_metrics() {
+        let st = sealed_state();
+        let send = |i: u32| {
+            let st = st.clone();
+            async move {
+                for (method, uri) in [
+                    (format!("M{i}X"), format!("/made/up/{i}")),
+                    (format!("Q{i}"), "/healthz".to_owned()),
+                    ("GET".to_owned(), format!("/nowhere/{i}")),
+                    ("POST".to_owned(), format!("/v1/owners/x{i}/nothing")),
+                ] {
+                    status_and_code(router(st.clone()), &method, &uri).await;
+                }
+            }
+        };
+        for i in 0..20 {
+            send(i).await;
+        }
+        // (The first call to /metrics adds its own series.)
+        metrics_len(&st).await;
+        let before = metrics_len(&st).await;
+        for i in 20..1020 {
+            send(i).await;
+        }
+        let after = metrics_len(&st).await;
+        // Only the counts' digits may grow; 4,000 distinct methods and paths add no series.
+        assert!(after < before + 512, "metrics grew from {before} to {after} bytes");
+        let req = axum::http::Request::builder().uri("/metrics").body(Body::empty()).unwrap();
+        let text = axum::body::to_bytes(router(st).oneshot(req).await.unwrap().into_body(), 1 << 24).await.unwrap();
+        let text = String::from_utf8(text.to_vec()).unwrap();
+        assert!(!text.contains("M500X") && !text.contains("/nowhere/") && text.contains("method=\"other\""));
     }
 
     #[test]

@@ -27,9 +27,71 @@ pub struct AuthConfig {
     /// The operator's key.
     pub operator: Option<VerifyingKey>,
     /// Identity providers by name.
-    pub providers: HashMap<String, VerifyingKey>,
+    pub providers: HashMap<String, IdentityProvider>,
     /// Tokens already verified (shared by clones).
     pub cache: std::sync::Arc<TokenCache>,
+}
+
+/// A trusted identity provider: its key, and the one kind of owner it may vouch for, if limited.
+#[derive(Debug, Clone)]
+pub struct IdentityProvider {
+    /// Its Ed25519 public key.
+    pub key: VerifyingKey,
+    /// `Some(kind)`: its tokens about another kind of owner are refused.
+    pub only: Option<OwnerKind>,
+}
+
+/// The two kinds of owner ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerKind {
+    /// `citizen:` ids.
+    Citizen,
+    /// `org:` ids.
+    Org,
+}
+
+impl OwnerKind {
+    /// Parses `citizen` or `org` (the suffix of `--identity-provider <name>=<key>@<kind>`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "citizen" => Some(Self::Citizen),
+            "org" => Some(Self::Org),
+            _ => None,
+        }
+    }
+
+    /// The kind of an owner id.
+    pub fn of(owner: &OwnerId) -> Self {
+        if owner.as_str().starts_with("citizen:") {
+            Self::Citizen
+        } else {
+            Self::Org
+        }
+    }
+}
+
+/// Parses `<name>=<base64 key>` or `<name>=<base64 key>@citizen|org` into a name and a provider.
+pub fn parse_identity_provider(spec: &str) -> Result<(String, IdentityProvider), String> {
+    let (name, rest) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("--identity-provider takes name=base64key[@citizen|@org], not {spec:?}"))?;
+    AgencyId::parse(name).map_err(|e| format!("identity provider name {name:?}: {e}"))?;
+    // Base64 never contains `@`: a suffix after one is the kind.
+    let (key, only) = match rest.rsplit_once('@') {
+        None => (rest, None),
+        Some((key, kind)) => (
+            key,
+            Some(OwnerKind::parse(kind.trim()).ok_or_else(|| {
+                format!("identity provider {name}: the kind after @ is citizen or org, not {kind:?}")
+            })?),
+        ),
+    };
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(key.trim())
+        .map_err(|_| format!("identity provider {name}: the key is not standard base64"))?;
+    let bytes: [u8; 32] = raw.try_into().map_err(|_| format!("identity provider {name}: the key is not 32 bytes"))?;
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| format!("identity provider {name}: not an Ed25519 key"))?;
+    Ok((name.to_owned(), IdentityProvider { key, only }))
 }
 
 /// Most tokens remembered; the cache is emptied when it is full.
@@ -163,7 +225,10 @@ pub fn authenticate(cfg: &AuthConfig, vault: &Vault, header: Option<&str>, now: 
             return Err(AuthError("an identity provider's tokens have iss = its name = kid"));
         }
         let owner = OwnerId::parse(&sub).map_err(|_| AuthError("sub is not an owner id"))?;
-        (*k, Principal::Owner(owner))
+        if k.only.is_some_and(|kind| kind != OwnerKind::of(&owner)) {
+            return Err(AuthError("this identity provider may not vouch for that kind of owner"));
+        }
+        (k.key, Principal::Owner(owner))
     } else {
         let agency = AgencyId::parse(&iss).map_err(|_| AuthError("unknown token issuer"))?;
         if sub != iss {
@@ -182,4 +247,25 @@ pub fn authenticate(cfg: &AuthConfig, vault: &Vault, header: Option<&str>, now: 
     key.verify_strict(signing_input, &sig).map_err(|_| AuthError("the token signature does not verify"))?;
     cfg.cache.put(fingerprint, Cached { principal: principal.clone(), exp, agency_key });
     Ok(principal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_9_5_identity_provider_specs_name_one_kind_of_owner() {
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let key = base64::engine::general_purpose::STANDARD.encode(sk.verifying_key().to_bytes());
+        let (name, p) = parse_identity_provider(&format!("vneid={key}")).unwrap();
+        assert_eq!((name.as_str(), p.only), ("vneid", None));
+        assert_eq!(parse_identity_provider(&format!("vneid={key}@citizen")).unwrap().1.only, Some(OwnerKind::Citizen));
+        assert_eq!(parse_identity_provider(&format!("corp={key}@org")).unwrap().1.only, Some(OwnerKind::Org));
+        for bad in [format!("vneid={key}@agency"), format!("vneid={key}@"), "vneid".into(), format!("Bad={key}")] {
+            assert!(parse_identity_provider(&bad).is_err(), "{bad}");
+        }
+        let c = OwnerId::parse("citizen:001099012345").unwrap();
+        let o = OwnerId::parse("org:0101234567").unwrap();
+        assert_eq!((OwnerKind::of(&c), OwnerKind::of(&o)), (OwnerKind::Citizen, OwnerKind::Org));
+    }
 }

@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod batch;
 
 use axum::serve::ListenerExt;
 use std::collections::HashMap;
@@ -43,8 +44,9 @@ struct Args {
     /// The operator's Ed25519 public key (standard base64 of 32 bytes).
     #[arg(long, env = "VAULT_OPERATOR_KEY")]
     operator_key: Option<String>,
-    /// A trusted identity provider: `<name>=<base64 public key>`; repeatable (comma-separated
-    /// in the environment).
+    /// A trusted identity provider: `<name>=<base64 public key>`, or with `@citizen` / `@org`
+    /// after the key to accept its tokens only about that kind of owner; repeatable
+    /// (comma-separated in the environment).
     #[arg(long = "identity-provider", env = "VAULT_IDENTITY_PROVIDER", value_delimiter = ',')]
     identity_providers: Vec<String>,
     /// The audience tokens must name.
@@ -56,6 +58,12 @@ struct Args {
     /// Largest content accepted, bytes.
     #[arg(long, env = "VAULT_MAX_CONTENT_SIZE", default_value_t = 1 << 30)]
     max_content_size: u64,
+    /// Most uploads (content PUTs, batch deposits) one caller may have in flight; more → 429.
+    #[arg(long, env = "VAULT_MAX_UPLOADS_PER_CALLER", default_value_t = 16)]
+    max_uploads_per_caller: usize,
+    /// Seconds a request body may send nothing, or a response go unread, before it is aborted.
+    #[arg(long, env = "VAULT_STREAM_IDLE_TIMEOUT", default_value_t = 30)]
+    stream_idle_timeout: u64,
     /// Log one JSON object per line (default: human-readable text). `RUST_LOG`-style levels are
     /// not configurable yet: requests are logged at info.
     #[arg(long, env = "VAULT_LOG_JSON")]
@@ -78,6 +86,8 @@ struct FileConfig {
     audience: Option<String>,
     max_token_lifetime: Option<i64>,
     max_content_size: Option<u64>,
+    max_uploads_per_caller: Option<usize>,
+    stream_idle_timeout: Option<u64>,
     dev: Option<bool>,
     log_json: Option<bool>,
 }
@@ -121,6 +131,12 @@ fn apply_config(args: &mut Args, m: &clap::ArgMatches) -> Result<(), String> {
     }
     if let (true, Some(v)) = (unset("max_content_size"), f.max_content_size) {
         args.max_content_size = v;
+    }
+    if let (true, Some(v)) = (unset("max_uploads_per_caller"), f.max_uploads_per_caller) {
+        args.max_uploads_per_caller = v;
+    }
+    if let (true, Some(v)) = (unset("stream_idle_timeout"), f.stream_idle_timeout) {
+        args.stream_idle_timeout = v;
     }
     if let (true, Some(v)) = (unset("dev"), f.dev) {
         args.dev = v;
@@ -219,7 +235,9 @@ fn dev_keys(args: &Args, auth: &mut auth::AuthConfig) -> Result<DevKeys, String>
     if auth.operator.is_none() {
         auth.operator = Some(keys.op.verifying_key());
     }
-    auth.providers.entry("dev-idp".into()).or_insert(keys.idp.verifying_key());
+    auth.providers
+        .entry("dev-idp".into())
+        .or_insert(auth::IdentityProvider { key: keys.idp.verifying_key(), only: None });
     Ok(keys)
 }
 
@@ -260,10 +278,11 @@ async fn run(args: Args) -> Result<(), String> {
     let master = master_key(&args)?;
     let mut providers = HashMap::new();
     for spec in &args.identity_providers {
-        let (name, key) =
-            spec.split_once('=').ok_or_else(|| format!("--identity-provider takes name=base64key, not {spec:?}"))?;
-        AgencyId::parse(name).map_err(|e| format!("identity provider name {name:?}: {e}"))?;
-        providers.insert(name.to_owned(), verifying_key(key, &format!("identity provider {name}"))?);
+        let (name, provider) = auth::parse_identity_provider(spec)?;
+        providers.insert(name, provider);
+    }
+    if args.max_uploads_per_caller == 0 || args.stream_idle_timeout == 0 {
+        return Err("--max-uploads-per-caller and --stream-idle-timeout must be at least 1".into());
     }
     let operator = args.operator_key.as_deref().map(|k| verifying_key(k, "--operator-key")).transpose()?;
     let mut auth = auth::AuthConfig {
@@ -291,6 +310,7 @@ async fn run(args: Args) -> Result<(), String> {
         auth,
         max_content: args.max_content_size,
         metrics: Default::default(),
+        limits: api::Limits::new(args.max_uploads_per_caller, std::time::Duration::from_secs(args.stream_idle_timeout)),
     });
     let server = tokio::spawn(
         axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(shutdown_signal()).into_future(),

@@ -337,6 +337,16 @@ impl Vault {
         })
     }
 
+    /// Whether the caller may deposit for `owner` at all (the owner, or a registered agency):
+    /// checked before a batch deposit's body is read. A refusal is audited (`document.deposit`).
+    pub fn may_deposit_as(&self, caller: &Caller, owner: &OwnerId) -> Result<(), Error> {
+        match &caller.principal {
+            Principal::Owner(o) if o == owner => Ok(()),
+            Principal::Agency(a) if self.agency(a)?.is_some() => Ok(()),
+            _ => self.refuse(self.draft(caller, Some(owner), "document.deposit"), Error::Forbidden),
+        }
+    }
+
     /// Who may deposit what; returns whether the signature must be verified.
     fn deposit_rules(&self, caller: &Caller, owner: &OwnerId, new: &NewDocument) -> Result<bool, Error> {
         match &caller.principal {
