@@ -521,3 +521,136 @@ fn the_readme_demo_script_runs_against_a_dev_server() {
     assert_eq!(text.matches("issuer signature of demo-agency verified").count(), 2, "{text}");
     assert!(text.contains("export.tar: verified"), "{text}");
 }
+
+#[test]
+fn item_9_9_get_never_writes_outside_the_folder_or_over_a_file() {
+    use std::os::unix::fs::symlink;
+    let s = Server::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let cli = Cli::new(&s.base, w);
+    let citizen = s.owner(CITIZEN);
+    let as_citizen = [("VAULT_TOKEN", citizen.as_str())];
+    // The owner's own deposits, each naming its file.
+    let deposit = |data: &[u8], file_name: &str| -> String {
+        let digest = vault::Digest::of(data);
+        let r =
+            call("PUT", &s.url(&format!("/v1/owners/{CITIZEN}/contents/{digest}")), Some(&citizen), &[], Some(data));
+        assert!(r.status == 201 || r.status == 200, "{}", r.status);
+        let body = serde_json::json!({"digest": digest, "doc_type": "ban-sao", "title": "t", "media_type": "text/plain",
+            "file_name": file_name});
+        let r = post_json(&s.url(&format!("/v1/owners/{CITIZEN}/documents")), &citizen, None, &body);
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["id"].as_str().unwrap().to_owned()
+    };
+    let home = w.join("home");
+    let outside = w.join("outside");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(home.join(".bashrc"), "original rc").unwrap();
+    std::fs::write(outside.join("target"), "untouched").unwrap();
+    let get = |cli: &Cli, args: &[&str]| {
+        let mut all = vec!["--json", "get", CITIZEN];
+        all.extend_from_slice(args);
+        cli.cmd(&as_citizen, &all).current_dir(&home).output().unwrap()
+    };
+    let listing = || {
+        let mut names: Vec<String> =
+            std::fs::read_dir(&home).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    };
+
+    // A server (here a proxy rewriting the records) naming files with paths: only the base
+    // name, made safe, lands in the current folder.
+    let a = deposit(b"content a", "XXXXXXXXXXXXX");
+    let b = deposit(b"content b", "YYYYYYYYYYY");
+    let bashrc = tampering_proxy(s.port, b"XXXXXXXXXXXXX", b"../../.bashrc");
+    let passwd = tampering_proxy(s.port, b"YYYYYYYYYYY", b"/etc/passwd");
+    for (port, id) in [(bashrc, &a), (passwd, &b)] {
+        let via = Cli { server: format!("http://127.0.0.1:{port}"), state: w.join(format!("state-{port}.json")) };
+        let o = get(&via, &[id.as_str()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(listing(), [".bashrc", "bashrc", "passwd"]);
+    assert_eq!(std::fs::read(home.join("bashrc")).unwrap(), b"content a");
+    assert_eq!(std::fs::read(home.join("passwd")).unwrap(), b"content b");
+    assert_eq!(std::fs::read(home.join(".bashrc")).unwrap(), b"original rc");
+    assert!(!w.join(".bashrc").exists() && !work.path().parent().unwrap().join(".bashrc").exists());
+
+    // A hidden name loses its dot; an existing file is not replaced without --force.
+    let c = deposit(b"content c", ".bashrc");
+    let o = get(&cli, &[c.as_str()]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("exists"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(home.join("bashrc")).unwrap(), b"content a");
+    let o = get(&cli, &[c.as_str(), "--force"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(home.join("bashrc")).unwrap(), b"content c");
+    assert_eq!(std::fs::read(home.join(".bashrc")).unwrap(), b"original rc");
+    // -o naming an explicit existing file: also refused without --force.
+    let o = get(&cli, &[a.as_str(), "-o", "passwd"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(std::fs::read(home.join("passwd")).unwrap(), b"content b");
+
+    // Symbolic links: never followed, neither at the name nor at its `.part`.
+    symlink(outside.join("target"), home.join("evil")).unwrap();
+    let d = deposit(b"content d", "evil");
+    let o = get(&cli, &[d.as_str()]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = get(&cli, &[d.as_str(), "--force"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!std::fs::symlink_metadata(home.join("evil")).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read(home.join("evil")).unwrap(), b"content d");
+    symlink(outside.join("planted"), home.join("fresh.part")).unwrap();
+    let e = deposit(b"content e", "fresh");
+    let o = get(&cli, &[e.as_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(home.join("fresh")).unwrap(), b"content e");
+    assert!(!home.join("fresh.part").exists() && std::fs::symlink_metadata(home.join("fresh.part")).is_err());
+    assert!(!outside.join("planted").exists());
+    assert_eq!(std::fs::read(outside.join("target")).unwrap(), b"untouched");
+
+    // Nothing usable in the name: the document id. Into a folder given with -o: the same name.
+    let f = deposit(b"content f", "..");
+    assert!(get(&cli, &[f.as_str()]).status.success());
+    assert_eq!(std::fs::read(home.join(&f)).unwrap(), b"content f");
+    std::fs::create_dir(home.join("in")).unwrap();
+    assert!(get(&cli, &[c.as_str(), "-o", "in"]).status.success());
+    assert_eq!(std::fs::read(home.join("in/bashrc")).unwrap(), b"content c");
+}
+
+/// The count of answers `status` to `method route` in the server's `/metrics` (0 if none).
+fn route_count(s: &Server, method: &str, route: &str, status: u16) -> u64 {
+    let text = String::from_utf8(call("GET", &s.url("/metrics"), None, &[], None).body).unwrap();
+    let label = format!("{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} ");
+    text.lines()
+        .filter(|l| l.starts_with("vault_http_route_requests_total"))
+        .find_map(|l| l.split_once(&label).map(|(_, n)| n.parse().unwrap()))
+        .unwrap_or(0)
+}
+
+#[test]
+fn item_9_4_vault_log_pages_and_proves_in_batches() {
+    let s = Server::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let cli = Cli::new(&s.base, work.path());
+    let citizen = s.owner(CITIZEN);
+    // More than one page: 1,003 entries about the citizen.
+    let grants = s.url(&format!("/v1/owners/{CITIZEN}/grants"));
+    for _ in 0..1003 {
+        assert_eq!(call("GET", &grants, Some(&citizen), &[], None).status, 200);
+    }
+    let log = cli.ok(&[("VAULT_TOKEN", &citizen)], &["log", CITIZEN]);
+    let entries = log["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1003);
+    let indexes: Vec<u64> = entries.iter().map(|e| e["index"].as_u64().unwrap()).collect();
+    assert!(indexes.windows(2).all(|w| w[0] < w[1]));
+    assert!(entries.iter().all(|e| e["action"] == "grant.list" && e["actor"] == "owner"));
+    assert!(entries.iter().all(|e| e["proven_in"] == log["checkpoint"]["size"]));
+    // Two pages, two batches of leaves and proofs; no request per entry.
+    assert_eq!(route_count(&s, "GET", "/v1/owners/{owner}/access-log", 200), 2);
+    assert_eq!(route_count(&s, "POST", "/v1/owners/{owner}/access-log/proofs", 200), 2);
+    assert_eq!(route_count(&s, "GET", "/v1/owners/{owner}/access-log/{index}/leaf", 200), 0);
+    assert_eq!(route_count(&s, "GET", "/v1/audit/proof/inclusion", 200), 0);
+}

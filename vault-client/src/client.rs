@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vault::access::ReuseStatus;
-use vault::audit::Entry;
+use vault::audit::{Entry, Page};
 use vault::document::Status;
 use vault::grants::{Grant, GrantStatus, NewGrant};
 use vault::provenance::{statement, Agency, NewAgency};
@@ -24,6 +24,9 @@ use vault::{AgencyId, Digest, DocType, Document, DocumentId, GrantId, NewDocumen
 use crate::credentials::AgencyCredentials;
 use crate::trust::{needs_proof, open_checkpoint, Checkpoint, Seen, TrustStore};
 use crate::Error;
+
+/// Entries asked for per access-log page, and proven per batch (the server's largest page).
+pub const LOG_PAGE: u64 = 1_000;
 
 /// Most digests the server takes in one `contents/missing` call.
 pub const MISSING_BATCH: usize = 10_000;
@@ -465,18 +468,51 @@ impl Client {
 
     /// Downloads a document's content to `dest`, verified: the bytes go to `dest` + `.part`,
     /// are hashed on the way, and only when the digest and size match the record and the
-    /// issuer signature verifies is the file renamed to `dest`. On any failure nothing is left
-    /// at `dest` (and the partial file is removed).
+    /// issuer signature verifies does the file appear at `dest`. On any failure nothing is left
+    /// at `dest` (and the partial file is removed). An existing `dest` is never replaced (see
+    /// [`Client::download_replacing`]); no file is opened through a symbolic link.
     pub async fn download(&self, owner: &OwnerId, id: &DocumentId, dest: &Path) -> Result<Verified, Error> {
+        self.download_with(owner, id, dest, false).await
+    }
+
+    /// As [`Client::download`], but a verified download replaces a file already at `dest` (a
+    /// symbolic link at `dest` is replaced itself, never followed).
+    pub async fn download_replacing(&self, owner: &OwnerId, id: &DocumentId, dest: &Path) -> Result<Verified, Error> {
+        self.download_with(owner, id, dest, true).await
+    }
+
+    async fn download_with(
+        &self,
+        owner: &OwnerId,
+        id: &DocumentId,
+        dest: &Path,
+        replace: bool,
+    ) -> Result<Verified, Error> {
+        if !replace && tokio::fs::symlink_metadata(dest).await.is_ok() {
+            return Err(exists(dest));
+        }
         let document = self.document(owner, id).await?;
         let issuer_verified = self.verify_issuer(&document.document).await?;
         let part = part_path(dest);
-        let result = self.download_to(owner, &document.document, &part).await;
-        match result {
-            Ok(size) => {
+        let result = async {
+            let size = self.download_to(owner, &document.document, &part).await?;
+            if replace {
+                // rename(2) replaces what is at `dest`, a link itself rather than its target.
                 tokio::fs::rename(&part, dest).await.map_err(Error::io(dest))?;
-                Ok(Verified { document, path: Some(dest.to_path_buf()), size, issuer_verified })
+            } else {
+                // A new name for the verified file, failing if anything appeared at `dest`
+                // meanwhile (a hard link never replaces); then the `.part` name goes.
+                tokio::fs::hard_link(&part, dest).await.map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => exists(dest),
+                    _ => Error::io(dest)(e),
+                })?;
+                let _ = tokio::fs::remove_file(&part).await;
             }
+            Ok::<_, Error>(size)
+        }
+        .await;
+        match result {
+            Ok(size) => Ok(Verified { document, path: Some(dest.to_path_buf()), size, issuer_verified }),
             Err(e) => {
                 let _ = tokio::fs::remove_file(&part).await;
                 Err(e)
@@ -485,7 +521,7 @@ impl Client {
     }
 
     async fn download_to(&self, owner: &OwnerId, doc: &Document, part: &Path) -> Result<u64, Error> {
-        let mut file = tokio::fs::File::create(part).await.map_err(Error::io(part))?;
+        let mut file = create_new(part).await?;
         let resp = self
             .send(self.request(Method::GET, &Self::owner_path(owner, &format!("/documents/{}/content", doc.id))))
             .await?;
@@ -577,14 +613,84 @@ impl Client {
 
     // ------------------------------------------------------------ audit
 
-    /// `GET access-log` (the owner), unverified.
-    pub async fn access_log(&self, owner: &OwnerId) -> Result<Vec<Entry>, Error> {
+    /// One page of `GET access-log?after=&limit=` (the owner), unverified: entries with an
+    /// index above `after`, ascending, at most `limit`, and the `after` of the next page. The
+    /// page is checked to be in order and to make progress.
+    pub async fn access_log_page(&self, owner: &OwnerId, after: Option<u64>, limit: u64) -> Result<Page, Error> {
         #[derive(Deserialize)]
         struct Log {
             entries: Vec<Entry>,
+            #[serde(default)]
+            next: Option<u64>,
         }
-        let (_, l): (_, Log) = self.json(self.request(Method::GET, &Self::owner_path(owner, "/access-log"))).await?;
-        Ok(l.entries)
+        let mut r = self.request(Method::GET, &Self::owner_path(owner, "/access-log")).query(&[("limit", limit)]);
+        if let Some(a) = after {
+            r = r.query(&[("after", a)]);
+        }
+        let (_, l): (_, Log) = self.json(r).await?;
+        let mut last = after;
+        for e in &l.entries {
+            if last.is_some_and(|a| e.index <= a) {
+                return Err(Error::Protocol(format!("access-log page: entry {} out of order", e.index)));
+            }
+            last = Some(e.index);
+        }
+        if l.next.is_some() && (l.entries.is_empty() || l.next < last) {
+            return Err(Error::Protocol("access-log page: a `next` that does not follow the page".into()));
+        }
+        Ok(Page { entries: l.entries, next: l.next })
+    }
+
+    /// `GET access-log` (the owner), unverified: every entry, page by page (1,000 a page).
+    pub async fn access_log(&self, owner: &OwnerId) -> Result<Vec<Entry>, Error> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.access_log_page(owner, after, LOG_PAGE).await?;
+            all.extend(page.entries);
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// Extension `POST access-log/proofs` (the owner; SPEC.md §20): the leaves of the owner's
+    /// entries at `indexes` (at most 1,000) with their inclusion paths in the tree of `size`,
+    /// unverified: `(index, leaf, path)` in the order asked.
+    pub async fn access_log_proofs(
+        &self,
+        owner: &OwnerId,
+        size: u64,
+        indexes: &[u64],
+    ) -> Result<Vec<(u64, Vec<u8>, Vec<[u8; 32]>)>, Error> {
+        #[derive(Deserialize)]
+        struct Proof {
+            index: u64,
+            leaf: String,
+            hashes: Vec<String>,
+        }
+        #[derive(Deserialize)]
+        struct Proofs {
+            size: u64,
+            proofs: Vec<Proof>,
+        }
+        let r = self
+            .request(Method::POST, &Self::owner_path(owner, "/access-log/proofs"))
+            .json(&json!({"size": size, "indexes": indexes}));
+        let (_, p): (_, Proofs) = self.json(r).await?;
+        if p.size != size || p.proofs.len() != indexes.len() || p.proofs.iter().zip(indexes).any(|(p, i)| p.index != *i)
+        {
+            return Err(Error::Protocol("access-log proofs: not the entries asked for".into()));
+        }
+        p.proofs
+            .into_iter()
+            .map(|p| {
+                let leaf = B64.decode(p.leaf).map_err(|_| Error::Protocol("a leaf that is not base64".into()))?;
+                let path = p.hashes.iter().map(|h| hash32(h)).collect::<Result<_, _>>()?;
+                Ok((p.index, leaf, path))
+            })
+            .collect()
     }
 
     /// `GET access-log/{index}/leaf`: the leaf bytes.
@@ -673,6 +779,9 @@ impl Client {
 
     /// The owner's access log with every entry proven: its leaf bytes match the entry, and an
     /// inclusion proof ties the leaf to a checkpoint verified by [`Client::verified_checkpoint`].
+    /// The log is read page by page; leaves and proofs come 1,000 entries per request (the
+    /// `access-log/proofs` extension), or, from a server without it, one entry at a time with
+    /// 16 in flight.
     pub async fn verified_access_log(
         &self,
         owner: &OwnerId,
@@ -681,34 +790,62 @@ impl Client {
         let entries = self.access_log(owner).await?;
         // After the listing, so the checkpoint covers every listed entry.
         let cp = self.verified_checkpoint(trust).await?;
-        let cp_ref = &cp;
-        // Each entry needs its leaf and its proof: several entries in flight, results in order.
-        let out: Vec<VerifiedEntry> = futures_util::stream::iter(entries)
+        if let Some(e) = entries.iter().find(|e| e.index >= cp.size) {
+            return Err(Error::Verification(format!(
+                "entry {} is not covered by the checkpoint (size {})",
+                e.index, cp.size
+            )));
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        let mut batches = true;
+        for chunk in entries.chunks(LOG_PAGE as usize) {
+            let indexes: Vec<u64> = chunk.iter().map(|e| e.index).collect();
+            let proofs = if batches {
+                match self.access_log_proofs(owner, cp.size, &indexes).await {
+                    Ok(p) => Some(p),
+                    // A server without the extension (api.md has single proofs only).
+                    Err(Error::Api { status: 404 | 405, .. }) => None,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                None
+            };
+            match proofs {
+                Some(proofs) => {
+                    for (e, (_, leaf, path)) in chunk.iter().zip(proofs) {
+                        prove_entry(e, &leaf, &path, &cp)?;
+                        out.push(VerifiedEntry { entry: e.clone(), proven_in: cp.size });
+                    }
+                }
+                None => {
+                    batches = false;
+                    out.extend(self.prove_one_by_one(owner, chunk, &cp).await?);
+                }
+            }
+        }
+        Ok((cp, out))
+    }
+
+    /// Proves entries with one leaf and one inclusion-proof request each (api.md's endpoints),
+    /// 16 entries in flight, results in order.
+    async fn prove_one_by_one(
+        &self,
+        owner: &OwnerId,
+        entries: &[Entry],
+        cp: &Checkpoint,
+    ) -> Result<Vec<VerifiedEntry>, Error> {
+        futures_util::stream::iter(entries)
             .map(|e| async move {
-                if e.index >= cp_ref.size {
-                    return Err(Error::Verification(format!(
-                        "entry {} is not covered by the checkpoint (size {})",
-                        e.index, cp_ref.size
-                    )));
-                }
                 let leaf = self.access_log_leaf(owner, e.index).await?;
-                check_leaf(&e, &leaf)?;
-                let hash = vault::merkle::leaf_hash(&leaf);
-                let (_, path) = self.inclusion_proof(e.index, cp_ref.size).await?;
-                if !vault::merkle::verify_inclusion(&hash, e.index, cp_ref.size, &path, &cp_ref.root) {
-                    return Err(Error::Verification(format!(
-                        "entry {} is not in the log the checkpoint signs",
-                        e.index
-                    )));
-                }
-                Ok(VerifiedEntry { entry: e, proven_in: cp_ref.size })
+                let (_, path) = self.inclusion_proof(e.index, cp.size).await?;
+                prove_entry(e, &leaf, &path, cp)?;
+                Ok(VerifiedEntry { entry: e.clone(), proven_in: cp.size })
             })
             .buffered(16)
             .collect::<Vec<Result<VerifiedEntry, Error>>>()
             .await
             .into_iter()
-            .collect::<Result<_, _>>()?;
-        Ok((cp, out))
+            .collect()
     }
 
     // ------------------------------------------------------------ owners
@@ -798,6 +935,54 @@ fn file_stream(
     })
 }
 
+fn exists(dest: &Path) -> Error {
+    Error::Invalid(format!("{} exists; not overwriting it (--force replaces it)", dest.display()))
+}
+
+/// Creates `path` as a new file (`O_CREAT | O_EXCL`: never through a symbolic link, never an
+/// existing file). A leftover `.part` file of an interrupted run is removed first (a link is
+/// removed itself, not its target).
+async fn create_new(path: &Path) -> Result<tokio::fs::File, Error> {
+    let mut opts = tokio::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    match opts.open(path).await {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            tokio::fs::remove_file(path).await.map_err(Error::io(path))?;
+            opts.open(path).await.map_err(Error::io(path))
+        }
+        other => other.map_err(Error::io(path)),
+    }
+}
+
+/// A file name for a document's content in a folder of the caller's: the last component of the
+/// depositor's `file_name` with every character a file system or a shell could take for
+/// something else removed (control and bidirectional-formatting characters, `/ \ : * ? " < > |`),
+/// no leading dots (no hidden or `..` names) or spaces, no trailing dots or spaces, not a
+/// Windows device name, at most 200 bytes. `None` when nothing usable is left (use the
+/// document id).
+pub fn safe_file_name(name: &str) -> Option<String> {
+    let last = name.rsplit(['/', '\\']).next().unwrap_or_default();
+    let bidi = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let kept: String = last
+        .chars()
+        .filter(|&c| !c.is_control() && !bidi(c) && !matches!(c, ':' | '*' | '?' | '"' | '<' | '>' | '|'))
+        .collect();
+    let trimmed = kept.trim_start_matches(['.', ' ']).trim_end_matches(['.', ' ']);
+    let mut out = String::new();
+    for c in trimmed.chars() {
+        if out.len() + c.len_utf8() > 200 {
+            break;
+        }
+        out.push(c);
+    }
+    let stem = out.split('.').next().unwrap_or_default().trim_end().to_ascii_uppercase();
+    let device = matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+        || (stem.len() == 4
+            && (stem.starts_with("COM") || stem.starts_with("LPT"))
+            && stem.as_bytes()[3].is_ascii_digit());
+    (!out.is_empty() && !device).then_some(out)
+}
+
 /// `dest` + `.part`.
 pub fn part_path(dest: &Path) -> PathBuf {
     let mut s = dest.as_os_str().to_owned();
@@ -811,6 +996,16 @@ fn check_content(doc: &Document, size: u64, digest: Digest) -> Result<(), Error>
             "document {}: received {size} bytes with digest {digest}, the record says {} bytes with digest {}",
             doc.id, doc.size, doc.meta.digest
         )));
+    }
+    Ok(())
+}
+
+/// An entry is proven when its leaf bytes say what the entry says and the leaf is included,
+/// at the entry's index, in the tree the verified checkpoint signs.
+fn prove_entry(e: &Entry, leaf: &[u8], path: &[[u8; 32]], cp: &Checkpoint) -> Result<(), Error> {
+    check_leaf(e, leaf)?;
+    if !vault::merkle::verify_inclusion(&vault::merkle::leaf_hash(leaf), e.index, cp.size, path, &cp.root) {
+        return Err(Error::Verification(format!("entry {} is not in the log the checkpoint signs", e.index)));
     }
     Ok(())
 }
@@ -846,6 +1041,35 @@ fn preview(body: &[u8]) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn item_9_9_file_names_from_records_are_made_safe() {
+        for (given, safe) in [
+            ("khai-sinh.pdf", Some("khai-sinh.pdf")),
+            ("../../.bashrc", Some("bashrc")),
+            ("/etc/passwd", Some("passwd")),
+            (".bashrc", Some("bashrc")),
+            ("..\\..\\boot.ini", Some("boot.ini")),
+            ("a\u{0}b\nc\u{202e}fdp.exe", Some("abcfdp.exe")),
+            ("x:y*z?.pdf", Some("xyz.pdf")),
+            ("report. . .", Some("report")),
+            ("  .hidden", Some("hidden")),
+            ("..", None),
+            ("...", None),
+            ("dir/", None),
+            ("", None),
+            ("\u{7}", None),
+            ("CON", None),
+            ("nul.txt", None),
+            ("com1.log", None),
+            ("console.txt", Some("console.txt")),
+        ] {
+            assert_eq!(safe_file_name(given).as_deref(), safe, "{given:?}");
+        }
+        let long = "đ".repeat(300);
+        let cut = safe_file_name(&long).unwrap();
+        assert!(cut.len() <= 200 && cut.chars().all(|c| c == 'đ'));
+    }
 
     #[test]
     fn debug_output_never_shows_a_token() {

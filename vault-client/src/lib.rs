@@ -31,8 +31,8 @@ mod error;
 pub mod trust;
 
 pub use client::{
-    part_path, Auth, Client, Component, DocumentView, GrantView, Uploaded, VaultKey, Verified, VerifiedEntry,
-    MISSING_BATCH,
+    part_path, safe_file_name, Auth, Client, Component, DocumentView, GrantView, Uploaded, VaultKey, Verified,
+    VerifiedEntry, LOG_PAGE, MISSING_BATCH,
 };
 pub use credentials::{AgencyCredentials, KeyFile, TOKEN_LIFETIME};
 pub use error::Error;

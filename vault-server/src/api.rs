@@ -824,10 +824,42 @@ async fn agency_grants(Call { st, caller }: Call) -> ApiResult {
 
 // ---------------------------------------------------------------- audit
 
-async fn access_log(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
+async fn access_log(
+    OwnerCall { st, caller, owner }: OwnerCall,
+    q: Result<Query<std::collections::HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q.map_err(|_| ApiError::invalid("a malformed query string"))?;
+    let after = q.get("after").map(|_| u64_param(&q, "after")).transpose()?;
+    let limit = match q.get("limit") {
+        None => vault::audit::PageLimit::default(),
+        Some(_) => vault::audit::PageLimit::new(u64_param(&q, "limit")?)?,
+    };
     let v = st.vault()?;
-    let entries = blocking(move || v.access_log_as(&caller, &owner)).await?;
-    Ok(json_response(StatusCode::OK, &json!({"entries": entries})))
+    let page = blocking(move || v.access_log_page_as(&caller, &owner, after, limit)).await?;
+    Ok(json_response(StatusCode::OK, &page))
+}
+
+/// Extension (SPEC.md §20): the leaves of many of the owner's entries with their inclusion
+/// proofs, in one call.
+async fn access_log_proofs(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Ask {
+        size: u64,
+        indexes: Vec<u64>,
+    }
+    let ask: Ask = json_body(&headers, body).await?;
+    let v = st.vault()?;
+    let size = ask.size;
+    let proofs = blocking(move || v.access_log_proofs_as(&caller, &owner, ask.size, &ask.indexes)).await?;
+    let out: Vec<Value> = proofs
+        .iter()
+        .map(|p| {
+            let hashes: Vec<String> = p.hashes.iter().map(|h| B64.encode(h)).collect();
+            json!({"index": p.index, "leaf": B64.encode(&p.leaf), "hashes": hashes})
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({"size": size, "proofs": out})))
 }
 
 async fn access_log_leaf(
@@ -1064,8 +1096,13 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/v1/owners/{owner}/grants", "The owner's grants"),
     ("delete", "/v1/owners/{owner}/grants/{id}", "Revoke a grant (the owner)"),
     ("get", "/v1/grants", "Grants given to the calling agency"),
-    ("get", "/v1/owners/{owner}/access-log", "Every audit entry about the owner"),
+    ("get", "/v1/owners/{owner}/access-log", "Audit entries about the owner, paged (?after=&limit=; next)"),
     ("get", "/v1/owners/{owner}/access-log/{index}/leaf", "The leaf bytes of one entry"),
+    (
+        "post",
+        "/v1/owners/{owner}/access-log/proofs",
+        "Extension: leaves and inclusion proofs of up to 1,000 of the owner's entries ({size, indexes})",
+    ),
     ("get", "/v1/audit/checkpoint", "Signed checkpoint (C2SP signed note)"),
     ("get", "/v1/audit/proof/inclusion", "RFC 9162 inclusion proof (?index=&size=)"),
     ("get", "/v1/audit/proof/consistency", "RFC 9162 consistency proof (?from=&to=)"),
@@ -1144,6 +1181,7 @@ fn handler_for(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         ("get", "/v1/grants") => get(agency_grants),
         ("get", "/v1/owners/{owner}/access-log") => get(access_log),
         ("get", "/v1/owners/{owner}/access-log/{index}/leaf") => get(access_log_leaf),
+        ("post", "/v1/owners/{owner}/access-log/proofs") => post(access_log_proofs),
         ("get", "/v1/audit/checkpoint") => get(checkpoint),
         ("get", "/v1/audit/proof/inclusion") => get(inclusion),
         ("get", "/v1/audit/proof/consistency") => get(consistency),

@@ -10,7 +10,7 @@ use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{Actor, Draft, Entry};
+use crate::audit::{Actor, Draft, Entry, LeafProof, Page, PageLimit};
 use crate::document::{Document, NewDocument, Status};
 use crate::grants::{Grant, GrantStatus, NewGrant};
 use crate::ids::{AgencyId, Digest, DocType, DocumentId, GrantId, OwnerId, Purpose};
@@ -61,9 +61,13 @@ impl Caller {
         Self { principal: Principal::Operator, purpose: None }
     }
 
-    fn actor(&self) -> Actor {
+    /// Who acted, as the audit log names it, on the data of `owner` (if the call is about
+    /// one): a citizen or organisation is the `owner` only of their own data; on anyone
+    /// else's (or on no one's, such as the agency registry) they are `another-owner`.
+    fn actor(&self, owner: Option<&OwnerId>) -> Actor {
         match &self.principal {
-            Principal::Owner(_) => Actor::Owner,
+            Principal::Owner(me) if Some(me) == owner => Actor::Owner,
+            Principal::Owner(_) => Actor::AnotherOwner,
             Principal::Agency(a) => Actor::Agency(a.clone()),
             Principal::Operator => Actor::Operator,
         }
@@ -140,7 +144,7 @@ impl Vault {
     fn draft(&self, caller: &Caller, owner: Option<&OwnerId>, action: &'static str) -> Draft {
         Draft {
             time: Timestamp::now(),
-            actor: caller.actor(),
+            actor: caller.actor(owner),
             action,
             owner: owner.cloned(),
             document: None,
@@ -639,6 +643,32 @@ impl Vault {
     pub fn access_log_as(&self, caller: &Caller, owner: &OwnerId) -> Result<Vec<Entry>, Error> {
         Self::require_owner(caller, owner)?;
         self.owner_entries(owner)
+    }
+
+    /// One page of the owner's access log (the owner only; not itself logged): entries with an
+    /// index above `after`, ascending, at most `limit`, and the `after` of the next page.
+    pub fn access_log_page_as(
+        &self,
+        caller: &Caller,
+        owner: &OwnerId,
+        after: Option<u64>,
+        limit: PageLimit,
+    ) -> Result<Page, Error> {
+        Self::require_owner(caller, owner)?;
+        self.owner_entries_page(owner, after, limit)
+    }
+
+    /// The leaves of the owner's entries at `indexes` with their inclusion proofs in the tree of
+    /// `size` entries (the owner only; not itself logged; at most 1,000 indexes).
+    pub fn access_log_proofs_as(
+        &self,
+        caller: &Caller,
+        owner: &OwnerId,
+        size: u64,
+        indexes: &[u64],
+    ) -> Result<Vec<LeafProof>, Error> {
+        Self::require_owner(caller, owner)?;
+        self.owner_leaf_proofs(owner, size, indexes)
     }
 
     /// The leaf bytes of one of the owner's entries (the owner only).

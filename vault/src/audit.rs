@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{DocumentId, OwnerId, Purpose};
+use crate::keys::SecretKey;
 use crate::merkle::{self, Hash, MerkleError, Nodes};
 use crate::note;
 use crate::store::Op;
@@ -38,6 +39,8 @@ pub enum Actor {
     Operator,
     /// An agency.
     Agency(crate::AgencyId),
+    /// A citizen or organisation acting on someone else's data (always refused).
+    AnotherOwner,
 }
 
 impl std::fmt::Display for Actor {
@@ -46,6 +49,7 @@ impl std::fmt::Display for Actor {
             Actor::Owner => f.write_str("owner"),
             Actor::Operator => f.write_str("operator"),
             Actor::Agency(a) => write!(f, "agency:{a}"),
+            Actor::AnotherOwner => f.write_str("another-owner"),
         }
     }
 }
@@ -78,7 +82,7 @@ pub struct Entry {
     pub index: u64,
     /// When.
     pub time: Timestamp,
-    /// `owner`, `operator` or `agency:<id>`.
+    /// `owner`, `operator`, `agency:<id>` or `another-owner`.
     pub actor: String,
     /// Action name.
     pub action: String,
@@ -102,6 +106,84 @@ fn node_key(level: u8, index: u64) -> Vec<u8> {
 
 fn entry_key(op: &OwnerRef, index: u64) -> Vec<u8> {
     key_of(prefix::OWNER_ENTRY, &[op, &index.to_be_bytes()])
+}
+
+/// A reference to `what` in leaf `index`: keyed BLAKE3 under the vault's audit reference key.
+fn reference(key: &SecretKey, index: u64, what: &str, data: &[u8]) -> String {
+    let mut h = blake3::Hasher::new_keyed(key.expose());
+    h.update(what.as_bytes());
+    h.update(&[0]);
+    h.update(&index.to_be_bytes());
+    h.update(data);
+    h.finalize().to_hex().to_string()
+}
+
+/// The bytes of leaf `index` (SPEC.md §14). The actor is written as its name (`owner`,
+/// `operator`, `agency:<id>`, `another-owner`): leaves written before `another-owner` existed
+/// read and verify unchanged.
+pub(crate) fn leaf_text(key: &SecretKey, index: u64, d: &Draft, op: Option<&OwnerRef>) -> String {
+    let subject = op.map(|op| reference(key, index, "subject", op)).unwrap_or_default();
+    let document = d.document.map(|id| reference(key, index, "document", id.as_bytes())).unwrap_or_default();
+    let grant = d.grant.as_ref().map(|g| reference(key, index, "grant", g.as_bytes())).unwrap_or_default();
+    format!(
+        "{LEAF_VERSION}\ntime:{}\nactor:{}\naction:{}\nsubject:{subject}\ndocument:{document}\npurpose:{}\ngrant:{grant}\noutcome:{}\n",
+        d.time,
+        d.actor,
+        d.action,
+        d.purpose.as_ref().map(|p| p.as_str()).unwrap_or_default(),
+        d.outcome
+    )
+}
+
+/// Most entries in one page of an owner's access log, and the default page size.
+pub const MAX_PAGE: usize = 1_000;
+
+/// How many entries one page of the access log holds: 1 to [`MAX_PAGE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit(usize);
+
+impl PageLimit {
+    /// The largest page, also the default.
+    pub const MAX: PageLimit = PageLimit(MAX_PAGE);
+
+    /// A page size of `n` entries; 0 or more than [`MAX_PAGE`] is `invalid_request`.
+    pub fn new(n: u64) -> Result<Self, Error> {
+        match usize::try_from(n) {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(Self(n)),
+            _ => Err(Error::InvalidRequest(format!("limit must be 1 to {MAX_PAGE}"))),
+        }
+    }
+
+    /// The number of entries.
+    pub fn get(self) -> usize {
+        self.0
+    }
+}
+
+impl Default for PageLimit {
+    fn default() -> Self {
+        Self::MAX
+    }
+}
+
+/// One page of an owner's access log, ascending by index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    /// The entries.
+    pub entries: Vec<Entry>,
+    /// The `after` of the next page (the last index here), or `None` when this is the last.
+    pub next: Option<u64>,
+}
+
+/// An owner's leaf with its inclusion proof in the tree of `size` entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafProof {
+    /// Global index of the entry.
+    pub index: u64,
+    /// The leaf bytes.
+    pub leaf: Vec<u8>,
+    /// The RFC 9162 audit path, leaf to root.
+    pub hashes: Vec<Hash>,
 }
 
 struct VaultNodes<'a>(&'a Vault);
@@ -167,28 +249,8 @@ impl Vault {
         self.audit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A reference to `what` in leaf `index`: keyed BLAKE3 under the vault's audit key.
-    fn reference(&self, index: u64, what: &str, data: &[u8]) -> String {
-        let mut h = blake3::Hasher::new_keyed(self.audit_refs.expose());
-        h.update(what.as_bytes());
-        h.update(&[0]);
-        h.update(&index.to_be_bytes());
-        h.update(data);
-        h.finalize().to_hex().to_string()
-    }
-
     fn leaf_bytes(&self, index: u64, d: &Draft, op: Option<&OwnerRef>) -> String {
-        let subject = op.map(|op| self.reference(index, "subject", op)).unwrap_or_default();
-        let document = d.document.map(|id| self.reference(index, "document", id.as_bytes())).unwrap_or_default();
-        let grant = d.grant.as_ref().map(|g| self.reference(index, "grant", g.as_bytes())).unwrap_or_default();
-        format!(
-            "{LEAF_VERSION}\ntime:{}\nactor:{}\naction:{}\nsubject:{subject}\ndocument:{document}\npurpose:{}\ngrant:{grant}\noutcome:{}\n",
-            d.time,
-            d.actor,
-            d.action,
-            d.purpose.as_ref().map(|p| p.as_str()).unwrap_or_default(),
-            d.outcome
-        )
+        leaf_text(&self.audit_refs, index, d, op)
     }
 
     /// Applies `ops` together with the audit entry `draft` in one atomic batch and returns the
@@ -326,6 +388,57 @@ impl Vault {
             out.push(serde_json::from_slice(&plain).map_err(|_| Error::Corrupt(crate::vault::describe_key(&k)))?);
         }
         Ok(out)
+    }
+
+    /// One page of the entries about `owner`: those with an index above `after` (all, without
+    /// it), ascending, at most `limit`. A range scan from the first key wanted: the cost is the
+    /// page's, not the log's.
+    pub fn owner_entries_page(&self, owner: &OwnerId, after: Option<u64>, limit: PageLimit) -> Result<Page, Error> {
+        let op = self.owner_ref(owner);
+        let first = match after {
+            None => 0,
+            Some(a) => match a.checked_add(1) {
+                Some(f) => f,
+                None => return Ok(Page { entries: Vec::new(), next: None }),
+            },
+        };
+        let mut entries: Vec<Entry> = Vec::with_capacity(limit.get().min(64));
+        let mut more = false;
+        for item in self.meta().scan_from(&key_of(prefix::OWNER_ENTRY, &[&op]), &entry_key(&op, first)) {
+            let (k, v) = item?;
+            if entries.len() == limit.get() {
+                more = true;
+                break;
+            }
+            let plain = seal::open(&self.vault_records, &aad(&k), &v)
+                .map_err(|_| Error::Corrupt(crate::vault::describe_key(&k)))?;
+            entries.push(serde_json::from_slice(&plain).map_err(|_| Error::Corrupt(crate::vault::describe_key(&k)))?);
+        }
+        let next = if more { entries.last().map(|e| e.index) } else { None };
+        Ok(Page { entries, next })
+    }
+
+    /// The leaves of `owner`'s entries at `indexes`, each with its inclusion proof in the tree
+    /// of `size` entries (at most [`MAX_PAGE`] indexes). An index that is not an entry about
+    /// `owner` is `not_found`; `size` above the tree, or an index not below it, is
+    /// `invalid_request`.
+    pub fn owner_leaf_proofs(&self, owner: &OwnerId, size: u64, indexes: &[u64]) -> Result<Vec<LeafProof>, Error> {
+        if indexes.len() > MAX_PAGE {
+            return Err(Error::InvalidRequest(format!("at most {MAX_PAGE} indexes")));
+        }
+        if size > self.audit_size()? || indexes.iter().any(|&i| i >= size) {
+            return Err(Error::InvalidRequest("every index must be below size, and size at most the tree size".into()));
+        }
+        let nodes = VaultNodes(self);
+        indexes
+            .iter()
+            .map(|&index| {
+                self.owner_entry(owner, index)?.ok_or(Error::NotFound("audit entry"))?;
+                let leaf = self.leaf(index)?;
+                let hashes = merkle::inclusion_proof(&nodes, index, size).map_err(|e| Error::Corrupt(e.to_string()))?;
+                Ok(LeafProof { index, leaf, hashes })
+            })
+            .collect()
     }
 
     /// Whether entry `index` is about `owner` (for the owner's leaf endpoint).

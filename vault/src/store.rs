@@ -68,6 +68,12 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every key and value whose key starts with `prefix`, in key order.
     fn scan(&self, prefix: &[u8]) -> ScanIter<'_>;
+    /// Like [`MetaStore::scan`], from the first key at or after `start` (a key with `prefix`):
+    /// a range scan. This default filters a prefix scan; a backend that can seek should.
+    fn scan_from(&self, prefix: &[u8], start: &[u8]) -> ScanIter<'_> {
+        let start = start.to_vec();
+        Box::new(self.scan(prefix).filter(move |r| r.as_ref().map_or(true, |(k, _)| *k >= start)))
+    }
     /// Applies all changes atomically (all or none survive a crash). Not yet durable.
     fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError>;
     /// Sets `key` to `new` if its value is `old` (None = absent); true if it was set.
@@ -426,6 +432,16 @@ impl MetaStore for SledMeta {
 
     fn scan(&self, prefix: &[u8]) -> ScanIter<'_> {
         Box::new(self.db.scan_prefix(prefix).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(sled_err)))
+    }
+
+    fn scan_from(&self, prefix: &[u8], start: &[u8]) -> ScanIter<'_> {
+        let prefix = prefix.to_vec();
+        Box::new(
+            self.db
+                .range(start.to_vec()..)
+                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(sled_err))
+                .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))),
+        )
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {

@@ -3,6 +3,9 @@
 
 use std::io::Cursor;
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+
 use crate::keys::{MasterKey, OwnerKeys, SecretKey};
 use crate::stream::BlobWriter;
 use crate::vault::aad;
@@ -67,6 +70,24 @@ pub(crate) fn compute() -> Vectors {
         "BLAKE3 of the blob of 65537 bytes i%251 (same keys, same binding)",
         blake3::hash(&blob(&big)).to_hex().to_string(),
     );
+    // An audit leaf (SPEC.md §14): another citizen's refused listing of this owner's documents.
+    let refs = index.derive(crate::keys::ctx::AUDIT_REFS);
+    put("audit reference key", hex::encode(refs.expose()));
+    let draft = crate::audit::Draft {
+        time: crate::Timestamp::parse("2025-03-01T08:00:00Z").unwrap_or_else(|_| unreachable!()),
+        actor: crate::audit::Actor::AnotherOwner,
+        action: "document.list",
+        owner: None,
+        document: None,
+        purpose: None,
+        grant: None,
+        outcome: "refused:forbidden".into(),
+    };
+    let mut op16 = [0u8; 16];
+    op16.copy_from_slice(&op.as_bytes()[..16]);
+    let leaf = crate::audit::leaf_text(&refs, 7, &draft, Some(&op16));
+    put("leaf 7, another-owner refused document.list (base64)", B64.encode(leaf.as_bytes()));
+    put("its leaf hash", hex::encode(crate::merkle::leaf_hash(leaf.as_bytes())));
     Vectors { lines }
 }
 

@@ -15,7 +15,7 @@ use vault::grants::NewGrant;
 use vault::provenance::{AgencyKey, NewAgency, PublicKey};
 use vault::{AgencyId, DocType, DocumentId, GrantId, KeyId, OwnerId, Purpose, Timestamp};
 use vault_client::bulk::{self, Item, Outcome, Progress};
-use vault_client::{AgencyCredentials, Auth, Client, Error, KeyFile, TrustStore};
+use vault_client::{safe_file_name, AgencyCredentials, Auth, Client, Error, KeyFile, TrustStore};
 
 #[derive(Debug, Parser)]
 #[command(name = "vault", version, about = "Command line for a vault server: deposit, reuse, consent, audit")]
@@ -111,9 +111,14 @@ enum Command {
         owner: OwnerId,
         #[arg(value_parser = DocumentId::parse)]
         id: DocumentId,
-        /// Output file (`-`: standard output); default: the record's file name, else the id.
+        /// Output file (`-`: standard output), or a folder to write into; default: the current
+        /// folder. In a folder the file is named after the record's file name, made safe (its
+        /// last component, no leading dots, no control or reserved characters), else the id.
         #[arg(long, short)]
         out: Option<PathBuf>,
+        /// Replace a file that already exists (never done otherwise).
+        #[arg(long)]
+        force: bool,
     },
     /// Reuse check: which of these document types the owner already holds (needs --purpose).
     Reuse {
@@ -431,7 +436,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             let d = client(g)?.document(&owner, &id).await?;
             out(json, to_json(&d), || serde_json::to_string_pretty(&d).unwrap_or_default());
         }
-        Command::Get { owner, id, out: dest } => {
+        Command::Get { owner, id, out: dest, force } => {
             let c = client(g)?;
             if dest.as_deref() == Some(Path::new("-")) {
                 let (v, bytes) = c.fetch(&owner, &id).await?;
@@ -440,14 +445,19 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                 return Ok(0);
             }
             let dest = match dest {
-                Some(d) => d,
-                None => {
+                Some(d) if !d.is_dir() => d,
+                folder => {
+                    // The name comes from the depositor: only a safe base name, in this folder.
                     let rec = c.document(&owner, &id).await?;
-                    let name = rec.document.meta.file_name.as_deref().map(Path::new).and_then(Path::file_name);
-                    name.map(PathBuf::from).unwrap_or_else(|| PathBuf::from(id.to_string()))
+                    let name = rec.document.meta.file_name.as_deref().and_then(safe_file_name);
+                    folder.unwrap_or_default().join(name.unwrap_or_else(|| id.to_string()))
                 }
             };
-            let v = c.download(&owner, &id, &dest).await?;
+            let v = if force {
+                c.download_replacing(&owner, &id, &dest).await?
+            } else {
+                c.download(&owner, &id, &dest).await?
+            };
             out(json, to_json(&v), || {
                 format!("wrote {} ({} bytes, digest verified{})", dest.display(), v.size, issuer_note(&v))
             });
