@@ -306,6 +306,14 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot open the vault in {}: {e}", args.data.display()))?;
     let vault = Arc::new(vault);
+    // Fail-stop (SPEC.md §8): one clear line when the vault stops accepting writes.
+    vault.on_fail_stop(|reason| {
+        tracing::error!(
+            reason,
+            "STORAGE FAILURE: the vault refuses every write from now on (reads go on, /readyz answers 503); \
+             fix the storage and restart the server, whose recovery keeps every acknowledged write"
+        );
+    });
     if let Some(keys) = &dev {
         dev_announce(&args, &vault, keys)?;
     }

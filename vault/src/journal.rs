@@ -21,6 +21,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::failstop::{Fault, Faults};
 use crate::store::Op;
 
 /// Journal size that triggers a checkpoint.
@@ -115,6 +116,10 @@ pub struct Journal {
     file: File,
     /// Bytes of records.
     len: u64,
+    /// An append failed: the file may end in a torn record, and a record appended behind it
+    /// would be hidden from replay, so nothing more is appended until the journal is reopened
+    /// (whose replay drops the torn tail).
+    failed: bool,
 }
 
 impl Journal {
@@ -127,12 +132,25 @@ impl Journal {
         // A torn record after the intact ones is cut off, so appends follow the last good one.
         file.set_len(intact as u64)?;
         file.seek(SeekFrom::Start(intact as u64))?;
-        Ok((Self { path: path.to_owned(), file, len: intact as u64 }, batches))
+        Ok((Self { path: path.to_owned(), file, len: intact as u64, failed: false }, batches))
     }
 
-    /// Appends a record (not yet durable).
-    pub fn append(&mut self, record: &[u8]) -> io::Result<()> {
-        self.file.write_all(record)?;
+    /// Appends a record (not yet durable). After a failed append every later one fails too
+    /// (fail-stop): the failed record may be torn, and it must stay the journal's last.
+    pub fn append(&mut self, record: &[u8], faults: &Faults) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("an earlier append to the journal failed; reopen the vault to recover"));
+        }
+        let written = if faults.hit(Fault::JournalWrite) {
+            // An injected torn write: part of the record reaches the file.
+            self.file.write_all(&record[..record.len() / 2]).and(Err(Faults::error(Fault::JournalWrite)))
+        } else {
+            self.file.write_all(record)
+        };
+        if let Err(e) = written {
+            self.failed = true;
+            return Err(e);
+        }
         self.len += record.len() as u64;
         Ok(())
     }
@@ -154,6 +172,9 @@ impl Journal {
 
     /// Empties the journal (after everything in it is durable elsewhere).
     pub fn truncate(&mut self) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("an earlier append to the journal failed; reopen the vault to recover"));
+        }
         self.file.set_len(0)?;
         self.file.seek(SeekFrom::Start(0))?;
         self.file.sync_all()?;
