@@ -472,6 +472,26 @@ fn every_size_around_the_inline_limit_round_trips() {
 }
 
 #[test]
+fn item_10_7_contents_up_to_32800_bytes_are_inline_as_spec_section_8_says() {
+    // SPEC §8: INLINE_MAX = 32,896 blob bytes, a content of up to 32,800 bytes (80 + n + 16).
+    assert_eq!(vault::INLINE_MAX, 32_896);
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    let a = owner(1);
+    for len in [32_800, 32_799, 1] {
+        v.put_content_bytes(&a, &content(len as u64, len)).unwrap();
+    }
+    assert_eq!(files_below(&dir.path().join("blobs")).len(), 0, "contents up to 32,800 bytes are inline");
+    v.put_content_bytes(&a, &content(7, 32_801)).unwrap();
+    assert_eq!(files_below(&dir.path().join("blobs")).len(), 1, "a content of 32,801 bytes is a blob file");
+    for len in [32_800, 32_801] {
+        let data = content(if len == 32_801 { 7 } else { len as u64 }, len);
+        assert_eq!(v.read_content(&a, &Digest::of(&data)).unwrap(), data);
+    }
+    assert!(v.check(true).unwrap().is_clean());
+}
+
+#[test]
 fn a_batch_of_documents_is_stored_with_one_durable_wait() {
     let dir = tempfile::tempdir().unwrap();
     let v = Vault::open(dir.path(), &master()).unwrap();

@@ -229,7 +229,7 @@ impl From<vault::Error> for ApiError {
             "not_found" => StatusCode::NOT_FOUND,
             "conflict" => StatusCode::CONFLICT,
             "gone" => StatusCode::GONE,
-            "sealed" => StatusCode::SERVICE_UNAVAILABLE,
+            "sealed" | "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
             _ => return Self::internal(&e),
         };
         Self::new(status, e.code(), e.to_string())
@@ -1055,7 +1055,14 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> ApiResult {
-    st.vault()?;
+    if let Some(reason) = st.vault()?.fail_stopped() {
+        // Fail-stop (SPEC.md §8): writes are refused until a restart runs recovery.
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the vault stopped accepting writes after a storage failure ({reason}); restart the server"),
+        ));
+    }
     Ok("ready\n".into_response())
 }
 
@@ -1363,6 +1370,57 @@ mod tests {
         let text = axum::body::to_bytes(router(st).oneshot(req).await.unwrap().into_body(), 1 << 24).await.unwrap();
         let text = String::from_utf8(text.to_vec()).unwrap();
         assert!(!text.contains("M500X") && !text.contains("/nowhere/") && text.contains("method=\"other\""));
+    }
+
+    #[tokio::test]
+    async fn item_10_3_after_a_failed_sync_readyz_and_writes_answer_503() {
+        use vault::store::{FsBlobs, SledMeta};
+        let dir = tempfile::tempdir().unwrap();
+        let faults = vault::Faults::new();
+        let meta = SledMeta::open(&dir.path().join("meta")).unwrap().with_faults(&faults);
+        let blobs = FsBlobs::open(dir.path().join("blobs")).unwrap().with_faults(&faults);
+        let master = vault::MasterKey::from_bytes([7; 32]);
+        let v = Vault::open_with(Box::new(meta), Box::new(blobs), &master, Some(dir.path().join("OPEN"))).unwrap();
+        let op = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let mut st = sealed_state();
+        Arc::get_mut(&mut st).unwrap().auth.operator = Some(op.verifying_key());
+        let _ = st.vault.set(Arc::new(v));
+        let now = Timestamp::now().unix();
+        let claims = vault::token::Claims {
+            kid: "operator",
+            iss: "operator",
+            sub: "operator",
+            aud: "vault",
+            iat: now,
+            exp: now + 600,
+        };
+        let token = format!("Bearer {}", vault::token::mint(&op, &claims));
+        let call = |method: &str, uri: &str, body: Option<Value>| {
+            let mut req = axum::http::Request::builder().method(method).uri(uri).header(header::AUTHORIZATION, &token);
+            if body.is_some() {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+            }
+            let req = req.body(body.map_or_else(Body::empty, |b| Body::from(b.to_string()))).unwrap();
+            let app = router(st.clone());
+            async move {
+                let resp = app.oneshot(req).await.unwrap();
+                let status = resp.status().as_u16();
+                let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+                let v = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+                (status, v["error"]["code"].as_str().unwrap_or_default().to_owned())
+            }
+        };
+        let agency = |name: &str| json!({"name": name, "keys": []});
+        assert_eq!(call("GET", "/readyz", None).await.0, 200);
+        assert_eq!(call("PUT", "/v1/agencies/before", Some(agency("Before"))).await.0, 201);
+        faults.fail_nth(vault::Fault::JournalSync, 1);
+        assert_eq!(call("PUT", "/v1/agencies/failing", Some(agency("Failing"))).await, (503, "unavailable".into()));
+        assert_eq!(call("GET", "/readyz", None).await, (503, "unavailable".into()));
+        assert_eq!(call("PUT", "/v1/agencies/after", Some(agency("After"))).await, (503, "unavailable".into()));
+        // Reads go on.
+        assert_eq!(call("GET", "/v1/agencies/before", None).await.0, 200);
+        assert_eq!(call("GET", "/v1/vault-key", None).await.0, 200);
+        assert_eq!(call("GET", "/healthz", None).await.0, 200);
     }
 
     #[test]

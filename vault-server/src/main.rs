@@ -179,12 +179,25 @@ fn dev_seed(data: &Path, name: &str) -> Result<[u8; 32], String> {
     if !path.exists() {
         std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
         let key = MasterKey::generate();
-        std::fs::write(&path, format!("{}\n", key.to_base64().as_str()))
+        write_private(&path, format!("{}\n", key.to_base64().as_str()).as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let raw = B64.decode(text.trim()).map_err(|_| format!("{} is not base64", path.display()))?;
     raw.try_into().map_err(|_| format!("{} is not 32 bytes", path.display()))
+}
+
+/// Creates a new file readable by its owner only (mode 0600 on Unix: key files must not be
+/// readable by other users, and `check` warns about one that is).
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o.open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
 }
 
 /// The master key from `--master-key-file`, or in `--dev` mode from (or into) the data folder.
@@ -321,6 +334,14 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot open the vault in {}: {e}", args.data.display()))?;
     let vault = Arc::new(vault);
+    // Fail-stop (SPEC.md §8): one clear line when the vault stops accepting writes.
+    vault.on_fail_stop(|reason| {
+        tracing::error!(
+            reason,
+            "STORAGE FAILURE: the vault refuses every write from now on (reads go on, /readyz answers 503); \
+             fix the storage and restart the server, whose recovery keeps every acknowledged write"
+        );
+    });
     if let Some(keys) = &dev {
         dev_announce(&args, &vault, keys)?;
     }
@@ -460,5 +481,28 @@ fn main() -> ExitCode {
             eprintln!("vault-server: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn item_10_7_dev_key_files_are_created_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let seed = dev_seed(&data, "dev-master.key").unwrap();
+        let mode = std::fs::metadata(data.join("dev-master.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+        // Read back as the same key, and usable as a master key file.
+        assert_eq!(dev_seed(&data, "dev-master.key").unwrap(), seed);
+        MasterKey::from_file(&data.join("dev-master.key")).unwrap();
+        dev_seed(&data, "dev-operator.key").unwrap();
+        let mode = std::fs::metadata(data.join("dev-operator.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
     }
 }

@@ -96,6 +96,15 @@ pub struct Entry {
     pub outcome: String,
 }
 
+/// The audit log could not record an operation, so it was not done; a stopped vault (fail-stop)
+/// says so instead.
+fn audit_failed(e: Error) -> Error {
+    match e {
+        Error::FailStopped { .. } => e,
+        e => Error::AuditFailed(e.to_string()),
+    }
+}
+
 fn leaf_key(index: u64) -> Vec<u8> {
     key_of(prefix::LEAF, &[&index.to_be_bytes()])
 }
@@ -284,7 +293,7 @@ impl Vault {
             let value = seal::seal(&self.vault_records, &aad(&key), &serde_json::to_vec(&entry).unwrap_or_default());
             ops.push(Op::Put(key, value));
         }
-        let ticket = self.apply_ticket(ops).map_err(|e| Error::AuditFailed(e.to_string()))?;
+        let ticket = self.apply_ticket(ops).map_err(audit_failed)?;
         state.size = index + 1;
         Ok((ticket, index))
     }
@@ -292,7 +301,7 @@ impl Vault {
     /// Appends an entry on its own and waits until it is durable.
     pub(crate) fn audit_now(&self, draft: &Draft) -> Result<u64, Error> {
         let (ticket, index) = self.apply_audited(Vec::new(), draft)?;
-        self.wait_ticket(ticket).map_err(|e| Error::AuditFailed(e.to_string()))?;
+        self.wait_ticket(ticket).map_err(audit_failed)?;
         Ok(index)
     }
 

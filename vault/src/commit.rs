@@ -4,7 +4,8 @@
 //! ([`GroupCommit::wait_durable`]). One waiter at a time runs the sync; everyone whose ticket
 //! was taken before that sync started is released by it. Writers arriving during a sync are
 //! covered by the next one, which starts as soon as the current one ends, so a burst of N
-//! writers costs about two syncs, not N.
+//! writers costs about two syncs, not N. A failed sync is never retried: it and every later wait
+//! fail (fail-stop, SPEC.md §8).
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -20,6 +21,8 @@ struct State {
     syncing: bool,
     /// Syncs run, and tickets they released (for metrics and benchmarks).
     syncs: u64,
+    /// The first failed sync: nothing is synced or released after it (fail-stop).
+    failed: Option<String>,
 }
 
 /// Shared state of the group commit.
@@ -70,6 +73,11 @@ impl GroupCommit {
             if s.durable >= ticket {
                 return Ok(());
             }
+            if let Some(reason) = &s.failed {
+                // Never retried: after a failed fdatasync/syncfs the kernel may have dropped the
+                // pages it could not write, so a later successful sync proves nothing.
+                return Err(StoreError::Stopped(reason.clone()));
+            }
             if s.syncing {
                 s = self.done.wait(s).unwrap_or_else(|p| p.into_inner());
                 continue;
@@ -81,12 +89,15 @@ impl GroupCommit {
             let result = sync();
             s = self.lock();
             s.syncing = false;
-            if result.is_ok() {
-                s.durable = s.durable.max(target);
-                s.syncs += 1;
+            match &result {
+                Ok(()) => {
+                    s.durable = s.durable.max(target);
+                    s.syncs += 1;
+                }
+                Err(e) => s.failed = Some(e.to_string()),
             }
             self.done.notify_all();
-            // On failure the others wake, find nothing durable, and retry as leaders.
+            // On failure the others wake and fail too: nobody past `durable` is ever released.
             result?;
         }
     }
@@ -129,12 +140,20 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_sync_is_reported_and_retried() {
+    fn item_10_3_a_failed_sync_is_never_retried() {
         let gc = GroupCommit::default();
+        let before = gc.written();
+        gc.wait_durable(before, || Ok(())).unwrap();
         let t = gc.written();
-        assert!(gc.wait_durable(t, || Err(StoreError::Meta("disk full".into()))).is_err());
-        gc.wait_durable(t, || Ok(())).unwrap();
-        // Already durable: no sync needed.
-        gc.wait_durable(t, || panic!("synced twice")).unwrap();
+        assert!(gc.wait_durable(t, || Err(StoreError::Meta("EIO".into()))).is_err());
+        // Not retried, not released, however often it is asked; later tickets neither.
+        for ticket in [t, gc.written()] {
+            match gc.wait_durable(ticket, || panic!("a sync after a failed sync")) {
+                Err(StoreError::Stopped(reason)) => assert!(reason.contains("EIO"), "{reason}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // What was durable before the failure stays durable.
+        gc.wait_durable(before, || panic!("synced twice")).unwrap();
     }
 }

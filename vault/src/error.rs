@@ -81,6 +81,28 @@ pub enum Error {
     /// The storage backend failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A write or sync of the metadata journal or the blob store failed, so the vault refuses
+    /// every write until it is restarted and recovery has run (SPEC.md §8, "Fail-stop").
+    /// Reads go on.
+    #[error(
+        "the vault stopped accepting writes after a storage failure ({reason}); {}; restart the server to run recovery",
+        outcome_text(*.outcome_unknown)
+    )]
+    FailStopped {
+        /// The first failure.
+        reason: String,
+        /// The write was under way when the failure happened: it was neither acknowledged nor
+        /// is it known to be absent.
+        outcome_unknown: bool,
+    },
+}
+
+fn outcome_text(unknown: bool) -> &'static str {
+    if unknown {
+        "this change may or may not have been stored (recovery keeps it whole or drops it whole)"
+    } else {
+        "nothing of this request was changed"
+    }
 }
 
 impl Error {
@@ -98,6 +120,7 @@ impl Error {
             Error::GrantRequired => "grant_required",
             Error::PurposeRequired => "purpose_required",
             Error::Gone => "gone",
+            Error::FailStopped { .. } | Error::Store(StoreError::Stopped(_)) => "unavailable",
             Error::Key(_)
             | Error::WrongMasterKey
             | Error::RotationInProgress

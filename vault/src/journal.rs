@@ -27,6 +27,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::failstop::{Fault, Faults};
 use crate::store::{Op, StoreError};
 
 /// Journal size that triggers a checkpoint.
@@ -278,6 +279,10 @@ pub struct Journal {
     len: u64,
     /// The store's state after the last record (kept under the journal's lock).
     pub state: State,
+    /// An append failed: the file may end in a torn record, and a record appended behind it
+    /// would be hidden from replay, so nothing more is appended until the journal is reopened
+    /// (whose replay drops the torn tail).
+    failed: bool,
 }
 
 fn damaged(path: &Path, d: &Damage) -> StoreError {
@@ -311,7 +316,7 @@ impl Journal {
         let mut data = Vec::new();
         file.read_to_end(&mut data).map_err(io("reading journal"))?;
         let replay = decode(&data).map_err(|d| damaged(path, &d))?;
-        let mut journal = Self { path: path.to_owned(), file, len: 0, state: State::default() };
+        let mut journal = Self { path: path.to_owned(), file, len: 0, state: State::default(), failed: false };
         if replay.intact == 0 || replay.legacy {
             // New (or format 1, replayed and emptied by the caller before any append): start a
             // format-2 file.
@@ -329,9 +334,22 @@ impl Journal {
         Ok((journal, replay))
     }
 
-    /// Appends a record (not yet durable).
-    pub fn append(&mut self, record: &[u8]) -> io::Result<()> {
-        self.file.write_all(record)?;
+    /// Appends a record (not yet durable). After a failed append every later one fails too
+    /// (fail-stop): the failed record may be torn, and it must stay the journal's last.
+    pub fn append(&mut self, record: &[u8], faults: &Faults) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("an earlier append to the journal failed; reopen the vault to recover"));
+        }
+        let written = if faults.hit(Fault::JournalWrite) {
+            // An injected torn write: part of the record reaches the file.
+            self.file.write_all(&record[..record.len() / 2]).and(Err(Faults::error(Fault::JournalWrite)))
+        } else {
+            self.file.write_all(record)
+        };
+        if let Err(e) = written {
+            self.failed = true;
+            return Err(e);
+        }
         self.len += record.len() as u64;
         Ok(())
     }
@@ -353,6 +371,9 @@ impl Journal {
 
     /// Empties the journal (after everything in it is durable elsewhere).
     pub fn truncate(&mut self) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("an earlier append to the journal failed; reopen the vault to recover"));
+        }
         self.file.set_len(0)?;
         self.file.seek(SeekFrom::Start(0))?;
         self.file.write_all(MAGIC)?;

@@ -9,6 +9,9 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::failstop::{Fault, Faults};
 
 /// A failure of a storage backend.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,10 @@ pub enum StoreError {
         /// What is wrong.
         what: String,
     },
+    /// An earlier write or sync failed, so this store refuses writes until it is reopened
+    /// (fail-stop, SPEC.md §8).
+    #[error("writes are refused since an earlier storage failure ({0}); reopen to run recovery")]
+    Stopped(String),
 }
 
 fn io_err(what: impl fmt::Display, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
@@ -113,6 +120,10 @@ pub struct SledMeta {
     replayed: usize,
     /// The anchor as last written (its state part is the last checkpoint's).
     anchor: std::sync::Mutex<Anchor>,
+    /// The first failed journal write, sled apply or sync: every later write and sync is
+    /// refused (fail-stop, SPEC.md §8).
+    stopped: std::sync::OnceLock<String>,
+    faults: Faults,
 }
 
 impl fmt::Debug for SledMeta {
@@ -336,11 +347,33 @@ impl SledMeta {
             journal: std::sync::Mutex::new(journal),
             replayed,
             anchor: std::sync::Mutex::new(anchor.unwrap_or_default()),
+            stopped: std::sync::OnceLock::new(),
+            faults: Faults::default(),
         };
         if replayed > 0 || anchor.is_none() {
             meta.checkpoint()?;
         }
         Ok(meta)
+    }
+
+    /// Injects the failures armed in `faults` (tests of fail-stop).
+    pub fn with_faults(mut self, faults: &Faults) -> Self {
+        self.faults = faults.clone();
+        self
+    }
+
+    /// Refuses writes once a write or sync failed.
+    fn running(&self) -> Result<(), StoreError> {
+        match self.stopped.get() {
+            Some(reason) => Err(StoreError::Stopped(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the store after the failure `e` (the first one is kept) and returns it.
+    fn stop(&self, e: StoreError) -> StoreError {
+        let _ = self.stopped.set(e.to_string());
+        e
     }
 
     /// Batches replayed from the journal at open (0 after a clean close).
@@ -387,6 +420,8 @@ impl SledMeta {
 
     /// Writes a record of `ops` (with the state after them) to the journal and then runs `f`
     /// on sled, atomically with respect to other writers; checkpoints when the journal is large.
+    /// Any failure stops the store: a record journaled but not applied is replayed at the next
+    /// open (durable once journaled).
     fn journaled<T>(
         &self,
         j: &mut crate::journal::Journal,
@@ -394,11 +429,18 @@ impl SledMeta {
         payload: Vec<u8>,
         f: impl FnOnce() -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.running()?;
         let state = self.next_state(&j.state, ops)?;
         let path = j.path().to_owned();
-        j.append(&crate::journal::frame(payload, Some(&state))).map_err(io_err("writing journal", &path))?;
+        j.append(&crate::journal::frame(payload, Some(&state)), &self.faults)
+            .map_err(|e| self.stop(io_err("writing journal", &path)(e)))?;
         j.state = state;
-        let out = f()?;
+        let out = if self.faults.hit(Fault::MetaApply) {
+            Err(StoreError::Meta(Faults::error(Fault::MetaApply).to_string()))
+        } else {
+            f()
+        };
+        let out = out.map_err(|e| self.stop(e))?;
         if j.len() > crate::journal::CHECKPOINT_BYTES {
             self.checkpoint_locked(j)?;
         }
@@ -408,17 +450,19 @@ impl SledMeta {
     /// Flushes sled, writes the anchor, then empties the journal (in that order, so a crash
     /// between any two steps leaves a journal and an anchor that agree with the database).
     fn checkpoint_locked(&self, j: &mut crate::journal::Journal) -> Result<(), StoreError> {
-        self.db.flush().map_err(sled_err)?;
+        self.running()?;
+        self.db.flush().map_err(|e| self.stop(sled_err(e)))?;
         let mut anchor = self.anchor_lock();
         let next = Anchor { state: j.state, ..*anchor };
-        next.write(&self.dir.join(ANCHOR_FILE))?;
+        next.write(&self.dir.join(ANCHOR_FILE)).map_err(|e| self.stop(e))?;
         *anchor = next;
         drop(anchor);
         let path = j.path().to_owned();
-        j.truncate().map_err(io_err("emptying journal", &path))
+        j.truncate().map_err(|e| self.stop(io_err("emptying journal", &path)(e)))
     }
 
-    /// Flushes sled and empties the journal (used at a clean close).
+    /// Flushes sled and empties the journal (used at a clean close). Refused once the store
+    /// has stopped: the journal is then left for the next open to replay.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         let mut j = self.journal();
         self.checkpoint_locked(&mut j)
@@ -455,6 +499,7 @@ impl MetaStore for SledMeta {
         // read and the write, and the record is journaled before sled sees the change (so sled
         // is never ahead of its journal).
         let mut j = self.journal();
+        self.running()?;
         if self.db.get(key).map_err(sled_err)?.as_deref() != old {
             return Ok(false);
         }
@@ -473,9 +518,14 @@ impl MetaStore for SledMeta {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        self.sync_file
-            .sync_data()
-            .map_err(|source| StoreError::Io { what: "syncing the metadata journal".into(), source })
+        // Never retried after a failure: the pages it could not write may be gone.
+        self.running()?;
+        let synced = if self.faults.hit(Fault::JournalSync) {
+            Err(Faults::error(Fault::JournalSync))
+        } else {
+            self.sync_file.sync_data()
+        };
+        synced.map_err(|source| self.stop(StoreError::Io { what: "syncing the metadata journal".into(), source }))
     }
 
     fn signed_floor(&self) -> Option<(u64, [u8; 32])> {
@@ -572,6 +622,13 @@ pub struct BlobListing {
 #[derive(Debug)]
 pub struct FsBlobs {
     root: PathBuf,
+    /// The blob folder, open for the life of the store: `syncfs` reports a write-back error
+    /// only to descriptors opened before it happened, so a fresh one per sync could miss it.
+    #[cfg(target_os = "linux")]
+    root_dir: File,
+    /// A sync failed: every later one fails too (fail-stop, SPEC.md §8).
+    stopped: AtomicBool,
+    faults: Faults,
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -601,7 +658,32 @@ impl FsBlobs {
     /// Uses `root` for blobs.
     pub fn open(root: PathBuf) -> Result<Self, StoreError> {
         create_dir_durable(&root)?;
-        Ok(Self { root })
+        #[cfg(target_os = "linux")]
+        let root_dir = File::open(&root).map_err(io_err("opening", &root))?;
+        Ok(Self {
+            root,
+            #[cfg(target_os = "linux")]
+            root_dir,
+            stopped: AtomicBool::new(false),
+            faults: Faults::default(),
+        })
+    }
+
+    /// Injects the failures armed in `faults` (tests of fail-stop).
+    pub fn with_faults(mut self, faults: &Faults) -> Self {
+        self.faults = faults.clone();
+        self
+    }
+
+    #[cfg(target_os = "linux")]
+    fn syncfs(&self) -> io::Result<()> {
+        rustix::fs::syncfs(&self.root_dir).map_err(io::Error::from)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn syncfs(&self) -> io::Result<()> {
+        // Each commit synced its file and directory (PER_FILE_SYNC).
+        Ok(())
     }
 
     fn owner_dir(root: &Path, owner: &[u8; 16]) -> PathBuf {
@@ -702,12 +784,14 @@ impl BlobStore for FsBlobs {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        #[cfg(target_os = "linux")]
-        {
-            let root = File::open(&self.root).map_err(io_err("opening", &self.root))?;
-            rustix::fs::syncfs(&root).map_err(|e| io_err("syncing the file system of", &self.root)(e.into()))?;
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(StoreError::Stopped(format!("an earlier sync of {} failed", self.root.display())));
         }
-        Ok(())
+        let synced = if self.faults.hit(Fault::BlobSync) { Err(Faults::error(Fault::BlobSync)) } else { self.syncfs() };
+        synced.map_err(|e| {
+            self.stopped.store(true, Ordering::SeqCst);
+            io_err("syncing the file system of", &self.root)(e)
+        })
     }
 
     fn open(&self, name: &BlobName) -> Result<Option<Box<dyn BlobRead>>, StoreError> {

@@ -204,6 +204,8 @@ pub struct Vault {
     /// Present while open; its presence at open means the last session did not close cleanly.
     open_marker: Option<PathBuf>,
     recovered: RecoveryReport,
+    /// Set by the first failed write or sync of the journal or the blob store (SPEC.md §8).
+    fail: crate::failstop::FailStop,
 }
 
 impl std::fmt::Debug for Vault {
@@ -367,6 +369,7 @@ impl Vault {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             open_marker,
             recovered: RecoveryReport::default(),
+            fail: Default::default(),
         };
         vault.recover()?;
         vault.load_audit()?;
@@ -412,6 +415,19 @@ impl Vault {
         self.recovered
     }
 
+    /// The first storage failure, once the vault has stopped accepting writes (fail-stop,
+    /// SPEC.md §8): every write then fails with [`Error::FailStopped`] until the vault is
+    /// reopened, which runs recovery. Reads go on.
+    pub fn fail_stopped(&self) -> Option<&str> {
+        self.fail.reason()
+    }
+
+    /// Calls `hook` once with the reason when the vault stops accepting writes (at once if it
+    /// already has). Only the first hook set is kept.
+    pub fn on_fail_stop(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        self.fail.set_hook(Box::new(hook));
+    }
+
     /// Group-commit counters of the metadata store (changes applied, syncs run).
     pub fn commit_stats(&self) -> CommitStats {
         self.commit.stats()
@@ -451,7 +467,8 @@ impl Vault {
         if DEFERRED.with(|d| d.get().map(|t| d.set(Some(t.max(ticket))))).is_some() {
             return Ok(());
         }
-        Ok(self.commit.wait_durable(ticket, || self.meta.sync())?)
+        // A failed sync stops the vault; the writes it covered are of unknown outcome.
+        self.commit.wait_durable(ticket, || self.meta.sync()).map_err(|e| self.fail.trip("syncing the metadata", e))
     }
 
     /// Stores contents and records documents about them (each as [`Vault::put_document`] does)
@@ -494,7 +511,10 @@ impl Vault {
 
     /// Applies changes and returns the ticket to wait on.
     fn apply(&self, ops: Vec<Op>) -> Result<u64, Error> {
-        self.meta.apply(ops)?;
+        self.fail.check()?;
+        // A failed apply may have been journaled (then the next open replays it): its outcome
+        // is unknown, never "failed".
+        self.meta.apply(ops).map_err(|e| self.fail.trip("writing the metadata", e))?;
         Ok(self.commit.written())
     }
 
@@ -570,7 +590,12 @@ impl Vault {
                     let mut plain = Zeroizing::new(k.expose().to_vec());
                     plain.extend_from_slice(owner.as_str().as_bytes());
                     let sealed = seal::seal(&self.master_wrap, &aad(&key), &plain);
-                    if self.meta.compare_and_swap(&key, None, Some(sealed))? {
+                    self.fail.check()?;
+                    let swapped = self
+                        .meta
+                        .compare_and_swap(&key, None, Some(sealed))
+                        .map_err(|e| self.fail.trip("writing the metadata", e))?;
+                    if swapped {
                         self.commit.written();
                         break k;
                     }
@@ -710,6 +735,8 @@ impl Vault {
         mut source: impl Read,
         expected: Option<Digest>,
     ) -> Result<Finished<Spill<'_>>, Error> {
+        // Refused before anything is written once the vault has stopped.
+        self.fail.check()?;
         let mem = Spill::Mem { buf: io::Cursor::new(Vec::new()), store: self.blobs.as_ref(), owner: o.op };
         let mut w = BlobWriter::new(mem)?;
         let mut buf = vec![0u8; READ_BUF];
@@ -766,10 +793,13 @@ impl Vault {
                         true
                     }
                     Spill::File(pending) => {
-                        pending.commit(&name)?;
+                        self.fail.check()?;
+                        pending.commit(&name).map_err(|e| self.fail.trip("writing a blob", e))?;
                         // The blob must be durable before the record that points at it can be.
                         let blob_ticket = self.blob_commit.written();
-                        self.blob_commit.wait_durable(blob_ticket, || self.blobs.sync())?;
+                        self.blob_commit
+                            .wait_durable(blob_ticket, || self.blobs.sync())
+                            .map_err(|e| self.fail.trip("syncing the blob store", e))?;
                         false
                     }
                 };
@@ -1125,6 +1155,9 @@ impl Vault {
     }
 
     fn close_inner(&mut self) -> Result<(), Error> {
+        // Stopped: no checkpoint, and the open marker stays, so the next open replays the
+        // journal and runs recovery.
+        self.fail.check()?;
         self.meta.close()?;
         if let Some(m) = self.open_marker.take() {
             fs::remove_file(&m)

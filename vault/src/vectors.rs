@@ -35,8 +35,16 @@ pub(crate) fn compute() -> Vectors {
     put("master wrap key", hex::encode(wrap.expose()));
     let index = SecretKey::from_bytes(seq(0x80));
     put("index key", hex::encode(index.expose()));
-    let sealed_index = seal::seal_with_nonce(&wrap, &aad(b"Mindex-key"), index.expose(), [0x01; 12]);
+    let sealed_index = seal::seal_v1_with_nonce(&wrap, &aad(b"Mindex-key"), index.expose(), [0x01; 12]);
     put("sealed index key (nonce 01*12)", hex::encode(&sealed_index));
+    let subkey = {
+        let mut m = wrap.expose().to_vec();
+        m.extend_from_slice(&[0x01; 24]);
+        blake3::derive_key(seal::SUBKEY_CONTEXT, &m)
+    };
+    put("subkey of version 2 for the master wrap key and nonce 01*24", hex::encode(subkey));
+    let sealed_index = seal::seal_with_nonce(&wrap, &aad(b"Mindex-key"), index.expose(), [0x01; 24]);
+    put("sealed index key, version 2 (nonce 01*24)", hex::encode(&sealed_index));
     let owner = "citizen:001099012345";
     let op = blake3::keyed_hash(index.expose(), owner.as_bytes());
     put("owner ref of citizen:001099012345", hex::encode(&op.as_bytes()[..16]));
