@@ -279,3 +279,32 @@ fn item_9_5_an_identity_provider_limited_to_one_kind_of_owner() {
     // The unlimited provider of the harness still vouches for both kinds.
     assert_eq!(call("GET", &s.url(&format!("/v1/owners/{org}/documents")), Some(&s.owner(org)), &[], None).status, 200);
 }
+
+#[test]
+fn item_9_7_an_unread_download_is_dropped_after_the_idle_timeout() {
+    let s = Server::start(&["--stream-idle-timeout", "2"]);
+    let owner = s.owner(CITIZEN);
+    let data: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
+    let digest = Digest::of(&data);
+    let base = format!("/v1/owners/{CITIZEN}");
+    assert_eq!(call("PUT", &s.url(&format!("{base}/contents/{digest}")), Some(&owner), &[], Some(&data)).status, 201);
+    let body = json!({"digest": digest, "doc_type": "ghi-chu", "title": "big", "media_type": "application/pdf"});
+    let id =
+        post_json(&s.url(&format!("{base}/documents")), &owner, None, &body).json()["id"].as_str().unwrap().to_owned();
+    let mut tcp = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    write!(
+        tcp,
+        "GET {base}/documents/{id}/content HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {owner}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    // Not read for well beyond the idle timeout: the server gives up on the response.
+    std::thread::sleep(Duration::from_secs(8));
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let _ = tcp.read_to_end(&mut got);
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert!(got.len() < data.len(), "the whole unread response arrived ({} bytes)", got.len());
+    // The server still serves the content to a reader.
+    let r = call("GET", &s.url(&format!("{base}/documents/{id}/content")), Some(&owner), &[], None);
+    assert_eq!(r.body.len(), data.len());
+}
