@@ -63,6 +63,11 @@ impl Server {
 
     /// [`Server::start_in`] on a given port (a restart that clients see as the same server).
     pub fn start_at(dir: tempfile::TempDir, port: u16, extra: &[&str]) -> Server {
+        Self::start_env(dir, port, extra, &[])
+    }
+
+    /// [`Server::start_at`] with extra environment variables for the server process.
+    pub fn start_env(dir: tempfile::TempDir, port: u16, extra: &[&str], env: &[(&str, &std::path::Path)]) -> Server {
         let key = dir.path().join("master.key");
         std::fs::write(&key, format!("{}\n", B64.encode([5u8; 32]))).unwrap();
         let op = SigningKey::from_bytes(&[11; 32]);
@@ -76,6 +81,7 @@ impl Server {
             .args(["--operator-key", &B64.encode(op.verifying_key().to_bytes())])
             .args(["--identity-provider", &format!("vneid={}", B64.encode(idp.verifying_key().to_bytes()))])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("server.log")).unwrap())
             .spawn()

@@ -1,7 +1,7 @@
 //! The `/v1` HTTP contract of api.md, the service endpoints, and the one place that maps
 //! errors to status codes and bodies ([`ApiError`]).
 
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -910,45 +910,104 @@ async fn consistency(
 
 async fn export(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
     let v = st.vault()?;
-    // Built in a temporary file, then streamed: the tar is complete and verified-readable
-    // before the first byte goes out, and memory stays flat.
-    let file = blocking(move || {
-        let mut f = tempfile_in_data()?;
-        v.export_as(&caller, &owner, &mut f)?;
-        f.seek(SeekFrom::Start(0)).map_err(vault::Error::from)?;
-        Ok(f)
-    })
-    .await?;
-    let (feed, body) = fed_body(&st);
-    tokio::task::spawn_blocking(move || {
-        let mut f = file;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            match f.read(&mut buf) {
-                Ok(0) => return feed.finish(),
-                Ok(n) => {
-                    if !feed.send(Ok(Bytes::copy_from_slice(&buf[..n]))) {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    feed.send(Err(e));
-                    return;
-                }
+    // Streamed as it is built: tar blocks go straight from the decrypting readers into a bounded
+    // channel of body chunks. No plaintext ever touches a file (SPEC.md §18).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, io::Error>>(4);
+    let rt = tokio::runtime::Handle::current();
+    let task = tokio::task::spawn_blocking(move || -> Result<(), vault::Error> {
+        let mut w = ChannelWriter::new(tx, rt, EXPORT_SEND_TIMEOUT);
+        match v.export_as(&caller, &owner, &mut w) {
+            Ok(()) => Ok(()),
+            // Nothing went out yet: an ordinary error response.
+            Err(e) if !w.started => Err(e),
+            Err(e) => {
+                // Headers are sent: abort the response, never end it cleanly.
+                tracing::error!(error = %e, "export failed while streaming; response aborted");
+                let _ = w.send(Err(io::Error::other("the export failed")));
+                Ok(())
             }
         }
     });
-    Ok(([(header::CONTENT_TYPE, "application/x-tar")], body).into_response())
+    let Some(first) = rx.recv().await else {
+        // The writer is gone without a chunk: the export failed before its first byte.
+        return match task.await {
+            Ok(Err(e)) => Err(e.into()),
+            Ok(Ok(())) => Err(ApiError::internal("the export produced nothing")),
+            Err(e) => Err(ApiError::internal(e)),
+        };
+    };
+    let stream = futures_util::stream::unfold((Some(first), rx), |(first, mut rx)| async move {
+        match first {
+            Some(item) => Some((item, (None, rx))),
+            None => rx.recv().await.map(|item| (item, (None, rx))),
+        }
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-tar")], Body::from_stream(stream)).into_response())
 }
 
-/// An anonymous temporary file (removed when closed).
-fn tempfile_in_data() -> Result<std::fs::File, vault::Error> {
-    let dir = std::env::temp_dir();
-    let path = dir.join(format!("vault-export-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
-    let f =
-        std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(vault::Error::from)?;
-    let _ = std::fs::remove_file(&path);
-    Ok(f)
+/// How long an export waits for its reader to take the next chunk before it gives up, so a
+/// response that is never read cannot hold a blocking thread forever.
+const EXPORT_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Body chunk size of an export.
+const EXPORT_CHUNK: usize = 256 * 1024;
+
+/// A blocking [`Write`] into a bounded channel of response-body chunks. A write fails (and so
+/// the producer stops) once the reader is gone, or when it has taken nothing for the timeout.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, io::Error>>,
+    rt: tokio::runtime::Handle,
+    buf: Vec<u8>,
+    timeout: std::time::Duration,
+    /// A chunk was handed to the response: errors from here on abort it.
+    started: bool,
+}
+
+impl ChannelWriter {
+    fn new(
+        tx: tokio::sync::mpsc::Sender<Result<Bytes, io::Error>>,
+        rt: tokio::runtime::Handle,
+        timeout: std::time::Duration,
+    ) -> Self {
+        ChannelWriter { tx, rt, buf: Vec::with_capacity(EXPORT_CHUNK), timeout, started: false }
+    }
+
+    /// Hands one item to the response (from a blocking thread, never an async one).
+    fn send(&mut self, item: Result<Bytes, io::Error>) -> io::Result<()> {
+        use tokio::sync::mpsc::error::SendTimeoutError;
+        match self.rt.block_on(self.tx.send_timeout(item, self.timeout)) {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "the reader of the export took nothing"))
+            }
+            Err(SendTimeoutError::Closed(_)) => {
+                Err(io::Error::new(io::ErrorKind::BrokenPipe, "the reader of the export is gone"))
+            }
+        }
+    }
+
+    fn send_buffered(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(EXPORT_CHUNK)));
+        self.started = true;
+        self.send(Ok(chunk))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(EXPORT_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= EXPORT_CHUNK {
+            self.send_buffered()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_buffered()
+    }
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -1438,5 +1497,42 @@ mod tests {
         }
         assert_eq!(parse_range(Some(&h("bytes=0-0")), 0), Err(()));
         assert_eq!(parse_range(Some(&h("items=0-1")), 100), Ok(None));
+    }
+
+    /// An export response that is never read, or whose reader went away, stops its producer
+    /// (the blocking thread) instead of holding it forever.
+    #[test]
+    fn item_10_5_export_writer_stops_when_its_reader_is_gone_or_idle() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let chunk = vec![7u8; EXPORT_CHUNK];
+        // Read: every byte arrives, in order.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let mut w = ChannelWriter::new(tx, rt.handle().clone(), std::time::Duration::from_secs(30));
+        let reader = rt.spawn(async move {
+            let mut n = 0;
+            while let Some(Ok(b)) = rx.recv().await {
+                n += Bytes::len(&b);
+            }
+            n
+        });
+        for _ in 0..10 {
+            w.write_all(&chunk).unwrap();
+        }
+        w.write_all(b"tail").unwrap();
+        w.flush().unwrap();
+        assert!(w.started);
+        drop(w);
+        assert_eq!(rt.block_on(reader).unwrap(), 10 * EXPORT_CHUNK + 4);
+        // The reader is gone: the next chunk fails at once.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        drop(rx);
+        let mut w = ChannelWriter::new(tx, rt.handle().clone(), std::time::Duration::from_secs(3600));
+        let e = w.write_all(&chunk).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        // Never read: once the channel is full, a write gives up after the timeout.
+        let (tx, _rx) = tokio::sync::mpsc::channel(4);
+        let mut w = ChannelWriter::new(tx, rt.handle().clone(), std::time::Duration::from_millis(50));
+        let e = (0..10).map(|_| w.write_all(&chunk)).find_map(Result::err).unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
     }
 }

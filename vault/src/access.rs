@@ -469,6 +469,10 @@ impl Vault {
         let ticket = {
             // The check and the count are one step under the lock, so max_uses is never
             // exceeded; the durable wait happens outside it, so concurrent reads share syncs.
+            // Under the owner's change lock with its current keys (an erasure since `o` was
+            // resolved took the grant with it).
+            let (_owner_guard, o) = self.owner_for_change(&o.id, false)?;
+            let o = &*o.ok_or(Error::GrantRequired)?;
             let _g = self.grants_lock.lock().unwrap_or_else(|p| p.into_inner());
             let mut g = self.grant_of(o, id)?.ok_or(Error::GrantRequired)?;
             if g.status(Timestamp::now()) != GrantStatus::Active {
@@ -591,10 +595,12 @@ impl Vault {
         draft.purpose = Some(terms.purpose.clone());
         self.audited(draft, |d| {
             Self::require_owner(caller, owner)?;
-            let o = self.owner_or_create(owner)?;
+            let (owner_guard, o) = self.owner_for_change(owner, true)?;
+            let o = o.ok_or(Error::NotFound("owner"))?;
             let (g, ops) = self.grant_ops(&o, terms, Timestamp::now())?;
             d.grant = Some(g.id.to_string());
             let (ticket, _) = self.apply_audited(ops, d)?;
+            drop(owner_guard);
             self.wait_ticket(ticket)?;
             Ok(g)
         })
@@ -620,7 +626,8 @@ impl Vault {
         draft.grant = Some(id.to_string());
         self.audited(draft, |d| {
             Self::require_owner(caller, owner)?;
-            let o = self.owner(owner, false)?.ok_or(Error::NotFound("grant"))?;
+            let (_owner_guard, o) = self.owner_for_change(owner, false)?;
+            let o = o.ok_or(Error::NotFound("grant"))?;
             let _g = self.grants_lock.lock().unwrap_or_else(|p| p.into_inner());
             let mut g = self.grant_of(&o, id)?.ok_or(Error::NotFound("grant"))?;
             if g.revoked_at.is_none() {

@@ -265,8 +265,20 @@ impl Vault {
     /// Applies `ops` together with the audit entry `draft` in one atomic batch and returns the
     /// durability ticket and the entry's index. Fails closed: if the entry cannot be built or
     /// written, nothing of `ops` is applied.
-    pub(crate) fn apply_audited(&self, mut ops: Vec<Op>, draft: &Draft) -> Result<(u64, u64), Error> {
+    pub(crate) fn apply_audited(&self, ops: Vec<Op>, draft: &Draft) -> Result<(u64, u64), Error> {
+        self.apply_audited_with(ops, draft, || Ok(Vec::new()))
+    }
+
+    /// [`Vault::apply_audited`], adding the changes `more` returns, computed while no other
+    /// entry can be appended (every earlier entry's batch is applied, no later one is).
+    pub(crate) fn apply_audited_with(
+        &self,
+        mut ops: Vec<Op>,
+        draft: &Draft,
+        more: impl FnOnce() -> Result<Vec<Op>, Error>,
+    ) -> Result<(u64, u64), Error> {
         let mut state = self.audit_state();
+        ops.extend(more()?);
         let index = state.size;
         let op = draft.owner.as_ref().map(|o| self.owner_ref(o));
         let leaf = self.leaf_bytes(index, draft, op.as_ref());
@@ -327,6 +339,13 @@ impl Vault {
 
     /// A signed checkpoint (C2SP signed note) covering every entry appended before this call.
     pub fn checkpoint(&self) -> Result<String, Error> {
+        Ok(self.checkpoint_with_size()?.1)
+    }
+
+    /// [`Vault::checkpoint`] and the tree size it signs, read once: proofs meant to verify
+    /// against the checkpoint must be computed for exactly this size (the log may grow between
+    /// two reads of the size).
+    pub(crate) fn checkpoint_with_size(&self) -> Result<(u64, String), Error> {
         let size = self.audit_size()?;
         let root = merkle::root(&VaultNodes(self), size).map_err(|e| Error::Corrupt(e.to_string()))?;
         // Never a checkpoint smaller than, or forking from, one signed before; the anchor
@@ -354,7 +373,7 @@ impl Vault {
             }
         }
         self.meta().raise_signed_floor(size, root)?;
-        Ok(self.signer.sign_note(&note::checkpoint_text(&self.log_origin(), size, &root)))
+        Ok((size, self.signer.sign_note(&note::checkpoint_text(&self.log_origin(), size, &root))))
     }
 
     /// The vault's signing key (receipts, checkpoints).

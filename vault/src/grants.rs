@@ -166,7 +166,8 @@ impl Vault {
             return Err(Error::InvalidRequest(format!("grantee {} is not a registered agency", terms.grantee)));
         }
         for d in &terms.documents {
-            if self.document(&o.id, d).is_err() {
+            // `document_of`, not `document`: the caller holds the owner's change lock.
+            if self.document_of(o, d).is_err() {
                 return Err(Error::InvalidRequest(format!("document {d} is not one of this owner's documents")));
             }
         }

@@ -54,7 +54,10 @@ impl Vault {
             return self.refuse_for(draft, Error::Forbidden);
         }
         let op = self.owner_ref(owner);
-        let o = self.owner(owner, false)?;
+        // Exclusive: no change of this owner is between resolving its keys and applying its
+        // batch, and none can start until the erasure is done, blobs included (SPEC.md §17).
+        let _exclusive = self.owner_exclusive(&op);
+        let o = self.owner_locked(owner, false)?;
         let (mut documents, mut contents, mut grants) = (0u64, 0u64, 0u64);
         let mut ops = vec![Op::Delete(key_of(prefix::OWNER, &[&op]))];
         if let Some(o) = &o {
@@ -73,7 +76,6 @@ impl Vault {
             (prefix::DEPOSIT_INDEX, None),
             (prefix::INLINE_BLOB, None),
             (prefix::GRANT, None),
-            (prefix::OWNER_ENTRY, None),
         ] {
             let mut n = 0;
             for item in self.meta().scan(&key_of(p, &[&op])) {
@@ -84,9 +86,19 @@ impl Vault {
                 *c = n;
             }
         }
-        let (ticket, index) = self.apply_audited(ops, &draft)?;
+        // Access-log entries are appended without the owner's lock (reads are logged too): they
+        // are listed while no entry can be appended, so every entry before the erasure's goes.
+        let entries = || -> Result<Vec<Op>, Error> {
+            let mut ops = Vec::new();
+            for item in self.meta().scan(&key_of(prefix::OWNER_ENTRY, &[&op])) {
+                ops.push(Op::Delete(item?.0));
+            }
+            Ok(ops)
+        };
+        let (ticket, index) = self.apply_audited_with(ops, &draft, entries)?;
         self.wait_ticket(ticket)?;
         self.forget_owner(&op);
+        // Still exclusive: a fresh owner's first blob cannot be committed before this.
         self.blobs().remove_owner(&op)?;
         let now = Timestamp::now();
         Ok(self.signed_receipt(format!(
@@ -103,8 +115,8 @@ impl Vault {
         }
         // The export's own entry first, so the checkpoint and proofs cover it.
         self.audit_now(&draft)?;
-        let checkpoint = self.checkpoint()?;
-        let size = self.audit_size()?;
+        // One snapshot of the log: every proof below is for the size the checkpoint signs.
+        let (size, checkpoint) = self.checkpoint_with_size()?;
         let documents = self.documents(owner, None)?;
         let grants = match self.owner(owner, false)? {
             Some(o) => self.grants_of(&o)?,

@@ -774,12 +774,20 @@ impl BlobStore for FsBlobs {
             }
         }
         let path = dir.join(format!("{}{TMP_SUFFIX}", hex::encode(crate::keys::random_array::<16>())));
-        let file = OpenOptions::new()
-            .write(true)
-            .read(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(io_err("creating", &path))?;
+        let open = || OpenOptions::new().write(true).read(true).create_new(true).open(&path);
+        let file = match open() {
+            // An erasure of the owner removed the (empty) folder meanwhile: make it again.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if PER_FILE_SYNC {
+                    create_dir_durable(&dir)?;
+                } else {
+                    fs::create_dir_all(&dir).map_err(io_err("creating directory", &dir))?;
+                }
+                open()
+            }
+            r => r,
+        }
+        .map_err(io_err("creating", &path))?;
         Ok(Box::new(FsNewBlob { file, path, dir, owner: *owner, committed: false }))
     }
 
@@ -814,14 +822,35 @@ impl BlobStore for FsBlobs {
 
     fn remove_owner(&self, owner: &[u8; 16]) -> Result<usize, StoreError> {
         let dir = Self::owner_dir(&self.root, owner);
-        let n = match fs::read_dir(&dir) {
-            Ok(rd) => rd.count(),
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(io_err("listing", &dir)(e)),
         };
-        fs::remove_dir_all(&dir).map_err(io_err("removing", &dir))?;
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
+        // Committed blobs go; blobs still being written stay: they belong to uploads that will
+        // be committed under the owner's next key (or dropped), never under the erased one.
+        let mut n = 0;
+        for f in rd {
+            let path = f.map_err(io_err("listing", &dir))?.path();
+            if is_unfinished(&path) {
+                continue;
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => n += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("removing", &path)(e)),
+            }
+        }
+        sync_dir(&dir)?;
+        match fs::remove_dir(&dir) {
+            Ok(()) => {
+                if let Some(parent) = dir.parent() {
+                    sync_dir(parent)?;
+                }
+            }
+            // An upload started meanwhile: the folder stays, empty of this owner's blobs.
+            Err(_) if dir.is_dir() => {}
+            Err(e) => return Err(io_err("removing", &dir)(e)),
         }
         Ok(n)
     }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -200,6 +200,10 @@ pub struct Vault {
     /// Group commit of blob syncs (one `syncfs` for a batch of new blobs).
     blob_commit: GroupCommit,
     owners: RwLock<HashMap<OwnerRef, Arc<OwnerCtx>>>,
+    /// Per-owner change locks (striped by owner reference): every change of an owner's records
+    /// holds its stripe shared from re-resolving the owner's keys to applying its batch; an
+    /// erasure holds it exclusively (SPEC.md §17, "Serialisation").
+    owner_locks: Vec<RwLock<()>>,
     stripes: Vec<Mutex<()>>,
     /// Present while open; its presence at open means the last session did not close cleanly.
     open_marker: Option<PathBuf>,
@@ -366,6 +370,7 @@ impl Vault {
             commit: GroupCommit::default(),
             blob_commit: GroupCommit::default(),
             owners: RwLock::new(HashMap::new()),
+            owner_locks: (0..STRIPES).map(|_| RwLock::new(())).collect(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             open_marker,
             recovered: RecoveryReport::default(),
@@ -551,7 +556,7 @@ impl Vault {
         Ok((SecretKey::from_bytes(k), id))
     }
 
-    /// Drops an erased owner's keys from the cache.
+    /// Drops an erased owner's keys from the cache (under the owner's exclusive change lock).
     pub(crate) fn forget_owner(&self, op: &OwnerRef) {
         self.owners.write().unwrap_or_else(|p| p.into_inner()).remove(op);
     }
@@ -568,8 +573,44 @@ impl Vault {
     }
 
     /// The owner's keys; with `create`, makes the owner if new (durable with the caller's next
-    /// ticket).
+    /// ticket). Only for reading, or for a change that calls [`Vault::owner_for_change`] again
+    /// before it applies: an erasure may destroy these keys as soon as this returns.
     pub(crate) fn owner(&self, owner: &OwnerId, create: bool) -> Result<Option<Arc<OwnerCtx>>, Error> {
+        let _shared = self.owner_shared(&self.owner_ref(owner));
+        self.owner_locked(owner, create)
+    }
+
+    /// The owner's change lock, shared: held by every change of the owner's records from
+    /// resolving the owner's keys until its batch is applied. Never taken twice on one thread
+    /// (a waiting erasure would deadlock it): functions that hold it call
+    /// [`Vault::owner_locked`], not [`Vault::owner`].
+    fn owner_shared(&self, op: &OwnerRef) -> RwLockReadGuard<'_, ()> {
+        // The guarded data is `()`: a poisoned lock has no state to be inconsistent.
+        self.owner_locks[usize::from(op[0])].read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The owner's change lock, exclusive (erasure).
+    pub(crate) fn owner_exclusive(&self, op: &OwnerRef) -> RwLockWriteGuard<'_, ()> {
+        self.owner_locks[usize::from(op[0])].write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a change of the owner's records: takes the owner's change lock (shared) and
+    /// returns it with the owner's current keys. Keys resolved before this call may belong to
+    /// an owner erased meanwhile; from here until the guard drops they cannot be, so a batch
+    /// sealed with the returned keys and applied under the guard never outlives their key.
+    /// After an erasure, `create` starts a fresh owner (new key).
+    pub(crate) fn owner_for_change(
+        &self,
+        owner: &OwnerId,
+        create: bool,
+    ) -> Result<(RwLockReadGuard<'_, ()>, Option<Arc<OwnerCtx>>), Error> {
+        let guard = self.owner_shared(&self.owner_ref(owner));
+        let o = self.owner_locked(owner, create)?;
+        Ok((guard, o))
+    }
+
+    /// [`Vault::owner`] for a caller holding the owner's change lock (shared or exclusive).
+    pub(crate) fn owner_locked(&self, owner: &OwnerId, create: bool) -> Result<Option<Arc<OwnerCtx>>, Error> {
         let op = self.owner_ref(owner);
         if let Some(ctx) = self.owners.read().unwrap_or_else(|p| p.into_inner()).get(&op) {
             return Ok(Some(ctx.clone()));
@@ -772,6 +813,11 @@ impl Vault {
         doc: Option<(NewDocument, bool, DocumentId)>,
         audit: Option<&Draft>,
     ) -> Result<(Stored, Option<(Document, bool)>), Error> {
+        // The content was encrypted without the lock (a long upload must not hold up an
+        // erasure); its key is wrapped only here, under the lock, with the owner's current keys:
+        // after an erasure that is a fresh owner, and the upload lands there (SPEC.md §17).
+        let (owner_guard, o) = self.owner_for_change(&o.id, true)?;
+        let o = &*o.ok_or(Error::NotFound("owner"))?;
         let digest = fin.digest();
         let size = fin.size();
         let mut ops = Vec::with_capacity(5);
@@ -809,6 +855,7 @@ impl Vault {
         let stored = Stored { digest, size, created };
         if doc.is_none() && !created {
             drop(guard);
+            drop(owner_guard);
             return Ok((self.held_answer(digest, size, audit)?, None));
         }
         // Stored meanwhile by a concurrent put, possibly the same deposit: no duplicate.
@@ -816,6 +863,7 @@ impl Vault {
             if let Some(existing) = self.existing_deposit(o, new)? {
                 let ticket = self.audit_repeat(&existing, audit)?;
                 drop(guard);
+                drop(owner_guard);
                 self.durable(ticket)?;
                 return Ok((stored, Some((existing, false))));
             }
@@ -824,6 +872,7 @@ impl Vault {
         ops.push(Op::Put(key.clone(), seal_record(&o.keys, &key, &rec)));
         let ticket = self.apply_opt(ops, audit)?;
         drop(guard);
+        drop(owner_guard);
         self.durable(ticket)?;
         Ok((stored, document))
     }
@@ -938,6 +987,10 @@ impl Vault {
         audit: Option<&Draft>,
     ) -> Result<(Document, bool), Error> {
         new.validate()?;
+        // Under the owner's change lock with its current keys: an erasure since `o` was
+        // resolved took the content with it.
+        let (owner_guard, o) = self.owner_for_change(&o.id, false)?;
+        let o = &*o.ok_or_else(|| not_held(&new.digest))?;
         let name = o.blob(&new.digest);
         let ckey = Self::content_key(o, &name);
         // The stripe serialises deposits of one content, so two identical deposits racing each
@@ -951,6 +1004,7 @@ impl Vault {
         if let Some(doc) = self.existing_deposit(o, &new)? {
             let ticket = self.audit_repeat(&doc, audit)?;
             drop(guard);
+            drop(owner_guard);
             self.durable(ticket)?;
             return Ok((doc, false));
         }
@@ -958,6 +1012,7 @@ impl Vault {
         ops.push(Op::Put(ckey.clone(), seal_record(&o.keys, &ckey, &rec)));
         let ticket = self.apply_opt(ops, audit)?;
         drop(guard);
+        drop(owner_guard);
         self.durable(ticket)?;
         Ok((doc, true))
     }
@@ -1038,6 +1093,9 @@ impl Vault {
     }
 
     pub(crate) fn delete_inner(&self, o: &OwnerCtx, id: &DocumentId, audit: Option<&Draft>) -> Result<(), Error> {
+        // Held until the blob is gone: an erasure cannot interleave (SPEC.md §17).
+        let (_owner_guard, o) = self.owner_for_change(&o.id, false)?;
+        let o = &*o.ok_or(Error::NotFound("document"))?;
         let doc = self.document_of(o, id)?;
         let name = o.blob(&doc.meta.digest);
         let ckey = Self::content_key(o, &name);
@@ -1090,6 +1148,8 @@ impl Vault {
         audit: Option<&Draft>,
     ) -> Result<Document, Error> {
         crate::document::check_text("reason", reason, crate::document::MAX_TEXT)?;
+        let (owner_guard, o) = self.owner_for_change(&o.id, false)?;
+        let o = &*o.ok_or(Error::NotFound("document"))?;
         let key = key_of(prefix::DOCUMENT, &[&o.op, id.as_bytes()]);
         let digest = self.document_of(o, id)?.meta.digest;
         // The same stripe as delete_document, so a revocation cannot resurrect a deleted record.
@@ -1101,6 +1161,7 @@ impl Vault {
         doc.revocation = Some(Revocation { at, reason: reason.to_owned() });
         let ticket = self.apply_opt(vec![Op::Put(key.clone(), seal_record(&o.keys, &key, &doc))], audit)?;
         drop(guard);
+        drop(owner_guard);
         self.durable(ticket)?;
         Ok(doc)
     }
