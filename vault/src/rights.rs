@@ -74,6 +74,7 @@ impl Vault {
             (prefix::INLINE_BLOB, None),
             (prefix::GRANT, None),
             (prefix::OWNER_ENTRY, None),
+            (prefix::SUPPLY, None),
         ] {
             let mut n = 0;
             for item in self.meta().scan(&key_of(p, &[&op])) {
