@@ -341,3 +341,56 @@ impl Vault {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::access::Caller;
+    use crate::keys::MasterKey;
+    use crate::OwnerId;
+
+    /// Moves a supply record's time back by `secs`, as if it had been supplied that long ago.
+    fn age(v: &Vault, owner: &OwnerId, digest: &Digest, agency: &AgencyId, secs: i64) {
+        let o = v.owner(owner, false).unwrap().unwrap();
+        let mut s = v.supply_of(&o, digest, agency).unwrap().unwrap();
+        s.supplied_at = s.supplied_at.plus_seconds(-secs);
+        let key = supply_key(&o, digest, agency);
+        v.apply_durable(vec![Op::Put(key.clone(), crate::vault::seal_record(&o.keys, &key, &s))]).unwrap();
+    }
+
+    #[test]
+    fn item_9_3_another_agencys_pending_upload_keeps_shared_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Vault::open(dir.path(), &MasterKey::from_bytes([1; 32])).unwrap();
+        let owner = OwnerId::parse("citizen:000000000001").unwrap();
+        let (a, b) = (AgencyId::parse("ubnd-a").unwrap(), AgencyId::parse("ubnd-b").unwrap());
+        for id in [&a, &b] {
+            let new = crate::provenance::NewAgency { name: id.to_string(), keys: vec![] };
+            v.put_agency_as(&Caller::operator(), id, new).unwrap();
+        }
+        let data = vec![7u8; 50_000];
+        let d = Digest::of(&data);
+        for id in [&a, &b] {
+            let c = Caller::agency(id.clone(), None);
+            v.upload_as(&c, &owner, data.as_slice(), Some(d)).unwrap();
+        }
+        age(&v, &owner, &d, &a, PENDING_LIFETIME_SECS + 60);
+        let now = Timestamp::now();
+        // A's claim goes; the content stays for B's pending upload.
+        let r = v.sweep_pending(now).unwrap();
+        assert_eq!((r.claims_removed, r.contents_removed), (1, 0));
+        assert!(v.holds(&owner, &d).unwrap());
+        let o = v.owner(&owner, false).unwrap().unwrap();
+        assert!(v.supply_of(&o, &d, &a).unwrap().is_none());
+        assert!(v.supply_of(&o, &d, &b).unwrap().is_some());
+        assert_eq!(v.pending_stats().unwrap().pending_uploads, 1);
+        // Then B's expires too: the content goes with it.
+        age(&v, &owner, &d, &b, PENDING_LIFETIME_SECS + 60);
+        let r = v.sweep_pending(now).unwrap();
+        assert_eq!((r.claims_removed, r.contents_removed, r.bytes_removed), (1, 1, 50_000));
+        assert!(!v.holds(&owner, &d).unwrap());
+        assert!(v.check(true).unwrap().is_clean());
+    }
+}
