@@ -931,6 +931,7 @@ impl Vault {
         Ok((stored, doc))
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn put_document_with(
         &self,
         owner: &OwnerId,
