@@ -648,3 +648,223 @@ fn resign(owner: &OwnerId, data: &[u8], d: &mut NewDocument) {
     let st = statement(owner, data.len() as u64, d);
     d.signature = Some(sign_statement(&signing_key(1), &KeyId::parse("k1").unwrap(), &st));
 }
+
+/// The message of an error with the digest it names taken out (the rest must not differ).
+fn shape(r: Result<vault::Document, Error>, digest: &Digest) -> (String, String) {
+    let e = r.unwrap_err();
+    (e.code().to_owned(), e.to_string().replace(&digest.to_string(), "<digest>"))
+}
+
+#[test]
+fn item_9_1_agency_cannot_claim_held_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    register(&v, "ubnd-xa", vec![key("k1", &signing_key(1), "2020-01-01T00:00:00Z", None)]);
+    register(&v, "ubnd-khac", vec![key("k1", &signing_key(2), "2020-01-01T00:00:00Z", None)]);
+    let o = owner(1);
+    let owner_c = Caller::owner(o.clone());
+    let p = "1.001193";
+    let thief = Caller::agency(agency("ubnd-khac"), Some(purpose(p)));
+    // The owner holds a content and a document about it; the other agency even has a grant.
+    let data = content(91, 50_000);
+    let d = Digest::of(&data);
+    let own = put_doc(&v, &o, &data, "cccd");
+    v.grant_as(&owner_c, &o, grant_terms("ubnd-khac", p, &["giay-khai-sinh"], Some(1), 3600)).unwrap();
+
+    // Knowing the digest and size is not enough: a self-signed deposit is refused, nothing made.
+    let claim = signed_doc(&o, &data, "giay-khai-sinh", "ubnd-khac", 2);
+    assert!(matches!(v.deposit_as(&thief, &o, claim.clone()), Err(Error::Conflict(_))));
+    assert_eq!(v.documents(&o, None).unwrap().len(), 1);
+    // contents/missing answers "missing": a grant does not count, nor does the owner's holding.
+    assert_eq!(v.missing_as(&thief, &o, &[d]).unwrap(), vec![d]);
+    assert_eq!(v.missing_as(&owner_c, &o, &[d]).unwrap(), Vec::<Digest>::new());
+    // The owner's document stays out of reach.
+    assert!(matches!(v.content_as(&thief, &o, &own.id), Err(Error::GrantRequired)));
+
+    // Once the agency supplies the bytes itself, it may deposit and read its own document.
+    let up = v.upload_as(&thief, &o, data.as_slice(), Some(d)).unwrap();
+    assert!(up.created, "an agency is not told that the owner held it");
+    assert!(v.missing_as(&thief, &o, &[d]).unwrap().is_empty());
+    let (mine, new) = v.deposit_as(&thief, &o, claim.clone()).unwrap();
+    assert!(new && mine.verified);
+    v.content_as(&thief, &o, &mine.id).unwrap();
+    // A repeat returns its own document, never another issuer's.
+    let (again, new) = v.deposit_as(&thief, &o, claim).unwrap();
+    assert_eq!((again.id, new), (mine.id, false));
+    // Still held by the owner's document: the owner's view is unchanged.
+    assert!(v.missing_as(&owner_c, &o, &[d]).unwrap().is_empty());
+
+    // Another agency that supplied the same bytes gets its own document on an identical deposit.
+    let iss = Caller::agency(agency("ubnd-xa"), Some(purpose(p)));
+    assert_eq!(v.missing_as(&iss, &o, &[d]).unwrap(), vec![d]);
+    let doc_a = signed_doc(&o, &data, "giay-khai-sinh", "ubnd-xa", 1);
+    assert!(matches!(v.deposit_as(&iss, &o, doc_a.clone()), Err(Error::Conflict(_))));
+    // One-step deposit: the bytes come with it; afterwards missing says held for this agency.
+    let (_, one, new) = v.put_document_as(&iss, &o, data.as_slice(), doc_a).unwrap();
+    assert!(new && one.id != mine.id && one.id != own.id);
+    assert!(v.missing_as(&iss, &o, &[d]).unwrap().is_empty());
+    // Batch deposits record the supply too (new content for a third type).
+    let other = content(92, 4000);
+    let batch =
+        v.put_documents_as(&iss, &o, vec![(other.as_slice(), signed_doc(&o, &other, "cccd", "ubnd-xa", 1))]).unwrap();
+    assert!(batch[0].is_ok());
+    assert!(v.missing_as(&iss, &o, &[Digest::of(&other)]).unwrap().is_empty());
+    assert_eq!(v.missing_as(&thief, &o, &[Digest::of(&other)]).unwrap(), vec![Digest::of(&other)]);
+    assert!(v.check(true).unwrap().is_clean());
+}
+
+#[test]
+fn item_9_2_refusals_and_uploads_do_not_reveal_holdings() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    register(&v, "ubnd-khac", vec![key("k1", &signing_key(2), "2020-01-01T00:00:00Z", None)]);
+    let o = owner(1);
+    let a = Caller::agency(agency("ubnd-khac"), Some(purpose("1.001193")));
+    let held = content(93, 20_000);
+    put_doc(&v, &o, &held, "cccd");
+    let absent = content(94, 20_000);
+    // Deposits with a junk signature about held and not-held content: the same refusal.
+    let junk = |data: &[u8]| {
+        let mut d = signed_doc(&o, data, "giay-khai-sinh", "ubnd-khac", 2);
+        d.signature.as_mut().unwrap().value = "junk".into();
+        d
+    };
+    let a1 = shape(v.deposit_as_caller(&a, &o, junk(&held)), &Digest::of(&held));
+    let a2 = shape(v.deposit_as_caller(&a, &o, junk(&absent)), &Digest::of(&absent));
+    assert_eq!(a1.0, "conflict");
+    assert_eq!(a1, a2);
+    // Also for an owner the vault has never seen.
+    let a3 = shape(v.deposit_as_caller(&a, &owner(77), junk(&absent)), &Digest::of(&absent));
+    assert_eq!(a1, a3);
+    // Uploads of held and of new content: the same answer.
+    let u1 = v.upload_as(&a, &o, held.as_slice(), Some(Digest::of(&held))).unwrap();
+    let u2 = v.upload_as(&a, &o, absent.as_slice(), Some(Digest::of(&absent))).unwrap();
+    assert_eq!((u1.created, u1.size), (u2.created, u2.size));
+    assert!(u1.created);
+    // Only now, having supplied the bytes, does the signature matter.
+    assert!(matches!(v.deposit_as_caller(&a, &o, junk(&held)), Err(Error::InvalidSignature(_))));
+    // A second upload by the same agency tells it only what it already knows.
+    assert!(!v.upload_as(&a, &o, held.as_slice(), Some(Digest::of(&held))).unwrap().created);
+    assert!(v.check(true).unwrap().is_clean());
+}
+
+/// Prints the time of agency uploads of held and of new content (16 MiB each); no assertion on
+/// time (SPEC.md §14 records the figures).
+#[test]
+fn item_9_2_held_and_new_agency_uploads_timing() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    register(&v, "ubnd-khac", vec![key("k1", &signing_key(2), "2020-01-01T00:00:00Z", None)]);
+    let o = owner(1);
+    let a = Caller::agency(agency("ubnd-khac"), Some(purpose("1.001193")));
+    let mut held_t = Vec::new();
+    let mut new_t = Vec::new();
+    for round in 0..3u64 {
+        let held = content(1000 + round, 16 << 20);
+        v.put_content_bytes(&o, &held).unwrap();
+        let fresh = content(2000 + round, 16 << 20);
+        let t = std::time::Instant::now();
+        v.upload_as(&a, &o, held.as_slice(), Some(Digest::of(&held))).unwrap();
+        held_t.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = std::time::Instant::now();
+        v.upload_as(&a, &o, fresh.as_slice(), Some(Digest::of(&fresh))).unwrap();
+        new_t.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!("agency upload of 16 MiB: held {held_t:.1?} ms, new {new_t:.1?} ms");
+    assert_eq!(held_t.len(), new_t.len());
+}
+
+#[test]
+fn item_9_3_unused_agency_uploads_are_removed_after_24_hours() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    register(&v, "ubnd-xa", vec![key("k1", &signing_key(1), "2020-01-01T00:00:00Z", None)]);
+    let o = owner(1);
+    let a = Caller::agency(agency("ubnd-xa"), Some(purpose("1.001193")));
+    let big = content(95, 100_000); // a blob file
+    let small = content(96, 1000); // inline
+    let shared = content(97, 100_000); // the owner holds it too
+    let used = content(98, 100_000); // a document uses it
+    for d in [&big, &small, &shared, &used] {
+        v.upload_as(&a, &o, d.as_slice(), Some(Digest::of(d))).unwrap();
+    }
+    v.put_content_bytes(&o, &shared).unwrap();
+    let doc = v.deposit_as_caller(&a, &o, signed_doc(&o, &used, "cccd", "ubnd-xa", 1)).unwrap();
+    let stats = v.pending_stats().unwrap();
+    assert_eq!((stats.pending_uploads, stats.pending_bytes), (3, 201_000));
+    let blobs_before = files_below(&dir.path().join("blobs")).len();
+
+    // Within 24 hours nothing goes.
+    let r = v.sweep_pending(Timestamp::now().plus_seconds(23 * 3600)).unwrap();
+    assert_eq!(r.claims_removed, 0);
+    // After: the unused uploads go, the owner's and the document's content stay.
+    let r = v.sweep_pending(Timestamp::now().plus_seconds(25 * 3600)).unwrap();
+    assert_eq!((r.claims_removed, r.contents_removed, r.bytes_removed), (3, 2, 101_000));
+    assert!(!v.holds(&o, &Digest::of(&big)).unwrap());
+    assert!(!v.holds(&o, &Digest::of(&small)).unwrap());
+    assert!(v.holds(&o, &Digest::of(&shared)).unwrap());
+    assert_eq!(v.read_content(&o, &Digest::of(&used)).unwrap(), used);
+    assert_eq!(files_below(&dir.path().join("blobs")).len(), blobs_before - 1);
+    let stats = v.pending_stats().unwrap();
+    assert_eq!((stats.pending_uploads, stats.removed_uploads, stats.removed_bytes), (0, 3, 201_000));
+    // The agency's claims on them are gone: it must upload again; its document still counts.
+    let ds: Vec<Digest> = [&big, &shared, &used].iter().map(|d| Digest::of(d)).collect();
+    assert_eq!(v.missing_as(&a, &o, &ds).unwrap(), ds[..2].to_vec());
+    assert!(matches!(
+        v.deposit_as_caller(&a, &o, signed_doc(&o, &shared, "cccd", "ubnd-xa", 1)),
+        Err(Error::Conflict(_))
+    ));
+    v.content_as(&a, &o, &doc.id).unwrap();
+    assert!(v.check(true).unwrap().is_clean());
+}
+
+#[test]
+fn item_9_3_one_agency_holds_a_bounded_amount_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    register(&v, "ubnd-xa", vec![key("k1", &signing_key(1), "2020-01-01T00:00:00Z", None)]);
+    register(&v, "ubnd-khac", vec![key("k1", &signing_key(2), "2020-01-01T00:00:00Z", None)]);
+    v.set_pending_limits(vault::PendingLimits { max_count: 2, max_bytes: 10_000 });
+    let o = owner(1);
+    let a = Caller::agency(agency("ubnd-xa"), Some(purpose("1.001193")));
+    let up = |c: &Caller, d: &[u8]| v.upload_as(c, &o, d, Some(Digest::of(d)));
+    let (d1, d2, d3) = (content(1, 1000), content(2, 1000), content(3, 1000));
+    up(&a, &d1).unwrap();
+    up(&a, &d2).unwrap();
+    // The count bound: refused, nothing stored.
+    assert_eq!(code(up(&a, &d3)), "too_many_requests");
+    assert!(!v.holds(&o, &Digest::of(&d3)).unwrap());
+    // Uploading the same bytes again is no new pending upload.
+    up(&a, &d1).unwrap();
+    // Other agencies and the owner are not limited by it.
+    up(&Caller::agency(agency("ubnd-khac"), None), &d3).unwrap();
+    v.upload_as(&Caller::owner(o.clone()), &o, d3.as_slice(), None).unwrap();
+    // A deposit uses an upload and frees its place.
+    v.deposit_as_caller(&a, &o, signed_doc(&o, &d1, "cccd", "ubnd-xa", 1)).unwrap();
+    up(&a, &d3).unwrap();
+    // The byte bound.
+    v.deposit_as_caller(&a, &o, signed_doc(&o, &d2, "cccd", "ubnd-xa", 1)).unwrap();
+    assert_eq!(code(up(&a, &content(4, 9500))), "too_many_requests");
+    up(&a, &content(5, 9000)).unwrap();
+    // The audit log records the refusals.
+    let log = v.access_log_as(&Caller::owner(o.clone()), &o).unwrap();
+    assert_eq!(log.iter().filter(|e| e.outcome == "refused:too_many_requests").count(), 2);
+}
+
+#[test]
+fn item_9_5_a_retired_key_cannot_back_date_a_deposit() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    // k1 was valid at issued_at (2025-01-02) but is retired now.
+    register(&v, "ubnd-xa", vec![key("k1", &signing_key(1), "2020-01-01T00:00:00Z", Some("2025-06-01T00:00:00Z"))]);
+    let o = owner(1);
+    let a = Caller::agency(agency("ubnd-xa"), None);
+    let data = content(99, 3000);
+    v.upload_as(&a, &o, data.as_slice(), Some(Digest::of(&data))).unwrap();
+    let d = signed_doc(&o, &data, "cccd", "ubnd-xa", 1);
+    assert!(matches!(v.deposit_as_caller(&a, &o, d.clone()), Err(Error::UnknownIssuerKey(_))));
+    assert!(matches!(v.put_document_as(&a, &o, data.as_slice(), d.clone()), Err(Error::UnknownIssuerKey(_))));
+    // Re-registered with the key still valid, the same deposit verifies.
+    register(&v, "ubnd-xa", vec![key("k1", &signing_key(1), "2020-01-01T00:00:00Z", None)]);
+    assert!(v.deposit_as_caller(&a, &o, d).unwrap().verified);
+}

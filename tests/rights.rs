@@ -280,3 +280,41 @@ fn rotation_killed_at_random_points_then_resumed() {
     }
     eprintln!("6 rotations, {interrupted} interrupted mid-way and resumed");
 }
+
+#[test]
+fn item_9_5_agencies_get_not_found_after_erasure() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    let sk = setup_agency(&v);
+    let o = owner(5);
+    populate(&v, &sk, &o, 50);
+    let a = Caller::agency(AgencyId::parse("so-tu-phap").unwrap(), Some(Purpose::parse("1.1").unwrap()));
+    let cccd = DocType::parse("cccd").unwrap();
+    let docs = v.documents_as(&a, &o, None).unwrap();
+    assert_eq!(docs.len(), 2, "its own document and the granted one");
+    v.content_as(&a, &o, &docs[0].id).unwrap();
+    let code = |e: Error| e.code().to_owned();
+
+    // A live owner's unknown document, and an owner the vault never saw: 403, as before.
+    let unknown = vault::DocumentId::from_bytes([7; 16]);
+    let never = owner(6);
+    assert_eq!(code(v.document_as(&a, &o, &unknown).unwrap_err()), "grant_required");
+    assert_eq!(code(v.document_as(&a, &never, &unknown).unwrap_err()), "grant_required");
+    assert_eq!(code(v.documents_as(&a, &never, None).unwrap_err()), "grant_required");
+
+    v.erase_as(&Caller::owner(o.clone()), &o).unwrap();
+    for d in &docs {
+        assert_eq!(code(v.document_as(&a, &o, &d.id).unwrap_err()), "not_found");
+        assert_eq!(code(v.content_as(&a, &o, &d.id).unwrap_err()), "not_found");
+    }
+    assert!(v.documents_as(&a, &o, None).unwrap().is_empty());
+    let r = v.reuse_as(&a, &o, &Purpose::parse("1.1").unwrap(), std::slice::from_ref(&cccd), None).unwrap();
+    assert_eq!(r[0].status, vault::access::ReuseStatus::Missing);
+    // Still purpose_required without a purpose; the never-seen owner is unchanged.
+    let no_purpose = Caller::agency(AgencyId::parse("so-tu-phap").unwrap(), None);
+    assert_eq!(code(v.document_as(&no_purpose, &o, &docs[0].id).unwrap_err()), "purpose_required");
+    assert_eq!(code(v.document_as(&a, &never, &unknown).unwrap_err()), "grant_required");
+    // A new upload starts a fresh vault: the live-owner answer again.
+    v.put_content_bytes(&o, b"fresh").unwrap();
+    assert_eq!(code(v.document_as(&a, &o, &docs[0].id).unwrap_err()), "grant_required");
+}

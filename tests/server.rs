@@ -605,3 +605,35 @@ fn batch_deposits_keep_the_content_limit_and_the_item_limit() {
     let docs = call("GET", &s.url(&format!("/v1/owners/{CITIZEN}/documents")), Some(&owner), &[], None).json();
     assert!(docs["documents"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn item_9_2_agency_deposit_refusals_are_one_answer_over_http() {
+    let s = Server::start(&["--max-pending-uploads", "2"]);
+    let (sk, agency) = register_agency(&s, "ubnd", 41);
+    let owner = s.owner(CITIZEN);
+    let held = b"%PDF-1.7 held by the owner".repeat(40);
+    let absent = b"%PDF-1.7 not held at all!!".repeat(40);
+    let put = |t: &str, data: &[u8]| {
+        call("PUT", &s.url(&format!("/v1/owners/{CITIZEN}/contents/{}", Digest::of(data))), Some(t), &[], Some(data))
+    };
+    assert_eq!(put(&owner, &held).status, 201);
+    // A deposit with a junk signature: the same 409 and body whether the owner holds it or not.
+    let deposit = |data: &[u8]| {
+        let mut body = signed_deposit(CITIZEN, data, "ubnd", &sk);
+        body["signature"]["value"] = json!("junk");
+        let r = post_json(&s.url(&format!("/v1/owners/{CITIZEN}/documents")), &agency, None, &body);
+        (r.status, String::from_utf8_lossy(&r.body).replace(&Digest::of(data).to_string(), "<digest>"))
+    };
+    let (a, b) = (deposit(&held), deposit(&absent));
+    assert_eq!(a.0, 409);
+    assert_eq!(a, b);
+    // Uploads of held and new content: the same status and body shape.
+    let (u1, u2) = (put(&agency, &held), put(&agency, &absent));
+    assert_eq!((u1.status, u2.status), (201, 201));
+    // The pending bound: a third unused upload is 429 too_many_requests.
+    let third = put(&agency, b"a third upload".as_slice());
+    assert_eq!((third.status, third.code().as_str()), (429, "too_many_requests"));
+    let m = String::from_utf8(call("GET", &s.url("/metrics"), None, &[], None).body).unwrap();
+    assert!(m.lines().any(|l| l == "vault_pending_uploads 2"), "{m}");
+    assert!(m.lines().any(|l| l.starts_with("vault_pending_removed_total ")));
+}

@@ -229,6 +229,7 @@ impl From<vault::Error> for ApiError {
             "not_found" => StatusCode::NOT_FOUND,
             "conflict" => StatusCode::CONFLICT,
             "gone" => StatusCode::GONE,
+            "too_many_requests" => StatusCode::TOO_MANY_REQUESTS,
             "sealed" | "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
             _ => return Self::internal(&e),
         };
@@ -1065,6 +1066,14 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         Some(v) => (v.commit_stats(), v.blob_commit_stats()),
         None => (Default::default(), Default::default()),
     };
+    // Pending agency uploads (SPEC.md §14): counted in memory, recounted by each sweep.
+    let p = match st.vault.get() {
+        Some(v) => {
+            let v = v.clone();
+            tokio::task::spawn_blocking(move || v.pending_stats()).await.ok().and_then(Result::ok).unwrap_or_default()
+        }
+        None => Default::default(),
+    };
     let mut out = String::new();
     out.push_str("# HELP vault_http_requests_total HTTP requests answered, by status class.\n# TYPE vault_http_requests_total counter\n");
     for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx", "other"].iter().enumerate() {
@@ -1087,6 +1096,13 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         c.syncs,
         b.written,
         b.syncs
+    ));
+    out.push_str(&format!(
+        "# HELP vault_pending_uploads Agency uploads no document uses yet.\n# TYPE vault_pending_uploads gauge\nvault_pending_uploads {}\n\
+         # TYPE vault_pending_bytes gauge\nvault_pending_bytes {}\n\
+         # HELP vault_pending_removed_total Pending agency uploads removed after 24 hours.\n# TYPE vault_pending_removed_total counter\nvault_pending_removed_total {}\n\
+         # TYPE vault_pending_removed_bytes_total counter\nvault_pending_removed_bytes_total {}\n",
+        p.pending_uploads, p.pending_bytes, p.removed_uploads, p.removed_bytes
     ));
     out.push_str("# HELP vault_http_route_requests_total Answers by route, method and status.\n# TYPE vault_http_route_requests_total counter\n");
     let routes = m.routes.lock().unwrap_or_else(|p| p.into_inner());

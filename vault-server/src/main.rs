@@ -64,6 +64,15 @@ struct Args {
     /// Seconds a request body may send nothing, or a response go unread, before it is aborted.
     #[arg(long, env = "VAULT_STREAM_IDLE_TIMEOUT", default_value_t = 30)]
     stream_idle_timeout: u64,
+    /// Most uploads one agency may hold that no document uses yet (beyond: 429).
+    #[arg(long, env = "VAULT_MAX_PENDING_UPLOADS", default_value_t = 100_000)]
+    max_pending_uploads: u64,
+    /// Most bytes one agency may hold in uploads that no document uses yet (beyond: 429).
+    #[arg(long, env = "VAULT_MAX_PENDING_BYTES", default_value_t = 10 << 30)]
+    max_pending_bytes: u64,
+    /// Seconds between sweeps of expired agency uploads (one also runs at start).
+    #[arg(long, env = "VAULT_SWEEP_INTERVAL", default_value_t = 300)]
+    sweep_interval: u64,
     /// Log one JSON object per line (default: human-readable text). `RUST_LOG`-style levels are
     /// not configurable yet: requests are logged at info.
     #[arg(long, env = "VAULT_LOG_JSON")]
@@ -88,6 +97,9 @@ struct FileConfig {
     max_content_size: Option<u64>,
     max_uploads_per_caller: Option<usize>,
     stream_idle_timeout: Option<u64>,
+    max_pending_uploads: Option<u64>,
+    max_pending_bytes: Option<u64>,
+    sweep_interval: Option<u64>,
     dev: Option<bool>,
     log_json: Option<bool>,
 }
@@ -137,6 +149,15 @@ fn apply_config(args: &mut Args, m: &clap::ArgMatches) -> Result<(), String> {
     }
     if let (true, Some(v)) = (unset("stream_idle_timeout"), f.stream_idle_timeout) {
         args.stream_idle_timeout = v;
+    }
+    if let (true, Some(v)) = (unset("max_pending_uploads"), f.max_pending_uploads) {
+        args.max_pending_uploads = v;
+    }
+    if let (true, Some(v)) = (unset("max_pending_bytes"), f.max_pending_bytes) {
+        args.max_pending_bytes = v;
+    }
+    if let (true, Some(v)) = (unset("sweep_interval"), f.sweep_interval) {
+        args.sweep_interval = v;
     }
     if let (true, Some(v)) = (unset("dev"), f.dev) {
         args.dev = v;
@@ -342,12 +363,19 @@ async fn run(args: Args) -> Result<(), String> {
              fix the storage and restart the server, whose recovery keeps every acknowledged write"
         );
     });
+    vault.set_pending_limits(vault::PendingLimits {
+        max_count: args.max_pending_uploads,
+        max_bytes: args.max_pending_bytes,
+    });
+    let sweeper = tokio::spawn(sweep_pending(vault.clone(), args.sweep_interval.max(1)));
     if let Some(keys) = &dev {
         dev_announce(&args, &vault, keys)?;
     }
     let _ = state.vault.set(vault.clone());
     eprintln!("vault-server ready on http://{} (data: {})", args.listen, args.data.display());
     server.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    sweeper.abort();
+    let _ = sweeper.await;
     drop(state);
     // In-flight requests have finished; close the vault (sync, mark clean) once they let go.
     for _ in 0..100 {
@@ -364,6 +392,28 @@ async fn run(args: Args) -> Result<(), String> {
         Err(_) => eprintln!("vault-server: requests still hold the vault; it will recover at the next start"),
     }
     Ok(())
+}
+
+/// Removes agency uploads no document used within 24 hours: at start, then every `every`
+/// seconds (SPEC.md §20).
+async fn sweep_pending(vault: Arc<Vault>, every: u64) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(every));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let v = vault.clone();
+        match tokio::task::spawn_blocking(move || v.sweep_pending(vault::Timestamp::now())).await {
+            Ok(Ok(r)) if r.claims_removed > 0 => tracing::info!(
+                claims = r.claims_removed,
+                contents = r.contents_removed,
+                bytes = r.bytes_removed,
+                "removed agency uploads no document used"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "sweep of pending uploads failed"),
+            Err(e) => tracing::error!(error = %e, "sweep of pending uploads failed"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

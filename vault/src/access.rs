@@ -16,8 +16,9 @@ use crate::grants::{Grant, GrantStatus, NewGrant};
 use crate::ids::{AgencyId, Digest, DocType, DocumentId, GrantId, OwnerId, Purpose};
 use crate::provenance::{Agency, NewAgency};
 use crate::store::Op;
+use crate::supply::By;
 use crate::time::Timestamp;
-use crate::vault::{seal_record, ContentReader, OwnerCtx, Stored, Vault};
+use crate::vault::{aad, describe_key, key_of, prefix, seal_record, ContentReader, OwnerCtx, Stored, Vault};
 use crate::Error;
 
 /// Most digests in one `contents/missing` question.
@@ -135,6 +136,14 @@ impl Visibility {
     }
 }
 
+/// Who supplies uploaded bytes, for the possession rule (an operator never gets this far).
+fn by(caller: &Caller) -> By<'_> {
+    match &caller.principal {
+        Principal::Agency(a) => By::Agency(a),
+        Principal::Owner(_) | Principal::Operator => By::Owner,
+    }
+}
+
 /// Reuse ordering: issuer-verified first, then newest `issued_at`, then newest deposit.
 fn reuse_rank(d: &Document) -> (bool, Option<Timestamp>, Timestamp) {
     (d.verified, d.meta.issued_at, d.deposited_at)
@@ -218,8 +227,9 @@ impl Vault {
     }
 
     /// Stores uploaded content for `owner` (the owner, or any registered agency for a deposit
-    /// that follows). For an agency, content it could not already read is reported as newly
-    /// stored even if the owner held it, so the answer reveals nothing.
+    /// that follows). An agency's upload records that it supplied these bytes for this owner
+    /// (SPEC.md §14); it is reported as newly stored unless that agency had supplied it before,
+    /// and does the same work whether the owner held it or not, so the answer reveals nothing.
     pub fn upload_as(
         &self,
         caller: &Caller,
@@ -235,32 +245,13 @@ impl Vault {
                 }
                 _ => return Err(Error::Forbidden),
             }
-            let mut stored = self.put_content_with(owner, source, expected, Some(d))?;
-            if let Principal::Agency(a) = &caller.principal {
-                if !stored.created && !self.agency_sees_content(owner, a, &stored.digest)? {
-                    stored.created = true;
-                }
-            }
-            Ok(stored)
+            self.put_content_with(owner, source, expected, Some(d), by(caller))
         })
     }
 
-    /// Whether an agency could read some document of `owner` with this content (issued by it,
-    /// or covered by one of its active grants for any purpose).
-    fn agency_sees_content(&self, owner: &OwnerId, a: &AgencyId, digest: &Digest) -> Result<bool, Error> {
-        let Some(o) = self.owner(owner, false)? else { return Ok(false) };
-        let now = Timestamp::now();
-        let grants: Vec<Grant> = self
-            .grants_of(&o)?
-            .into_iter()
-            .filter(|g| &g.terms.grantee == a && g.status(now) == GrantStatus::Active)
-            .collect();
-        let vis = Visibility::Agency { agency: a.clone(), grants };
-        Ok(self.documents(owner, None)?.iter().any(|d| &d.meta.digest == digest && vis.sees(d)))
-    }
-
     /// The digests the caller must upload: for the owner, those not held; for an agency, those
-    /// not held in a document it could read (so the answer reveals nothing else).
+    /// it has not itself supplied for this owner or that are no longer held (a grant does not
+    /// count), so the answer reveals nothing of what the owner holds.
     pub fn missing_as(&self, caller: &Caller, owner: &OwnerId, digests: &[Digest]) -> Result<Vec<Digest>, Error> {
         self.audited(self.draft(caller, Some(owner), "content.missing"), |d| {
             if digests.len() > MAX_MISSING {
@@ -268,18 +259,18 @@ impl Vault {
             }
             let o = self.owner(owner, false)?;
             let vis = self.visibility(caller, owner, o.as_deref(), Timestamp::now())?;
-            d.grant = vis.first_grant();
-            let missing = match vis {
-                Visibility::All => self.missing(owner, digests)?,
-                vis => {
-                    let readable: std::collections::HashSet<Digest> = self
-                        .documents(owner, None)?
-                        .into_iter()
-                        .filter(|doc| vis.sees(doc))
-                        .map(|doc| doc.meta.digest)
-                        .collect();
-                    digests.iter().filter(|x| !readable.contains(x)).copied().collect()
+            let missing = match (vis, &o) {
+                (Visibility::All, _) => self.missing(owner, digests)?,
+                (Visibility::Agency { agency, .. }, Some(o)) => {
+                    let mut out = Vec::new();
+                    for x in digests {
+                        if !(self.held(o, x)? && self.supply_of(o, x, &agency)?.is_some()) {
+                            out.push(*x);
+                        }
+                    }
+                    out
                 }
+                (Visibility::Agency { .. }, None) => digests.to_vec(),
             };
             self.audit_now(d)?;
             Ok(missing)
@@ -304,7 +295,7 @@ impl Vault {
             let o = self.owner(owner, false)?.ok_or_else(|| {
                 Error::Conflict(format!("content {} is not held for this owner; upload it first", new.digest))
             })?;
-            self.deposit_inner(&o, new, verify, id, Timestamp::now(), Some(d))
+            self.deposit_inner(&o, new, verify, id, Timestamp::now(), Some(d), by(caller))
         })
     }
 
@@ -323,7 +314,7 @@ impl Vault {
         draft.document = Some(id);
         self.audited(draft, |d| {
             let verify = self.deposit_rules(caller, owner, &new)?;
-            self.put_document_with(owner, source, new, verify, id, Some(d))
+            self.put_document_with(owner, source, new, verify, id, Some(d), by(caller))
         })
     }
 
@@ -386,7 +377,8 @@ impl Vault {
                 self.documents(owner, doc_type)?.into_iter().filter(|doc| vis.sees(doc)).collect();
             if let Visibility::Agency { grants, agency } = &vis {
                 let issued_any = docs.iter().any(|doc| doc.meta.issuer.as_ref() == Some(agency));
-                if grants.is_empty() && !issued_any {
+                let erased = o.is_none() && self.erased(owner)?;
+                if grants.is_empty() && !issued_any && !erased {
                     return Err(Error::GrantRequired);
                 }
             }
@@ -431,8 +423,23 @@ impl Vault {
                 Ok(doc)
             }
             (_, Visibility::All) => Err(Error::NotFound("document")),
+            // After erasure an agency learns that, and only that (api.md "Export and erasure").
+            (_, Visibility::Agency { .. }) if o.is_none() && self.erased(owner)? => Err(Error::NotFound("document")),
             (_, Visibility::Agency { .. }) => Err(Error::GrantRequired),
         }
+    }
+
+    /// Whether the owner's data was erased and no new vault was started since (the caller
+    /// checks that the owner has no key): the first of the owner's access-log entries is then
+    /// the erasure's own, which erasure keeps while it removes every earlier one.
+    fn erased(&self, owner: &OwnerId) -> Result<bool, Error> {
+        let op = self.owner_ref(owner);
+        let Some(item) = self.meta().scan(&key_of(prefix::OWNER_ENTRY, &[&op])).next() else { return Ok(false) };
+        let (k, v) = item?;
+        let plain =
+            crate::seal::open(&self.vault_records, &aad(&k), &v).map_err(|_| Error::Corrupt(describe_key(&k)))?;
+        let e: Entry = serde_json::from_slice(&plain).map_err(|_| Error::Corrupt(describe_key(&k)))?;
+        Ok(e.action == "owner.erase" && e.outcome == "allowed")
     }
 
     /// Opens a document's content. An agency's read counts against its grant's `max_uses`
@@ -540,11 +547,13 @@ impl Vault {
             let at = at.unwrap_or(now);
             let o = self.owner(owner, false)?;
             let vis = self.visibility(caller, owner, o.as_deref(), now)?;
+            let mut erased = false;
             if let Visibility::Agency { grants, .. } = &vis {
                 if caller.purpose.as_ref() != Some(purpose) {
                     return Err(Error::InvalidRequest("the body's purpose must equal the Vault-Purpose header".into()));
                 }
-                if grants.is_empty() {
+                erased = o.is_none() && self.erased(owner)?;
+                if grants.is_empty() && !erased {
                     return Err(Error::GrantRequired);
                 }
             }
@@ -556,7 +565,7 @@ impl Vault {
                     all.iter().filter(|doc| &doc.meta.doc_type == t && vis.sees(doc)).collect();
                 let type_granted = match &vis {
                     Visibility::All => true,
-                    Visibility::Agency { grants, .. } => grants.iter().any(|g| g.terms.doc_types.contains(t)),
+                    Visibility::Agency { grants, .. } => erased || grants.iter().any(|g| g.terms.doc_types.contains(t)),
                 };
                 if !type_granted && docs.is_empty() {
                     out.push(Component { doc_type: t.clone(), status: ReuseStatus::NotGranted, document: None });

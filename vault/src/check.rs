@@ -242,6 +242,17 @@ impl Vault {
                 r.problem(describe_key(&k), "grant record fails authentication");
             }
         }
+        for item in meta.scan(&[prefix::SUPPLY]) {
+            let (k, v) = item?;
+            let ok = k.len() == 65
+                && owners.get(&split_ref::<16>(&k).0).is_some_and(|o| {
+                    open_record::<crate::supply::Supply>(&o.keys, &k, &v)
+                        .is_some_and(|s| o.keys.blob_name(&s.digest)[..] == k[17..49])
+                });
+            if !ok {
+                r.problem(describe_key(&k), "supply record fails authentication");
+            }
+        }
         for p in [prefix::AGENCY, prefix::GRANT_BY_AGENCY, prefix::OWNER_ENTRY] {
             for item in meta.scan(&[p]) {
                 let (k, v) = item?;
@@ -272,7 +283,8 @@ impl Vault {
                         | prefix::NODE
                         | prefix::OWNER_ENTRY
                         | prefix::DEPOSIT_INDEX
-                        | prefix::INLINE_BLOB)
+                        | prefix::INLINE_BLOB
+                        | prefix::SUPPLY)
                 )
             ) {
                 r.problem(describe_key(&k), "unknown record");

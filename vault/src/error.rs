@@ -55,6 +55,9 @@ pub enum Error {
     /// The audit log could not record the operation, so it did not happen (fail closed).
     #[error("the audit log could not record this operation, so it was not done: {0}")]
     AuditFailed(String),
+    /// An agency holds as many uploads that no document uses as it may (SPEC.md §14).
+    #[error("{0}")]
+    TooManyPending(String),
     /// The thing asked for does not exist.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -121,6 +124,7 @@ impl Error {
             Error::PurposeRequired => "purpose_required",
             Error::Gone => "gone",
             Error::FailStopped { .. } | Error::Store(StoreError::Stopped(_)) => "unavailable",
+            Error::TooManyPending(_) => "too_many_requests",
             Error::Key(_)
             | Error::WrongMasterKey
             | Error::RotationInProgress

@@ -59,6 +59,7 @@ pub mod rotation;
 pub mod seal;
 pub mod store;
 pub mod stream;
+pub mod supply;
 pub mod time;
 pub mod token;
 mod vault;
@@ -78,5 +79,6 @@ pub use ids::{AgencyId, Digest, DocType, DocumentId, GrantId, IdError, KeyId, Ow
 pub use keys::{KeyError, MasterKey, SecretKey};
 pub use store::{BlobStore, MetaStore, StoreError};
 pub use stream::DecryptError;
+pub use supply::{PendingLimits, PendingStats, SweepReport, PENDING_LIFETIME_SECS};
 pub use time::Timestamp;
 pub use vault::{ContentReader, OwnerRef, Put, RecoveryReport, Stored, Vault, FORMAT, INLINE_MAX};

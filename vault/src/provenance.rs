@@ -303,6 +303,10 @@ impl Vault {
         let key = agency.key_valid_at(&sig.key_id, issued_at).ok_or_else(|| {
             Error::UnknownIssuerKey(format!("issuer {issuer} has no key {} valid at {issued_at}", sig.key_id))
         })?;
+        // And valid now: a retired key cannot back-date new documents (SPEC.md §13).
+        if !key.valid_at(crate::time::Timestamp::now()) {
+            return Err(Error::UnknownIssuerKey(format!("key {} of issuer {issuer} is no longer valid", sig.key_id)));
+        }
         let raw = B64
             .decode(&sig.value)
             .map_err(|_| Error::InvalidSignature("the signature is not standard base64".into()))?;

@@ -76,6 +76,7 @@ impl Vault {
             (prefix::DEPOSIT_INDEX, None),
             (prefix::INLINE_BLOB, None),
             (prefix::GRANT, None),
+            (prefix::SUPPLY, None),
         ] {
             let mut n = 0;
             for item in self.meta().scan(&key_of(p, &[&op])) {

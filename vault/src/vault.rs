@@ -19,6 +19,7 @@ use crate::note::VaultSigner;
 use crate::seal::{self, Unsealable};
 use crate::store::{BlobName, BlobRead, BlobStore, FsBlobs, MetaStore, NewBlob, Op, SledMeta};
 use crate::stream::{BlobReader, BlobWriter, Finished};
+use crate::supply::By;
 use crate::time::Timestamp;
 
 /// The format this build writes and reads.
@@ -43,6 +44,7 @@ pub(crate) mod prefix {
     pub const OWNER_ENTRY: u8 = b'E';
     pub const DEPOSIT_INDEX: u8 = b'I';
     pub const INLINE_BLOB: u8 = b'B';
+    pub const SUPPLY: u8 = b'P';
 }
 
 /// One stored document of [`Vault::put_documents`]: the content, the document, and whether the
@@ -154,6 +156,10 @@ pub(crate) struct ContentRecord {
     /// The blob is kept in the metadata store (`B` key), not as a file.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub inline: bool,
+    /// Only agencies uploaded it (never the owner): once no document and no agency's pending
+    /// upload needs it, the sweep removes it (SPEC.md §14, "Possession before deposit").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub agency_only: bool,
 }
 
 /// The metadata key of an inline blob.
@@ -210,6 +216,8 @@ pub struct Vault {
     recovered: RecoveryReport,
     /// Set by the first failed write or sync of the journal or the blob store (SPEC.md §8).
     fail: crate::failstop::FailStop,
+    /// Pending agency uploads: counts and limits.
+    pub(crate) supply: crate::supply::SupplyState,
 }
 
 impl std::fmt::Debug for Vault {
@@ -258,6 +266,7 @@ pub(crate) fn describe_key(key: &[u8]) -> String {
         Some(&prefix::NODE) => format!("audit tree node {}", hex::encode(&key[1..])),
         Some(&prefix::DEPOSIT_INDEX) => format!("deposit index entry {}", hex::encode(&key[1..])),
         Some(&prefix::INLINE_BLOB) => format!("inline blob {}", hex::encode(&key[1..])),
+        Some(&prefix::SUPPLY) => format!("supply record {}", hex::encode(&key[1..])),
         Some(&prefix::OWNER_ENTRY) => format!("access-log entry {}", hex::encode(&key[1..])),
         _ => format!("unknown metadata key {}", hex::encode(key)),
     }
@@ -375,6 +384,7 @@ impl Vault {
             open_marker,
             recovered: RecoveryReport::default(),
             fail: Default::default(),
+            supply: Default::default(),
         };
         vault.recover()?;
         vault.load_audit()?;
@@ -462,6 +472,11 @@ impl Vault {
         self.durable(ticket)
     }
 
+    /// [`Vault::stripe`] for other modules.
+    pub(crate) fn stripe_of(&self, name: &BlobName) -> MutexGuard<'_, ()> {
+        self.stripe(name)
+    }
+
     fn stripe(&self, name: &BlobName) -> MutexGuard<'_, ()> {
         // The guarded data is `()`: a poisoned stripe has no state to be inconsistent.
         self.stripes[usize::from(name.name[0])].lock().unwrap_or_else(|p| p.into_inner())
@@ -489,7 +504,7 @@ impl Vault {
             items
                 .into_iter()
                 .map(|(owner, source, new)| {
-                    self.put_document_with(&owner, source, new, false, DocumentId::random(), None)
+                    self.put_document_with(&owner, source, new, false, DocumentId::random(), None, By::Owner)
                 })
                 .collect()
         })
@@ -692,29 +707,53 @@ impl Vault {
     /// and if the owner already holds it the bytes are only hashed, never encrypted or written.
     /// Returns once the content is durable.
     pub fn put_content(&self, owner: &OwnerId, source: impl Read, expected: Option<Digest>) -> Result<Stored, Error> {
-        self.put_content_with(owner, source, expected, None)
+        self.put_content_with(owner, source, expected, None, By::Owner)
     }
 
-    /// [`Vault::put_content`], recording `audit` with the change.
+    /// [`Vault::put_content`], recording `audit` with the change. An agency's upload is always
+    /// encrypted and written, held or not (then discarded if held), so held and new uploads
+    /// cost the same; it records the agency's supply of the content (SPEC.md §14).
     pub(crate) fn put_content_with(
         &self,
         owner: &OwnerId,
         mut source: impl Read,
         expected: Option<Digest>,
         audit: Option<&Draft>,
+        by: By<'_>,
     ) -> Result<Stored, Error> {
         let o = self.owner_or_create(owner)?;
-        if let Some(want) = expected {
+        if let (Some(want), By::Owner) = (expected, by) {
             if self.held(&o, &want)? {
                 let (actual, size) = hash_source(&mut source)?;
                 if actual != want {
                     return Err(Error::DigestMismatch { expected: want, actual });
                 }
-                return self.held_answer(want, size, audit);
+                return self.owner_keeps(&o, want, size, audit);
             }
         }
         let fin = self.encrypt(&o, source, expected)?;
-        Ok(self.commit_blob(&o, fin, None, audit)?.0)
+        Ok(self.commit_blob(&o, fin, None, audit, by)?.0)
+    }
+
+    /// The answer for content the owner uploads while it is held: if only agencies had
+    /// uploaded it, it is now the owner's too (the sweep no longer removes it).
+    fn owner_keeps(&self, o: &OwnerCtx, digest: Digest, size: u64, audit: Option<&Draft>) -> Result<Stored, Error> {
+        let name = o.blob(&digest);
+        let key = Self::content_key(o, &name);
+        let guard = self.stripe(&name);
+        match self.get_sealed::<ContentRecord>(&o.keys, &key)? {
+            Some(mut rec) if rec.agency_only => {
+                rec.agency_only = false;
+                let ticket = self.apply_opt(vec![Op::Put(key.clone(), seal_record(&o.keys, &key, &rec))], audit)?;
+                drop(guard);
+                self.durable(ticket)?;
+                Ok(Stored { digest, size, created: false })
+            }
+            _ => {
+                drop(guard);
+                self.held_answer(digest, size, audit)
+            }
+        }
     }
 
     /// Stores a content held in memory. Held content costs one BLAKE3 pass and nothing else.
@@ -722,10 +761,10 @@ impl Vault {
         let digest = Digest::of(data);
         let o = self.owner_or_create(owner)?;
         if self.held(&o, &digest)? {
-            return self.already_held(digest, data.len() as u64);
+            return self.owner_keeps(&o, digest, data.len() as u64, None);
         }
         let fin = self.encrypt(&o, data, Some(digest))?;
-        Ok(self.commit_blob(&o, fin, None, None)?.0)
+        Ok(self.commit_blob(&o, fin, None, None, By::Owner)?.0)
     }
 
     /// Stores the content of a file. The file is hashed first; held content is not read again.
@@ -735,20 +774,15 @@ impl Vault {
         let (digest, size) = hash_source(&mut f)?;
         let o = self.owner_or_create(owner)?;
         if self.held(&o, &digest)? {
-            return self.already_held(digest, size);
+            return self.owner_keeps(&o, digest, size, None);
         }
         f.seek(SeekFrom::Start(0)).map_err(Error::Source)?;
         let fin = self.encrypt(&o, f, Some(digest))?;
-        Ok(self.commit_blob(&o, fin, None, None)?.0)
+        Ok(self.commit_blob(&o, fin, None, None, By::Owner)?.0)
     }
 
     pub(crate) fn held(&self, o: &OwnerCtx, digest: &Digest) -> Result<bool, Error> {
         Ok(self.meta.get(&Self::content_key(o, &o.blob(digest)))?.is_some())
-    }
-
-    /// The answer for held content: durable once whatever made it held is durable.
-    fn already_held(&self, digest: Digest, size: u64) -> Result<Stored, Error> {
-        self.held_answer(digest, size, None)
     }
 
     fn held_answer(&self, digest: Digest, size: u64, audit: Option<&Draft>) -> Result<Stored, Error> {
@@ -805,13 +839,16 @@ impl Vault {
 
     /// Records a new blob (or finds its content stored meanwhile by a concurrent put) and, with
     /// `doc`, a document about it (issuer-verified when its flag is set), in one atomic batch
-    /// and one durable wait.
+    /// and one durable wait. For an agency, the batch also records its supply of the content
+    /// (used when `doc` is set), and a held content's fresh blob is written in full before it
+    /// is discarded, so held and new uploads do the same work.
     fn commit_blob(
         &self,
         o: &OwnerCtx,
         fin: Finished<Spill<'_>>,
         doc: Option<(NewDocument, bool, DocumentId)>,
         audit: Option<&Draft>,
+        by: By<'_>,
     ) -> Result<(Stored, Option<(Document, bool)>), Error> {
         // The content was encrypted without the lock (a long upload must not hold up an
         // erasure); its key is wrapped only here, under the lock, with the owner's current keys:
@@ -820,7 +857,7 @@ impl Vault {
         let o = &*o.ok_or(Error::NotFound("owner"))?;
         let digest = fin.digest();
         let size = fin.size();
-        let mut ops = Vec::with_capacity(5);
+        let mut ops = Vec::with_capacity(6);
         if let Some((new, true, _)) = &doc {
             // Before anything is stored: a bad signature leaves nothing behind.
             ops.push(self.verify_issuer(&o.id, size, new)?);
@@ -828,9 +865,36 @@ impl Vault {
         let name = o.blob(&digest);
         let key = Self::content_key(o, &name);
         let guard = self.stripe(&name);
+        let prior = match by {
+            By::Agency(a) => self.supply_of(o, &digest, a)?,
+            By::Owner => None,
+        };
+        let supply = match by {
+            By::Agency(a) => {
+                let (op, delta) = self.supply_op(o, &digest, size, a, doc.is_some(), prior.as_ref());
+                if delta > 0 {
+                    self.check_pending_room(a, size)?;
+                }
+                Some((a, op, delta))
+            }
+            By::Owner => None,
+        };
+        let mut owner_takes = false;
         let (mut rec, created) = match self.get_sealed::<ContentRecord>(&o.keys, &key)? {
-            // Stored meanwhile by a concurrent put: the new blob is dropped (and deleted).
-            Some(rec) => (rec, false),
+            // Stored meanwhile by a concurrent put (or, for an agency, held already): the new
+            // blob is dropped (and deleted).
+            Some(mut rec) => {
+                if supply.is_some() {
+                    // The same work as a new blob: header, the blob sync, then discard.
+                    if let Spill::File(unused) = fin.write_header(&o.keys.blob_wrap, &o.binding(&digest))? {
+                        drop(unused);
+                        self.blobs.sync()?;
+                    }
+                }
+                owner_takes = matches!(by, By::Owner) && rec.agency_only;
+                rec.agency_only &= !owner_takes;
+                (rec, false)
+            }
             None => {
                 let inline = match fin.write_header(&o.keys.blob_wrap, &o.binding(&digest))? {
                     // Small: the blob goes into the same atomic batch as its record.
@@ -849,22 +913,50 @@ impl Vault {
                         false
                     }
                 };
-                (ContentRecord { digest, size, refs: 0, stored_at: Timestamp::now(), inline }, true)
+                let agency_only = supply.is_some();
+                (ContentRecord { digest, size, refs: 0, stored_at: Timestamp::now(), inline, agency_only }, true)
             }
         };
-        let stored = Stored { digest, size, created };
+        // An agency is told "created" unless it had itself supplied these bytes before.
+        let stored = Stored { digest, size, created: created || (supply.is_some() && prior.is_none()) };
+        let (agency, delta) = match supply {
+            Some((a, op, delta)) => {
+                ops.push(op);
+                (Some(a), delta)
+            }
+            None => (None, 0),
+        };
+        let done = |ticket: u64| -> Result<(), Error> {
+            if let Some(a) = agency {
+                self.apply_pending_delta(a, size, delta);
+            }
+            self.durable(ticket)
+        };
         if doc.is_none() && !created {
+            if agency.is_none() && !owner_takes {
+                drop(guard);
+                drop(owner_guard);
+                return Ok((self.held_answer(digest, size, audit)?, None));
+            }
+            ops.push(Op::Put(key.clone(), seal_record(&o.keys, &key, &rec)));
+            let ticket = self.apply_opt(ops, audit)?;
             drop(guard);
             drop(owner_guard);
-            return Ok((self.held_answer(digest, size, audit)?, None));
+            done(ticket)?;
+            return Ok((stored, None));
         }
         // Stored meanwhile by a concurrent put, possibly the same deposit: no duplicate.
         if let (false, Some((new, _, _))) = (created, &doc) {
             if let Some(existing) = self.existing_deposit(o, new)? {
-                let ticket = self.audit_repeat(&existing, audit)?;
+                let mut d = audit.cloned();
+                if let Some(d) = d.as_mut() {
+                    d.document = Some(existing.id);
+                }
+                ops.retain(|op| !matches!(op, Op::Put(k, _) if k.first() == Some(&prefix::USED_KEY)));
+                let ticket = self.apply_opt(ops, d.as_ref())?;
                 drop(guard);
                 drop(owner_guard);
-                self.durable(ticket)?;
+                done(ticket)?;
                 return Ok((stored, Some((existing, false))));
             }
         }
@@ -873,7 +965,7 @@ impl Vault {
         let ticket = self.apply_opt(ops, audit)?;
         drop(guard);
         drop(owner_guard);
-        self.durable(ticket)?;
+        done(ticket)?;
         Ok((stored, document))
     }
 
@@ -916,7 +1008,8 @@ impl Vault {
         source: impl Read,
         new: NewDocument,
     ) -> Result<(Stored, Document), Error> {
-        let (stored, doc, _) = self.put_document_with(owner, source, new, false, DocumentId::random(), None)?;
+        let (stored, doc, _) =
+            self.put_document_with(owner, source, new, false, DocumentId::random(), None, By::Owner)?;
         Ok((stored, doc))
     }
 
@@ -929,10 +1022,12 @@ impl Vault {
         source: impl Read,
         new: NewDocument,
     ) -> Result<(Stored, Document), Error> {
-        let (stored, doc, _) = self.put_document_with(owner, source, new, true, DocumentId::random(), None)?;
+        let (stored, doc, _) =
+            self.put_document_with(owner, source, new, true, DocumentId::random(), None, By::Owner)?;
         Ok((stored, doc))
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn put_document_with(
         &self,
         owner: &OwnerId,
@@ -941,20 +1036,22 @@ impl Vault {
         verify: bool,
         id: DocumentId,
         audit: Option<&Draft>,
+        by: By<'_>,
     ) -> Result<(Stored, Document, bool), Error> {
         new.validate()?;
         let o = self.owner_or_create(owner)?;
         let want = new.digest;
-        if self.held(&o, &want)? {
+        // An agency's bytes are always encrypted (held or not), so timing tells nothing.
+        if matches!(by, By::Owner) && self.held(&o, &want)? {
             let (actual, size) = hash_source(&mut source)?;
             if actual != want {
                 return Err(Error::DigestMismatch { expected: want, actual });
             }
-            let (doc, created) = self.deposit_inner(&o, new, verify, id, Timestamp::now(), audit)?;
+            let (doc, created) = self.deposit_inner(&o, new, verify, id, Timestamp::now(), audit, by)?;
             return Ok((Stored { digest: want, size, created: false }, doc, created));
         }
         let fin = self.encrypt(&o, source, Some(want))?;
-        let (stored, doc) = self.commit_blob(&o, fin, Some((new, verify, id)), audit)?;
+        let (stored, doc) = self.commit_blob(&o, fin, Some((new, verify, id)), audit, by)?;
         let (doc, created) = doc.ok_or_else(|| Error::Conflict("document was not recorded".into()))?;
         Ok((stored, doc, created))
     }
@@ -964,19 +1061,24 @@ impl Vault {
     /// is durable.
     pub fn deposit(&self, owner: &OwnerId, new: NewDocument) -> Result<Document, Error> {
         let o = self.owner(owner, false)?.ok_or_else(|| not_held(&new.digest))?;
-        Ok(self.deposit_inner(&o, new, false, DocumentId::random(), Timestamp::now(), None)?.0)
+        Ok(self.deposit_inner(&o, new, false, DocumentId::random(), Timestamp::now(), None, By::Owner)?.0)
     }
 
     /// [`Vault::deposit`] of an issuer-signed document: the signature must verify under a key
     /// of the issuer valid at `issued_at`; the document is recorded as verified.
     pub fn deposit_signed(&self, owner: &OwnerId, new: NewDocument) -> Result<Document, Error> {
         let o = self.owner(owner, false)?.ok_or_else(|| not_held(&new.digest))?;
-        Ok(self.deposit_inner(&o, new, true, DocumentId::random(), Timestamp::now(), None)?.0)
+        Ok(self.deposit_inner(&o, new, true, DocumentId::random(), Timestamp::now(), None, By::Owner)?.0)
     }
 
     /// Records a document; returns it and whether it is new. A deposit identical in owner,
     /// digest, type, reference and issuer to a live, unrevoked document returns that document
     /// instead (`false`): re-running a bulk deposit creates no duplicates (SPEC.md §8).
+    ///
+    /// An agency deposits only about bytes it supplied itself for this owner (its supply
+    /// record): otherwise the answer is the same `conflict` as for content not held at all, and
+    /// it comes before the signature is looked at, so nothing tells the two apart.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn deposit_inner(
         &self,
         o: &OwnerCtx,
@@ -985,6 +1087,7 @@ impl Vault {
         id: DocumentId,
         now: Timestamp,
         audit: Option<&Draft>,
+        by: By<'_>,
     ) -> Result<(Document, bool), Error> {
         new.validate()?;
         // Under the owner's change lock with its current keys: an erasure since `o` was
@@ -997,7 +1100,17 @@ impl Vault {
         // other still make one document.
         let guard = self.stripe(&name);
         let mut rec: ContentRecord = self.get_sealed(&o.keys, &ckey)?.ok_or_else(|| not_held(&new.digest))?;
-        let mut ops = Vec::with_capacity(6);
+        let mut ops = Vec::with_capacity(7);
+        let mut used = None;
+        if let By::Agency(a) = by {
+            let supply = self.supply_of(o, &new.digest, a)?.ok_or_else(|| not_held(&new.digest))?;
+            if supply.pending() {
+                let mut s = supply.clone();
+                s.used = true;
+                let skey = crate::supply::supply_key(o, &new.digest, a);
+                used = Some((a, supply.size, Op::Put(skey.clone(), seal_record(&o.keys, &skey, &s))));
+            }
+        }
         if verify {
             ops.push(self.verify_issuer(&o.id, rec.size, &new)?);
         }
@@ -1010,9 +1123,16 @@ impl Vault {
         }
         let doc = self.document_ops(o, &mut rec, (new, verify, id), now, &mut ops);
         ops.push(Op::Put(ckey.clone(), seal_record(&o.keys, &ckey, &rec)));
+        let used = used.map(|(a, size, op)| {
+            ops.push(op);
+            (a, size)
+        });
         let ticket = self.apply_opt(ops, audit)?;
         drop(guard);
         drop(owner_guard);
+        if let Some((a, size)) = used {
+            self.count_pending(a, size, false);
+        }
         self.durable(ticket)?;
         Ok((doc, true))
     }
@@ -1108,18 +1228,46 @@ impl Vault {
         rec.refs = rec.refs.saturating_sub(1);
         let dkey = key_of(prefix::DOCUMENT, &[&o.op, id.as_bytes()]);
         let tkey = key_of(prefix::TYPE_INDEX, &[&o.op, &o.keys.type_tag(&doc.meta.doc_type), id.as_bytes()]);
-        let last = rec.refs == 0;
+        let mut last = rec.refs == 0;
+        // An agency's upload still waiting for its document keeps the content (the sweep
+        // removes it later); otherwise the supply records go with the content.
+        let mut dropped_supplies = Vec::new();
+        if last {
+            let now = Timestamp::now();
+            let mut supplies = Vec::new();
+            for item in self.meta.scan(&crate::supply::supply_prefix(o, &doc.meta.digest)) {
+                let (k, v) = item?;
+                supplies.push((k.clone(), open_record::<crate::supply::Supply>(&o.keys, &k, &v)));
+            }
+            let waiting = supplies.iter().any(|(_, s)| {
+                s.as_ref().is_some_and(|s| {
+                    s.pending() && now < s.supplied_at.plus_seconds(crate::supply::PENDING_LIFETIME_SECS)
+                })
+            });
+            if waiting {
+                last = false;
+                rec.agency_only = true;
+            } else {
+                dropped_supplies = supplies;
+            }
+        }
         let content_op =
             if last { Op::Delete(ckey.clone()) } else { Op::Put(ckey.clone(), seal_record(&o.keys, &ckey, &rec)) };
         let mut ops = vec![Op::Delete(dkey), Op::Delete(tkey), content_op];
         if last && rec.inline {
             ops.push(Op::Delete(inline_key(&name)));
         }
+        for (k, _) in &dropped_supplies {
+            ops.push(Op::Delete(k.clone()));
+        }
         let ikey = deposit_key(o, &doc.meta);
         if self.get_sealed::<DocumentId>(&o.keys, &ikey)? == Some(*id) {
             ops.push(Op::Delete(ikey));
         }
         let ticket = self.apply_opt(ops, audit)?;
+        for s in dropped_supplies.into_iter().filter_map(|(_, s)| s).filter(crate::supply::Supply::pending) {
+            self.count_pending(&s.agency, s.size, false);
+        }
         self.durable(ticket)?;
         if last && !rec.inline {
             self.blobs.remove(&name)?;
