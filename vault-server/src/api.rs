@@ -407,11 +407,11 @@ const MAX_BATCH_BODY: usize = 64 << 20;
 const MAX_BATCH_ITEMS: usize = 1000;
 
 /// One document of a batch: its content and deposit body.
-type BatchItem = (io::Cursor<Vec<u8>>, NewDocument);
+pub(crate) type BatchItem = (io::Cursor<Vec<u8>>, NewDocument);
 
 /// Reads a batch deposit: a tar whose members come in pairs, a `.json` deposit body and then the
 /// content it describes. A content above `max` (the server's content limit) refuses the batch.
-fn batch_items(body: &[u8], max: u64) -> Result<Vec<BatchItem>, ApiError> {
+pub(crate) fn batch_items(body: &[u8], max: u64) -> Result<Vec<BatchItem>, ApiError> {
     let bad = |m: String| ApiError::invalid(format!("batch: {m}"));
     let mut archive = tar::Archive::new(body);
     let mut items = Vec::new();
