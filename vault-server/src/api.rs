@@ -24,6 +24,7 @@ use vault::{
 };
 
 use crate::auth::{authenticate, AuthConfig};
+use crate::openapi as oa;
 
 /// Shared state of the service.
 #[derive(Debug)]
@@ -273,6 +274,14 @@ struct MissingBody {
     digests: Vec<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/owners/{owner}/contents/missing",
+    tag = "contents",
+    params(oa::OwnerPath, oa::PurposeHeader),
+    request_body(content = oa::MissingRequest, content_type = "application/json"),
+    responses((status = 200, description = "The digests the caller must upload first", body = oa::MissingResponse))
+)]
 async fn contents_missing(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
     let b: MissingBody = json_body(&headers, body).await?;
     if b.digests.len() > vault::access::MAX_MISSING {
@@ -324,6 +333,14 @@ impl Read for ChannelReader {
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/owners/{owner}/contents/{digest}",
+    tag = "contents",
+    params(oa::OwnerDigestPath, ("Vault-Deposit" = Option<String>, Header, description = "Extension: base64url (no padding) of a deposit body, to deposit in the same step")),
+    request_body(content = oa::Binary, content_type = "application/octet-stream"),
+    responses((status = 201, description = "Stored", body = oa::StoredContent), (status = 200, description = "Already held (or the same document again)", body = oa::StoredContent))
+)]
 async fn put_content(
     OwnerCall { st, caller, owner }: OwnerCall,
     Path((_, digest)): Path<(String, String)>,
@@ -393,6 +410,14 @@ async fn put_content(
 
 // ---------------------------------------------------------------- documents
 
+#[utoipa::path(
+    post,
+    path = "/v1/owners/{owner}/documents",
+    tag = "documents",
+    params(oa::OwnerPath),
+    request_body(content = vault::NewDocument, content_type = "application/json"),
+    responses((status = 201, description = "Deposited", body = oa::DocumentOut), (status = 200, description = "The same deposit again: the existing document", body = oa::DocumentOut))
+)]
 async fn deposit(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
     let new: NewDocument = json_body(&headers, body).await?;
     let v = st.vault()?;
@@ -450,6 +475,14 @@ pub(crate) fn batch_items(body: &[u8], max: u64) -> Result<Vec<BatchItem>, ApiEr
 }
 
 /// Extension: many one-step deposits (upload + deposit) in one request and one durable wait.
+#[utoipa::path(
+    post,
+    path = "/v1/owners/{owner}/deposits",
+    tag = "documents",
+    params(oa::OwnerPath),
+    request_body(content = oa::Binary, content_type = "application/x-tar"),
+    responses((status = 200, description = "One result per item", body = oa::BatchResponse))
+)]
 async fn deposit_batch(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !ct.trim().eq_ignore_ascii_case("application/x-tar") {
@@ -491,6 +524,13 @@ struct ListQuery {
     doc_type: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/owners/{owner}/documents",
+    tag = "documents",
+    params(oa::OwnerPath, oa::DocTypeQuery, oa::PurposeHeader),
+    responses((status = 200, description = "The documents the caller may see", body = oa::DocumentList))
+)]
 async fn list_documents(OwnerCall { st, caller, owner }: OwnerCall, Query(q): Query<ListQuery>) -> ApiResult {
     let t = q.doc_type.map(|t| DocType::parse(&t)).transpose().map_err(|e| ApiError::invalid(e.to_string()))?;
     let v = st.vault()?;
@@ -503,6 +543,13 @@ fn doc_id(s: &str) -> Result<DocumentId, ApiError> {
     DocumentId::parse(s).map_err(|_| ApiError::not_found())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/owners/{owner}/documents/{id}",
+    tag = "documents",
+    params(oa::OwnerDocPath, oa::PurposeHeader),
+    responses((status = 200, description = "The document", body = oa::DocumentOut))
+)]
 async fn get_document(OwnerCall { st, caller, owner }: OwnerCall, Path((_, id)): Path<(String, String)>) -> ApiResult {
     let id = doc_id(&id)?;
     let v = st.vault()?;
@@ -542,6 +589,13 @@ fn parse_range(h: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u64)>,
     Ok(Some((start, end)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/owners/{owner}/documents/{id}/content",
+    tag = "documents",
+    params(oa::OwnerDocPath, oa::PurposeHeader, ("Range" = Option<String>, Header, description = "One `bytes=` range"), ("If-None-Match" = Option<String>, Header, description = "The ETag held")),
+    responses((status = 200, description = "The bytes (Content-Type = the media type)", body = oa::Binary, content_type = "*/*", headers(("ETag" = String, description = "The digest, quoted"))), (status = 206, description = "The range asked", body = oa::Binary, content_type = "*/*", headers(("Content-Range" = String))), (status = 304, description = "Not modified (ETag matched)"))
+)]
 async fn get_content(
     OwnerCall { st, caller, owner }: OwnerCall,
     Path((_, id)): Path<(String, String)>,
@@ -619,6 +673,13 @@ async fn get_content(
     Ok(resp)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/owners/{owner}/documents/{id}",
+    tag = "documents",
+    params(oa::OwnerDocPath),
+    responses((status = 204, description = "Deleted"))
+)]
 async fn delete_document(
     OwnerCall { st, caller, owner }: OwnerCall,
     Path((_, id)): Path<(String, String)>,
@@ -634,6 +695,14 @@ struct RevocationBody {
     reason: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/owners/{owner}/documents/{id}/revocation",
+    tag = "documents",
+    params(oa::OwnerDocPath),
+    request_body(content = oa::RevocationRequest, content_type = "application/json"),
+    responses((status = 200, description = "Revoked", body = oa::DocumentOut))
+)]
 async fn revoke_document(
     OwnerCall { st, caller, owner }: OwnerCall,
     Path((_, id)): Path<(String, String)>,
@@ -657,6 +726,14 @@ struct ReuseBody {
     at: Option<Timestamp>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/owners/{owner}/reuse",
+    tag = "reuse",
+    params(oa::OwnerPath, oa::PurposeHeader),
+    request_body(content = oa::ReuseRequest, content_type = "application/json"),
+    responses((status = 200, description = "Per type asked, in order", body = oa::ReuseResponse))
+)]
 async fn reuse(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
     let b: ReuseBody = json_body(&headers, body).await?;
     let v = st.vault()?;
@@ -669,6 +746,14 @@ async fn reuse(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, b
     Ok(json_response(StatusCode::OK, &json!({"components": out})))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/owners/{owner}/grants",
+    tag = "grants",
+    params(oa::OwnerPath),
+    request_body(content = vault::grants::NewGrant, content_type = "application/json"),
+    responses((status = 201, description = "The grant, with its signed receipt", body = oa::GrantOut))
+)]
 async fn create_grant(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
     let terms: NewGrant = json_body(&headers, body).await?;
     let v = st.vault()?;
@@ -676,6 +761,13 @@ async fn create_grant(OwnerCall { st, caller, owner }: OwnerCall, headers: Heade
     Ok(json_response(StatusCode::CREATED, &grant_out(&g)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/owners/{owner}/grants",
+    tag = "grants",
+    params(oa::OwnerPath),
+    responses((status = 200, description = "The owner's grants", body = oa::GrantList))
+)]
 async fn list_grants(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
     let v = st.vault()?;
     let grants = blocking(move || v.grants_as(&caller, &owner)).await?;
@@ -683,6 +775,13 @@ async fn list_grants(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
     Ok(json_response(StatusCode::OK, &json!({"grants": out})))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/owners/{owner}/grants/{id}",
+    tag = "grants",
+    params(oa::OwnerGrantPath),
+    responses((status = 204, description = "Revoked"))
+)]
 async fn revoke_grant(OwnerCall { st, caller, owner }: OwnerCall, Path((_, id)): Path<(String, String)>) -> ApiResult {
     let id = GrantId::parse(&id).map_err(|_| ApiError::not_found())?;
     let v = st.vault()?;
@@ -690,6 +789,12 @@ async fn revoke_grant(OwnerCall { st, caller, owner }: OwnerCall, Path((_, id)):
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/grants",
+    tag = "grants",
+    responses((status = 200, description = "Grants given to the calling agency", body = oa::GrantList))
+)]
 async fn agency_grants(Call { st, caller }: Call) -> ApiResult {
     let v = st.vault()?;
     let grants = blocking(move || v.agency_grants_as(&caller)).await?;
@@ -699,12 +804,26 @@ async fn agency_grants(Call { st, caller }: Call) -> ApiResult {
 
 // ---------------------------------------------------------------- audit
 
+#[utoipa::path(
+    get,
+    path = "/v1/owners/{owner}/access-log",
+    tag = "audit",
+    params(oa::OwnerPath, oa::PageQuery),
+    responses((status = 200, description = "Entries about the owner", body = oa::AccessLog))
+)]
 async fn access_log(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
     let v = st.vault()?;
     let entries = blocking(move || v.access_log_as(&caller, &owner)).await?;
     Ok(json_response(StatusCode::OK, &json!({"entries": entries})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/owners/{owner}/access-log/{index}/leaf",
+    tag = "audit",
+    params(oa::OwnerIndexPath),
+    responses((status = 200, description = "The entry's leaf bytes", body = oa::Leaf))
+)]
 async fn access_log_leaf(
     OwnerCall { st, caller, owner }: OwnerCall,
     Path((_, index)): Path<(String, String)>,
@@ -715,6 +834,12 @@ async fn access_log_leaf(
     Ok(json_response(StatusCode::OK, &json!({"index": index, "leaf": B64.encode(leaf)})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit/checkpoint",
+    tag = "audit",
+    responses((status = 200, description = "C2SP signed note", body = oa::Text, content_type = "text/plain"))
+)]
 async fn checkpoint(State(st): State<Arc<AppState>>) -> ApiResult {
     let v = st.vault()?;
     let note = blocking(move || v.checkpoint()).await?;
@@ -727,6 +852,13 @@ fn u64_param(q: &std::collections::HashMap<String, String>, name: &str) -> Resul
         .ok_or_else(|| ApiError::invalid(format!("query parameter {name} must be a number")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit/proof/inclusion",
+    tag = "audit",
+    params(oa::InclusionQuery),
+    responses((status = 200, description = "RFC 9162 inclusion proof", body = oa::InclusionProof))
+)]
 async fn inclusion(
     State(st): State<Arc<AppState>>,
     Query(q): Query<std::collections::HashMap<String, String>>,
@@ -738,6 +870,13 @@ async fn inclusion(
     Ok(json_response(StatusCode::OK, &json!({"leaf_hash": B64.encode(p.leaf_hash), "hashes": hashes})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit/proof/consistency",
+    tag = "audit",
+    params(oa::ConsistencyQuery),
+    responses((status = 200, description = "RFC 9162 consistency proof", body = oa::ConsistencyProof))
+)]
 async fn consistency(
     State(st): State<Arc<AppState>>,
     Query(q): Query<std::collections::HashMap<String, String>>,
@@ -751,6 +890,13 @@ async fn consistency(
 
 // ---------------------------------------------------------------- owners
 
+#[utoipa::path(
+    get,
+    path = "/v1/owners/{owner}/export",
+    tag = "owners",
+    params(oa::OwnerPath),
+    responses((status = 200, description = "Everything of the owner, a tar", body = oa::Binary, content_type = "application/x-tar"))
+)]
 async fn export(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
     let v = st.vault()?;
     // Built in a temporary file, then streamed: the tar is complete and verified-readable
@@ -797,6 +943,13 @@ fn tempfile_in_data() -> Result<std::fs::File, vault::Error> {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+#[utoipa::path(
+    delete,
+    path = "/v1/owners/{owner}",
+    tag = "owners",
+    params(oa::OwnerPath),
+    responses((status = 200, description = "The signed erasure receipt", body = vault::rights::SignedReceipt))
+)]
 async fn erase(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
     let v = st.vault()?;
     let receipt = blocking(move || v.erase_as(&caller, &owner)).await?;
@@ -805,6 +958,14 @@ async fn erase(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
 
 // ---------------------------------------------------------------- agencies
 
+#[utoipa::path(
+    put,
+    path = "/v1/agencies/{agency}",
+    tag = "agencies",
+    params(oa::AgencyPath),
+    request_body(content = vault::provenance::NewAgency, content_type = "application/json"),
+    responses((status = 201, description = "Registered", body = vault::provenance::Agency), (status = 200, description = "Replaced", body = vault::provenance::Agency))
+)]
 async fn put_agency(
     Call { st, caller }: Call,
     Path(agency): Path<String>,
@@ -818,6 +979,12 @@ async fn put_agency(
     Ok(json_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &a))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/agencies",
+    tag = "agencies",
+    responses((status = 200, description = "Every registered agency", body = oa::AgencyList))
+)]
 async fn list_agencies(State(st): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
     st.caller(&headers)?;
     let v = st.vault()?;
@@ -825,6 +992,13 @@ async fn list_agencies(State(st): State<Arc<AppState>>, headers: HeaderMap) -> A
     Ok(json_response(StatusCode::OK, &json!({"agencies": all})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/agencies/{agency}",
+    tag = "agencies",
+    params(oa::AgencyPath),
+    responses((status = 200, description = "The agency", body = vault::provenance::Agency))
+)]
 async fn get_agency(State(st): State<Arc<AppState>>, Path(agency): Path<String>, headers: HeaderMap) -> ApiResult {
     st.caller(&headers)?;
     let id = AgencyId::parse(&agency).map_err(|_| ApiError::not_found())?;
@@ -835,6 +1009,12 @@ async fn get_agency(State(st): State<Arc<AppState>>, Path(agency): Path<String>,
 
 // ---------------------------------------------------------------- service
 
+#[utoipa::path(
+    get,
+    path = "/v1/vault-key",
+    tag = "service",
+    responses((status = 200, description = "The vault's signing key", body = oa::VaultKey))
+)]
 async fn vault_key(State(st): State<Arc<AppState>>) -> ApiResult {
     let v = st.vault()?;
     let s = v.signer();
@@ -844,6 +1024,12 @@ async fn vault_key(State(st): State<Arc<AppState>>) -> ApiResult {
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "service",
+    responses((status = 200, description = "Prometheus text format", body = oa::Text, content_type = "text/plain"))
+)]
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     let m = &st.metrics;
     let (c, b) = match st.vault.get() {
@@ -898,18 +1084,48 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "service",
+    responses((status = 200, description = "Ready", body = oa::Text, content_type = "text/plain"))
+)]
 async fn readyz(State(st): State<Arc<AppState>>) -> ApiResult {
     st.vault()?;
     Ok("ready\n".into_response())
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "service",
+    responses((status = 200, description = "Alive", body = oa::Text, content_type = "text/plain"))
+)]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "service",
+    responses((status = 200, description = "This document", body = Object))
+)]
+async fn openapi_json() -> Response {
+    json_response(StatusCode::OK, &openapi())
 }
 
 async fn fallback() -> Response {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
 }
 
-async fn method_not_allowed() -> Response {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
-        .into_response()
+/// 405 with the `Allow` header that RFC 9110 requires (the route's methods).
+async fn method_not_allowed(allow: HeaderValue) -> Response {
+    let mut resp =
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+            .into_response();
+    resp.headers_mut().insert(header::ALLOW, allow);
+    resp
 }
 
 /// Every route: (method, path, summary), the source of both the router and `/openapi.json`.
@@ -957,33 +1173,9 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/openapi.json", "This document"),
 ];
 
-/// The OpenAPI 3.1 document, generated from [`ROUTES`].
+/// The OpenAPI 3.1 document, generated from the handlers' annotations (see [`crate::openapi`]).
 pub fn openapi() -> Value {
-    let mut paths = serde_json::Map::new();
-    for (method, path, summary) in ROUTES {
-        let params: Vec<Value> = path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .collect();
-        let open = !path.starts_with("/v1/") || path.starts_with("/v1/audit/") || *path == "/v1/vault-key";
-        let mut op = json!({
-            "summary": summary,
-            "parameters": params,
-            "responses": {"default": {"description": "See api.md; errors are {\"error\": {\"code\", \"message\"}}"}}
-        });
-        if !open {
-            op["security"] = json!([{"bearer": []}]);
-        }
-        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        entry[*method] = op;
-    }
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "vault-server", "version": env!("CARGO_PKG_VERSION"), "description": "The HTTP contract of api.md."},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWS (EdDSA)"}}},
-        "paths": paths
-    })
+    crate::openapi::document()
 }
 
 fn handler_for(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
@@ -1013,10 +1205,10 @@ fn handler_for(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         ("get", "/v1/agencies") => get(list_agencies),
         ("get", "/v1/agencies/{agency}") => get(get_agency),
         ("get", "/v1/vault-key") => get(vault_key),
-        ("get", "/healthz") => get(|| async { "ok\n" }),
+        ("get", "/healthz") => get(healthz),
         ("get", "/readyz") => get(readyz),
         ("get", "/metrics") => get(metrics),
-        ("get", "/openapi.json") => get(|| async { json_response(StatusCode::OK, &openapi()) }),
+        ("get", "/openapi.json") => get(openapi_json),
         _ => get(fallback),
     }
 }
@@ -1085,7 +1277,13 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     let mut r = Router::new();
     for (path, mr) in by_path {
-        r = r.route(path, mr.fallback(method_not_allowed));
+        let mut methods: Vec<String> =
+            ROUTES.iter().filter(|(_, p, _)| *p == path).map(|(m, _, _)| m.to_ascii_uppercase()).collect();
+        if methods.iter().any(|m| m == "GET") {
+            methods.push("HEAD".into());
+        }
+        let allow = HeaderValue::from_str(&methods.join(", ")).unwrap_or(HeaderValue::from_static(""));
+        r = r.route(path, mr.fallback(move || method_not_allowed(allow.clone())));
     }
     let counting = state.clone();
     r.fallback(fallback)
@@ -1154,5 +1352,18 @@ mod tests {
         }
         assert_eq!(parse_range(Some(&h("bytes=0-0")), 0), Err(()));
         assert_eq!(parse_range(Some(&h("items=0-1")), 100), Ok(None));
+    }
+
+    /// Found by schemathesis (`allow_header_conformance`): a 405 must name the route's methods.
+    #[tokio::test]
+    async fn a_wrong_method_answers_405_with_the_allow_header() {
+        let req = axum::http::Request::builder()
+            .method("PATCH")
+            .uri("/v1/owners/citizen:001099012345/documents")
+            .body(Body::empty())
+            .unwrap();
+        let resp = router(sealed_state()).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(resp.headers()[header::ALLOW], "POST, GET, HEAD");
     }
 }
