@@ -24,6 +24,7 @@ use vault::{
 };
 
 use crate::auth::{authenticate, AuthConfig};
+use crate::openapi as oa;
 
 /// Shared state of the service.
 #[derive(Debug)]
@@ -398,6 +399,14 @@ struct MissingBody {
     digests: Vec<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/owners/{owner}/contents/missing",
+    tag = "contents",
+    params(oa::OwnerPath, oa::PurposeHeader),
+    request_body(content = oa::MissingRequest, content_type = "application/json"),
+    responses((status = 200, description = "The digests the caller must upload first", body = oa::MissingResponse))
+)]
 async fn contents_missing(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
     let b: MissingBody = json_body(&headers, body).await?;
     if b.digests.len() > vault::access::MAX_MISSING {
@@ -449,6 +458,14 @@ impl Read for ChannelReader {
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/owners/{owner}/contents/{digest}",
+    tag = "contents",
+    params(oa::OwnerDigestPath, ("Vault-Deposit" = Option<String>, Header, description = "Extension: base64url (no padding) of a deposit body, to deposit in the same step")),
+    request_body(content = oa::Binary, content_type = "application/octet-stream"),
+    responses((status = 201, description = "Stored", body = oa::StoredContent), (status = 200, description = "Already held (or the same document again)", body = oa::StoredContent))
+)]
 async fn put_content(
     OwnerCall { st, caller, owner }: OwnerCall,
     Path((_, digest)): Path<(String, String)>,
@@ -536,6 +553,14 @@ async fn put_content(
 
 // ---------------------------------------------------------------- documents
 
+#[utoipa::path(
+    post,
+    path = "/v1/owners/{owner}/documents",
+    tag = "documents",
+    params(oa::OwnerPath),
+    request_body(content = vault::NewDocument, content_type = "application/json"),
+    responses((status = 201, description = "Deposited", body = oa::DocumentOut), (status = 200, description = "The same deposit again: the existing document", body = oa::DocumentOut))
+)]
 async fn deposit(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
     let new: NewDocument = json_body(&headers, body).await?;
     let v = st.vault()?;
@@ -547,12 +572,20 @@ async fn deposit(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap,
 /// Largest body of a batch deposit.
 const MAX_BATCH_BODY: usize = 64 << 20;
 /// Most documents in a batch deposit.
-const MAX_BATCH_ITEMS: usize = 1000;
+pub const MAX_BATCH_ITEMS: usize = 1000;
 
 /// Extension: many one-step deposits (upload + deposit) in one request and one durable wait.
 /// The caller is authorised before the body is read; the body (at most 64 MiB) is held once and
 /// the strict reader of [`crate::batch`] hands out ranges of it, never allocating from a size a
 /// header declares.
+#[utoipa::path(
+    post,
+    path = "/v1/owners/{owner}/deposits",
+    tag = "documents",
+    params(oa::OwnerPath),
+    request_body(content = oa::Binary, content_type = "application/x-tar"),
+    responses((status = 200, description = "One result per item", body = oa::BatchResponse))
+)]
 async fn deposit_batch(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !ct.trim().eq_ignore_ascii_case("application/x-tar") {
@@ -607,6 +640,13 @@ struct ListQuery {
     doc_type: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/owners/{owner}/documents",
+    tag = "documents",
+    params(oa::OwnerPath, oa::DocTypeQuery, oa::PurposeHeader),
+    responses((status = 200, description = "The documents the caller may see", body = oa::DocumentList))
+)]
 async fn list_documents(OwnerCall { st, caller, owner }: OwnerCall, Query(q): Query<ListQuery>) -> ApiResult {
     let t = q.doc_type.map(|t| DocType::parse(&t)).transpose().map_err(|e| ApiError::invalid(e.to_string()))?;
     let v = st.vault()?;
@@ -619,6 +659,13 @@ fn doc_id(s: &str) -> Result<DocumentId, ApiError> {
     DocumentId::parse(s).map_err(|_| ApiError::not_found())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/owners/{owner}/documents/{id}",
+    tag = "documents",
+    params(oa::OwnerDocPath, oa::PurposeHeader),
+    responses((status = 200, description = "The document", body = oa::DocumentOut))
+)]
 async fn get_document(OwnerCall { st, caller, owner }: OwnerCall, Path((_, id)): Path<(String, String)>) -> ApiResult {
     let id = doc_id(&id)?;
     let v = st.vault()?;
@@ -665,6 +712,13 @@ fn content_safety(h: &mut HeaderMap) {
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/owners/{owner}/documents/{id}/content",
+    tag = "documents",
+    params(oa::OwnerDocPath, oa::PurposeHeader, ("Range" = Option<String>, Header, description = "One `bytes=` range"), ("If-None-Match" = Option<String>, Header, description = "The ETag held")),
+    responses((status = 200, description = "The bytes (Content-Type = the media type)", body = oa::Binary, content_type = "*/*", headers(("ETag" = String, description = "The digest, quoted"))), (status = 206, description = "The range asked", body = oa::Binary, content_type = "*/*", headers(("Content-Range" = String))), (status = 304, description = "Not modified (ETag matched)"))
+)]
 async fn get_content(
     OwnerCall { st, caller, owner }: OwnerCall,
     Path((_, id)): Path<(String, String)>,
@@ -745,6 +799,13 @@ async fn get_content(
     Ok(resp)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/owners/{owner}/documents/{id}",
+    tag = "documents",
+    params(oa::OwnerDocPath),
+    responses((status = 204, description = "Deleted"))
+)]
 async fn delete_document(
     OwnerCall { st, caller, owner }: OwnerCall,
     Path((_, id)): Path<(String, String)>,
@@ -760,6 +821,14 @@ struct RevocationBody {
     reason: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/owners/{owner}/documents/{id}/revocation",
+    tag = "documents",
+    params(oa::OwnerDocPath),
+    request_body(content = oa::RevocationRequest, content_type = "application/json"),
+    responses((status = 200, description = "Revoked", body = oa::DocumentOut))
+)]
 async fn revoke_document(
     OwnerCall { st, caller, owner }: OwnerCall,
     Path((_, id)): Path<(String, String)>,
@@ -783,6 +852,14 @@ struct ReuseBody {
     at: Option<Timestamp>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/owners/{owner}/reuse",
+    tag = "reuse",
+    params(oa::OwnerPath, oa::PurposeHeader),
+    request_body(content = oa::ReuseRequest, content_type = "application/json"),
+    responses((status = 200, description = "Per type asked, in order", body = oa::ReuseResponse))
+)]
 async fn reuse(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
     let b: ReuseBody = json_body(&headers, body).await?;
     let v = st.vault()?;
@@ -795,6 +872,14 @@ async fn reuse(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, b
     Ok(json_response(StatusCode::OK, &json!({"components": out})))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/owners/{owner}/grants",
+    tag = "grants",
+    params(oa::OwnerPath),
+    request_body(content = vault::grants::NewGrant, content_type = "application/json"),
+    responses((status = 201, description = "The grant, with its signed receipt", body = oa::GrantOut))
+)]
 async fn create_grant(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
     let terms: NewGrant = json_body(&headers, body).await?;
     let v = st.vault()?;
@@ -802,6 +887,13 @@ async fn create_grant(OwnerCall { st, caller, owner }: OwnerCall, headers: Heade
     Ok(json_response(StatusCode::CREATED, &grant_out(&g)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/owners/{owner}/grants",
+    tag = "grants",
+    params(oa::OwnerPath),
+    responses((status = 200, description = "The owner's grants", body = oa::GrantList))
+)]
 async fn list_grants(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
     let v = st.vault()?;
     let grants = blocking(move || v.grants_as(&caller, &owner)).await?;
@@ -809,6 +901,13 @@ async fn list_grants(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
     Ok(json_response(StatusCode::OK, &json!({"grants": out})))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/owners/{owner}/grants/{id}",
+    tag = "grants",
+    params(oa::OwnerGrantPath),
+    responses((status = 204, description = "Revoked"))
+)]
 async fn revoke_grant(OwnerCall { st, caller, owner }: OwnerCall, Path((_, id)): Path<(String, String)>) -> ApiResult {
     let id = GrantId::parse(&id).map_err(|_| ApiError::not_found())?;
     let v = st.vault()?;
@@ -816,6 +915,12 @@ async fn revoke_grant(OwnerCall { st, caller, owner }: OwnerCall, Path((_, id)):
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/grants",
+    tag = "grants",
+    responses((status = 200, description = "Grants given to the calling agency", body = oa::GrantList))
+)]
 async fn agency_grants(Call { st, caller }: Call) -> ApiResult {
     let v = st.vault()?;
     let grants = blocking(move || v.agency_grants_as(&caller)).await?;
@@ -825,6 +930,13 @@ async fn agency_grants(Call { st, caller }: Call) -> ApiResult {
 
 // ---------------------------------------------------------------- audit
 
+#[utoipa::path(
+    get,
+    path = "/v1/owners/{owner}/access-log",
+    tag = "audit",
+    params(oa::OwnerPath, oa::PageQuery),
+    responses((status = 200, description = "Entries about the owner", body = oa::AccessLog))
+)]
 async fn access_log(
     OwnerCall { st, caller, owner }: OwnerCall,
     q: Result<Query<std::collections::HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
@@ -842,6 +954,14 @@ async fn access_log(
 
 /// Extension (SPEC.md §20): the leaves of many of the owner's entries with their inclusion
 /// proofs, in one call.
+#[utoipa::path(
+    post,
+    path = "/v1/owners/{owner}/access-log/proofs",
+    tag = "audit",
+    params(oa::OwnerPath),
+    request_body(content = oa::ProofsRequest, content_type = "application/json"),
+    responses((status = 200, description = "Leaves and inclusion proofs, in the order asked", body = oa::ProofsResponse))
+)]
 async fn access_log_proofs(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -863,6 +983,13 @@ async fn access_log_proofs(OwnerCall { st, caller, owner }: OwnerCall, headers: 
     Ok(json_response(StatusCode::OK, &json!({"size": size, "proofs": out})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/owners/{owner}/access-log/{index}/leaf",
+    tag = "audit",
+    params(oa::OwnerIndexPath),
+    responses((status = 200, description = "The entry's leaf bytes", body = oa::Leaf))
+)]
 async fn access_log_leaf(
     OwnerCall { st, caller, owner }: OwnerCall,
     Path((_, index)): Path<(String, String)>,
@@ -873,6 +1000,12 @@ async fn access_log_leaf(
     Ok(json_response(StatusCode::OK, &json!({"index": index, "leaf": B64.encode(leaf)})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit/checkpoint",
+    tag = "audit",
+    responses((status = 200, description = "C2SP signed note", body = oa::Text, content_type = "text/plain"))
+)]
 async fn checkpoint(State(st): State<Arc<AppState>>) -> ApiResult {
     let v = st.vault()?;
     let note = blocking(move || v.checkpoint()).await?;
@@ -885,6 +1018,13 @@ fn u64_param(q: &std::collections::HashMap<String, String>, name: &str) -> Resul
         .ok_or_else(|| ApiError::invalid(format!("query parameter {name} must be a number")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit/proof/inclusion",
+    tag = "audit",
+    params(oa::InclusionQuery),
+    responses((status = 200, description = "RFC 9162 inclusion proof", body = oa::InclusionProof))
+)]
 async fn inclusion(
     State(st): State<Arc<AppState>>,
     Query(q): Query<std::collections::HashMap<String, String>>,
@@ -896,6 +1036,13 @@ async fn inclusion(
     Ok(json_response(StatusCode::OK, &json!({"leaf_hash": B64.encode(p.leaf_hash), "hashes": hashes})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit/proof/consistency",
+    tag = "audit",
+    params(oa::ConsistencyQuery),
+    responses((status = 200, description = "RFC 9162 consistency proof", body = oa::ConsistencyProof))
+)]
 async fn consistency(
     State(st): State<Arc<AppState>>,
     Query(q): Query<std::collections::HashMap<String, String>>,
@@ -909,6 +1056,13 @@ async fn consistency(
 
 // ---------------------------------------------------------------- owners
 
+#[utoipa::path(
+    get,
+    path = "/v1/owners/{owner}/export",
+    tag = "owners",
+    params(oa::OwnerPath),
+    responses((status = 200, description = "Everything of the owner, a tar", body = oa::Binary, content_type = "application/x-tar"))
+)]
 async fn export(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
     let v = st.vault()?;
     // Streamed as it is built: tar blocks go straight from the decrypting readers into a bounded
@@ -1013,6 +1167,13 @@ impl Write for ChannelWriter {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+#[utoipa::path(
+    delete,
+    path = "/v1/owners/{owner}",
+    tag = "owners",
+    params(oa::OwnerPath),
+    responses((status = 200, description = "The signed erasure receipt", body = vault::rights::SignedReceipt))
+)]
 async fn erase(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
     let v = st.vault()?;
     let receipt = blocking(move || v.erase_as(&caller, &owner)).await?;
@@ -1021,6 +1182,14 @@ async fn erase(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
 
 // ---------------------------------------------------------------- agencies
 
+#[utoipa::path(
+    put,
+    path = "/v1/agencies/{agency}",
+    tag = "agencies",
+    params(oa::AgencyPath),
+    request_body(content = vault::provenance::NewAgency, content_type = "application/json"),
+    responses((status = 201, description = "Registered", body = vault::provenance::Agency), (status = 200, description = "Replaced", body = vault::provenance::Agency))
+)]
 async fn put_agency(
     Call { st, caller }: Call,
     Path(agency): Path<String>,
@@ -1034,6 +1203,12 @@ async fn put_agency(
     Ok(json_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &a))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/agencies",
+    tag = "agencies",
+    responses((status = 200, description = "Every registered agency", body = oa::AgencyList))
+)]
 async fn list_agencies(State(st): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
     st.caller(&headers)?;
     let v = st.vault()?;
@@ -1041,6 +1216,13 @@ async fn list_agencies(State(st): State<Arc<AppState>>, headers: HeaderMap) -> A
     Ok(json_response(StatusCode::OK, &json!({"agencies": all})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/agencies/{agency}",
+    tag = "agencies",
+    params(oa::AgencyPath),
+    responses((status = 200, description = "The agency", body = vault::provenance::Agency))
+)]
 async fn get_agency(State(st): State<Arc<AppState>>, Path(agency): Path<String>, headers: HeaderMap) -> ApiResult {
     st.caller(&headers)?;
     let id = AgencyId::parse(&agency).map_err(|_| ApiError::not_found())?;
@@ -1051,6 +1233,12 @@ async fn get_agency(State(st): State<Arc<AppState>>, Path(agency): Path<String>,
 
 // ---------------------------------------------------------------- service
 
+#[utoipa::path(
+    get,
+    path = "/v1/vault-key",
+    tag = "service",
+    responses((status = 200, description = "The vault's signing key", body = oa::VaultKey))
+)]
 async fn vault_key(State(st): State<Arc<AppState>>) -> ApiResult {
     let v = st.vault()?;
     let s = v.signer();
@@ -1060,6 +1248,12 @@ async fn vault_key(State(st): State<Arc<AppState>>) -> ApiResult {
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "service",
+    responses((status = 200, description = "Prometheus text format", body = oa::Text, content_type = "text/plain"))
+)]
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     let m = &st.metrics;
     let (c, b) = match st.vault.get() {
@@ -1129,6 +1323,12 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "service",
+    responses((status = 200, description = "Ready", body = oa::Text, content_type = "text/plain"))
+)]
 async fn readyz(State(st): State<Arc<AppState>>) -> ApiResult {
     if let Some(reason) = st.vault()?.fail_stopped() {
         // Fail-stop (SPEC.md §8): writes are refused until a restart runs recovery.
@@ -1141,13 +1341,37 @@ async fn readyz(State(st): State<Arc<AppState>>) -> ApiResult {
     Ok("ready\n".into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "service",
+    responses((status = 200, description = "Alive", body = oa::Text, content_type = "text/plain"))
+)]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "service",
+    responses((status = 200, description = "This document", body = Object))
+)]
+async fn openapi_json() -> Response {
+    json_response(StatusCode::OK, &openapi())
+}
+
 async fn fallback() -> Response {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
 }
 
-async fn method_not_allowed() -> Response {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
-        .into_response()
+/// 405 with the `Allow` header that RFC 9110 requires (the route's methods).
+async fn method_not_allowed(allow: HeaderValue) -> Response {
+    let mut resp =
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+            .into_response();
+    resp.headers_mut().insert(header::ALLOW, allow);
+    resp
 }
 
 /// Every route: (method, path, summary), the source of both the router and `/openapi.json`.
@@ -1200,49 +1424,9 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/openapi.json", "This document"),
 ];
 
-/// The OpenAPI 3.1 document, generated from [`ROUTES`].
+/// The OpenAPI 3.1 document, generated from the handlers' annotations (see [`crate::openapi`]).
 pub fn openapi() -> Value {
-    let mut paths = serde_json::Map::new();
-    for (method, path, summary) in ROUTES {
-        let params: Vec<Value> = path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .collect();
-        let open = !path.starts_with("/v1/") || path.starts_with("/v1/audit/") || *path == "/v1/vault-key";
-        let mut op = json!({
-            "summary": summary,
-            "parameters": params,
-            "responses": {"default": {"description": "See api.md; errors are {\"error\": {\"code\", \"message\"}}"}}
-        });
-        if !open {
-            op["security"] = json!([{"bearer": []}]);
-        }
-        if *method == "get" && path.ends_with("/content") {
-            let safety = json!({
-                "X-Content-Type-Options": {"schema": {"type": "string", "const": "nosniff"}},
-                "Content-Security-Policy": {"schema": {"type": "string", "const": "sandbox"}}
-            });
-            for status in ["200", "206", "304"] {
-                op["responses"][status] = json!({"description": "The content (or not modified)", "headers": safety});
-            }
-        }
-        if (*method == "put" && path.contains("/contents/{digest}")) || path.ends_with("/deposits") {
-            op["responses"]["429"] = json!({
-                "description": "too_many_requests: the caller has too many uploads in flight",
-                "headers": {"Retry-After": {"schema": {"type": "integer"}}}
-            });
-            op["responses"]["408"] = json!({"description": "timeout: the request body stalled"});
-        }
-        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        entry[*method] = op;
-    }
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "vault-server", "version": env!("CARGO_PKG_VERSION"), "description": "The HTTP contract of api.md."},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWS (EdDSA)"}}},
-        "paths": paths
-    })
+    crate::openapi::document()
 }
 
 fn handler_for(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
@@ -1273,10 +1457,10 @@ fn handler_for(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         ("get", "/v1/agencies") => get(list_agencies),
         ("get", "/v1/agencies/{agency}") => get(get_agency),
         ("get", "/v1/vault-key") => get(vault_key),
-        ("get", "/healthz") => get(|| async { "ok\n" }),
+        ("get", "/healthz") => get(healthz),
         ("get", "/readyz") => get(readyz),
         ("get", "/metrics") => get(metrics),
-        ("get", "/openapi.json") => get(|| async { json_response(StatusCode::OK, &openapi()) }),
+        ("get", "/openapi.json") => get(openapi_json),
         _ => get(fallback),
     }
 }
@@ -1352,7 +1536,13 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     let mut r = Router::new();
     for (path, mr) in by_path {
-        r = r.route(path, mr.fallback(method_not_allowed));
+        let mut methods: Vec<String> =
+            ROUTES.iter().filter(|(_, p, _)| *p == path).map(|(m, _, _)| m.to_ascii_uppercase()).collect();
+        if methods.iter().any(|m| m == "GET") {
+            methods.push("HEAD".into());
+        }
+        let allow = HeaderValue::from_str(&methods.join(", ")).unwrap_or(HeaderValue::from_static(""));
+        r = r.route(path, mr.fallback(move || method_not_allowed(allow.clone())));
     }
     let counting = state.clone();
     r.fallback(fallback)
@@ -1550,5 +1740,18 @@ mod tests {
         let mut w = ChannelWriter::new(tx, rt.handle().clone(), std::time::Duration::from_millis(50));
         let e = (0..10).map(|_| w.write_all(&chunk)).find_map(Result::err).unwrap();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    /// Found by schemathesis (`allow_header_conformance`): a 405 must name the route's methods.
+    #[tokio::test]
+    async fn a_wrong_method_answers_405_with_the_allow_header() {
+        let req = axum::http::Request::builder()
+            .method("PATCH")
+            .uri("/v1/owners/citizen:001099012345/documents")
+            .body(Body::empty())
+            .unwrap();
+        let resp = router(sealed_state()).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(resp.headers()[header::ALLOW], "POST, GET, HEAD");
     }
 }

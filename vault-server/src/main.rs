@@ -1,10 +1,6 @@
 //! `vault-server`: the HTTP service over a vault on embedded storage (api.md), and the
 //! operator subcommands `check`, `keygen` and `rotate-master-key`.
 
-mod api;
-mod auth;
-mod batch;
-
 use axum::serve::ListenerExt;
 use std::collections::HashMap;
 use std::future::IntoFuture;
@@ -21,6 +17,7 @@ use vault::access::Caller;
 use vault::provenance::{AgencyKey, NewAgency, PublicKey};
 use vault::token::{mint, Claims};
 use vault::{AgencyId, KeyId, MasterKey, Timestamp, Vault};
+use vault_server::{api, auth};
 
 /// Flags as in api.md, "Starting the server"; each also as `VAULT_<FLAG>`.
 #[derive(Debug, Parser)]

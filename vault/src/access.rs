@@ -78,6 +78,7 @@ impl Caller {
 /// Per-type answer of a reuse check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ReuseStatus {
     /// A valid document is held: drop the component from the form.
     Held,

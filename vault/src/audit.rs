@@ -77,6 +77,7 @@ pub struct Draft {
 
 /// An entry as the owner's access log shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Entry {
     /// Global index in the log.
     pub index: u64,

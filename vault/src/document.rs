@@ -10,6 +10,7 @@ pub const MAX_TEXT: usize = 256;
 
 /// An issuer's signature over a document's statement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Signature {
     /// The issuer key that signed.
     pub key_id: KeyId,
@@ -19,17 +20,27 @@ pub struct Signature {
 
 /// What a depositor says about a content (the request body of a deposit).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewDocument {
     /// The content, which must already be held for the owner.
     pub digest: Digest,
     /// The document type.
     pub doc_type: DocType,
     /// A human title (at most 256 characters, no control characters).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")
+    )]
     pub title: String,
     /// The media type of the content, e.g. `application/pdf`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 255, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")
+    )]
     pub media_type: String,
     /// A file name to offer on download.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 255, pattern = "^[^/\\\\\\u0000-\\u001f\\u007f-\\u009f]*$"))]
     pub file_name: Option<String>,
     /// The issuing agency; `None` for an owner's own upload.
     #[serde(default)]
@@ -45,6 +56,7 @@ pub struct NewDocument {
     pub valid_until: Option<Timestamp>,
     /// Document number or dossier code (at most 256 characters, no control characters).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"))]
     pub reference: Option<String>,
     /// The procedure that produced it.
     #[serde(default)]
@@ -56,6 +68,7 @@ pub struct NewDocument {
 
 /// A revocation by the issuer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Revocation {
     /// When it was revoked.
     pub at: Timestamp,
@@ -65,6 +78,7 @@ pub struct Revocation {
 
 /// A stored document record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Document {
     /// The document id.
     pub id: DocumentId,
@@ -86,6 +100,7 @@ pub struct Document {
 /// Validity of a document at a point in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Status {
     /// Usable.
     Valid,

@@ -22,6 +22,7 @@ pub const MAX_GRANT_ITEMS: usize = 100;
 
 /// What an owner grants (the request body).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewGrant {
     /// The agency receiving access.
     pub grantee: AgencyId,
@@ -40,11 +41,13 @@ pub struct NewGrant {
     pub expires_at: Timestamp,
     /// Content reads allowed; `None` = unlimited.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_uses: Option<u64>,
 }
 
 /// A consent receipt: the grant's terms as text, signed by the vault.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Receipt {
     /// The signed text (SPEC.md §15).
     pub text: String,
@@ -56,6 +59,7 @@ pub struct Receipt {
 
 /// A stored grant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Grant {
     /// The grant id.
     pub id: GrantId,
@@ -77,6 +81,7 @@ pub struct Grant {
 /// State of a grant at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum GrantStatus {
     /// Usable.
     Active,

@@ -53,6 +53,8 @@ pub mod journal;
 pub mod keys;
 pub mod merkle;
 pub mod note;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod provenance;
 pub mod rights;
 pub mod rotation;

@@ -99,6 +99,7 @@ impl<'de> Deserialize<'de> for PublicKey {
 
 /// One key of an agency, for tokens and statements alike.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgencyKey {
     /// The key id (`kid` of tokens, `key_id` of signatures).
     pub id: KeyId,
@@ -120,6 +121,7 @@ impl AgencyKey {
 
 /// What the operator registers for an agency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewAgency {
     /// Human name, 1 to 200 characters.
     pub name: String,
@@ -129,6 +131,7 @@ pub struct NewAgency {
 
 /// A registered agency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Agency {
     /// The agency id.
     pub id: AgencyId,

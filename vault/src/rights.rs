@@ -27,6 +27,7 @@ pub const EXPORT_FORMAT: &str = "vault-export-v1";
 
 /// A receipt signed by the vault's key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignedReceipt {
     /// The signed text.
     pub text: String,
