@@ -308,3 +308,33 @@ fn item_9_7_an_unread_download_is_dropped_after_the_idle_timeout() {
     let r = call("GET", &s.url(&format!("{base}/documents/{id}/content")), Some(&owner), &[], None);
     assert_eq!(r.body.len(), data.len());
 }
+
+#[test]
+fn review_a_stalled_batch_body_is_aborted_after_the_idle_timeout_and_frees_its_slot() {
+    let s = Server::start(&["--stream-idle-timeout", "2", "--max-uploads-per-caller", "1"]);
+    let (_sk, agency) = register_agency(&s, "ustl", 62);
+    let mut tcp = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    write!(
+        tcp,
+        "POST /v1/owners/{CITIZEN}/deposits HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {agency}\r\n\
+         Content-Type: application/x-tar\r\nContent-Length: 1024\r\n\r\n"
+    )
+    .unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.is_empty() && Instant::now() < deadline {
+        answered(&mut tcp, &mut got);
+    }
+    let a = String::from_utf8_lossy(&got);
+    assert!(a.starts_with("HTTP/1.1 408") && a.contains("\"timeout\""), "{a}");
+    // Its slot is free again: an (empty) batch from the same caller is answered.
+    let r = call(
+        "POST",
+        &s.url(&format!("/v1/owners/{CITIZEN}/deposits")),
+        Some(&agency),
+        &[("Content-Type", "application/x-tar")],
+        Some(&[0u8; 1024]),
+    );
+    assert_ne!(r.status, 429);
+}

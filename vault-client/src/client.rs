@@ -975,6 +975,8 @@ pub fn safe_file_name(name: &str) -> Option<String> {
         }
         out.push(c);
     }
+    // The cut may end on a dot or space that the trim above kept inside the name.
+    out.truncate(out.trim_end_matches(['.', ' ']).len());
     let stem = out.split('.').next().unwrap_or_default().trim_end().to_ascii_uppercase();
     let device = matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
         || (stem.len() == 4
@@ -1069,6 +1071,16 @@ mod tests {
         let long = "đ".repeat(300);
         let cut = safe_file_name(&long).unwrap();
         assert!(cut.len() <= 200 && cut.chars().all(|c| c == 'đ'));
+    }
+
+    #[test]
+    fn review_a_name_cut_to_200_bytes_still_has_no_trailing_dot_or_space() {
+        for tail in [". b", " .x", "  y"] {
+            let given = format!("{}{tail}", "a".repeat(199));
+            let got = safe_file_name(&given).unwrap();
+            assert!(got.len() <= 200 && !got.ends_with(['.', ' ']), "{given:?} -> {got:?}");
+            assert_eq!(got, "a".repeat(199));
+        }
     }
 
     #[test]

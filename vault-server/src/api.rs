@@ -607,7 +607,35 @@ async fn deposit_batch(OwnerCall { st, caller, owner }: OwnerCall, headers: Head
     if declared.is_some_and(|n| n > MAX_BATCH_BODY as u64) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, MAX_BATCH_BODY).await.map_err(|_| too_large())?;
+    // Read frame by frame: a body that sends nothing for the idle timeout is 408 (as for a
+    // content PUT), and so is one that is not all there within REQUEST_TIMEOUT (the bound on
+    // how long a batch may hold up to 64 MiB of memory, as before; never a 5xx for the client's
+    // pace). The route is exempt from the 30 s request deadline of `observe` for this reason.
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    loop {
+        let wait = st.limits.idle.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        match tokio::time::timeout(wait, stream.next()).await {
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    "a batch body must arrive within 30 s; send smaller batches",
+                ));
+            }
+            Err(_) => return Err(ApiError::idle()),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(ApiError::invalid(format!("the request body failed: {e}"))),
+            Ok(Some(Ok(chunk))) => {
+                if buf.len() + chunk.len() > MAX_BATCH_BODY {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+    let bytes = Bytes::from(buf);
     st.metrics.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
     let v = st.vault()?;
     let max = st.max_content;
@@ -1489,7 +1517,11 @@ async fn observe(st: Arc<AppState>, req: axum::extract::Request, next: axum::mid
         });
     // Streams (uploads, downloads, exports) may legitimately take long; everything else gets a
     // deadline so a stuck request cannot hold a connection and a worker forever.
-    let streaming = route.ends_with("/content") || route.contains("/contents/") || route.ends_with("/export");
+    // A batch deposit bounds its own body (idle timeout and 30 s, both 408).
+    let streaming = route.ends_with("/content")
+        || route.contains("/contents/")
+        || route.ends_with("/export")
+        || route.ends_with("/deposits");
     let mut resp = if streaming {
         next.run(req).await
     } else {
