@@ -51,12 +51,48 @@ pub struct Limits {
     pub idle: std::time::Duration,
     /// Uploads in flight, by principal.
     in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Bytes of batch-deposit bodies held in memory, all callers together.
+    batch_bytes: AtomicU64,
 }
+
+/// Most bytes of batch-deposit bodies the server holds at once, all callers together: 16
+/// callers with 16 batches of 64 MiB each could otherwise pin 16 GiB.
+const MAX_BATCH_BYTES_IN_FLIGHT: u64 = 256 << 20;
 
 impl Limits {
     /// Limits with these bounds.
     pub fn new(uploads_per_principal: usize, idle: std::time::Duration) -> Self {
-        Self { uploads_per_principal, idle, in_flight: Default::default() }
+        Self { uploads_per_principal, idle, in_flight: Default::default(), batch_bytes: AtomicU64::new(0) }
+    }
+
+    /// Takes `n` more bytes of the batch budget for `held`, or refuses with 429 (nothing taken).
+    fn take_batch_bytes(&self, held: &mut BatchBytes<'_>, n: u64) -> Result<(), ApiError> {
+        let taken = self.batch_bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+            cur.checked_add(n).filter(|t| *t <= MAX_BATCH_BYTES_IN_FLIGHT)
+        });
+        match taken {
+            Ok(_) => {
+                held.n += n;
+                Ok(())
+            }
+            Err(_) => Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "the server holds too many batch deposits at the moment; retry later",
+            )),
+        }
+    }
+}
+
+/// Bytes of the batch budget one request holds, given back on drop.
+struct BatchBytes<'a> {
+    limits: &'a Limits,
+    n: u64,
+}
+
+impl Drop for BatchBytes<'_> {
+    fn drop(&mut self) {
+        self.limits.batch_bytes.fetch_sub(self.n, Ordering::AcqRel);
     }
 }
 
@@ -614,6 +650,8 @@ async fn deposit_batch(OwnerCall { st, caller, owner }: OwnerCall, headers: Head
     let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
+    // Held until the answer is made (the items are slices of the body).
+    let mut held = BatchBytes { limits: &st.limits, n: 0 };
     loop {
         let wait = st.limits.idle.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
         match tokio::time::timeout(wait, stream.next()).await {
@@ -631,6 +669,7 @@ async fn deposit_batch(OwnerCall { st, caller, owner }: OwnerCall, headers: Head
                 if buf.len() + chunk.len() > MAX_BATCH_BODY {
                     return Err(too_large());
                 }
+                st.limits.take_batch_bytes(&mut held, chunk.len() as u64)?;
                 buf.extend_from_slice(&chunk);
             }
         }
@@ -660,6 +699,7 @@ async fn deposit_batch(OwnerCall { st, caller, owner }: OwnerCall, headers: Head
             }
         })
         .collect();
+    drop(held);
     Ok(json_response(StatusCode::OK, &json!({ "results": out })))
 }
 
@@ -1633,6 +1673,27 @@ mod tests {
         let req = axum::http::Request::builder().uri("/metrics").body(Body::empty()).unwrap();
         let resp = router(st.clone()).oneshot(req).await.unwrap();
         axum::body::to_bytes(resp.into_body(), 1 << 24).await.unwrap().len()
+    }
+
+    #[test]
+    fn review_batch_bodies_share_one_memory_budget() {
+        let limits = Limits::default();
+        let mut a = BatchBytes { limits: &limits, n: 0 };
+        limits.take_batch_bytes(&mut a, MAX_BATCH_BYTES_IN_FLIGHT - 10).unwrap();
+        {
+            let mut b = BatchBytes { limits: &limits, n: 0 };
+            let e = limits.take_batch_bytes(&mut b, 11).unwrap_err();
+            assert_eq!((e.status, e.code), (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"));
+            limits.take_batch_bytes(&mut b, 10).unwrap();
+            assert_eq!(limits.batch_bytes.load(Ordering::Acquire), MAX_BATCH_BYTES_IN_FLIGHT);
+        }
+        // The finished request gave its bytes back; a refusal took nothing.
+        assert_eq!(limits.batch_bytes.load(Ordering::Acquire), MAX_BATCH_BYTES_IN_FLIGHT - 10);
+        drop(a);
+        assert_eq!(limits.batch_bytes.load(Ordering::Acquire), 0);
+        let mut c = BatchBytes { limits: &limits, n: 0 };
+        limits.take_batch_bytes(&mut c, u64::MAX).unwrap_err();
+        assert_eq!(c.n, 0);
     }
 
     #[tokio::test]
