@@ -386,8 +386,10 @@ fn tampered_downloads_are_reported_and_never_left_as_finished_files() {
     std::fs::write(&blob, bytes).unwrap();
     let broken = w.join("broken.bin");
     let o = cli.run(&as_citizen, &["get", CITIZEN, &id, "-o", broken.to_str().unwrap()]);
-    assert_ne!(o.status.code(), Some(0));
-    assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
+    // 5 (verification failed) when the head and the first bytes got out before the abort; on a
+    // very loaded machine the abort can still win the race with the head, and the client sees a
+    // connection closed before any answer (6). Either way nothing is kept.
+    assert!(matches!(o.status.code(), Some(5 | 6)), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!broken.exists());
     assert!(!vault_client_part(&broken).exists());
 }

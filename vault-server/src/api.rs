@@ -156,6 +156,22 @@ impl Feed {
         matches!(self.rt.block_on(tokio::time::timeout(self.idle, self.tx.send(item))), Ok(Ok(())))
     }
 
+    /// Aborts the response with `e`, after the bytes already sent had their chance to leave:
+    /// an error frame that reaches the HTTP layer together with the head would close the
+    /// connection before the head is written, and the client could not tell a broken transfer
+    /// from an unreachable server. Waits (at most the idle timeout) until the queued chunks are
+    /// taken, then a moment for them to be written.
+    fn abort(self, e: io::Error) {
+        let drained = async {
+            while self.tx.capacity() < self.tx.max_capacity() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        let _ = self.rt.block_on(tokio::time::timeout(self.idle, drained));
+        self.send(Err(e));
+    }
+
     /// Marks the response complete: only then does its body end cleanly.
     fn finish(self) {
         self.done.store(true, Ordering::Release);
@@ -842,7 +858,7 @@ async fn get_content(
                 Err(e) => {
                     // The content failed authentication: abort the response, never end it cleanly.
                     tracing::error!(document = %doc.id, error = %e, "content failed authentication while streaming; response aborted");
-                    feed.send(Err(e));
+                    feed.abort(e);
                     return;
                 }
             }
