@@ -338,3 +338,114 @@ fn review_a_stalled_batch_body_is_aborted_after_the_idle_timeout_and_frees_its_s
     );
     assert_ne!(r.status, 429);
 }
+
+#[test]
+fn item_9_7_unread_downloads_are_limited_per_caller_and_free_their_slot() {
+    let s = Server::start(&["--max-downloads-per-caller", "2", "--stream-idle-timeout", "60"]);
+    let owner = s.owner(CITIZEN);
+    let data: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
+    let digest = Digest::of(&data);
+    let base = format!("/v1/owners/{CITIZEN}");
+    assert_eq!(call("PUT", &s.url(&format!("{base}/contents/{digest}")), Some(&owner), &[], Some(&data)).status, 201);
+    let body = json!({"digest": digest, "doc_type": "ghi-chu", "title": "big", "media_type": "application/pdf"});
+    let id =
+        post_json(&s.url(&format!("{base}/documents")), &owner, None, &body).json()["id"].as_str().unwrap().to_owned();
+    let content = format!("{base}/documents/{id}/content");
+    let open = || {
+        let mut tcp = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        write!(tcp, "GET {content} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {owner}\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut head = [0u8; 12];
+        tcp.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        tcp
+    };
+    // Two downloads whose clients read nothing more: each holds a reader thread.
+    let slow = [open(), open()];
+    // A third one by the same caller is refused at once, before anything is read or audited.
+    let log_len = |s: &Server| {
+        call("GET", &s.url(&format!("{base}/access-log?limit=1000")), Some(&owner), &[], None).json()["entries"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let (a, b) = (log_len(&s), log_len(&s));
+    let r = call("GET", &s.url(&content), Some(&owner), &[], None);
+    assert_eq!((r.status, r.code().as_str()), (429, "too_many_requests"));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // Listing the log may add its own entry; the refused download added none.
+    assert_eq!(log_len(&s) - b, b - a);
+    let e = call("GET", &s.url(&format!("{base}/export")), Some(&owner), &[], None);
+    assert_eq!(e.status, 429, "an export counts as a download");
+    // Another caller is not affected.
+    let other = "citizen:001099000007";
+    assert_eq!(
+        call("GET", &s.url(&format!("/v1/owners/{other}/documents")), Some(&s.owner(other)), &[], None).status,
+        200
+    );
+    // Once the slow clients go away their slots come back.
+    drop(slow);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = call("GET", &s.url(&content), Some(&owner), &[], None);
+        if r.status == 200 {
+            assert_eq!(r.body.len(), data.len());
+            break;
+        }
+        assert_eq!(r.status, 429);
+        assert!(Instant::now() < deadline, "the slots were never given back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stores a 32 MiB content and a document on it for `who`; the document's content path.
+fn big_document(s: &Server, who: &str) -> String {
+    let token = s.owner(who);
+    let data: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
+    let digest = Digest::of(&data);
+    let base = format!("/v1/owners/{who}");
+    assert_eq!(call("PUT", &s.url(&format!("{base}/contents/{digest}")), Some(&token), &[], Some(&data)).status, 201);
+    let body = json!({"digest": digest, "doc_type": "ghi-chu", "title": "big", "media_type": "application/pdf"});
+    let id =
+        post_json(&s.url(&format!("{base}/documents")), &token, None, &body).json()["id"].as_str().unwrap().to_owned();
+    format!("{base}/documents/{id}/content")
+}
+
+#[test]
+fn item_9_7_streams_of_all_callers_together_are_bounded() {
+    let s = Server::start(&["--max-streams", "2", "--stream-idle-timeout", "60"]);
+    let who = ["citizen:001099000011", "citizen:001099000012", "citizen:001099000013"];
+    let paths: Vec<String> = who.iter().map(|w| big_document(&s, w)).collect();
+    let open = |i: usize| {
+        let mut tcp = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        let token = s.owner(who[i]);
+        write!(
+            tcp,
+            "GET {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n",
+            paths[i]
+        )
+        .unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut head = [0u8; 12];
+        tcp.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        tcp
+    };
+    // Two callers hold one unread download each: the server's two stream slots.
+    let slow = [open(0), open(1)];
+    let r = call("GET", &s.url(&paths[2]), Some(&s.owner(who[2])), &[], None);
+    assert_eq!((r.status, r.code().as_str()), (429, "too_many_requests"));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // Calls that are not streams still answer.
+    assert_eq!(
+        call("GET", &s.url(&format!("/v1/owners/{}/documents", who[2])), Some(&s.owner(who[2])), &[], None).status,
+        200
+    );
+    drop(slow);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while call("GET", &s.url(&paths[2]), Some(&s.owner(who[2])), &[], None).status != 200 {
+        assert!(Instant::now() < deadline, "the slots were never given back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -46,11 +46,17 @@ pub struct AppState {
 pub struct Limits {
     /// Most uploads (content `PUT`s and batch deposits) one principal may have in flight.
     pub uploads_per_principal: usize,
+    /// Most downloads (content `GET`s and exports) one principal may have in flight: each holds
+    /// a reader thread until its client has taken the last byte (or the idle timeout passes).
+    pub downloads_per_principal: usize,
+    /// Most streams (uploads and downloads) of all callers together, so that the blocking
+    /// threads they hold never starve other calls (below [`BLOCKING_THREADS`]).
+    pub streams_total: usize,
     /// A request body that sends no byte for this long, or a response nobody reads for this
     /// long, is aborted.
     pub idle: std::time::Duration,
-    /// Uploads in flight, by principal.
-    in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Streams in flight.
+    in_flight: std::sync::Mutex<InFlight>,
     /// Bytes of batch-deposit bodies held in memory, all callers together.
     batch_bytes: AtomicU64,
 }
@@ -61,8 +67,20 @@ const MAX_BATCH_BYTES_IN_FLIGHT: u64 = 256 << 20;
 
 impl Limits {
     /// Limits with these bounds.
-    pub fn new(uploads_per_principal: usize, idle: std::time::Duration) -> Self {
-        Self { uploads_per_principal, idle, in_flight: Default::default(), batch_bytes: AtomicU64::new(0) }
+    pub fn new(
+        uploads_per_principal: usize,
+        downloads_per_principal: usize,
+        streams_total: usize,
+        idle: std::time::Duration,
+    ) -> Self {
+        Self {
+            uploads_per_principal,
+            downloads_per_principal,
+            streams_total,
+            idle,
+            in_flight: Default::default(),
+            batch_bytes: AtomicU64::new(0),
+        }
     }
 
     /// Takes `n` more bytes of the batch budget for `held`, or refuses with 429 (nothing taken).
@@ -98,47 +116,81 @@ impl Drop for BatchBytes<'_> {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self::new(16, std::time::Duration::from_secs(30))
+        Self::new(16, 32, 384, std::time::Duration::from_secs(30))
     }
 }
 
-/// One upload slot of a principal, given back on drop.
-struct UploadSlot {
-    st: Arc<AppState>,
-    key: String,
+/// The server's blocking-thread pool: streams hold at most `--max-streams` of them (default
+/// 384), the rest serve every other call.
+pub const BLOCKING_THREADS: usize = 512;
+
+/// Streams in flight: by kind and principal, and all together.
+#[derive(Debug, Default)]
+struct InFlight {
+    by: std::collections::HashMap<(Stream, String), usize>,
+    total: usize,
 }
 
-impl Drop for UploadSlot {
+/// The kinds of stream a principal's in-flight count is kept for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Stream {
+    /// Content `PUT`s and batch deposits.
+    Upload,
+    /// Content `GET`s and exports.
+    Download,
+}
+
+/// One stream slot of a principal, given back on drop.
+struct StreamSlot {
+    st: Arc<AppState>,
+    key: (Stream, String),
+}
+
+impl Drop for StreamSlot {
     fn drop(&mut self) {
         let mut m = self.st.limits.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.key) {
+        m.total = m.total.saturating_sub(1);
+        if let Some(n) = m.by.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                m.remove(&self.key);
+                m.by.remove(&self.key);
             }
         }
     }
 }
 
-/// Takes an upload slot for the caller, or 429 `too_many_requests`.
-fn upload_slot(st: &Arc<AppState>, caller: &Caller) -> Result<UploadSlot, ApiError> {
-    let key = match &caller.principal {
+/// Takes a stream slot of `kind` for the caller, or 429 `too_many_requests` (nothing done).
+fn stream_slot(st: &Arc<AppState>, caller: &Caller, kind: Stream) -> Result<StreamSlot, ApiError> {
+    let who = match &caller.principal {
         Principal::Owner(o) => format!("owner:{o}"),
         Principal::Agency(a) => format!("agency:{a}"),
         Principal::Operator => "operator".to_owned(),
     };
+    let (limit, what) = match kind {
+        Stream::Upload => (st.limits.uploads_per_principal, "uploads"),
+        Stream::Download => (st.limits.downloads_per_principal, "downloads"),
+    };
+    let key = (kind, who);
     let mut m = st.limits.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-    let n = m.entry(key.clone()).or_default();
-    if *n >= st.limits.uploads_per_principal {
+    if m.total >= st.limits.streams_total {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_requests",
-            format!("at most {} uploads at a time per caller; retry later", st.limits.uploads_per_principal),
+            "the server has too many uploads and downloads in flight; retry later",
+        ));
+    }
+    let n = m.by.entry(key.clone()).or_default();
+    if *n >= limit {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!("at most {limit} {what} at a time per caller; retry later"),
         ));
     }
     *n += 1;
+    m.total += 1;
     drop(m);
-    Ok(UploadSlot { st: st.clone(), key })
+    Ok(StreamSlot { st: st.clone(), key })
 }
 
 /// The sending end of a streamed response fed by a blocking reader: a send waits at most the
@@ -551,7 +603,7 @@ async fn put_content(
             Some(new)
         }
     };
-    let _slot = upload_slot(&st, &caller)?;
+    let _slot = stream_slot(&st, &caller, Stream::Upload)?;
     let v = st.vault()?;
     let idle = st.limits.idle;
     // No blocking thread is taken before the first body byte (or the body's end) arrives, and
@@ -646,7 +698,7 @@ async fn deposit_batch(OwnerCall { st, caller, owner }: OwnerCall, headers: Head
     let v = st.vault()?;
     let (c, o) = (caller.clone(), owner.clone());
     blocking(move || v.may_deposit_as(&c, &o)).await?;
-    let _slot = upload_slot(&st, &caller)?;
+    let _slot = stream_slot(&st, &caller, Stream::Upload)?;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -810,6 +862,9 @@ async fn get_content(
 ) -> ApiResult {
     let id = doc_id(&id)?;
     let v = st.vault()?;
+    // Taken before the read is decided (and audited, and counted against a grant's uses), so
+    // a refusal here costs the caller nothing; held by the reader thread until it is done.
+    let slot = stream_slot(&st, &caller, Stream::Download)?;
     let (doc, mut reader) = blocking(move || v.content_as(&caller, &owner, &id)).await?;
     let etag = format!("\"{}\"", doc.meta.digest);
     if headers
@@ -836,6 +891,7 @@ async fn get_content(
     let (feed, body) = fed_body(&st);
     let st2 = st.clone();
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         if let Err(e) = reader.seek(SeekFrom::Start(start)) {
             feed.send(Err(e));
             return;
@@ -1096,10 +1152,14 @@ async fn checkpoint(State(st): State<Arc<AppState>>) -> ApiResult {
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
 }
 
+/// A numeric query parameter: decimal digits, 0 to 2^63 − 1 (OpenAPI's `int64`, as
+/// `/openapi.json` declares it; no index or size of the log comes near it).
 fn u64_param(q: &std::collections::HashMap<String, String>, name: &str) -> Result<u64, ApiError> {
     q.get(name)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ApiError::invalid(format!("query parameter {name} must be a number")))
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse::<i64>().ok())
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(|| ApiError::invalid(format!("query parameter {name} must be a whole number from 0 to 2^63-1")))
 }
 
 #[utoipa::path(
@@ -1149,11 +1209,13 @@ async fn consistency(
 )]
 async fn export(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
     let v = st.vault()?;
+    let slot = stream_slot(&st, &caller, Stream::Download)?;
     // Streamed as it is built: tar blocks go straight from the decrypting readers into a bounded
     // channel of body chunks. No plaintext ever touches a file (SPEC.md §18).
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, io::Error>>(4);
     let rt = tokio::runtime::Handle::current();
     let task = tokio::task::spawn_blocking(move || -> Result<(), vault::Error> {
+        let _slot = slot;
         let mut w = ChannelWriter::new(tx, rt, EXPORT_SEND_TIMEOUT);
         match v.export_as(&caller, &owner, &mut w) {
             Ok(()) => Ok(()),
@@ -1661,6 +1723,18 @@ mod tests {
             metrics: Metrics::default(),
             limits: Limits::default(),
         })
+    }
+
+    #[test]
+    fn numeric_query_parameters_stay_within_int64() {
+        let q = |v: &str| std::collections::HashMap::from([("after".to_owned(), v.to_owned())]);
+        assert_eq!(u64_param(&q("0"), "after").unwrap(), 0);
+        assert_eq!(u64_param(&q("9223372036854775807"), "after").unwrap(), i64::MAX as u64);
+        for bad in ["9223372036854775808", "18446744073709551615", "-1", "+1", "", "1e3", " 1", "0x10"] {
+            let e = u64_param(&q(bad), "after").unwrap_err();
+            assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_request"), "{bad:?}");
+        }
+        assert!(u64_param(&Default::default(), "after").is_err());
     }
 
     async fn status_and_code(app: Router, method: &str, uri: &str) -> (u16, String) {

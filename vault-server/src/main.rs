@@ -58,6 +58,12 @@ struct Args {
     /// Most uploads (content PUTs, batch deposits) one caller may have in flight; more → 429.
     #[arg(long, env = "VAULT_MAX_UPLOADS_PER_CALLER", default_value_t = 16)]
     max_uploads_per_caller: usize,
+    /// Most downloads (content GETs, exports) one caller may have in flight; more → 429.
+    #[arg(long, env = "VAULT_MAX_DOWNLOADS_PER_CALLER", default_value_t = 32)]
+    max_downloads_per_caller: usize,
+    /// Most uploads and downloads of all callers together (each holds a blocking thread); more → 429.
+    #[arg(long, env = "VAULT_MAX_STREAMS", default_value_t = 384)]
+    max_streams: usize,
     /// Seconds a request body may send nothing, or a response go unread, before it is aborted.
     #[arg(long, env = "VAULT_STREAM_IDLE_TIMEOUT", default_value_t = 30)]
     stream_idle_timeout: u64,
@@ -93,6 +99,8 @@ struct FileConfig {
     max_token_lifetime: Option<i64>,
     max_content_size: Option<u64>,
     max_uploads_per_caller: Option<usize>,
+    max_downloads_per_caller: Option<usize>,
+    max_streams: Option<usize>,
     stream_idle_timeout: Option<u64>,
     max_pending_uploads: Option<u64>,
     max_pending_bytes: Option<u64>,
@@ -143,6 +151,12 @@ fn apply_config(args: &mut Args, m: &clap::ArgMatches) -> Result<(), String> {
     }
     if let (true, Some(v)) = (unset("max_uploads_per_caller"), f.max_uploads_per_caller) {
         args.max_uploads_per_caller = v;
+    }
+    if let (true, Some(v)) = (unset("max_downloads_per_caller"), f.max_downloads_per_caller) {
+        args.max_downloads_per_caller = v;
+    }
+    if let (true, Some(v)) = (unset("max_streams"), f.max_streams) {
+        args.max_streams = v;
     }
     if let (true, Some(v)) = (unset("stream_idle_timeout"), f.stream_idle_timeout) {
         args.stream_idle_timeout = v;
@@ -312,8 +326,17 @@ async fn run(args: Args) -> Result<(), String> {
         let (name, provider) = auth::parse_identity_provider(spec)?;
         providers.insert(name, provider);
     }
-    if args.max_uploads_per_caller == 0 || args.stream_idle_timeout == 0 {
-        return Err("--max-uploads-per-caller and --stream-idle-timeout must be at least 1".into());
+    if args.max_uploads_per_caller == 0 || args.max_downloads_per_caller == 0 || args.stream_idle_timeout == 0 {
+        return Err(
+            "--max-uploads-per-caller, --max-downloads-per-caller and --stream-idle-timeout must be at least 1".into(),
+        );
+    }
+    if args.max_streams == 0 || args.max_streams > api::BLOCKING_THREADS - 64 {
+        return Err(format!(
+            "--max-streams must be 1 to {} (the rest of the threads serve other calls)",
+            api::BLOCKING_THREADS - 64
+        )
+        .into());
     }
     let operator = args.operator_key.as_deref().map(|k| verifying_key(k, "--operator-key")).transpose()?;
     let mut auth = auth::AuthConfig {
@@ -341,7 +364,12 @@ async fn run(args: Args) -> Result<(), String> {
         auth,
         max_content: args.max_content_size,
         metrics: Default::default(),
-        limits: api::Limits::new(args.max_uploads_per_caller, std::time::Duration::from_secs(args.stream_idle_timeout)),
+        limits: api::Limits::new(
+            args.max_uploads_per_caller,
+            args.max_downloads_per_caller,
+            args.max_streams,
+            std::time::Duration::from_secs(args.stream_idle_timeout),
+        ),
     });
     let server = tokio::spawn(
         axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(shutdown_signal()).into_future(),
@@ -515,7 +543,11 @@ fn main() -> ExitCode {
     } else {
         tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(api::BLOCKING_THREADS)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vault-server: cannot start the runtime: {e}");
