@@ -656,3 +656,73 @@ fn item_9_4_vault_log_pages_and_proves_in_batches() {
     assert_eq!(route_count(&s, "GET", "/v1/owners/{owner}/access-log/{index}/leaf", 200), 0);
     assert_eq!(route_count(&s, "GET", "/v1/audit/proof/inclusion", 200), 0);
 }
+
+/// A proxy on 127.0.0.1 in front of `upstream` that answers 404 to the `access-log/proofs`
+/// extension, as a server implementing only api.md would; its base URL.
+fn proxy_without_proofs_extension(upstream: &str) -> String {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    let upstream = upstream.to_owned();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let forward = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let upstream = upstream.clone();
+                async move {
+                    if uri.path().ends_with("/access-log/proofs") {
+                        let body = r#"{"error":{"code":"not_found","message":"no such route"}}"#;
+                        return (StatusCode::NOT_FOUND, [("content-type", "application/json".to_owned())], body.into());
+                    }
+                    tokio::task::spawn_blocking(move || {
+                        let mut req = ureq::request(method.as_str(), &format!("{upstream}{uri}"));
+                        for (k, v) in &headers {
+                            if k != "host" && k != "content-length" {
+                                req = req.set(k.as_str(), v.to_str().unwrap());
+                            }
+                        }
+                        let resp = match if body.is_empty() { req.call() } else { req.send_bytes(&body) } {
+                            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+                            Err(e) => panic!("upstream: {e}"),
+                        };
+                        let status = StatusCode::from_u16(resp.status()).unwrap();
+                        let ct = resp.header("content-type").unwrap_or("application/octet-stream").to_owned();
+                        let mut out = Vec::new();
+                        resp.into_reader().read_to_end(&mut out).unwrap();
+                        (status, [("content-type", ct)], out)
+                    })
+                    .await
+                    .unwrap()
+                }
+            };
+            let app = axum::Router::new().fallback(forward);
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    base
+}
+
+#[test]
+fn vault_log_falls_back_to_single_proofs_on_a_server_without_the_extension() {
+    let s = Server::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let proxy = proxy_without_proofs_extension(&s.base);
+    let cli = Cli::new(&proxy, work.path());
+    let citizen = s.owner(CITIZEN);
+    let grants = s.url(&format!("/v1/owners/{CITIZEN}/grants"));
+    for _ in 0..20 {
+        assert_eq!(call("GET", &grants, Some(&citizen), &[], None).status, 200);
+    }
+    let log = cli.ok(&[("VAULT_TOKEN", &citizen)], &["log", CITIZEN]);
+    let entries = log["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 20);
+    assert!(entries.iter().all(|e| e["proven_in"] == log["checkpoint"]["size"]));
+    // The batch request was tried once through the proxy; every entry was then proven with
+    // api.md's own endpoints, one leaf and one inclusion proof each.
+    assert_eq!(route_count(&s, "POST", "/v1/owners/{owner}/access-log/proofs", 200), 0);
+    assert_eq!(route_count(&s, "GET", "/v1/owners/{owner}/access-log/{index}/leaf", 200), 20);
+    assert_eq!(route_count(&s, "GET", "/v1/audit/proof/inclusion", 200), 20);
+}

@@ -413,7 +413,8 @@ fn errors_of(method: &str, path: &str) -> &'static [(u16, &'static str)] {
     const GONE: (u16, &str) = (410, "Erased (`gone`)");
     const CONFLICT: (u16, &str) = (409, "`conflict`");
     const LARGE: (u16, &str) = (413, "Too large (`too_large`)");
-    const BUSY: (u16, &str) = (429, "Too many concurrent uploads (`too_many_requests`; see `Retry-After`)");
+    const BUSY: (u16, &str) =
+        (429, "Too many concurrent uploads or downloads (`too_many_requests`; see `Retry-After`)");
     const UNAVAILABLE: (u16, &str) = (503, "The vault is opening (`sealed`), timed out, or refuses writes");
     match (method, path) {
         ("get", "/healthz" | "/metrics" | "/openapi.json") => &[],
@@ -423,8 +424,9 @@ fn errors_of(method: &str, path: &str) -> &'static [(u16, &'static str)] {
         ("post", "/v1/owners/{owner}/deposits") => &[BAD, AUTH, FORBIDDEN, CONFLICT, LARGE, BUSY, UNAVAILABLE],
         ("post", "/v1/owners/{owner}/documents") => &[BAD, AUTH, FORBIDDEN, CONFLICT, LARGE, UNAVAILABLE],
         ("get", "/v1/owners/{owner}/documents/{id}/content") => {
-            &[BAD, AUTH, FORBIDDEN, NOT_FOUND, GONE, (416, "Unsatisfiable range (`invalid_range`)"), UNAVAILABLE]
+            &[BAD, AUTH, FORBIDDEN, NOT_FOUND, GONE, (416, "Unsatisfiable range (`invalid_range`)"), BUSY, UNAVAILABLE]
         }
+        ("get", "/v1/owners/{owner}/export") => &[BAD, AUTH, FORBIDDEN, NOT_FOUND, GONE, BUSY, UNAVAILABLE],
         ("put", "/v1/agencies/{agency}") => &[BAD, AUTH, FORBIDDEN, CONFLICT, LARGE, UNAVAILABLE],
         ("get", "/v1/agencies" | "/v1/grants") => &[AUTH, FORBIDDEN, UNAVAILABLE],
         ("get", "/v1/agencies/{agency}") => &[AUTH, NOT_FOUND, UNAVAILABLE],
