@@ -142,6 +142,7 @@ fn item_9_4_access_log_pages_in_the_library() {
     }
     let too_many: Vec<u64> = all.iter().map(|e| e.index).collect();
     assert!(matches!(v.access_log_proofs_as(&mine, &me, size, &too_many), Err(Error::InvalidRequest(_))));
+    assert!(matches!(v.access_log_proofs_as(&mine, &me, size, &[]), Err(Error::InvalidRequest(_))));
     assert!(matches!(v.access_log_proofs_as(&mine, &me, size, &[theirs_index]), Err(Error::NotFound(_))));
     assert!(matches!(v.access_log_proofs_as(&mine, &me, size + 1, &[0]), Err(Error::InvalidRequest(_))));
     assert!(matches!(v.access_log_proofs_as(&mine, &me, indexes[5], &indexes[5..6]), Err(Error::InvalidRequest(_))));

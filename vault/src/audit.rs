@@ -452,8 +452,8 @@ impl Vault {
     /// `owner` is `not_found`; `size` above the tree, or an index not below it, is
     /// `invalid_request`.
     pub fn owner_leaf_proofs(&self, owner: &OwnerId, size: u64, indexes: &[u64]) -> Result<Vec<LeafProof>, Error> {
-        if indexes.len() > MAX_PAGE {
-            return Err(Error::InvalidRequest(format!("at most {MAX_PAGE} indexes")));
+        if indexes.is_empty() || indexes.len() > MAX_PAGE {
+            return Err(Error::InvalidRequest(format!("indexes must hold 1 to {MAX_PAGE} entries")));
         }
         if size > self.audit_size()? || indexes.iter().any(|&i| i >= size) {
             return Err(Error::InvalidRequest("every index must be below size, and size at most the tree size".into()));
