@@ -4,6 +4,8 @@
 //! Run: `cargo build --release -p vault-server && cargo bench --bench http`.
 //! `VAULT_HTTP_SECONDS` sets each measurement's length (default 5), `VAULT_HTTP_CONNECTIONS` the
 //! concurrent connections (default 64), `VAULT_HTTP_UPLOAD_MIB` the upload size (default 1024).
+//! With `VAULT_HTTP_WRK=wrk` the read workloads of issue #11 are measured instead by `wrk` from a
+//! second process (`benches/reads.sh`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
@@ -190,6 +192,30 @@ fn main() {
         .unwrap();
 
     let hello = hello_server();
+    if let Ok(wrk) = std::env::var("VAULT_HTTP_WRK") {
+        let agency = [format!("Authorization: Bearer {agency_t}"), "Vault-Purpose: 1.1".to_owned()];
+        let owner = [format!("Authorization: Bearer {owner_t}")];
+        let doc = format!("{base}/v1/owners/{OWNER}/documents/{}", small_ids[0]);
+        let runs: Vec<(&str, String, &[String])> = vec![
+            ("minimal axum hello", format!("{hello}/"), &[]),
+            ("vault `/healthz`", format!("{base}/healthz"), &[]),
+            ("agency reads a 10 KiB content under a grant (audited, use counted)", format!("{doc}/content"), &agency),
+            ("owner reads the same content (audited)", format!("{doc}/content"), &owner),
+            ("agency reads the document's record (audited)", doc.clone(), &agency),
+        ];
+        println!("\n== wrk -t2 -c{conns} -d{secs}s from a second process, release server on 127.0.0.1");
+        println!("| workload | req/s | vs hello | p50 ms | p99 ms | non-2xx |");
+        println!("|---|---|---|---|---|---|");
+        let mut hello_rps = 0.0;
+        for (name, url, headers) in runs {
+            let w = wrk_run(&wrk, conns, secs, &url, headers);
+            if hello_rps == 0.0 {
+                hello_rps = w.0;
+            }
+            println!("| {name} | {:.0} | {:.1}% | {:.2} | {:.2} | {} |", w.0, 100.0 * w.0 / hello_rps, w.1, w.2, w.3);
+        }
+        return;
+    }
     let mut rows = Vec::new();
     let h = hello.clone();
     let hello_load = load(conns, secs, move |a| a.get(&h).call().is_ok());
@@ -309,4 +335,33 @@ fn main() {
         100.0 * l10.rps / hello_load.rps,
         l10.p99_ms
     );
+}
+
+/// One wrk run (`-t2 -c<conns> -d<secs>s --latency`): requests per second, p50 and p99 in ms,
+/// and the count of non-2xx/3xx answers.
+fn wrk_run(wrk: &str, conns: usize, secs: u64, url: &str, headers: &[String]) -> (f64, f64, f64, u64) {
+    let mut c = Command::new(wrk);
+    c.args(["-t2", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency"]);
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    let out = c.arg(url).output().expect("run wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()));
+    let ms = |v: &str| {
+        let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+        let n: f64 = num.parse().unwrap_or(f64::NAN);
+        match unit {
+            "us" => n / 1000.0,
+            "ms" => n,
+            "s" => n * 1000.0,
+            "m" => n * 60_000.0,
+            _ => f64::NAN,
+        }
+    };
+    let rps = field("Requests/sec:").and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let p50 = field("50%").map(|v| ms(&v)).unwrap_or(f64::NAN);
+    let p99 = field("99%").map(|v| ms(&v)).unwrap_or(f64::NAN);
+    let bad = field("Non-2xx or 3xx responses:").and_then(|v| v.parse().ok()).unwrap_or(0);
+    (rps, p50, p99, bad)
 }
