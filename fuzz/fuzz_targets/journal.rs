@@ -1,30 +1,38 @@
 //! The metadata journal's records (vault/src/journal.rs), read back at every open.
 //!
-//! Input: journal bytes. Properties: `decode` never reads past the input, the intact prefix it
-//! reports is exactly the re-encoding of the batches it returns, and the input taken as one
-//! record's payload (with a correct length and checksum) decodes to ops that re-encode to it.
+//! Input: journal bytes. Properties: `decode` never panics and never reads past the input; for
+//! a format-2 file the intact prefix it reports is exactly the header and the re-encoding of the
+//! batches it returns; and the input taken as one record's payload (framed with a correct length
+//! and checksums) either decodes to exactly one batch that re-encodes to the same record, or is
+//! reported as damage — never as a torn tail or as several records.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vault::journal::{decode, encode};
+use vault::journal::{decode, encode_ops, frame, MAGIC};
 
 fuzz_target!(|data: &[u8]| {
-    let (batches, intact) = decode(data);
-    assert!(intact <= data.len());
-    let again: Vec<u8> = batches.iter().flat_map(|b| encode(b)).collect();
-    assert_eq!(again, &data[..intact], "the intact prefix is the re-encoded batches");
-
-    let mut rec = Vec::with_capacity(12 + data.len());
-    rec.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    rec.extend_from_slice(&blake3::hash(data).as_bytes()[..8]);
-    rec.extend_from_slice(data);
-    let (batches, intact) = decode(&rec);
-    match batches.as_slice() {
-        [] => assert_eq!(intact, 0),
-        [ops] => {
-            assert_eq!(intact, rec.len());
-            assert_eq!(encode(ops), rec, "a payload that decodes re-encodes to itself");
+    if let Ok(replay) = decode(data) {
+        assert!(replay.intact <= data.len());
+        if !replay.legacy && replay.intact > 0 {
+            let mut again = MAGIC.to_vec();
+            for b in &replay.batches {
+                again.extend(frame(encode_ops(&b.ops), b.state.as_ref()));
+            }
+            assert_eq!(again, &data[..replay.intact], "the intact prefix is the re-encoded batches");
         }
-        _ => panic!("one record decoded as several"),
+    }
+
+    let rec = frame(data.to_vec(), None);
+    let mut file = MAGIC.to_vec();
+    file.extend_from_slice(&rec);
+    match decode(&file) {
+        Ok(replay) => {
+            assert_eq!(replay.intact, file.len(), "a whole, checksummed record is not a torn tail");
+            match replay.batches.as_slice() {
+                [b] => assert_eq!(frame(encode_ops(&b.ops), b.state.as_ref()), rec, "a record re-encodes to itself"),
+                other => panic!("one record decoded as {} batches", other.len()),
+            }
+        }
+        Err(d) => assert_eq!(d.offset, MAGIC.len() as u64, "the damage is the record's"),
     }
 });

@@ -10,7 +10,7 @@ use vault::keys::SecretKey;
 use vault::note::VaultSigner;
 use vault::provenance::{AgencyKey, NewAgency, PublicKey};
 use vault::{AgencyId, KeyId, MasterKey, Timestamp, Vault};
-use vault_server::auth::AuthConfig;
+use vault_server::auth::{AuthConfig, IdentityProvider};
 
 /// The fixed "now" of the token checks (2027-01-15).
 pub const NOW: i64 = 1_800_000_000;
@@ -45,7 +45,7 @@ pub const WRAP: SecretKey = SecretKey::from_bytes([9; 32]);
 /// The server's token settings: audience `vault`, one provider, the operator.
 pub fn auth_config() -> AuthConfig {
     let mut providers = HashMap::new();
-    providers.insert(PROVIDER.to_owned(), provider_key().verifying_key());
+    providers.insert(PROVIDER.to_owned(), IdentityProvider { key: provider_key().verifying_key(), only: None });
     AuthConfig {
         audience: "vault".into(),
         max_lifetime: 3600,
