@@ -18,9 +18,23 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 export TMPDIR=$tmp
 
+# FUZZ_TARGET_DIR keeps the (slow, instrumented) build outside the repository, e.g. in a cache
+# folder that survives between CI runs; FUZZ_BUILD_TIMEOUT (seconds) bounds the build, after
+# which the script gives up with exit 3 (nothing was fuzzed).
+dir_args=()
+[ -z "${FUZZ_TARGET_DIR:-}" ] || dir_args=(--target-dir "$FUZZ_TARGET_DIR")
 echo "== fuzz: building the targets"
 build_start=$(date +%s)
-nice cargo +nightly fuzz build
+set +e
+timeout "${FUZZ_BUILD_TIMEOUT:-0}" nice cargo +nightly fuzz build "${dir_args[@]}"
+rc=$?
+set -e
+if [ $rc -eq 124 ]; then
+  echo "== fuzz: the build took more than ${FUZZ_BUILD_TIMEOUT} s; nothing fuzzed"
+  exit 3
+elif [ $rc -ne 0 ]; then
+  exit $rc
+fi
 echo "built in $(($(date +%s) - build_start)) s"
 
 failed=()
@@ -31,7 +45,7 @@ for t in "${targets[@]}"; do
   case $t in batch_tar | export_verify | blob) max_len=65536 ;; esac
   log="$tmp/$t.log"
   start=$(date +%s)
-  if nice cargo +nightly fuzz run "$t" "target/corpus/$t" "corpus/$t" -- \
+  if nice cargo +nightly fuzz run "${dir_args[@]}" "$t" "target/corpus/$t" "corpus/$t" -- \
       -max_total_time="$secs" -max_len=$max_len -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=2048 \
       -print_final_stats=1 -close_fd_mask=3 >"$log" 2>&1; then
     status=ok
