@@ -888,39 +888,28 @@ async fn get_content(
         Some((s, e)) => (s, e - s + 1, StatusCode::PARTIAL_CONTENT),
         None => (0, size, StatusCode::OK),
     };
-    let (feed, body) = fed_body(&st);
-    let st2 = st.clone();
-    tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        if let Err(e) = reader.seek(SeekFrom::Start(start)) {
-            feed.send(Err(e));
-            return;
-        }
-        let mut left = len;
-        let mut buf = vec![0u8; 256 * 1024];
-        // A whole read continues to the end so the digest is checked before the last bytes go.
-        while left > 0 || (range.is_none() && start == 0) {
-            let want = buf.len().min(left.max(1) as usize);
-            match reader.read(&mut buf[..want]) {
-                Ok(0) => break,
-                Ok(n) => {
-                    let n = n.min(left as usize);
-                    left -= n as u64;
-                    st2.metrics.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                    if n > 0 && !feed.send(Ok(Bytes::copy_from_slice(&buf[..n]))) {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    // The content failed authentication: abort the response, never end it cleanly.
-                    tracing::error!(document = %doc.id, error = %e, "content failed authentication while streaming; response aborted");
-                    feed.abort(e);
-                    return;
-                }
+    let body = if len <= SMALL_CONTENT {
+        // Small: read (and authenticate) all of it first, then answer in one body frame; a
+        // content that fails authentication is an ordinary error answer, not a broken stream.
+        let bytes = blocking(move || -> Result<Vec<u8>, vault::Error> {
+            let _slot = slot;
+            reader.seek(SeekFrom::Start(start))?;
+            let mut out = Vec::with_capacity(len as usize);
+            if range.is_none() {
+                // The whole content: read to its end, so the digest is checked.
+                reader.read_to_end(&mut out)?;
+            } else {
+                (&mut reader).take(len).read_to_end(&mut out)?;
             }
-        }
-        feed.finish();
-    });
+            Ok(out)
+        })
+        .await
+        .inspect_err(|e| tracing::error!(document = %doc.id, error = %e.message, "content failed while reading"))?;
+        st.metrics.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Body::from(bytes)
+    } else {
+        streamed_content(&st, slot, reader, doc.id, start, len, range.is_none())
+    };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -937,6 +926,56 @@ async fn get_content(
         h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&cr).map_err(ApiError::internal)?);
     }
     Ok(resp)
+}
+
+/// Contents (or ranges) up to this size are read whole, then sent in one body frame.
+const SMALL_CONTENT: u64 = 64 * 1024;
+
+/// Streams `len` bytes of a content from `start` out of a blocking reader thread (which holds
+/// the caller's download slot until it is done). A whole read (`whole`) continues to the end so
+/// the digest is checked before the last bytes go; a content that fails authentication aborts
+/// the response, never ends it cleanly.
+fn streamed_content(
+    st: &Arc<AppState>,
+    slot: StreamSlot,
+    mut reader: vault::ContentReader,
+    doc: vault::DocumentId,
+    start: u64,
+    len: u64,
+    whole: bool,
+) -> Body {
+    let (feed, body) = fed_body(st);
+    let st = st.clone();
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        if let Err(e) = reader.seek(SeekFrom::Start(start)) {
+            feed.send(Err(e));
+            return;
+        }
+        let mut left = len;
+        let mut buf = vec![0u8; 256 * 1024];
+        while left > 0 || (whole && start == 0) {
+            let want = buf.len().min(left.max(1) as usize);
+            match reader.read(&mut buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let n = n.min(left as usize);
+                    left -= n as u64;
+                    st.metrics.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                    if n > 0 && !feed.send(Ok(Bytes::copy_from_slice(&buf[..n]))) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(document = %doc, error = %e, "content failed authentication while streaming; response aborted");
+                    feed.abort(e);
+                    return;
+                }
+            }
+        }
+        feed.finish();
+    });
+    body
 }
 
 #[utoipa::path(
