@@ -436,3 +436,64 @@ async fn logout(ctx: Ctx, axum::Form(f): axum::Form<CsrfForm>) -> Response {
     }
     r
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn state(public: &str) -> Arc<PageState> {
+        let app = Arc::new(AppState {
+            vault: std::sync::OnceLock::new(),
+            auth: crate::auth::AuthConfig {
+                audience: "vault".into(),
+                max_lifetime: 3600,
+                operator: None,
+                providers: HashMap::new(),
+                cache: Default::default(),
+            },
+            max_content: 1,
+            metrics: Default::default(),
+            limits: crate::api::Limits::new(1, std::time::Duration::from_secs(1)),
+        });
+        let rp =
+            RelyingParty::new("https://idp.example".into(), "c".into(), "s".into(), format!("{public}/page/callback"));
+        Arc::new(PageState::new(app, rp, public))
+    }
+
+    fn ctx_with(st: &Arc<PageState>, cookie: &str) -> Ctx {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_str(cookie).unwrap());
+        Ctx::new(st, &h, &"/page/documents".parse().unwrap(), true)
+    }
+
+    #[test]
+    fn a_session_unused_for_30_minutes_is_gone_and_a_used_one_is_kept_alive() {
+        let st = state("http://127.0.0.1:1");
+        let owner = OwnerId::parse("citizen:001099012345").unwrap();
+        let t = now();
+        for (id, last) in [("old", t - IDLE), ("fresh", t - IDLE + 120)] {
+            let s = Session { owner: owner.clone(), csrf: "x".into(), last };
+            st.sessions.lock().unwrap().insert(id.into(), s);
+        }
+        assert!(ctx_with(&st, "vault_session=old").owner().is_none());
+        assert!(!st.sessions.lock().unwrap().contains_key("old"));
+        let c = ctx_with(&st, "a=b; vault_session=fresh");
+        assert_eq!(c.owner().unwrap().0, owner);
+        assert!(c.csrf_ok(Some("x")) && !c.csrf_ok(Some("y")) && !c.csrf_ok(None));
+        // Its use moved the idle clock on.
+        assert!(st.sessions.lock().unwrap()["fresh"].last >= t);
+        assert!(ctx_with(&st, "vault_session=unknown").owner().is_none());
+    }
+
+    #[test]
+    fn cookies_are_secure_behind_https_and_the_csp_allows_only_the_provider_as_a_form_target() {
+        assert!(state("https://vault.example").secure);
+        assert!(!state("http://127.0.0.1:1").secure);
+        let st = state("http://127.0.0.1:1");
+        assert_eq!(ctx_with(&st, "").form_action_csp(), "'self' https://idp.example");
+        let csp = page_headers().into_iter().find(|(k, _)| k == header::CONTENT_SECURITY_POLICY).unwrap().1;
+        let csp = csp.to_str().unwrap();
+        assert!(csp.starts_with("default-src 'none'") && !csp.contains("unsafe") && !csp.contains("script"), "{csp}");
+    }
+}
