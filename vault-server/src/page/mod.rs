@@ -83,6 +83,8 @@ pub fn router(st: Arc<PageState>) -> Router {
         .route("/", get(|| async { Redirect::to("/page") }))
         .route("/page", get(home))
         .route("/page/style.css", get(style))
+        // Browsers ask for it on every site: nothing, rather than a 404 in the console.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/page/login", get(login))
         .route("/page/callback", get(callback))
         .route("/page/logout", post(logout))
