@@ -278,3 +278,58 @@ fn a_citizen_signs_in_shares_by_keyboard_sees_the_read_revokes_switches_language
     let errors = d.console_errors();
     assert!(errors.is_empty(), "console errors: {errors:?}");
 }
+
+/// Interoperability: signing in through an OpenID provider we did not write (the npm package
+/// `oidc-provider`, its development login and consent pages), EdDSA ID tokens.
+#[test]
+fn signing_in_through_an_independent_openid_provider() {
+    let root = binary().parent().unwrap().parent().unwrap().join("oidc-interop");
+    if !root.join("node_modules/oidc-provider").is_dir() || Command::new("node").arg("--version").output().is_err() {
+        println!("SKIPPED: node or the npm package oidc-provider is missing (run tests/browser-setup.sh)");
+        return;
+    }
+    let Some(d) = Driver::start() else {
+        println!(
+            "SKIPPED: chromedriver not found (run tests/browser-setup.sh to install chromium and chromium-driver)"
+        );
+        return;
+    };
+    let script = root.join("provider.mjs");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc-interop/provider.mjs"), &script).unwrap();
+    let (idp_port, port) = (free_port(), free_port());
+    let redirect = format!("http://127.0.0.1:{port}/page/callback");
+    let mut idp = Command::new("node")
+        .arg(&script)
+        .args([&idp_port.to_string(), "vault-page", "interop-secret", &redirect])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    // Kept open until the end: the provider must not see its stdout closed.
+    let mut out = std::io::BufReader::new(idp.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("client-secret");
+    std::fs::write(&secret, "interop-secret\n").unwrap();
+    let issuer = format!("http://127.0.0.1:{idp_port}");
+    let s =
+        Server::start_at(dir, port, &["--oidc-issuer", &issuer, "--oidc-client-secret-file", secret.to_str().unwrap()]);
+    d.go(&s.url("/page?lang=en"));
+    d.click(&d.button("Sign in"));
+    d.wait_for("the provider's login", |d| d.current().starts_with(&issuer));
+    d.type_into(&d.find("//input[@name='login']"), CITIZEN);
+    d.type_into(&d.find("//input[@name='password']"), "anything");
+    d.click(&d.find("//button[@type='submit']"));
+    d.wait_for("the consent", |d| d.source().contains("Continue") || d.current().contains("/page/"));
+    if !d.current().contains("/page/") {
+        d.click(&d.find("//button[@type='submit']"));
+    }
+    d.wait_for("my documents", |d| d.current().ends_with("/page/documents"));
+    let src = d.source();
+    assert!(src.contains(CITIZEN) && src.contains(">Sign out<"), "{src}");
+    let _ = idp.kill();
+    let _ = idp.wait();
+    drop(out);
+}
