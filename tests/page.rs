@@ -320,6 +320,16 @@ fn the_page_audits_as_the_api_and_another_owner_sees_nothing() {
         new.iter().all(|(who, a)| *who == "owner" && (*a == "document.list" || *a == "access_log.read")),
         "{new:?}"
     );
+    // Details: the statement fields and the verification result, in the chosen language.
+    let t = b.get(&format!("/page/documents/{id}?lang=en")).text();
+    assert!(
+        t.contains("Signed by Agency ubnd-xa, verified") && t.contains("123/2024/TLKS") && t.contains(">Download<"),
+        "{t}"
+    );
+    assert!(t.contains("6 May 2024 14:08 (Vietnam time)"), "issued 07:08:09Z is 14:08 in Vietnam: {t}");
+    assert!(!t.contains(">Delete<"), "a signed document is not the owner's own upload");
+    let t = b.get(&format!("/page/documents/{id}?lang=vi")).text();
+    assert!(t.contains("14:08 06/05/2024"), "{t}");
     // Content: sandboxed, never sniffed.
     let r = b.get(&format!("/page/documents/{id}/content"));
     assert_eq!(r.status, 200);

@@ -102,6 +102,13 @@ pub enum K {
     EraseReceipt,
     Unlimited,
     Granted,
+    IssuedAt,
+    Reference,
+    MediaType,
+    Size,
+    ContentDigest,
+    DepositedAt,
+    Reaches,
 }
 
 impl Lang {
@@ -295,6 +302,13 @@ fn text(k: K) -> (&'static str, &'static str) {
         K::EraseReceipt => ("Biên nhận xoá đã ký", "Signed erasure receipt"),
         K::Unlimited => ("không giới hạn", "no limit"),
         K::Granted => ("Đã chia sẻ.", "Shared."),
+        K::IssuedAt => ("Ngày cấp", "Issued"),
+        K::Reference => ("Số hiệu", "Reference"),
+        K::MediaType => ("Định dạng", "Format"),
+        K::Size => ("Kích thước (byte)", "Size (bytes)"),
+        K::ContentDigest => ("Mã băm nội dung", "Content digest"),
+        K::DepositedAt => ("Ngày lưu vào kho", "Stored"),
+        K::Reaches => ("Giấy tờ sẽ được xem (hiện nay)", "Documents it reaches today"),
     }
 }
 

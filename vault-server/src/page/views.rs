@@ -176,14 +176,14 @@ async fn document(ctx: Ctx, Path(id): Path<String>) -> Response {
             dt { (ctx.t(K::Issuer)) } dd { (provenance(&ctx, &d, &names)) }
             dt { (ctx.t(K::Status)) } dd { (status_text(&ctx, d.status(Timestamp::now()))) }
             dt { (ctx.t(K::Validity)) } dd { (validity(&ctx, &d)) }
-            @if let Some(t) = m.issued_at { dt { "issued_at" } dd { (ctx.lang.datetime(t)) } }
-            @if let Some(r) = &m.reference { dt { "reference" } dd { (r) } }
+            @if let Some(t) = m.issued_at { dt { (ctx.t(K::IssuedAt)) } dd { (ctx.lang.datetime(t)) } }
+            @if let Some(r) = &m.reference { dt { (ctx.t(K::Reference)) } dd { (r) } }
             @if let Some(p) = &m.procedure { dt { (ctx.t(K::ProcedureCode)) } dd { (p.as_str()) } }
-            dt { "media_type" } dd { (m.media_type) }
-            dt { "size" } dd { (d.size) }
-            dt { "digest" } dd { code { (m.digest.to_string()) } }
-            dt { "deposited_at" } dd { (ctx.lang.datetime(d.deposited_at)) }
-            @if let Some(r) = &d.revocation { dt { (ctx.t(K::Revoked)) } dd { (format!("{r:?}")) } }
+            dt { (ctx.t(K::MediaType)) } dd { (m.media_type) }
+            dt { (ctx.t(K::Size)) } dd { (d.size) }
+            dt { (ctx.t(K::ContentDigest)) } dd { code { (m.digest.to_string()) } }
+            dt { (ctx.t(K::DepositedAt)) } dd { (ctx.lang.datetime(d.deposited_at)) }
+            @if let Some(r) = &d.revocation { dt { (ctx.t(K::Revoked)) } dd { (ctx.lang.datetime(r.at)) ": " (r.reason) } }
         }
         form method="get" action={ "/page/documents/" (d.id.to_string()) "/content" } {
             button type="submit" { (ctx.t(K::Download)) }
@@ -416,7 +416,7 @@ async fn review(ctx: Ctx, body: Bytes) -> Response {
             dt { (ctx.t(K::ProcedureCode)) } dd { (terms.purpose.as_str()) }
             dt { (ctx.t(K::Purpose)) } dd { (terms.purpose_text) }
             dt { (ctx.t(K::DocumentTypes)) } dd { (terms.doc_types.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")) }
-            dt { (ctx.t(K::Documents)) } dd { ul { @for d in &reached { li { (d.meta.title) " (" (d.meta.doc_type.as_str()) ")" } } } }
+            dt { (ctx.t(K::Reaches)) } dd { ul { @for d in &reached { li { (d.meta.title) " (" (d.meta.doc_type.as_str()) ")" } } } }
             dt { (ctx.t(K::ExpiresOn)) } dd { (ctx.lang.datetime(terms.expires_at)) }
             dt { (ctx.t(K::MaximumUses)) } dd { @if let Some(m) = terms.max_uses { (m) } @else { (ctx.t(K::Unlimited)) } }
         }
