@@ -371,3 +371,51 @@ fn export_then_erase_with_typed_confirmation() {
         String::from_utf8_lossy(&r.body)
     );
 }
+
+#[test]
+fn own_uploads_can_be_deleted_on_the_page_and_another_owners_grant_cannot_be_revoked() {
+    let (s, _, _, _) = setup();
+    let citizen = s.owner(CITIZEN);
+    let base = format!("/v1/owners/{CITIZEN}");
+    // The citizen's own upload, over the API.
+    let data = b"my own scan".to_vec();
+    let digest = vault::Digest::of(&data);
+    assert_eq!(call("PUT", &s.url(&format!("{base}/contents/{digest}")), Some(&citizen), &[], Some(&data)).status, 201);
+    let own = json!({"digest": digest, "doc_type": "anh-ca-nhan", "title": "My scan", "media_type": "image/png"});
+    let r = post_json(&s.url(&format!("{base}/documents")), &citizen, None, &own);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let own_id = r.json()["id"].as_str().unwrap().to_owned();
+    // And a grant, over the API.
+    let expires = vault::Timestamp::now().plus_seconds(3600).to_string();
+    let g = post_json(
+        &s.url(&format!("{base}/grants")),
+        &citizen,
+        None,
+        &json!({"grantee": "so-gd", "purpose": "1.000001", "doc_types": ["giay-khai-sinh"], "expires_at": expires}),
+    );
+    let gid = g.json()["id"].as_str().unwrap().to_owned();
+
+    let mut b = Browser::new(&s.base);
+    b.sign_in(CITIZEN);
+    let t = b.get("/page/documents?lang=en").text();
+    assert!(t.contains("My scan") && t.contains("Your own upload, not verified"), "{t}");
+    let page = b.get(&format!("/page/documents/{own_id}"));
+    assert!(page.text().contains(">Delete<"));
+    let csrf = page.csrf();
+    assert_eq!(b.post(&format!("/page/documents/{own_id}/delete"), &[("csrf", "x")]).status, 403);
+    let r = b.post(&format!("/page/documents/{own_id}/delete"), &[("csrf", &csrf)]);
+    assert_eq!(r.status, 303);
+    assert!(!b.get("/page/documents").text().contains("My scan"));
+
+    // Another owner's page cannot revoke this owner's grant.
+    let mut other = Browser::new(&s.base);
+    other.sign_in("citizen:001099099999");
+    let csrf = other.get("/page/sharing").csrf();
+    let r = other.post(&format!("/page/sharing/{gid}/revoke"), &[("csrf", &csrf)]);
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = call("GET", &s.url(&format!("{base}/grants")), Some(&citizen), &[], None);
+    assert_eq!(r.json()["grants"][0]["status"], "active");
+    // Nor use this owner's CSRF token with its own session.
+    let mine = b.get("/page/sharing").csrf();
+    assert_eq!(other.post(&format!("/page/sharing/{gid}/revoke"), &[("csrf", &mine)]).status, 403);
+}
