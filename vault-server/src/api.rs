@@ -291,6 +291,14 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The HTTP status of this answer (the citizen's page maps library errors through here too).
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+    /// The message of this answer.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into() }
     }

@@ -80,6 +80,21 @@ struct Args {
     /// not configurable yet: requests are logged at info.
     #[arg(long, env = "VAULT_LOG_JSON")]
     log_json: bool,
+    /// The citizen's page: the OpenID provider to sign in with (its issuer URL). Without it (and
+    /// without --dev) the page is not served.
+    #[arg(long, env = "VAULT_OIDC_ISSUER")]
+    oidc_issuer: Option<String>,
+    /// The page's client id at the OpenID provider.
+    #[arg(long, env = "VAULT_OIDC_CLIENT_ID", default_value = "vault-page")]
+    oidc_client_id: String,
+    /// File holding the page's client secret at the OpenID provider.
+    #[arg(long, env = "VAULT_OIDC_CLIENT_SECRET_FILE")]
+    oidc_client_secret_file: Option<PathBuf>,
+    /// The address people open (behind a proxy: its https URL); the page's redirect URI is
+    /// `<public-url>/page/callback`, and its cookies are `Secure` when this is https.
+    /// Default: `http://<listen>`.
+    #[arg(long, env = "VAULT_PUBLIC_URL")]
+    public_url: Option<String>,
     /// Development mode: create missing keys under the data folder and print tokens. For
     /// trying it out only.
     #[arg(long, global = true, env = "VAULT_DEV")]
@@ -107,6 +122,10 @@ struct FileConfig {
     sweep_interval: Option<u64>,
     dev: Option<bool>,
     log_json: Option<bool>,
+    oidc_issuer: Option<String>,
+    oidc_client_id: Option<String>,
+    oidc_client_secret_file: Option<PathBuf>,
+    public_url: Option<String>,
 }
 
 /// Fills in, from the `--config` file, every setting that neither a flag nor the environment
@@ -169,6 +188,18 @@ fn apply_config(args: &mut Args, m: &clap::ArgMatches) -> Result<(), String> {
     }
     if let (true, Some(v)) = (unset("sweep_interval"), f.sweep_interval) {
         args.sweep_interval = v;
+    }
+    if let (true, Some(v)) = (unset("oidc_issuer"), f.oidc_issuer) {
+        args.oidc_issuer = Some(v);
+    }
+    if let (true, Some(v)) = (unset("oidc_client_id"), f.oidc_client_id) {
+        args.oidc_client_id = v;
+    }
+    if let (true, Some(v)) = (unset("oidc_client_secret_file"), f.oidc_client_secret_file) {
+        args.oidc_client_secret_file = Some(v);
+    }
+    if let (true, Some(v)) = (unset("public_url"), f.public_url) {
+        args.public_url = Some(v);
     }
     if let (true, Some(v)) = (unset("dev"), f.dev) {
         args.dev = v;
@@ -319,6 +350,50 @@ fn dev_announce(args: &Args, vault: &Vault, keys: &DevKeys) -> Result<(), String
     Ok(())
 }
 
+/// The citizen's page (SPEC.md §21) with its OpenID relying party, and under `--dev` without
+/// `--oidc-issuer` the built-in development provider; empty when neither is configured.
+fn page_router(args: &Args, state: &Arc<api::AppState>) -> Result<axum::Router, String> {
+    use vault_server::page;
+    let public = args.public_url.clone().unwrap_or_else(|| format!("http://{}", args.listen));
+    let public = public.trim_end_matches('/').to_owned();
+    let redirect = format!("{public}/page/callback");
+    let (rp, idp) = match (&args.oidc_issuer, args.dev) {
+        (Some(issuer), _) => {
+            let file = args.oidc_client_secret_file.as_ref().ok_or("--oidc-issuer needs --oidc-client-secret-file")?;
+            let secret = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let rp = page::oidc::RelyingParty::new(
+                issuer.clone(),
+                args.oidc_client_id.clone(),
+                secret.trim().to_owned(),
+                redirect,
+            );
+            (rp, None)
+        }
+        (None, true) => {
+            let issuer = format!("{public}/dev-idp");
+            let secret = page::oidc::random_token();
+            let key = SigningKey::from_bytes(&dev_seed(&args.data, "dev-oidc.key")?);
+            let idp = page::devidp::DevIdp::new(
+                issuer.clone(),
+                args.oidc_client_id.clone(),
+                secret.clone(),
+                redirect.clone(),
+                key,
+            );
+            let rp = page::oidc::RelyingParty::new(issuer, args.oidc_client_id.clone(), secret, redirect);
+            (rp, Some(idp))
+        }
+        (None, false) => return Ok(axum::Router::new()),
+    };
+    let mut r = page::router(Arc::new(page::PageState::new(state.clone(), rp, &public)));
+    if let Some(idp) = idp {
+        eprintln!("WARNING: --dev: a built-in OpenID provider at {public}/dev-idp lets anyone sign in as anyone.");
+        r = r.merge(page::devidp::router(Arc::new(idp)));
+    }
+    println!("# The citizen's page: {public}/page");
+    Ok(r)
+}
+
 async fn run(args: Args) -> Result<(), String> {
     let master = master_key(&args)?;
     let mut providers = HashMap::new();
@@ -371,9 +446,8 @@ async fn run(args: Args) -> Result<(), String> {
             std::time::Duration::from_secs(args.stream_idle_timeout),
         ),
     });
-    let server = tokio::spawn(
-        axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(shutdown_signal()).into_future(),
-    );
+    let app = api::router(state.clone()).merge(page_router(&args, &state)?);
+    let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).into_future());
     let data = args.data.clone();
     let vault = tokio::task::spawn_blocking(move || Vault::open(&data, &master))
         .await

@@ -1,0 +1,689 @@
+//! The signed-in pages: My documents, Sharing, Access log, My data (export, erase).
+//!
+//! Each handler makes exactly the library calls the matching API handlers make, as the owner;
+//! SPEC.md §21 lists which audit entries each page writes.
+
+use std::io::Read as _;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Path;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use maud::{html, Markup};
+use vault::grants::{Grant, GrantStatus, NewGrant};
+use vault::{AgencyId, DocType, Document, DocumentId, GrantId, Purpose, Status, Timestamp};
+
+use super::i18n::{end_of_local_day, start_of_local_day, K};
+use super::{Ctx, PageState};
+use crate::api::ApiError;
+
+/// Access-log entries per page.
+const LOG_PAGE: u64 = 50;
+
+pub(super) fn routes() -> Router<Arc<PageState>> {
+    Router::new()
+        .route("/page/documents", get(documents))
+        .route("/page/documents/{id}", get(document))
+        .route("/page/documents/{id}/content", get(content))
+        .route("/page/documents/{id}/delete", post(delete))
+        .route("/page/sharing", get(sharing))
+        .route("/page/sharing/review", post(review))
+        .route("/page/sharing/confirm", post(confirm))
+        .route("/page/sharing/{id}/receipt", get(receipt))
+        .route("/page/sharing/{id}/revoke", post(revoke))
+        .route("/page/access-log", get(access_log))
+        .route("/page/account", get(account))
+        .route("/page/export", post(export))
+        .route("/page/erase", post(erase))
+}
+
+/// Runs blocking library work off the async threads; errors map as in the API.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, vault::Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => Err(ApiError::from(vault::Error::Corrupt(format!("task failed: {e}")))),
+    }
+}
+
+/// A submitted form (`application/x-www-form-urlencoded`), keeping repeated names.
+struct FormData(Vec<(String, String)>);
+
+impl FormData {
+    fn parse(body: &Bytes) -> Self {
+        let text = String::from_utf8_lossy(body);
+        let pairs = reqwest::Url::parse(&format!("http://x/?{text}"))
+            .map(|u| u.query_pairs().into_owned().collect())
+            .unwrap_or_default();
+        Self(pairs)
+    }
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+    }
+    fn all<'a>(&'a self, k: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0.iter().filter(move |(n, _)| n == k).map(|(_, v)| v.as_str())
+    }
+}
+
+fn query(uri: &axum::http::Uri) -> FormData {
+    FormData::parse(&Bytes::copy_from_slice(uri.query().unwrap_or("").as_bytes()))
+}
+
+fn csrf_field(ctx: &Ctx) -> Markup {
+    html! { input type="hidden" name="csrf" value=(ctx.csrf()); }
+}
+
+fn status_text(ctx: &Ctx, s: Status) -> &'static str {
+    ctx.t(match s {
+        Status::Valid => K::Valid,
+        Status::Expired => K::Expired,
+        Status::Revoked => K::Revoked,
+        Status::NotYetValid => K::NotYetValid,
+    })
+}
+
+fn grant_status_text(ctx: &Ctx, s: GrantStatus) -> &'static str {
+    ctx.t(match s {
+        GrantStatus::Active => K::Active,
+        GrantStatus::Revoked => K::Revoked,
+        GrantStatus::Expired => K::Expired,
+        GrantStatus::Exhausted => K::Exhausted,
+    })
+}
+
+/// Agency names by id (the registry; not an audited read, as `GET /v1/agencies` is not).
+async fn agency_names(ctx: &Ctx) -> Vec<(AgencyId, String)> {
+    let Ok(v) = ctx.st.app.vault() else { return Vec::new() };
+    blocking(move || v.agencies()).await.map(|a| a.into_iter().map(|a| (a.id, a.name)).collect()).unwrap_or_default()
+}
+
+fn name_of(names: &[(AgencyId, String)], id: &str) -> String {
+    names.iter().find(|(a, _)| a.as_str() == id).map(|(_, n)| n.clone()).unwrap_or_else(|| id.to_owned())
+}
+
+fn provenance(ctx: &Ctx, d: &Document, names: &[(AgencyId, String)]) -> Markup {
+    match (&d.meta.issuer, d.verified) {
+        (Some(a), true) => {
+            html! { span.ok { (ctx.t(K::SignedBy)) " " (name_of(names, a.as_str())) ", " (ctx.t(K::Verified)) } }
+        }
+        _ => html! { span { (ctx.t(K::OwnUpload)) } },
+    }
+}
+
+fn validity(ctx: &Ctx, d: &Document) -> String {
+    match (d.meta.valid_from, d.meta.valid_until) {
+        (None, None) => "—".into(),
+        (f, u) => format!(
+            "{} – {}",
+            f.map(|t| ctx.lang.date(t)).unwrap_or_default(),
+            u.map(|t| ctx.lang.date(t)).unwrap_or_default()
+        ),
+    }
+}
+
+async fn documents(ctx: Ctx) -> Response {
+    let Some((owner, caller)) = ctx.owner() else { return ctx.signed_out() };
+    let Ok(v) = ctx.st.app.vault() else { return ctx.error(StatusCode::SERVICE_UNAVAILABLE, ctx.t(K::Unavailable)) };
+    let docs = match blocking(move || v.documents_as(&caller, &owner, None)).await {
+        Ok(d) => d,
+        Err(e) => return ctx.vault_error(e),
+    };
+    let names = agency_names(&ctx).await;
+    let now = Timestamp::now();
+    let body = html! {
+        @if docs.is_empty() { p { (ctx.t(K::NoDocuments)) } }
+        @else {
+            table {
+                thead { tr {
+                    th { (ctx.t(K::Type)) } th { (ctx.t(K::Title)) } th { (ctx.t(K::Issuer)) }
+                    th { (ctx.t(K::Validity)) } th { (ctx.t(K::Status)) } th { (ctx.t(K::Details)) }
+                } }
+                tbody {
+                    @for d in &docs {
+                        tr {
+                            td data-label=(ctx.t(K::Type)) { (d.meta.doc_type.as_str()) }
+                            td data-label=(ctx.t(K::Title)) { (d.meta.title) }
+                            td data-label=(ctx.t(K::Issuer)) { (provenance(&ctx, d, &names)) }
+                            td data-label=(ctx.t(K::Validity)) { (validity(&ctx, d)) }
+                            td data-label=(ctx.t(K::Status)) { (status_text(&ctx, d.status(now))) }
+                            td { a href={ "/page/documents/" (d.id.to_string()) } { (ctx.t(K::Details)) span.hint { " — " (d.meta.title) } } }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    ctx.page(StatusCode::OK, ctx.t(K::MyDocuments), body)
+}
+
+async fn document(ctx: Ctx, Path(id): Path<String>) -> Response {
+    let Some((owner, caller)) = ctx.owner() else { return ctx.signed_out() };
+    let Ok(id) = DocumentId::parse(&id) else { return ctx.error(StatusCode::NOT_FOUND, ctx.t(K::NotFound)) };
+    let Ok(v) = ctx.st.app.vault() else { return ctx.error(StatusCode::SERVICE_UNAVAILABLE, ctx.t(K::Unavailable)) };
+    let d = match blocking(move || v.document_as(&caller, &owner, &id)).await {
+        Ok(d) => d,
+        Err(e) => return ctx.vault_error(e),
+    };
+    let names = agency_names(&ctx).await;
+    let m = &d.meta;
+    let body = html! {
+        dl {
+            dt { (ctx.t(K::Type)) } dd { (m.doc_type.as_str()) }
+            dt { (ctx.t(K::Issuer)) } dd { (provenance(&ctx, &d, &names)) }
+            dt { (ctx.t(K::Status)) } dd { (status_text(&ctx, d.status(Timestamp::now()))) }
+            dt { (ctx.t(K::Validity)) } dd { (validity(&ctx, &d)) }
+            @if let Some(t) = m.issued_at { dt { (ctx.t(K::IssuedAt)) } dd { (ctx.lang.datetime(t)) } }
+            @if let Some(r) = &m.reference { dt { (ctx.t(K::Reference)) } dd { (r) } }
+            @if let Some(p) = &m.procedure { dt { (ctx.t(K::ProcedureCode)) } dd { (p.as_str()) } }
+            dt { (ctx.t(K::MediaType)) } dd { (m.media_type) }
+            dt { (ctx.t(K::Size)) } dd { (d.size) }
+            dt { (ctx.t(K::ContentDigest)) } dd { code { (m.digest.to_string()) } }
+            dt { (ctx.t(K::DepositedAt)) } dd { (ctx.lang.datetime(d.deposited_at)) }
+            @if let Some(r) = &d.revocation { dt { (ctx.t(K::Revoked)) } dd { (ctx.lang.datetime(r.at)) ": " (r.reason) } }
+        }
+        form method="get" action={ "/page/documents/" (d.id.to_string()) "/content" } {
+            button type="submit" { (ctx.t(K::Download)) }
+        }
+        @if !d.verified && m.issuer.is_none() {
+            form method="post" action={ "/page/documents/" (d.id.to_string()) "/delete" } {
+                (csrf_field(&ctx))
+                button.danger type="submit" { (ctx.t(K::Delete)) }
+            }
+        }
+    };
+    ctx.page(StatusCode::OK, &d.meta.title, body)
+}
+
+/// A file name safe in a `Content-Disposition` header: ASCII letters, digits, `.-_` only.
+fn safe_name(name: &str) -> String {
+    let s: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || ".-_".contains(c) { c } else { '_' }).collect();
+    let s = s.trim_matches('.').to_owned();
+    if s.is_empty() {
+        "document".into()
+    } else {
+        s.chars().take(100).collect()
+    }
+}
+
+async fn content(ctx: Ctx, Path(id): Path<String>) -> Response {
+    let Some((owner, caller)) = ctx.owner() else { return ctx.signed_out() };
+    let Ok(id) = DocumentId::parse(&id) else { return ctx.error(StatusCode::NOT_FOUND, ctx.t(K::NotFound)) };
+    let Ok(v) = ctx.st.app.vault() else { return ctx.error(StatusCode::SERVICE_UNAVAILABLE, ctx.t(K::Unavailable)) };
+    let (doc, mut reader) = match blocking(move || v.content_as(&caller, &owner, &id)).await {
+        Ok(x) => x,
+        Err(e) => return ctx.vault_error(e),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if tx.blocking_send(Ok(Bytes::copy_from_slice(&buf[..n]))).is_err() {
+                        return;
+                    }
+                }
+                // The content failed authentication: the response is aborted, never ended.
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&doc.meta.media_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    // Never active content on the page's origin.
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(doc.size));
+    let name = safe_name(doc.meta.file_name.as_deref().unwrap_or(&doc.meta.title));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    resp
+}
+
+async fn delete(ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
+    let f = FormData::parse(&body);
+    if !ctx.csrf_ok(f.get("csrf")) {
+        return ctx.csrf_refused();
+    }
+    let Some((owner, caller)) = ctx.owner() else { return ctx.signed_out() };
+    let Ok(id) = DocumentId::parse(&id) else { return ctx.error(StatusCode::NOT_FOUND, ctx.t(K::NotFound)) };
+    let Ok(v) = ctx.st.app.vault() else { return ctx.error(StatusCode::SERVICE_UNAVAILABLE, ctx.t(K::Unavailable)) };
+    match blocking(move || v.delete_as(&caller, &owner, &id)).await {
+        Ok(()) => Redirect::to("/page/documents").into_response(),
+        Err(e) => ctx.vault_error(e),
+    }
+}
+
+// ---------------------------------------------------------------- sharing
+
+async fn sharing(ctx: Ctx) -> Response {
+    let Some((owner, caller)) = ctx.owner() else { return ctx.signed_out() };
+    let Ok(v) = ctx.st.app.vault() else { return ctx.error(StatusCode::SERVICE_UNAVAILABLE, ctx.t(K::Unavailable)) };
+    let (o2, c2, v2) = (owner.clone(), caller.clone(), v.clone());
+    let grants = match blocking(move || v.grants_as(&caller, &owner)).await {
+        Ok(g) => g,
+        Err(e) => return ctx.vault_error(e),
+    };
+    let docs = match blocking(move || v2.documents_as(&c2, &o2, None)).await {
+        Ok(d) => d,
+        Err(e) => return ctx.vault_error(e),
+    };
+    let names = agency_names(&ctx).await;
+    let now = Timestamp::now();
+    let body = html! {
+        h2 { (ctx.t(K::Grants)) }
+        @if grants.is_empty() { p { (ctx.t(K::NoGrants)) } }
+        @else {
+            table {
+                thead { tr {
+                    th { (ctx.t(K::Agency)) } th { (ctx.t(K::ProcedureCode)) } th { (ctx.t(K::ExpiresOn)) }
+                    th { (ctx.t(K::Status)) } th { (ctx.t(K::Uses)) } th { (ctx.t(K::Receipt)) } th { (ctx.t(K::Revoke)) }
+                } }
+                tbody {
+                    @for g in &grants { (grant_row(&ctx, g, &names, now)) }
+                }
+            }
+        }
+        h2 { (ctx.t(K::NewGrant)) }
+        form method="post" action="/page/sharing/review" {
+            (csrf_field(&ctx))
+            label for="grantee" { (ctx.t(K::Agency)) }
+            select #grantee name="grantee" required {
+                @for (id, name) in &names { option value=(id.as_str()) { (name) } }
+            }
+            label for="purpose" { (ctx.t(K::ProcedureCode)) }
+            input #purpose name="purpose" required placeholder="1.001193";
+            label for="purpose_text" { (ctx.t(K::Purpose)) }
+            textarea #purpose_text name="purpose_text" rows="2" {}
+            label for="doc_types" { (ctx.t(K::DocumentTypes)) }
+            input #doc_types name="doc_types" aria-describedby="doc_types_hint";
+            p #doc_types_hint.hint { (ctx.t(K::DocumentTypesHint)) }
+            @if !docs.is_empty() {
+                fieldset {
+                    legend { (ctx.t(K::Documents)) }
+                    @for d in &docs {
+                        div {
+                            input type="checkbox" name="documents" value=(d.id.to_string()) id={ "doc-" (d.id.to_string()) };
+                            label.inline for={ "doc-" (d.id.to_string()) } { (d.meta.title) " (" (d.meta.doc_type.as_str()) ")" }
+                        }
+                    }
+                }
+            }
+            label for="expires" { (ctx.t(K::ExpiresOn)) }
+            input #expires type="date" name="expires" required;
+            label for="max_uses" { (ctx.t(K::MaximumUses)) }
+            input #max_uses type="number" name="max_uses" min="1";
+            button type="submit" { (ctx.t(K::Share)) }
+        }
+    };
+    ctx.page(StatusCode::OK, ctx.t(K::Sharing), body)
+}
+
+fn grant_row(ctx: &Ctx, g: &Grant, names: &[(AgencyId, String)], now: Timestamp) -> Markup {
+    let s = g.status(now);
+    let id = g.id.to_string();
+    let label = format!("{} — {}", name_of(names, g.terms.grantee.as_str()), g.terms.purpose.as_str());
+    html! {
+        tr {
+            td data-label=(ctx.t(K::Agency)) { (name_of(names, g.terms.grantee.as_str())) }
+            td data-label=(ctx.t(K::ProcedureCode)) { (g.terms.purpose.as_str()) br; span.hint { (g.terms.purpose_text) } }
+            td data-label=(ctx.t(K::ExpiresOn)) { (ctx.lang.datetime(g.terms.expires_at)) }
+            td data-label=(ctx.t(K::Status)) { (grant_status_text(ctx, s)) }
+            td data-label=(ctx.t(K::Uses)) {
+                (g.uses) " / " @if let Some(m) = g.terms.max_uses { (m) } @else { (ctx.t(K::Unlimited)) }
+            }
+            td { a href={ "/page/sharing/" (id) "/receipt" } { (ctx.t(K::Receipt)) span.hint { " — " (label) } } }
+            td {
+                @if s == GrantStatus::Active {
+                    form.inline method="post" action={ "/page/sharing/" (id) "/revoke" } {
+                        (csrf_field(ctx))
+                        button.danger type="submit" aria-describedby={ "g-" (id) } { (ctx.t(K::Revoke)) }
+                        span.hint id={ "g-" (id) } { " " (label) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads the sharing form into grant terms (the review and the confirmation read the same).
+fn terms_of(ctx: &Ctx, f: &FormData) -> Result<NewGrant, String> {
+    let bad = |what: K| format!("{}: {}", ctx.t(K::Invalid), ctx.t(what));
+    let grantee = AgencyId::parse(f.get("grantee").unwrap_or("").trim()).map_err(|_| bad(K::Agency))?;
+    let purpose = Purpose::parse(f.get("purpose").unwrap_or("").trim()).map_err(|_| bad(K::ProcedureCode))?;
+    let purpose_text = f.get("purpose_text").unwrap_or("").trim().to_owned();
+    let doc_types = f
+        .get("doc_types")
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(DocType::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| bad(K::DocumentTypes))?;
+    let documents =
+        f.all("documents").map(DocumentId::parse).collect::<Result<Vec<_>, _>>().map_err(|_| bad(K::Documents))?;
+    let expires_at = end_of_local_day(f.get("expires").unwrap_or("")).ok_or_else(|| bad(K::ExpiresOn))?;
+    let max_uses = match f.get("max_uses").map(str::trim).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(s.parse::<u64>().ok().filter(|n| *n >= 1).ok_or_else(|| bad(K::MaximumUses))?),
+    };
+    if doc_types.is_empty() && documents.is_empty() {
+        return Err(bad(K::DocumentTypes));
+    }
+    Ok(NewGrant { grantee, purpose, purpose_text, doc_types, documents, expires_at, max_uses })
+}
+
+async fn review(ctx: Ctx, body: Bytes) -> Response {
+    let f = FormData::parse(&body);
+    if !ctx.csrf_ok(f.get("csrf")) {
+        return ctx.csrf_refused();
+    }
+    let Some((owner, caller)) = ctx.owner() else { return ctx.signed_out() };
+    let terms = match terms_of(&ctx, &f) {
+        Ok(t) => t,
+        Err(msg) => return ctx.error(StatusCode::BAD_REQUEST, &msg),
+    };
+    let Ok(v) = ctx.st.app.vault() else { return ctx.error(StatusCode::SERVICE_UNAVAILABLE, ctx.t(K::Unavailable)) };
+    // The documents the grant would reach today, shown by title (one `document.list` entry).
+    let docs = match blocking(move || v.documents_as(&caller, &owner, None)).await {
+        Ok(d) => d,
+        Err(e) => return ctx.vault_error(e),
+    };
+    let reached: Vec<&Document> =
+        docs.iter().filter(|d| terms.documents.contains(&d.id) || terms.doc_types.contains(&d.meta.doc_type)).collect();
+    let names = agency_names(&ctx).await;
+    let body = html! {
+        p { (ctx.t(K::ReviewIntro)) }
+        dl {
+            dt { (ctx.t(K::Agency)) } dd { (name_of(&names, terms.grantee.as_str())) " (" (terms.grantee.as_str()) ")" }
+            dt { (ctx.t(K::ProcedureCode)) } dd { (terms.purpose.as_str()) }
+            dt { (ctx.t(K::Purpose)) } dd { (terms.purpose_text) }
+            dt { (ctx.t(K::DocumentTypes)) } dd { (terms.doc_types.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")) }
+            dt { (ctx.t(K::Reaches)) } dd { ul { @for d in &reached { li { (d.meta.title) " (" (d.meta.doc_type.as_str()) ")" } } } }
+            dt { (ctx.t(K::ExpiresOn)) } dd { (ctx.lang.datetime(terms.expires_at)) }
+            dt { (ctx.t(K::MaximumUses)) } dd { @if let Some(m) = terms.max_uses { (m) } @else { (ctx.t(K::Unlimited)) } }
+        }
+        form method="post" action="/page/sharing/confirm" {
+            (csrf_field(&ctx))
+            @for (k, v) in &f.0 {
+                @if k != "csrf" { input type="hidden" name=(k) value=(v); }
+            }
+            button type="submit" { (ctx.t(K::Confirm)) }
+        }
+        p { a href="/page/sharing" { (ctx.t(K::Back)) } }
+    };
+    ctx.page(StatusCode::OK, ctx.t(K::Review), body)
+}
+
+async fn confirm(ctx: Ctx, body: Bytes) -> Response {
+    let f = FormData::parse(&body);
+    if !ctx.csrf_ok(f.get("csrf")) {
+        return ctx.csrf_refused();
+    }
+    let Some((owner, caller)) = ctx.owner() else { return ctx.signed_out() };
+    let terms = match terms_of(&ctx, &f) {
+        Ok(t) => t,
+        Err(msg) => return ctx.error(StatusCode::BAD_REQUEST, &msg),
+    };
+    let Ok(v) = ctx.st.app.vault() else { return ctx.error(StatusCode::SERVICE_UNAVAILABLE, ctx.t(K::Unavailable)) };
+    match blocking(move || v.grant_as(&caller, &owner, terms)).await {
+        Ok(_) => Redirect::to("/page/sharing").into_response(),
+        Err(e) => ctx.vault_error(e),
+    }
+}
+
+async fn receipt(ctx: Ctx, Path(id): Path<String>) -> Response {
+    let Some((owner, caller)) = ctx.owner() else { return ctx.signed_out() };
+    let Ok(id) = GrantId::parse(&id) else { return ctx.error(StatusCode::NOT_FOUND, ctx.t(K::NotFound)) };
+    let Ok(v) = ctx.st.app.vault() else { return ctx.error(StatusCode::SERVICE_UNAVAILABLE, ctx.t(K::Unavailable)) };
+    // As the API: the receipt is part of the owner's grant list (one `grant.list` entry).
+    let grants = match blocking(move || v.grants_as(&caller, &owner)).await {
+        Ok(g) => g,
+        Err(e) => return ctx.vault_error(e),
+    };
+    let Some(g) = grants.into_iter().find(|g| g.id == id) else {
+        return ctx.error(StatusCode::NOT_FOUND, ctx.t(K::NotFound));
+    };
+    let body = serde_json::to_vec_pretty(&g.receipt).unwrap_or_default();
+    let name = format!("attachment; filename=\"consent-receipt-{}.json\"", g.id);
+    let mut resp = (StatusCode::OK, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if let Ok(v) = HeaderValue::from_str(&name) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    resp
+}
+
+async fn revoke(ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
+    let f = FormData::parse(&body);
+    if !ctx.csrf_ok(f.get("csrf")) {
+        return ctx.csrf_refused();
+    }
+    let Some((owner, caller)) = ctx.owner() else { return ctx.signed_out() };
+    let Ok(id) = GrantId::parse(&id) else { return ctx.error(StatusCode::NOT_FOUND, ctx.t(K::NotFound)) };
+    let Ok(v) = ctx.st.app.vault() else { return ctx.error(StatusCode::SERVICE_UNAVAILABLE, ctx.t(K::Unavailable)) };
+    match blocking(move || v.revoke_grant_as(&caller, &owner, &id)).await {
+        Ok(()) => Redirect::to("/page/sharing").into_response(),
+        Err(e) => ctx.vault_error(e),
+    }
+}
+
+// ---------------------------------------------------------------- access log
+
+/// Whether every entry shown is proven: the server signs a checkpoint, verifies its own
+/// signature on it, asks for the inclusion proof of each entry in that tree, and checks each
+/// proof against the checkpoint's root and each leaf against the entry shown.
+fn prove(
+    v: &vault::Vault,
+    caller: &vault::access::Caller,
+    owner: &vault::OwnerId,
+    entries: &[vault::audit::Entry],
+) -> Result<bool, vault::Error> {
+    let note = v.checkpoint()?;
+    let Ok(verifier) = vault::note::NoteVerifier::parse(&v.signer().verifier_key()) else { return Ok(false) };
+    let Ok(text) = verifier.verify(&note) else { return Ok(false) };
+    let Ok((_, size, root)) = vault::note::parse_checkpoint(text) else { return Ok(false) };
+    let indexes: Vec<u64> = entries.iter().map(|e| e.index).collect();
+    if indexes.iter().any(|i| *i >= size) {
+        return Ok(false);
+    }
+    let proofs = v.access_log_proofs_as(caller, owner, size, &indexes)?;
+    if proofs.len() != entries.len() {
+        return Ok(false);
+    }
+    Ok(proofs.iter().zip(entries).all(|(p, e)| {
+        let leaf = String::from_utf8_lossy(&p.leaf);
+        let fields_match = leaf.contains(&format!("\ntime:{}\n", e.time))
+            && leaf.contains(&format!("\naction:{}\n", e.action))
+            && leaf.contains(&format!("\noutcome:{}\n", e.outcome))
+            && leaf.contains(&format!("\nactor:{}\n", e.actor));
+        p.index == e.index
+            && fields_match
+            && vault::merkle::verify_inclusion(&vault::merkle::leaf_hash(&p.leaf), p.index, size, &p.hashes, &root)
+    }))
+}
+
+async fn access_log(ctx: Ctx, uri: axum::http::Uri) -> Response {
+    let Some((owner, caller)) = ctx.owner() else { return ctx.signed_out() };
+    let q = query(&uri);
+    let after = q.get("after").and_then(|a| a.parse::<u64>().ok());
+    let agency = q.get("agency").filter(|a| !a.is_empty()).map(str::to_owned);
+    let from = q.get("from").and_then(start_of_local_day);
+    let to = q.get("to").and_then(end_of_local_day);
+    let Ok(v) = ctx.st.app.vault() else { return ctx.error(StatusCode::SERVICE_UNAVAILABLE, ctx.t(K::Unavailable)) };
+    let ag = agency.clone();
+    let r = blocking(move || {
+        let limit = vault::audit::PageLimit::new(LOG_PAGE)?;
+        let page = v.access_log_page_as(&caller, &owner, after, limit)?;
+        let shown: Vec<vault::audit::Entry> = page
+            .entries
+            .into_iter()
+            .filter(|e| ag.as_ref().is_none_or(|a| e.actor == format!("agency:{a}")))
+            .filter(|e| from.is_none_or(|f| e.time >= f) && to.is_none_or(|t| e.time <= t))
+            .collect();
+        let proven = !shown.is_empty() && prove(&v, &caller, &owner, &shown)?;
+        Ok((shown, page.next, proven))
+    })
+    .await;
+    let (entries, next, proven) = match r {
+        Ok(x) => x,
+        Err(e) => return ctx.vault_error(e),
+    };
+    let names = agency_names(&ctx).await;
+    let who = |actor: &str| -> String {
+        match actor {
+            "owner" => ctx.t(K::You).into(),
+            "operator" => ctx.t(K::Operator).into(),
+            a => a.strip_prefix("agency:").map(|id| name_of(&names, id)).unwrap_or_else(|| a.to_owned()),
+        }
+    };
+    let keep = |k: &str| q.get(k).unwrap_or("").to_owned();
+    let body = html! {
+        form method="get" action="/page/access-log" {
+            label for="agency" { (ctx.t(K::Agency)) }
+            select #agency name="agency" {
+                option value="" { (ctx.t(K::AnyAgency)) }
+                @for (id, name) in &names {
+                    option value=(id.as_str()) selected[agency.as_deref() == Some(id.as_str())] { (name) }
+                }
+            }
+            label for="from" { (ctx.t(K::From)) }
+            input #from type="date" name="from" value=(keep("from"));
+            label for="to" { (ctx.t(K::To)) }
+            input #to type="date" name="to" value=(keep("to"));
+            button type="submit" { (ctx.t(K::Filter)) }
+        }
+        @if entries.is_empty() { p { (ctx.t(K::NoEntries)) } }
+        @else {
+            @if proven { p.proof role="status" { "✓ " (ctx.t(K::Proven)) } }
+            @else { p.noproof role="status" { (ctx.t(K::NotProven)) } }
+            table {
+                thead { tr {
+                    th { (ctx.t(K::When)) } th { (ctx.t(K::Who)) } th { (ctx.t(K::Action)) } th { (ctx.t(K::Document)) }
+                    th { (ctx.t(K::ProcedureCode)) } th { (ctx.t(K::Grant)) } th { (ctx.t(K::Outcome)) }
+                } }
+                tbody {
+                    @for e in &entries {
+                        @let refused = e.outcome != "allowed";
+                        tr.refused[refused] {
+                            td data-label=(ctx.t(K::When)) { (ctx.lang.datetime(e.time)) }
+                            td data-label=(ctx.t(K::Who)) { (who(&e.actor)) }
+                            td data-label=(ctx.t(K::Action)) { (e.action) }
+                            td data-label=(ctx.t(K::Document)) { @if let Some(d) = &e.document { code { (d.to_string()) } } }
+                            td data-label=(ctx.t(K::ProcedureCode)) { @if let Some(p) = &e.purpose { (p.as_str()) } }
+                            td data-label=(ctx.t(K::Grant)) { @if let Some(g) = &e.grant { code { (g) } } }
+                            td data-label=(ctx.t(K::Outcome)) {
+                                @if refused { "⚠ " (ctx.t(K::Refused)) " (" (e.outcome.trim_start_matches("refused:")) ")" }
+                                @else { (ctx.t(K::Allowed)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if let Some(n) = next {
+            p { a href={ "/page/access-log?after=" (n) "&agency=" (keep("agency")) "&from=" (keep("from")) "&to=" (keep("to")) } { (ctx.t(K::Next)) } }
+        }
+    };
+    ctx.page(StatusCode::OK, ctx.t(K::AccessLog), body)
+}
+
+// ---------------------------------------------------------------- export, erase
+
+async fn account(ctx: Ctx) -> Response {
+    if ctx.owner().is_none() {
+        return ctx.signed_out();
+    }
+    let body = html! {
+        h2 { (ctx.t(K::ExportMyData)) }
+        p { (ctx.t(K::ExportIntro)) }
+        form method="post" action="/page/export" {
+            (csrf_field(&ctx))
+            button type="submit" { (ctx.t(K::ExportMyData)) }
+        }
+        h2 { (ctx.t(K::EraseMyVault)) }
+        p.warn { (ctx.t(K::EraseIntro)) }
+        form method="post" action="/page/erase" {
+            (csrf_field(&ctx))
+            label for="confirm" { (ctx.t(K::EraseType)) ": " strong { (ctx.t(K::EraseWord)) } }
+            input #confirm name="confirm" required autocomplete="off";
+            button.danger type="submit" { (ctx.t(K::EraseMyVault)) }
+        }
+    };
+    ctx.page(StatusCode::OK, ctx.t(K::MyData), body)
+}
+
+async fn export(ctx: Ctx, body: Bytes) -> Response {
+    let f = FormData::parse(&body);
+    if !ctx.csrf_ok(f.get("csrf")) {
+        return ctx.csrf_refused();
+    }
+    let Some((owner, caller)) = ctx.owner() else { return ctx.signed_out() };
+    let Ok(v) = ctx.st.app.vault() else { return ctx.error(StatusCode::SERVICE_UNAVAILABLE, ctx.t(K::Unavailable)) };
+    // Built in memory, then sent: the page's export is for a person's own vault (the API
+    // streams; see SPEC.md §21).
+    let tar = match blocking(move || {
+        let mut out = Vec::new();
+        v.export_as(&caller, &owner, &mut out)?;
+        Ok(out)
+    })
+    .await
+    {
+        Ok(t) => t,
+        Err(e) => return ctx.vault_error(e),
+    };
+    let mut resp = (StatusCode::OK, tar).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
+    h.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=\"my-vault.tar\""));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn erase(ctx: Ctx, body: Bytes) -> Response {
+    let f = FormData::parse(&body);
+    if !ctx.csrf_ok(f.get("csrf")) {
+        return ctx.csrf_refused();
+    }
+    let Some((owner, caller)) = ctx.owner() else { return ctx.signed_out() };
+    let typed = f.get("confirm").unwrap_or("").trim();
+    // Either language's word is accepted: the person may have switched language meanwhile.
+    if typed != super::Lang::Vi.t(K::EraseWord) && typed != super::Lang::En.t(K::EraseWord) {
+        return ctx.error(StatusCode::BAD_REQUEST, &format!("{} {}", ctx.t(K::EraseType), ctx.t(K::EraseWord)));
+    }
+    let Ok(v) = ctx.st.app.vault() else { return ctx.error(StatusCode::SERVICE_UNAVAILABLE, ctx.t(K::Unavailable)) };
+    match blocking(move || v.erase_as(&caller, &owner)).await {
+        Ok(r) => {
+            let body = html! {
+                p role="status" { (ctx.t(K::Erased)) }
+                h2 { (ctx.t(K::EraseReceipt)) }
+                pre { (r.text) }
+                dl { dt { "signature" } dd { code { (r.signature) } } dt { "key" } dd { code { (r.key) } } }
+            };
+            ctx.page(StatusCode::OK, ctx.t(K::EraseMyVault), body)
+        }
+        Err(e) => ctx.vault_error(e),
+    }
+}
