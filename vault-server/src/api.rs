@@ -1366,9 +1366,9 @@ async fn vault_key(State(st): State<Arc<AppState>>) -> ApiResult {
 )]
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     let m = &st.metrics;
-    let (c, b) = match st.vault.get() {
-        Some(v) => (v.commit_stats(), v.blob_commit_stats()),
-        None => (Default::default(), Default::default()),
+    let (c, b, q) = match st.vault.get() {
+        Some(v) => (v.commit_stats(), v.blob_commit_stats(), v.sequencer_stats()),
+        None => (Default::default(), Default::default(), Default::default()),
     };
     // Pending agency uploads (SPEC.md §14): counted in memory, recounted by each sweep.
     let p = match st.vault.get() {
@@ -1400,6 +1400,17 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         c.syncs,
         b.written,
         b.syncs
+    ));
+    out.push_str(&format!(
+        "# HELP vault_audit_batches_total Batches the audit sequencer wrote (one metadata change each).
+# TYPE vault_audit_batches_total counter
+vault_audit_batches_total {}
+\
+         # HELP vault_audit_entries_total Audit entries appended in those batches.
+# TYPE vault_audit_entries_total counter
+vault_audit_entries_total {}
+",
+        q.batches, q.entries
     ));
     out.push_str(&format!(
         "# HELP vault_pending_uploads Agency uploads no document uses yet.\n# TYPE vault_pending_uploads gauge\nvault_pending_uploads {}\n\
