@@ -991,4 +991,33 @@ mod tests {
         assert!(v.check(true).unwrap().is_clean());
         assert_eq!(v.audit_now(&draft(&owner)).unwrap(), size);
     }
+
+    #[test]
+    fn damaged_tiles_are_found_by_check_and_a_short_edge_tile_refuses_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::from_bytes([7; 32]);
+        let owner = OwnerId::parse("citizen:001099012345").unwrap();
+        {
+            let v = Vault::open(dir.path(), &master).unwrap();
+            for _ in 0..260 {
+                v.audit_now(&draft(&owner)).unwrap();
+            }
+            // A flipped bit in the full tile: `check` names it.
+            let mut full = v.meta().get(&tile_key(0, 0)).unwrap().unwrap();
+            full[100] ^= 1;
+            v.apply_durable(vec![Op::Put(tile_key(0, 0), full)]).unwrap();
+            relock(v.audit.cache.lock()).clear();
+            let report = v.check(false).unwrap();
+            assert!(report.to_string().contains("audit tile 0/0"), "{report}");
+            // The partial tile the edge is rebuilt from loses its last hash.
+            let mut part = v.meta().get(&tile_key(0, 1)).unwrap().unwrap();
+            part.truncate(part.len() - 32);
+            v.apply_durable(vec![Op::Put(tile_key(0, 1), part)]).unwrap();
+            v.close().unwrap();
+        }
+        match Vault::open(dir.path(), &master) {
+            Err(Error::Corrupt(m)) => assert!(m.contains("tile 0/1"), "{m}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
 }
