@@ -456,8 +456,10 @@ impl Vault {
 
     /// Writes `batch` as the leader and answers its callers; ends the turn.
     fn lead(&self, batch: Vec<Request>) {
-        let turn = Turn { state: &self.audit, ids: batch.iter().map(|r| r.id).collect() };
+        let mut turn = Turn { state: &self.audit, ids: batch.iter().map(|r| r.id).collect() };
         self.write_and_answer(batch);
+        // Answered: the callers may already have taken their answers, which must not come back.
+        turn.ids.clear();
         drop(turn);
     }
 
@@ -550,9 +552,11 @@ impl Vault {
         drop(q);
         // Ends the turn on every path, including a failing or panicking `more`.
         let turn = Turn { state: st, ids: queued.iter().map(|r| r.id).collect() };
+        let mut turn = turn;
         for chunk in chunks(queued) {
             self.write_and_answer(chunk);
         }
+        turn.ids.clear();
         let result = more().and_then(|extra| {
             ops.extend(extra);
             self.write_batch(vec![Request { id: u64::MAX, ops, draft: draft.clone() }])
@@ -896,6 +900,7 @@ mod tests {
             assert!(merkle::verify_inclusion(&p.leaf_hash, i, size, &p.hashes, &root));
         }
         assert_eq!(root, v.audit.edge().root(), "the edge's root is the stored tree's");
+        assert!(v.audit.queue().answers.is_empty(), "every answer was taken, none left behind");
         assert!(v.check(false).unwrap().is_clean());
     }
 
@@ -935,6 +940,7 @@ mod tests {
         // changes were computed after they were applied.
         assert_eq!((idx, own), (vec![0, 1, 2], 3));
         assert_eq!(seen, 3usize.to_be_bytes(), "the queue was written before `more` ran");
+        assert!(v.audit.queue().answers.is_empty(), "every answer was taken, none left behind");
         assert!(v.check(false).unwrap().is_clean());
     }
 
