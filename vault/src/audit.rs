@@ -376,23 +376,37 @@ impl Vault {
     }
 
     /// Converts a log stored before tiles (complete-subtree `N` keys) to tiles, computed from
-    /// its leaves, in one durable batch that also removes the `N` keys.
+    /// its leaves, then removes the `N` keys. Written in bounded durable batches with tile 0/0
+    /// last: a crash before it reruns the conversion at the next open, one after it leaves only
+    /// `N` keys nobody reads.
     fn tiles_from_leaves(&self, size: u64) -> Result<(), Error> {
+        const PER_BATCH: usize = 2048;
         let mut edge = Edge::default();
-        let mut ops = Vec::new();
         let mut full = Vec::new();
         for i in 0..size {
             let leaf =
                 self.meta().get(&leaf_key(i))?.ok_or_else(|| Error::Corrupt(format!("audit leaf {i} is missing")))?;
             edge.push(merkle::leaf_hash(&leaf), &mut full);
         }
-        for (l, n, bytes) in full.into_iter().chain(edge.partials(usize::MAX)) {
-            ops.push(Op::Put(tile_key(l, n), bytes));
+        let mut puts: Vec<Op> =
+            full.into_iter().chain(edge.partials(usize::MAX)).map(|(l, n, b)| Op::Put(tile_key(l, n), b)).collect();
+        // Tile 0/0 comes first in the list: write it last.
+        puts.reverse();
+        while !puts.is_empty() {
+            let rest = puts.split_off(puts.len().min(PER_BATCH));
+            self.apply_durable(std::mem::replace(&mut puts, rest))?;
         }
+        let mut deletes = Vec::new();
         for item in self.meta().scan(&[prefix::NODE]) {
-            ops.push(Op::Delete(item?.0));
+            deletes.push(Op::Delete(item?.0));
+            if deletes.len() == 64 * PER_BATCH {
+                self.apply_durable(std::mem::take(&mut deletes))?;
+            }
         }
-        self.apply_durable(ops)
+        if !deletes.is_empty() {
+            self.apply_durable(deletes)?;
+        }
+        Ok(())
     }
 
     /// Subtree hashes read from the stored tiles (full tiles cached).
