@@ -163,6 +163,7 @@ fn the_whole_story_over_http() {
     assert!(m.contains("vault_http_route_requests_total{route=\"/v1/owners/{owner}/documents/{id}/content\",method=\"GET\",status=\"206\"}"), "{m}");
     assert!(m.contains("vault_http_request_duration_seconds_bucket{route=\"/v1/owners/{owner}/reuse\",method=\"POST\",le=\"+Inf\"}"), "{m}");
     assert!(m.contains("vault_metadata_syncs_total"), "{m}");
+    assert!(m.contains("vault_audit_batches_total") && m.contains("vault_audit_entries_total"), "{m}");
     assert!(r.header("x-request-id").is_some());
     let r = call("GET", &s.url("/healthz"), None, &[("X-Request-Id", "abc-123")], None);
     assert_eq!(r.header("x-request-id"), Some("abc-123"));

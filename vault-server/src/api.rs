@@ -1199,6 +1199,32 @@ async fn checkpoint(State(st): State<Arc<AppState>>) -> ApiResult {
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit/tile/{tile}",
+    tag = "audit",
+    params(oa::TileParam),
+    responses(
+        (status = 200, description = "The tile: its 32-byte hashes, concatenated (8,192 bytes when full)",
+         body = oa::Binary, content_type = "application/octet-stream"),
+        (status = 404, description = "No such tile at the durable tree size, a malformed path, or an entry \
+         bundle (`not_found`)", body = oa::ErrorBody)
+    )
+)]
+async fn tile(State(st): State<Arc<AppState>>, Path(path): Path<String>) -> ApiResult {
+    // C2SP tlog-tiles paths in their one canonical form; anything else is no tile.
+    let (level, index, width) = vault::tiles::parse_path(&path).ok_or_else(ApiError::not_found)?;
+    let v = st.vault()?;
+    let bytes = blocking(move || v.tile(level, index, width)).await?;
+    let mut resp = ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response();
+    if width.is_none() {
+        // A full tile never changes.
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+    }
+    Ok(resp)
+}
+
 /// A numeric query parameter: decimal digits, 0 to 2^63 − 1 (OpenAPI's `int64`, as
 /// `/openapi.json` declares it; no index or size of the log comes near it).
 fn u64_param(q: &std::collections::HashMap<String, String>, name: &str) -> Result<u64, ApiError> {
@@ -1449,9 +1475,9 @@ async fn vault_key(State(st): State<Arc<AppState>>) -> ApiResult {
 )]
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     let m = &st.metrics;
-    let (c, b) = match st.vault.get() {
-        Some(v) => (v.commit_stats(), v.blob_commit_stats()),
-        None => (Default::default(), Default::default()),
+    let (c, b, q) = match st.vault.get() {
+        Some(v) => (v.commit_stats(), v.blob_commit_stats(), v.sequencer_stats()),
+        None => (Default::default(), Default::default(), Default::default()),
     };
     // Pending agency uploads (SPEC.md §14): counted in memory, recounted by each sweep.
     let p = match st.vault.get() {
@@ -1483,6 +1509,17 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         c.syncs,
         b.written,
         b.syncs
+    ));
+    out.push_str(&format!(
+        "# HELP vault_audit_batches_total Batches the audit sequencer wrote (one metadata change each).
+# TYPE vault_audit_batches_total counter
+vault_audit_batches_total {}
+\
+         # HELP vault_audit_entries_total Audit entries appended in those batches.
+# TYPE vault_audit_entries_total counter
+vault_audit_entries_total {}
+",
+        q.batches, q.entries
     ));
     out.push_str(&format!(
         "# HELP vault_pending_uploads Agency uploads no document uses yet.\n# TYPE vault_pending_uploads gauge\nvault_pending_uploads {}\n\
@@ -1605,6 +1642,7 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/v1/audit/checkpoint", "Signed checkpoint (C2SP signed note)"),
     ("get", "/v1/audit/proof/inclusion", "RFC 9162 inclusion proof (?index=&size=)"),
     ("get", "/v1/audit/proof/consistency", "RFC 9162 consistency proof (?from=&to=)"),
+    ("get", "/v1/audit/tile/{tile}", "A C2SP tlog-tiles hash tile (<L>/<N>[.p/<W>], no token)"),
     ("get", "/v1/owners/{owner}/export", "Everything of the owner as a verifiable tar"),
     ("delete", "/v1/owners/{owner}", "Erase the owner (crypto-shredding)"),
     ("put", "/v1/agencies/{agency}", "Register or replace an agency (the operator)"),
@@ -1644,6 +1682,7 @@ fn handler_for(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         ("get", "/v1/audit/checkpoint") => get(checkpoint),
         ("get", "/v1/audit/proof/inclusion") => get(inclusion),
         ("get", "/v1/audit/proof/consistency") => get(consistency),
+        ("get", "/v1/audit/tile/{tile}") => get(tile),
         ("get", "/v1/owners/{owner}/export") => get(export),
         ("delete", "/v1/owners/{owner}") => delete(erase),
         ("put", "/v1/agencies/{agency}") => put(put_agency),
@@ -1739,7 +1778,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             methods.push("HEAD".into());
         }
         let allow = HeaderValue::from_str(&methods.join(", ")).unwrap_or(HeaderValue::from_static(""));
-        r = r.route(path, mr.fallback(move || method_not_allowed(allow.clone())));
+        // A tile path holds slashes (`<L>/<N>[.p/<W>]`): routed as a wildcard, documented as one
+        // parameter.
+        let routed = path.replace("{tile}", "{*tile}");
+        r = r.route(&routed, mr.fallback(move || method_not_allowed(allow.clone())));
     }
     let counting = state.clone();
     r.fallback(fallback)

@@ -124,6 +124,20 @@ pub struct OwnerIndexPath {
     pub index: u64,
 }
 
+/// A C2SP tlog-tiles tile path, slashes included: `<L>/<N>` or `<L>/<N>.p/<W>`, `<N>` in
+/// zero-padded 3-digit groups with `x` before all but the last (`0/x001/x234/067`).
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String, pattern = r"^(0|[1-9][0-9]?)(/x[0-9]{3})*/[0-9]{3}(\.p/[1-9][0-9]{0,2})?$")]
+pub struct TilePath(pub String);
+
+/// `{tile}` in the path.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TileParam {
+    /// The tile (`<L>/<N>[.p/<W>]`, C2SP tlog-tiles, tile height 8).
+    pub tile: TilePath,
+}
+
 /// `{agency}` in the path.
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Path)]
@@ -420,6 +434,7 @@ fn errors_of(method: &str, path: &str) -> &'static [(u16, &'static str)] {
         ("get", "/healthz" | "/metrics" | "/openapi.json") => &[],
         ("get", "/readyz" | "/v1/vault-key" | "/v1/audit/checkpoint") => &[UNAVAILABLE],
         ("get", "/v1/audit/proof/inclusion" | "/v1/audit/proof/consistency") => &[BAD, UNAVAILABLE],
+        ("get", "/v1/audit/tile/{tile}") => &[NOT_FOUND, UNAVAILABLE],
         ("put", "/v1/owners/{owner}/contents/{digest}") => &[BAD, AUTH, FORBIDDEN, NOT_FOUND, LARGE, BUSY, UNAVAILABLE],
         ("post", "/v1/owners/{owner}/deposits") => &[BAD, AUTH, FORBIDDEN, CONFLICT, LARGE, BUSY, UNAVAILABLE],
         ("post", "/v1/owners/{owner}/documents") => &[BAD, AUTH, FORBIDDEN, CONFLICT, LARGE, UNAVAILABLE],
@@ -522,6 +537,7 @@ impl Modify for Contract {
         api::checkpoint,
         api::inclusion,
         api::consistency,
+        api::tile,
         api::export,
         api::erase,
         api::put_agency,
@@ -533,7 +549,7 @@ impl Modify for Contract {
         api::metrics,
         api::openapi_json,
     ),
-    components(schemas(ErrorBody, ErrorDetail, ErrorCode)),
+    components(schemas(ErrorBody, ErrorDetail, ErrorCode, TilePath)),
     modifiers(&Contract)
 )]
 struct ApiDoc;

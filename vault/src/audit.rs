@@ -8,13 +8,19 @@
 //! inclusion. An entry is written in the same atomic batch as the change it records and is
 //! durable before the operation returns; if it cannot be written the operation does not happen.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{DocumentId, OwnerId, Purpose};
 use crate::keys::SecretKey;
-use crate::merkle::{self, Hash, MerkleError, Nodes};
+use crate::merkle::{self, Hash};
 use crate::note;
 use crate::store::Op;
+use crate::tiles::{self, Edge, TileNodes};
 use crate::time::Timestamp;
 use crate::vault::{aad, key_of, prefix, OwnerRef, Vault};
 use crate::{seal, Error};
@@ -23,11 +29,134 @@ use crate::{seal, Error};
 pub const LEAF_VERSION: &str = "vault-audit-v1";
 const KEY_SIZE: &[u8] = b"Maudit-size";
 
-/// In-memory state of the log, guarded by the vault's audit mutex.
+/// Most entries the sequencer writes in one batch.
+pub const MAX_BATCH: usize = 256;
+/// Longest a leader waits for more entries when the previous batch had several.
+pub const LINGER: Duration = Duration::from_millis(1);
+/// Full tiles kept in memory for proofs (8 KiB each).
+const TILE_CACHE: usize = 1024;
+
+/// The right to sequence the log (SPEC.md §14, "The lease"). Checked before every batch.
+pub trait Lease: Send + Sync + std::fmt::Debug {
+    /// Ok while this instance holds the lease; an error fails the batch (nothing is written).
+    fn check(&self) -> Result<(), Error>;
+}
+
+/// The embedded backend's lease: the metadata database is opened by one process only (sled's
+/// exclusive file lock), so the process that opened the vault holds the lease while it is open.
 #[derive(Debug, Default)]
+pub struct ProcessLease;
+
+impl Lease for ProcessLease {
+    fn check(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// Counters of the sequencer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SequencerStats {
+    /// Batches written.
+    pub batches: u64,
+    /// Entries appended in them.
+    pub entries: u64,
+}
+
+/// A change and its entry, waiting for the sequencer.
+struct Request {
+    id: u64,
+    ops: Vec<Op>,
+    draft: Draft,
+}
+
+type Answer = Result<(u64, u64), Error>;
+
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Request>,
+    /// A batch is being taken or written (by its leader).
+    leading: bool,
+    next_id: u64,
+    answers: HashMap<u64, Answer>,
+    /// Entries in the previous batch (a lone caller does not linger).
+    last_batch: usize,
+    stats: SequencerStats,
+}
+
+/// The audit log's sequencer and its in-memory state (SPEC.md §14, "Sequencer and tiles").
 pub struct AuditState {
-    /// Leaves applied so far (durable once the ticket of the last append is).
-    pub size: u64,
+    queue: Mutex<Queue>,
+    /// Wakes callers when answers are ready or the leader's turn ends.
+    turn: Condvar,
+    /// Wakes a lingering leader when an entry arrives.
+    arrived: Condvar,
+    /// The right edge; only the leader changes it.
+    edge: Mutex<Edge>,
+    /// Leaves applied so far (durable once the ticket of the batch is).
+    applied: AtomicU64,
+    /// Full tiles (immutable) read for proofs.
+    cache: Mutex<tiles::TileMap>,
+    lease: Box<dyn Lease>,
+}
+
+impl Default for AuditState {
+    fn default() -> Self {
+        Self::with_lease(Box::new(ProcessLease))
+    }
+}
+
+impl std::fmt::Debug for AuditState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditState").field("applied", &self.applied.load(Ordering::SeqCst)).finish_non_exhaustive()
+    }
+}
+
+fn relock<'a, T>(r: std::sync::LockResult<MutexGuard<'a, T>>) -> MutexGuard<'a, T> {
+    // Every guarded state is updated by whole assignments after the work that can fail, so a
+    // panic elsewhere leaves it consistent: a poisoned lock is safe to keep using.
+    r.unwrap_or_else(|p| p.into_inner())
+}
+
+impl AuditState {
+    /// A sequencer that holds `lease`.
+    pub fn with_lease(lease: Box<dyn Lease>) -> Self {
+        Self {
+            queue: Mutex::default(),
+            turn: Condvar::new(),
+            arrived: Condvar::new(),
+            edge: Mutex::default(),
+            applied: AtomicU64::new(0),
+            cache: Mutex::default(),
+            lease,
+        }
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        relock(self.queue.lock())
+    }
+
+    fn edge(&self) -> MutexGuard<'_, Edge> {
+        relock(self.edge.lock())
+    }
+}
+
+/// Ends a leader's turn even if writing the batch panics: its callers are answered (with a
+/// failure if nothing else was) and the next caller may lead.
+struct Turn<'a> {
+    state: &'a AuditState,
+    ids: Vec<u64>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut q = self.state.queue();
+        for id in self.ids.drain(..) {
+            q.answers.entry(id).or_insert_with(|| Err(Error::AuditFailed("the audit sequencer failed".into())));
+        }
+        q.leading = false;
+        drop(q);
+        self.state.turn.notify_all();
+    }
 }
 
 /// Who acted.
@@ -110,8 +239,8 @@ fn leaf_key(index: u64) -> Vec<u8> {
     key_of(prefix::LEAF, &[&index.to_be_bytes()])
 }
 
-fn node_key(level: u8, index: u64) -> Vec<u8> {
-    key_of(prefix::NODE, &[&[level], &index.to_be_bytes()])
+fn tile_key(level: u8, index: u64) -> Vec<u8> {
+    key_of(prefix::TILE, &[&[level], &index.to_be_bytes()])
 }
 
 fn entry_key(op: &OwnerRef, index: u64) -> Vec<u8> {
@@ -196,20 +325,6 @@ pub struct LeafProof {
     pub hashes: Vec<Hash>,
 }
 
-struct VaultNodes<'a>(&'a Vault);
-
-impl Nodes for VaultNodes<'_> {
-    fn node(&self, level: u8, index: u64) -> Result<Hash, MerkleError> {
-        self.0
-            .meta()
-            .get(&node_key(level, index))
-            .ok()
-            .flatten()
-            .and_then(|v| <Hash>::try_from(v.as_slice()).ok())
-            .ok_or(MerkleError::MissingNode { level, index })
-    }
-}
-
 /// An inclusion proof.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InclusionProof {
@@ -230,6 +345,13 @@ impl Vault {
         if size > 0 && self.meta().get(&leaf_key(size - 1))?.is_none() {
             return Err(Error::Corrupt(format!("audit log: leaf {} is missing", size - 1)));
         }
+        if size > 0 && self.meta().get(&tile_key(0, 0))?.is_none() {
+            self.tiles_from_leaves(size)?;
+        }
+        let edge = Edge::rebuild(size, |l, n| self.meta().get(&tile_key(l, n)))?
+            .map_err(|e| Error::Corrupt(format!("audit log: {e}")))?;
+        *self.audit.edge() = edge;
+        self.audit.applied.store(size, Ordering::SeqCst);
         // The log never shrinks below, nor forks from, a checkpoint it signed.
         if let Some((signed, root)) = self.meta().signed_floor() {
             let behind = |what: String| crate::store::StoreError::Damaged {
@@ -243,20 +365,69 @@ impl Vault {
                 ))
                 .into());
             }
-            if merkle::root(&VaultNodes(self), signed).ok() != Some(root) {
+            if merkle::root(&self.tile_nodes(), signed).ok() != Some(root) {
                 return Err(behind(format!(
                     "its first {signed} entries no longer hash to the root of the checkpoint signed at that size"
                 ))
                 .into());
             }
         }
-        self.audit_state().size = size;
         Ok(())
     }
 
-    fn audit_state(&self) -> std::sync::MutexGuard<'_, AuditState> {
-        // The state is one counter, updated only after a successful apply.
-        self.audit.lock().unwrap_or_else(|p| p.into_inner())
+    /// Converts a log stored before tiles (complete-subtree `N` keys) to tiles, computed from
+    /// its leaves, then removes the `N` keys. Written in bounded durable batches with tile 0/0
+    /// last: a crash before it reruns the conversion at the next open, one after it leaves only
+    /// `N` keys nobody reads.
+    fn tiles_from_leaves(&self, size: u64) -> Result<(), Error> {
+        const PER_BATCH: usize = 2048;
+        let mut edge = Edge::default();
+        let mut full = Vec::new();
+        for i in 0..size {
+            let leaf =
+                self.meta().get(&leaf_key(i))?.ok_or_else(|| Error::Corrupt(format!("audit leaf {i} is missing")))?;
+            edge.push(merkle::leaf_hash(&leaf), &mut full);
+        }
+        let mut puts: Vec<Op> =
+            full.into_iter().chain(edge.partials(usize::MAX)).map(|(l, n, b)| Op::Put(tile_key(l, n), b)).collect();
+        // Tile 0/0 comes first in the list: write it last.
+        puts.reverse();
+        while !puts.is_empty() {
+            let rest = puts.split_off(puts.len().min(PER_BATCH));
+            self.apply_durable(std::mem::replace(&mut puts, rest))?;
+        }
+        let mut deletes = Vec::new();
+        for item in self.meta().scan(&[prefix::NODE]) {
+            deletes.push(Op::Delete(item?.0));
+            if deletes.len() == 64 * PER_BATCH {
+                self.apply_durable(std::mem::take(&mut deletes))?;
+            }
+        }
+        if !deletes.is_empty() {
+            self.apply_durable(deletes)?;
+        }
+        Ok(())
+    }
+
+    /// Subtree hashes read from the stored tiles (full tiles cached).
+    fn tile_nodes(&self) -> TileNodes<impl Fn(u8, u64) -> Option<Arc<Vec<u8>>> + '_> {
+        TileNodes::new(move |l, n| self.tile_bytes(l, n))
+    }
+
+    /// The stored tile at `level`/`index` as of the latest applied size.
+    fn tile_bytes(&self, level: u8, index: u64) -> Option<Arc<Vec<u8>>> {
+        if let Some(t) = relock(self.audit.cache.lock()).get(&(level, index)) {
+            return Some(t.clone());
+        }
+        let bytes = Arc::new(self.meta().get(&tile_key(level, index)).ok().flatten()?);
+        if bytes.len() == tiles::FULL_BYTES {
+            let mut cache = relock(self.audit.cache.lock());
+            if cache.len() >= TILE_CACHE {
+                cache.clear();
+            }
+            cache.insert((level, index), bytes.clone());
+        }
+        Some(bytes)
     }
 
     fn leaf_bytes(&self, index: u64, d: &Draft, op: Option<&OwnerRef>) -> String {
@@ -265,50 +436,159 @@ impl Vault {
 
     /// Applies `ops` together with the audit entry `draft` in one atomic batch and returns the
     /// durability ticket and the entry's index. Fails closed: if the entry cannot be built or
-    /// written, nothing of `ops` is applied.
+    /// written, nothing of `ops` is applied. Concurrent calls share one batch (the sequencer).
     pub(crate) fn apply_audited(&self, ops: Vec<Op>, draft: &Draft) -> Result<(u64, u64), Error> {
-        self.apply_audited_with(ops, draft, || Ok(Vec::new()))
+        let st = &self.audit;
+        let mut q = st.queue();
+        let id = q.next_id;
+        q.next_id += 1;
+        q.pending.push(Request { id, ops, draft: draft.clone() });
+        st.arrived.notify_one();
+        loop {
+            if let Some(answer) = q.answers.remove(&id) {
+                return answer;
+            }
+            if q.leading {
+                q = relock(st.turn.wait(q));
+                continue;
+            }
+            q.leading = true;
+            // Linger (at most LINGER) only when callers are arriving together.
+            if q.last_batch > 1 && q.pending.len() < MAX_BATCH {
+                q = match st.arrived.wait_timeout_while(q, LINGER, |q| q.pending.len() < MAX_BATCH) {
+                    Ok((q, _)) => q,
+                    Err(p) => p.into_inner().0,
+                };
+            }
+            let take = q.pending.len().min(MAX_BATCH);
+            let batch: Vec<Request> = q.pending.drain(..take).collect();
+            drop(q);
+            self.lead(batch);
+            q = st.queue();
+        }
+    }
+
+    /// Writes `batch` as the leader and answers its callers; ends the turn.
+    fn lead(&self, batch: Vec<Request>) {
+        let mut turn = Turn { state: &self.audit, ids: batch.iter().map(|r| r.id).collect() };
+        self.write_and_answer(batch);
+        // Answered: the callers may already have taken their answers, which must not come back.
+        turn.ids.clear();
+        drop(turn);
+    }
+
+    /// Writes `batch` (during a turn) and answers each of its callers.
+    fn write_and_answer(&self, batch: Vec<Request>) {
+        let n = batch.len();
+        let ids: Vec<u64> = batch.iter().map(|r| r.id).collect();
+        let result = self.write_batch(batch);
+        let mut q = self.audit.queue();
+        q.last_batch = n;
+        match result {
+            Ok((ticket, first)) => {
+                q.stats.batches += 1;
+                q.stats.entries += n as u64;
+                for (k, id) in ids.into_iter().enumerate() {
+                    q.answers.insert(id, Ok((ticket, first + k as u64)));
+                }
+            }
+            Err(e) => {
+                for id in ids {
+                    q.answers.insert(id, Err(copy_error(&e)));
+                }
+            }
+        }
+        drop(q);
+        self.audit.turn.notify_all();
+    }
+
+    /// Appends the batch's entries at the right edge and applies every change, leaf, index
+    /// entry, tile and the new size as one atomic batch; returns its ticket and first index.
+    fn write_batch(&self, batch: Vec<Request>) -> Result<(u64, u64), Error> {
+        self.audit.lease.check().map_err(audit_failed)?;
+        let mut edge = self.audit.edge();
+        let first = edge.size();
+        let mut next = edge.clone();
+        let mut ops = Vec::new();
+        let mut full = Vec::new();
+        let mut top = 0;
+        for (k, req) in batch.into_iter().enumerate() {
+            let index = first + k as u64;
+            ops.extend(req.ops);
+            let draft = &req.draft;
+            let op = draft.owner.as_ref().map(|o| self.owner_ref(o));
+            let leaf = self.leaf_bytes(index, draft, op.as_ref());
+            top = top.max(next.push(merkle::leaf_hash(leaf.as_bytes()), &mut full));
+            ops.push(Op::Put(leaf_key(index), leaf.into_bytes()));
+            if let Some(op) = op {
+                let entry = Entry {
+                    index,
+                    time: draft.time,
+                    actor: draft.actor.to_string(),
+                    action: draft.action.to_owned(),
+                    document: draft.document,
+                    purpose: draft.purpose.clone(),
+                    grant: draft.grant.clone(),
+                    outcome: draft.outcome.clone(),
+                };
+                let key = entry_key(&op, index);
+                let value =
+                    seal::seal(&self.vault_records, &aad(&key), &serde_json::to_vec(&entry).unwrap_or_default());
+                ops.push(Op::Put(key, value));
+            }
+        }
+        for (l, n, bytes) in full.into_iter().chain(next.partials(top)) {
+            ops.push(Op::Put(tile_key(l, n), bytes));
+        }
+        ops.push(Op::Put(KEY_SIZE.to_vec(), next.size().to_be_bytes().to_vec()));
+        let ticket = self.apply_ticket(ops).map_err(audit_failed)?;
+        self.audit.applied.store(next.size(), Ordering::SeqCst);
+        *edge = next;
+        Ok((ticket, first))
     }
 
     /// [`Vault::apply_audited`], adding the changes `more` returns, computed while no other
-    /// entry can be appended (every earlier entry's batch is applied, no later one is).
+    /// entry can be appended (every earlier entry's batch is applied, no later one is). Its
+    /// caller leads: it writes what is queued first, then itself alone.
     pub(crate) fn apply_audited_with(
         &self,
         mut ops: Vec<Op>,
         draft: &Draft,
         more: impl FnOnce() -> Result<Vec<Op>, Error>,
     ) -> Result<(u64, u64), Error> {
-        let mut state = self.audit_state();
-        ops.extend(more()?);
-        let index = state.size;
-        let op = draft.owner.as_ref().map(|o| self.owner_ref(o));
-        let leaf = self.leaf_bytes(index, draft, op.as_ref());
-        let nodes = VaultNodes(self);
-        let new_nodes = merkle::append_nodes(index, merkle::leaf_hash(leaf.as_bytes()), |l, i| nodes.node(l, i))
-            .map_err(|e| Error::AuditFailed(e.to_string()))?;
-        ops.push(Op::Put(leaf_key(index), leaf.into_bytes()));
-        for (level, i, h) in new_nodes {
-            ops.push(Op::Put(node_key(level, i), h.to_vec()));
+        let st = &self.audit;
+        let mut q = st.queue();
+        while q.leading {
+            q = relock(st.turn.wait(q));
         }
-        ops.push(Op::Put(KEY_SIZE.to_vec(), (index + 1).to_be_bytes().to_vec()));
-        if let Some(op) = op {
-            let entry = Entry {
-                index,
-                time: draft.time,
-                actor: draft.actor.to_string(),
-                action: draft.action.to_owned(),
-                document: draft.document,
-                purpose: draft.purpose.clone(),
-                grant: draft.grant.clone(),
-                outcome: draft.outcome.clone(),
-            };
-            let key = entry_key(&op, index);
-            let value = seal::seal(&self.vault_records, &aad(&key), &serde_json::to_vec(&entry).unwrap_or_default());
-            ops.push(Op::Put(key, value));
+        q.leading = true;
+        let queued: Vec<Request> = q.pending.drain(..).collect();
+        drop(q);
+        // Ends the turn on every path, including a failing or panicking `more`.
+        let turn = Turn { state: st, ids: queued.iter().map(|r| r.id).collect() };
+        let mut turn = turn;
+        for chunk in chunks(queued) {
+            self.write_and_answer(chunk);
         }
-        let ticket = self.apply_ticket(ops).map_err(audit_failed)?;
-        state.size = index + 1;
-        Ok((ticket, index))
+        turn.ids.clear();
+        let result = more().and_then(|extra| {
+            ops.extend(extra);
+            self.write_batch(vec![Request { id: u64::MAX, ops, draft: draft.clone() }])
+        });
+        let mut q = st.queue();
+        q.last_batch = 1;
+        if result.is_ok() {
+            q.stats.batches += 1;
+            q.stats.entries += 1;
+        }
+        drop(q);
+        drop(turn);
+        result
+    }
+
+    /// Counters of the audit sequencer (batches written, entries in them).
+    pub fn sequencer_stats(&self) -> SequencerStats {
+        self.audit.queue().stats
     }
 
     /// Appends an entry on its own and waits until it is durable.
@@ -320,7 +600,7 @@ impl Vault {
 
     /// The number of durable entries in the log.
     pub fn audit_size(&self) -> Result<u64, Error> {
-        let size = self.audit_state().size;
+        let size = self.audit.applied.load(Ordering::SeqCst);
         self.wait_ticket(self.latest_ticket())?;
         Ok(size)
     }
@@ -330,7 +610,29 @@ impl Vault {
         if size > self.audit_size()? {
             return Err(Error::InvalidRequest("size is beyond the tree".into()));
         }
-        merkle::root(&VaultNodes(self), size).map_err(|e| Error::Corrupt(e.to_string()))
+        merkle::root(&self.tile_nodes(), size).map_err(|e| Error::Corrupt(e.to_string()))
+    }
+
+    /// The C2SP tlog-tile at `level`/`index` (`partial`: the `.p/<W>` form) as the durable log
+    /// has it; `not_found` when it does not exist (yet) at the durable size (SPEC.md §14).
+    pub fn tile(&self, level: u8, index: u64, partial: Option<usize>) -> Result<Vec<u8>, Error> {
+        let missing = Error::NotFound("tile");
+        if level > tiles::MAX_LEVEL {
+            return Err(missing);
+        }
+        let width = tiles::width_at(self.audit_size()?, level, index);
+        let want = match partial {
+            None if width == tiles::WIDTH => tiles::WIDTH,
+            Some(w) if (1..tiles::WIDTH).contains(&w) && w <= width => w,
+            _ => return Err(missing),
+        };
+        let bytes = self
+            .tile_bytes(level, index)
+            .ok_or_else(|| Error::Corrupt(format!("audit tile {level}/{index} is missing")))?;
+        bytes
+            .get(..want * tiles::HASH)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| Error::Corrupt(format!("audit tile {level}/{index} is short")))
     }
 
     /// The origin line of this vault's checkpoints.
@@ -348,7 +650,7 @@ impl Vault {
     /// two reads of the size).
     pub(crate) fn checkpoint_with_size(&self) -> Result<(u64, String), Error> {
         let size = self.audit_size()?;
-        let root = merkle::root(&VaultNodes(self), size).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let root = merkle::root(&self.tile_nodes(), size).map_err(|e| Error::Corrupt(e.to_string()))?;
         // Never a checkpoint smaller than, or forking from, one signed before; the anchor
         // records a larger one durably before it is handed out.
         let (mut size, mut root) = (size, root);
@@ -363,8 +665,8 @@ impl Vault {
                 std::cmp::Ordering::Equal if root != signed_root => return Err(refuse()),
                 // A concurrent call signed a larger tree meanwhile: that one covers this call too.
                 std::cmp::Ordering::Less => {
-                    if signed > self.audit_state().size
-                        || merkle::root(&VaultNodes(self), signed).ok() != Some(signed_root)
+                    if signed > self.audit.applied.load(Ordering::SeqCst)
+                        || merkle::root(&self.tile_nodes(), signed).ok() != Some(signed_root)
                     {
                         return Err(refuse());
                     }
@@ -389,7 +691,7 @@ impl Vault {
         }
         let leaf = self.leaf(index)?;
         let hashes =
-            merkle::inclusion_proof(&VaultNodes(self), index, size).map_err(|e| Error::Corrupt(e.to_string()))?;
+            merkle::inclusion_proof(&self.tile_nodes(), index, size).map_err(|e| Error::Corrupt(e.to_string()))?;
         Ok(InclusionProof { leaf_hash: merkle::leaf_hash(&leaf), hashes })
     }
 
@@ -398,7 +700,7 @@ impl Vault {
         if to > self.audit_size()? || from > to {
             return Err(Error::InvalidRequest("from must not exceed to, and to at most the tree size".into()));
         }
-        merkle::consistency_proof(&VaultNodes(self), from, to).map_err(|e| Error::Corrupt(e.to_string()))
+        merkle::consistency_proof(&self.tile_nodes(), from, to).map_err(|e| Error::Corrupt(e.to_string()))
     }
 
     /// The bytes of leaf `index`.
@@ -458,7 +760,7 @@ impl Vault {
         if size > self.audit_size()? || indexes.iter().any(|&i| i >= size) {
             return Err(Error::InvalidRequest("every index must be below size, and size at most the tree size".into()));
         }
-        let nodes = VaultNodes(self);
+        let nodes = self.tile_nodes();
         indexes
             .iter()
             .map(|&index| {
@@ -483,27 +785,259 @@ impl Vault {
         }
     }
 
-    /// Recomputes every stored tree node from the leaves (for `check`); returns problems.
+    /// Recomputes every stored tile from the leaves (for `check`); returns problems.
     pub(crate) fn check_audit(&self) -> Result<Vec<(String, String)>, Error> {
         let size = self.audit_size()?;
         let mut problems = Vec::new();
-        let mut mem: std::collections::HashMap<(u8, u64), Hash> = Default::default();
+        let mut edge = Edge::default();
+        let mut expected: HashMap<(u8, u64), Vec<u8>> = HashMap::new();
+        let mut full = Vec::new();
         for i in 0..size {
             let Some(leaf) = self.meta().get(&leaf_key(i))? else {
                 problems.push((format!("audit leaf {i}"), "missing".to_owned()));
+                edge.push([0u8; 32], &mut full);
                 continue;
             };
-            let computed = merkle::append_nodes(i, merkle::leaf_hash(&leaf), |l, j| {
-                mem.get(&(l, j)).copied().ok_or(MerkleError::MissingNode { level: l, index: j })
+            edge.push(merkle::leaf_hash(&leaf), &mut full);
+        }
+        for (l, n, bytes) in full.into_iter().chain(edge.partials(usize::MAX)) {
+            expected.insert((l, n), bytes);
+        }
+        for item in self.meta().scan(&[prefix::TILE]) {
+            let (k, v) = item?;
+            let pos = (k.len() == 10).then(|| {
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&k[2..]);
+                (k[1], u64::from_be_bytes(n))
             });
-            let Ok(computed) = computed else { continue };
-            for (l, j, h) in computed {
-                mem.insert((l, j), h);
-                if VaultNodes(self).node(l, j).ok() != Some(h) {
-                    problems.push((format!("audit tree node {l}/{j}"), "does not match the leaves".to_owned()));
+            match pos.and_then(|p| expected.remove(&p).map(|e| (p, e))) {
+                Some((_, e)) if e == v => {}
+                Some(((l, n), _)) => {
+                    problems.push((format!("audit tile {l}/{n}"), "does not match the leaves".to_owned()))
                 }
+                None => problems.push((crate::vault::describe_key(&k), "an audit tile beyond the tree".to_owned())),
             }
         }
+        for (l, n) in expected.into_keys() {
+            problems.push((format!("audit tile {l}/{n}"), "missing".to_owned()));
+        }
         Ok(problems)
+    }
+}
+
+/// The same failure for another caller of a failed batch.
+fn copy_error(e: &Error) -> Error {
+    match e {
+        Error::FailStopped { reason, outcome_unknown } => {
+            Error::FailStopped { reason: reason.clone(), outcome_unknown: *outcome_unknown }
+        }
+        Error::AuditFailed(m) => Error::AuditFailed(m.clone()),
+        e => Error::AuditFailed(e.to_string()),
+    }
+}
+
+/// Splits queued requests into batches of at most [`MAX_BATCH`].
+fn chunks(mut queued: Vec<Request>) -> Vec<Vec<Request>> {
+    let mut out = Vec::new();
+    while !queued.is_empty() {
+        let rest = queued.split_off(queued.len().min(MAX_BATCH));
+        out.push(std::mem::replace(&mut queued, rest));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::MasterKey;
+    use std::time::Instant;
+
+    fn draft(owner: &OwnerId) -> Draft {
+        Draft {
+            time: Timestamp::now(),
+            actor: Actor::Owner,
+            action: "document.list",
+            owner: Some(owner.clone()),
+            document: None,
+            purpose: None,
+            grant: None,
+            outcome: "allowed".into(),
+        }
+    }
+
+    /// Waits (bounded) until `n` entries are queued behind the held turn.
+    fn until_queued(v: &Vault, n: usize) {
+        let start = Instant::now();
+        while v.audit.queue().pending.len() < n {
+            assert!(start.elapsed() < Duration::from_secs(30), "callers never queued");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn concurrent_callers_get_consecutive_indexes_in_one_batch_and_one_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Arc::new(Vault::open(dir.path(), &MasterKey::from_bytes([3; 32])).unwrap());
+        let owner = OwnerId::parse("citizen:001099012345").unwrap();
+        v.audit_now(&draft(&owner)).unwrap();
+        let start = v.audit_size().unwrap();
+        // Hold the turn as a leader at work would, so that every caller queues behind it.
+        v.audit.queue().leading = true;
+        const N: usize = 16;
+        let callers: Vec<_> = (0..N)
+            .map(|_| {
+                let (v, owner) = (v.clone(), owner.clone());
+                std::thread::spawn(move || v.audit_now(&draft(&owner)).unwrap())
+            })
+            .collect();
+        until_queued(&v, N);
+        let (commits, seq) = (v.commit_stats(), v.sequencer_stats());
+        {
+            let mut q = v.audit.queue();
+            q.leading = false;
+        }
+        v.audit.turn.notify_all();
+        let mut got: Vec<u64> = callers.into_iter().map(|t| t.join().unwrap()).collect();
+        got.sort_unstable();
+        assert_eq!(got, (start..start + N as u64).collect::<Vec<_>>(), "consecutive and distinct");
+        let (commits2, seq2) = (v.commit_stats(), v.sequencer_stats());
+        assert_eq!((seq2.batches - seq.batches, seq2.entries - seq.entries), (1, N as u64), "one batch");
+        assert_eq!(commits2.written - commits.written, 1, "one atomic metadata write for the batch");
+        assert_eq!(commits2.syncs - commits.syncs, 1, "one journal sync for the batch");
+        // Each entry is in the log and the owner's index, and the tree verifies.
+        let size = v.audit_size().unwrap();
+        assert_eq!(size, start + N as u64);
+        let root = v.audit_root(size).unwrap();
+        for i in got {
+            assert_eq!(v.owner_entry(&owner, i).unwrap().unwrap().index, i);
+            let p = v.inclusion_proof(i, size).unwrap();
+            assert!(merkle::verify_inclusion(&p.leaf_hash, i, size, &p.hashes, &root));
+        }
+        assert_eq!(root, v.audit.edge().root(), "the edge's root is the stored tree's");
+        assert!(v.audit.queue().answers.is_empty(), "every answer was taken, none left behind");
+        assert!(v.check(false).unwrap().is_clean());
+    }
+
+    #[test]
+    fn erasure_style_calls_write_the_queue_first_then_themselves_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Arc::new(Vault::open(dir.path(), &MasterKey::from_bytes([4; 32])).unwrap());
+        let owner = OwnerId::parse("citizen:001099012345").unwrap();
+        v.audit.queue().leading = true;
+        let queued: Vec<_> = (0..3)
+            .map(|_| {
+                let (v, owner) = (v.clone(), owner.clone());
+                std::thread::spawn(move || v.audit_now(&draft(&owner)).unwrap())
+            })
+            .collect();
+        until_queued(&v, 3);
+        let with = {
+            let (v, owner) = (v.clone(), owner.clone());
+            std::thread::spawn(move || {
+                v.apply_audited_with(Vec::new(), &draft(&owner), || {
+                    // Every queued entry is applied before these changes are computed.
+                    Ok(vec![Op::Put(b"Mtest-seen".to_vec(), v.owner_entries(&owner)?.len().to_be_bytes().to_vec())])
+                })
+                .unwrap()
+            })
+        };
+        // Give the erasure-style call time to wait for the turn too (either order is correct).
+        std::thread::sleep(Duration::from_millis(20));
+        v.audit.queue().leading = false;
+        v.audit.turn.notify_all();
+        let mut idx: Vec<u64> = queued.into_iter().map(|t| t.join().unwrap()).collect();
+        let (ticket, own) = with.join().unwrap();
+        v.wait_ticket(ticket).unwrap();
+        idx.sort_unstable();
+        let seen = v.meta().get(b"Mtest-seen").unwrap().unwrap();
+        // Whoever took the turn first, the queued entries come before the call's own, and its
+        // changes were computed after they were applied.
+        assert_eq!((idx, own), (vec![0, 1, 2], 3));
+        assert_eq!(seen, 3usize.to_be_bytes(), "the queue was written before `more` ran");
+        assert!(v.audit.queue().answers.is_empty(), "every answer was taken, none left behind");
+        assert!(v.check(false).unwrap().is_clean());
+    }
+
+    #[test]
+    fn a_failed_batch_fails_every_caller_and_leaves_the_edge() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = crate::Faults::new();
+        let meta = crate::store::SledMeta::open(&dir.path().join("meta")).unwrap().with_faults(&faults);
+        let blobs = crate::store::FsBlobs::open(dir.path().join("blobs")).unwrap();
+        let v = Vault::open_with(Box::new(meta), Box::new(blobs), &MasterKey::from_bytes([5; 32]), None).unwrap();
+        let owner = OwnerId::parse("citizen:001099012345").unwrap();
+        v.audit_now(&draft(&owner)).unwrap();
+        let edge = v.audit.edge().clone();
+        faults.fail_nth(crate::Fault::JournalWrite, 1);
+        assert!(v.apply_audited(vec![Op::Put(b"Mtest".to_vec(), vec![1])], &draft(&owner)).is_err());
+        assert_eq!(*v.audit.edge(), edge, "the edge is unchanged");
+        assert_eq!(v.audit.applied.load(Ordering::SeqCst), 1);
+        assert_eq!(v.meta().get(b"Mtest").unwrap(), None, "nothing of the change was applied");
+        assert!(v.audit_now(&draft(&owner)).is_err(), "the vault stopped");
+    }
+
+    #[test]
+    fn a_log_stored_as_nodes_is_converted_to_tiles_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::from_bytes([6; 32]);
+        let owner = OwnerId::parse("citizen:001099012345").unwrap();
+        let (size, root) = {
+            let v = Vault::open(dir.path(), &master).unwrap();
+            for _ in 0..300 {
+                v.audit_now(&draft(&owner)).unwrap();
+            }
+            v.checkpoint().unwrap();
+            // Rewrite the tree as the vault stored it before tiles: complete-subtree nodes.
+            let size = v.audit_size().unwrap();
+            let mut ops: Vec<Op> = v.meta().scan(&[prefix::TILE]).map(|r| Op::Delete(r.unwrap().0)).collect();
+            let mut mem: HashMap<(u8, u64), Hash> = HashMap::new();
+            for i in 0..size {
+                let h = merkle::leaf_hash(&v.leaf(i).unwrap());
+                for (l, j, h) in merkle::append_nodes(i, h, |l, j| Ok(mem[&(l, j)])).unwrap() {
+                    mem.insert((l, j), h);
+                    ops.push(Op::Put(key_of(prefix::NODE, &[&[l], &j.to_be_bytes()]), h.to_vec()));
+                }
+            }
+            let root = v.audit_root(size).unwrap();
+            v.apply_durable(ops).unwrap();
+            v.close().unwrap();
+            (size, root)
+        };
+        let v = Vault::open(dir.path(), &master).unwrap();
+        assert_eq!(v.audit_root(size).unwrap(), root);
+        assert_eq!(v.meta().scan(&[prefix::NODE]).count(), 0, "the node keys are gone");
+        assert_eq!(v.tile(0, 0, None).unwrap().len(), tiles::FULL_BYTES);
+        assert_eq!(v.tile(0, 1, Some(44)).unwrap().len(), 44 * 32);
+        assert!(v.check(true).unwrap().is_clean());
+        assert_eq!(v.audit_now(&draft(&owner)).unwrap(), size);
+    }
+
+    #[test]
+    fn damaged_tiles_are_found_by_check_and_a_short_edge_tile_refuses_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::from_bytes([7; 32]);
+        let owner = OwnerId::parse("citizen:001099012345").unwrap();
+        {
+            let v = Vault::open(dir.path(), &master).unwrap();
+            for _ in 0..260 {
+                v.audit_now(&draft(&owner)).unwrap();
+            }
+            // A flipped bit in the full tile: `check` names it.
+            let mut full = v.meta().get(&tile_key(0, 0)).unwrap().unwrap();
+            full[100] ^= 1;
+            v.apply_durable(vec![Op::Put(tile_key(0, 0), full)]).unwrap();
+            relock(v.audit.cache.lock()).clear();
+            let report = v.check(false).unwrap();
+            assert!(report.to_string().contains("audit tile 0/0"), "{report}");
+            // The partial tile the edge is rebuilt from loses its last hash.
+            let mut part = v.meta().get(&tile_key(0, 1)).unwrap().unwrap();
+            part.truncate(part.len() - 32);
+            v.apply_durable(vec![Op::Put(tile_key(0, 1), part)]).unwrap();
+            v.close().unwrap();
+        }
+        match Vault::open(dir.path(), &master) {
+            Err(Error::Corrupt(m)) => assert!(m.contains("tile 0/1"), "{m}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
     }
 }

@@ -281,6 +281,7 @@ impl Vault {
                         | prefix::GRANT_BY_AGENCY
                         | prefix::LEAF
                         | prefix::NODE
+                        | prefix::TILE
                         | prefix::OWNER_ENTRY
                         | prefix::DEPOSIT_INDEX
                         | prefix::INLINE_BLOB

@@ -62,6 +62,7 @@ pub mod seal;
 pub mod store;
 pub mod stream;
 pub mod supply;
+pub mod tiles;
 pub mod time;
 pub mod token;
 mod vault;

@@ -4,9 +4,10 @@
 //! of `n` leaves splits at `k`, the largest power of two below `n`. Any RFC 6962 verifier can
 //! check the roots and proofs made here.
 //!
-//! Storage keeps the hash of every *complete* subtree (`2^level` leaves starting at a multiple
-//! of `2^level`), written once when its last leaf is appended, so any root, inclusion proof or
-//! consistency proof needs O(log n) stored hashes (O(log² n) hashing at worst), never a scan.
+//! The algorithms read the hash of *complete* subtrees (`2^level` leaves starting at a multiple
+//! of `2^level`) through [`Nodes`], so any root, inclusion proof or consistency proof needs
+//! O(log n) of them, never a scan. The vault serves them from its C2SP tlog-tiles
+//! (`tiles::TileNodes`); [`append_nodes`] is the node-per-key layout logs had before tiles.
 
 use sha2::{Digest as _, Sha256};
 

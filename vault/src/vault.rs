@@ -41,6 +41,7 @@ pub(crate) mod prefix {
     pub const GRANT_BY_AGENCY: u8 = b'H';
     pub const LEAF: u8 = b'L';
     pub const NODE: u8 = b'N';
+    pub const TILE: u8 = b'X';
     pub const OWNER_ENTRY: u8 = b'E';
     pub const DEPOSIT_INDEX: u8 = b'I';
     pub const INLINE_BLOB: u8 = b'B';
@@ -195,7 +196,7 @@ pub struct Vault {
     /// The vault's Ed25519 key: checkpoints and receipts.
     pub(crate) signer: VaultSigner,
     /// Audit-log appends: the tree size, held while an index is assigned and its nodes written.
-    pub(crate) audit: Mutex<crate::audit::AuditState>,
+    pub(crate) audit: crate::audit::AuditState,
     /// Serialises registry changes.
     registry: Mutex<()>,
     /// Agency registrations read so far (and absences), dropped on change.
@@ -264,6 +265,7 @@ pub(crate) fn describe_key(key: &[u8]) -> String {
         Some(&prefix::GRANT_BY_AGENCY) => format!("grant index entry {}", hex::encode(&key[1..])),
         Some(&prefix::LEAF) => format!("audit leaf {}", hex::encode(&key[1..])),
         Some(&prefix::NODE) => format!("audit tree node {}", hex::encode(&key[1..])),
+        Some(&prefix::TILE) => format!("audit tile {}", hex::encode(&key[1..])),
         Some(&prefix::DEPOSIT_INDEX) => format!("deposit index entry {}", hex::encode(&key[1..])),
         Some(&prefix::INLINE_BLOB) => format!("inline blob {}", hex::encode(&key[1..])),
         Some(&prefix::SUPPLY) => format!("supply record {}", hex::encode(&key[1..])),
@@ -368,7 +370,7 @@ impl Vault {
             vault_records,
             audit_refs,
             signer,
-            audit: Mutex::new(crate::audit::AuditState::default()),
+            audit: crate::audit::AuditState::default(),
             registry: Mutex::new(()),
             agency_cache: Mutex::new(HashMap::new()),
             grants_lock: Mutex::new(()),
