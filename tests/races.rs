@@ -289,3 +289,82 @@ fn item_10_5_export_writes_no_plaintext_to_the_temp_folder() {
     assert_eq!(summary.documents, 1);
     assert!(!tmp.exists());
 }
+
+/// Concurrent agency reads under one grant: `max_uses` is exact (count vs count), and a
+/// revocation racing the reads is never undone by a read counted before it.
+#[test]
+fn grant_uses_are_exact_and_revocation_sticks_under_concurrent_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Arc::new(Vault::open(dir.path(), &master()).unwrap());
+    register(&v);
+    let o = owner(7);
+    let me = Caller::owner(o.clone());
+    let data = content(7, 10 * 1024);
+    v.put_document_as(&me, &o, data.as_slice(), new_doc(Digest::of(&data), "cccd")).unwrap();
+    let doc = v.documents_as(&me, &o, None).unwrap().remove(0);
+    let agency = || Caller::agency(AgencyId::parse(AGENCY).unwrap(), Some(Purpose::parse("1.1").unwrap()));
+
+    // 1. max_uses 50, 8 readers × 20 attempts: exactly 50 reads served, the grant says 50.
+    let limited = v.grant_as(&me, &o, NewGrant { max_uses: Some(50), ..grant() }).unwrap();
+    let served = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..20 {
+                    match v.content_as(&agency(), &o, &doc.id) {
+                        Ok(_) => {
+                            served.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(Error::GrantRequired) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(served.load(Ordering::SeqCst), 50);
+    let g = v.grants_as(&me, &o).unwrap().into_iter().find(|g| g.id == limited.id).unwrap();
+    assert_eq!(g.uses, 50);
+    v.revoke_grant_as(&me, &o, &limited.id).unwrap();
+
+    // 2. An unlimited grant, read by 8 threads while the owner revokes it: once the revocation
+    // returns no read is served, and the stored grant stays revoked with every served use.
+    for round in 0..5 {
+        let open = v.grant_as(&me, &o, grant()).unwrap();
+        let served = AtomicUsize::new(0);
+        let revoked = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..30 {
+                        let after_revoke = revoked.load(Ordering::SeqCst);
+                        match v.content_as(&agency(), &o, &doc.id) {
+                            Ok(_) => {
+                                assert!(!after_revoke, "round {round}: a read after the revocation was served");
+                                served.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(Error::GrantRequired) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                });
+            }
+            s.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(5 * round));
+                v.revoke_grant_as(&me, &o, &open.id).unwrap();
+                revoked.store(true, Ordering::SeqCst);
+            });
+        });
+        let g = v.grants_as(&me, &o).unwrap().into_iter().find(|g| g.id == open.id).unwrap();
+        assert!(g.revoked_at.is_some(), "round {round}: the revocation was overwritten");
+        assert_eq!(g.uses, served.load(Ordering::SeqCst) as u64, "round {round}");
+        assert!(matches!(v.content_as(&agency(), &o, &doc.id), Err(Error::GrantRequired)));
+    }
+    // What was stored survives a reopen: every grant revoked, the limited one at 50 uses.
+    drop(v);
+    let v = Vault::open(dir.path(), &master()).unwrap();
+    let grants = v.grants_as(&me, &o).unwrap();
+    assert_eq!(grants.len(), 6);
+    assert!(grants.iter().all(|g| g.revoked_at.is_some()));
+    assert_eq!(grants.iter().find(|g| g.id == limited.id).unwrap().uses, 50);
+}

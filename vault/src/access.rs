@@ -474,23 +474,29 @@ impl Vault {
 
     /// Counts one content read against a grant, with the audit entry, atomically.
     fn use_grant(&self, o: &OwnerCtx, id: &GrantId, d: &Draft) -> Result<(), Error> {
-        let ticket = {
+        let (queued, key, seq) = {
             // The check and the count are one step under the lock, so max_uses is never
-            // exceeded; the durable wait happens outside it, so concurrent reads share syncs.
-            // Under the owner's change lock with its current keys (an erasure since `o` was
-            // resolved took the grant with it).
+            // exceeded. The write is queued at the sequencer under the lock (writes of a grant
+            // are applied in the order they were computed) and awaited outside it, so
+            // concurrent reads share one batch and one sync. Under the owner's change lock
+            // with its current keys (an erasure since `o` was resolved took the grant with it;
+            // one that starts later writes every queued call before its own changes).
             let (_owner_guard, o) = self.owner_for_change(&o.id, false)?;
             let o = &*o.ok_or(Error::GrantRequired)?;
-            let _g = self.grants_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let mut g = self.grant_of(o, id)?.ok_or(Error::GrantRequired)?;
+            let mut pending = self.grants_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = self.grant_for_change(&pending, o, id)?.ok_or(Error::GrantRequired)?;
             if g.status(Timestamp::now()) != GrantStatus::Active {
                 return Err(Error::GrantRequired);
             }
             g.uses += 1;
             let key = crate::grants::grant_key(&o.op, id);
-            self.apply_audited(vec![Op::Put(key.clone(), seal_record(&o.keys, &key, &g))], d)?.0
+            let value = seal_record(&o.keys, &key, &g);
+            let seq = pending.queued(key.clone(), g);
+            (self.enqueue_audited(vec![Op::Put(key.clone(), value)], d), key, seq)
         };
-        self.wait_ticket(ticket)
+        let applied = self.await_audited(queued);
+        self.grant_write_done(&key, seq);
+        self.wait_ticket(applied?.0)
     }
 
     /// Deletes a document (the owner only).
@@ -638,14 +644,20 @@ impl Vault {
             Self::require_owner(caller, owner)?;
             let (_owner_guard, o) = self.owner_for_change(owner, false)?;
             let o = o.ok_or(Error::NotFound("grant"))?;
-            let _g = self.grants_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let mut g = self.grant_of(&o, id)?.ok_or(Error::NotFound("grant"))?;
-            if g.revoked_at.is_none() {
-                g.revoked_at = Some(Timestamp::now());
-            }
-            let key = crate::grants::grant_key(&o.op, id);
-            let (ticket, _) = self.apply_audited(vec![Op::Put(key.clone(), seal_record(&o.keys, &key, &g))], d)?;
-            self.wait_ticket(ticket)
+            let (queued, key, seq) = {
+                let mut pending = self.grants_lock.lock().unwrap_or_else(|p| p.into_inner());
+                let mut g = self.grant_for_change(&pending, &o, id)?.ok_or(Error::NotFound("grant"))?;
+                if g.revoked_at.is_none() {
+                    g.revoked_at = Some(Timestamp::now());
+                }
+                let key = crate::grants::grant_key(&o.op, id);
+                let value = seal_record(&o.keys, &key, &g);
+                let seq = pending.queued(key.clone(), g);
+                (self.enqueue_audited(vec![Op::Put(key.clone(), value)], d), key, seq)
+            };
+            let applied = self.await_audited(queued);
+            self.grant_write_done(&key, seq);
+            self.wait_ticket(applied?.0)
         })
     }
 

@@ -83,6 +83,11 @@ struct Queue {
     stats: SequencerStats,
 }
 
+/// A call queued at the sequencer, to be awaited with [`Vault::await_audited`].
+#[derive(Debug)]
+#[must_use = "a queued call must be awaited"]
+pub(crate) struct Queued(u64);
+
 /// The audit log's sequencer and its in-memory state (SPEC.md §14, "Sequencer and tiles").
 pub struct AuditState {
     queue: Mutex<Queue>,
@@ -438,12 +443,30 @@ impl Vault {
     /// durability ticket and the entry's index. Fails closed: if the entry cannot be built or
     /// written, nothing of `ops` is applied. Concurrent calls share one batch (the sequencer).
     pub(crate) fn apply_audited(&self, ops: Vec<Op>, draft: &Draft) -> Result<(u64, u64), Error> {
+        let queued = self.enqueue_audited(ops, draft);
+        self.await_audited(queued)
+    }
+
+    /// The first half of [`Vault::apply_audited`]: queues `ops` with the entry `draft` and
+    /// returns at once. Queued calls are applied in the order they were queued, so a caller
+    /// that computes its change under a lock may queue it under that lock and wait outside it
+    /// (later callers' changes land after its own). Every queued call must be awaited.
+    pub(crate) fn enqueue_audited(&self, ops: Vec<Op>, draft: &Draft) -> Queued {
         let st = &self.audit;
         let mut q = st.queue();
         let id = q.next_id;
         q.next_id += 1;
         q.pending.push(Request { id, ops, draft: draft.clone() });
         st.arrived.notify_one();
+        Queued(id)
+    }
+
+    /// The second half of [`Vault::apply_audited`]: waits until the queued call is applied (or
+    /// failed), leading a batch when no one else is; returns its ticket and index.
+    pub(crate) fn await_audited(&self, queued: Queued) -> Result<(u64, u64), Error> {
+        let st = &self.audit;
+        let id = queued.0;
+        let mut q = st.queue();
         loop {
             if let Some(answer) = q.answers.remove(&id) {
                 return answer;

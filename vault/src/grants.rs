@@ -138,6 +138,26 @@ pub fn verify_receipt(r: &Receipt, vault_key: &[u8; 32]) -> bool {
     crate::provenance::PublicKey::from_bytes(*vault_key).is_ok_and(|k| k.verify(r.text.as_bytes(), &sig))
 }
 
+/// Grant writes queued at the audit sequencer and perhaps not applied yet, by grant key: the
+/// grant as the latest one leaves it. Grant changes are computed under `grants_lock` from
+/// these (else from the store), queued under it and awaited outside it; the sequencer applies
+/// queued calls in order, so what is stored only ever catches up with what is here, and no use
+/// or revocation is lost while writers wait for their batch (SPEC.md §14).
+#[derive(Debug, Default)]
+pub(crate) struct PendingGrants {
+    next: u64,
+    by_key: std::collections::HashMap<Vec<u8>, (u64, Grant)>,
+}
+
+impl PendingGrants {
+    /// Records a queued write of `g` at `key`; its sequence number, for `grant_write_done`.
+    pub(crate) fn queued(&mut self, key: Vec<u8>, g: Grant) -> u64 {
+        self.next += 1;
+        self.by_key.insert(key, (self.next, g));
+        self.next
+    }
+}
+
 pub(crate) fn grant_key(op: &OwnerRef, id: &GrantId) -> Vec<u8> {
     key_of(prefix::GRANT, &[op, id.as_bytes()])
 }
@@ -199,6 +219,29 @@ impl Vault {
     /// One grant of an owner.
     pub(crate) fn grant_of(&self, o: &OwnerCtx, id: &GrantId) -> Result<Option<Grant>, Error> {
         self.get_sealed(&o.keys, &grant_key(&o.op, id))
+    }
+
+    /// The grant as its latest queued write leaves it (`pending` is the guarded content of
+    /// `grants_lock`, which the caller holds), else as stored.
+    pub(crate) fn grant_for_change(
+        &self,
+        pending: &PendingGrants,
+        o: &OwnerCtx,
+        id: &GrantId,
+    ) -> Result<Option<Grant>, Error> {
+        match pending.by_key.get(&grant_key(&o.op, id)) {
+            Some((_, g)) => Ok(Some(g.clone())),
+            None => self.grant_of(o, id),
+        }
+    }
+
+    /// Forgets the queued grant write `seq` once it is applied (or failed), unless a later
+    /// write of the same grant replaced it.
+    pub(crate) fn grant_write_done(&self, key: &[u8], seq: u64) {
+        let mut pending = self.grants_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.by_key.get(key).is_some_and(|(s, _)| *s == seq) {
+            pending.by_key.remove(key);
+        }
     }
 
     /// Every grant of an owner, oldest first (revoked ones included).

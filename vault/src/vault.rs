@@ -201,8 +201,9 @@ pub struct Vault {
     registry: Mutex<()>,
     /// Agency registrations read so far (and absences), dropped on change.
     pub(crate) agency_cache: Mutex<HashMap<crate::ids::AgencyId, Option<crate::provenance::Agency>>>,
-    /// Serialises grant changes (use counts, revocations).
-    pub(crate) grants_lock: Mutex<()>,
+    /// Serialises grant changes (use counts, revocations) and holds the grant writes queued at
+    /// the audit sequencer but perhaps not applied yet (`grants::PendingGrants`).
+    pub(crate) grants_lock: Mutex<crate::grants::PendingGrants>,
     commit: GroupCommit,
     /// Group commit of blob syncs (one `syncfs` for a batch of new blobs).
     blob_commit: GroupCommit,
@@ -373,7 +374,7 @@ impl Vault {
             audit: crate::audit::AuditState::default(),
             registry: Mutex::new(()),
             agency_cache: Mutex::new(HashMap::new()),
-            grants_lock: Mutex::new(()),
+            grants_lock: Mutex::default(),
             meta,
             blobs,
             master_wrap,
