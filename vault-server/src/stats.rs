@@ -107,3 +107,19 @@ pub(crate) fn prometheus(c: &Counters) -> String {
     ));
     out
 }
+
+/// Folds the reuse tallies into their day rollups every `every` (SPEC.md §22), so that a query
+/// reads rollups, not a day's worth of tallies.
+pub async fn fold_every(vault: Arc<vault::Vault>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let v = vault.clone();
+        match tokio::task::spawn_blocking(move || v.fold_reuse_stats()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "folding the reuse statistics failed"),
+            Err(e) => tracing::error!(error = %e, "folding the reuse statistics failed"),
+        }
+    }
+}
