@@ -1677,7 +1677,7 @@ mod tests {
         let req = axum::http::Request::builder().method(method).uri(uri).body(Body::empty()).unwrap();
         let resp = app.oneshot(req).await.unwrap();
         let status = resp.status().as_u16();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
         let code =
             serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
         (status, code.unwrap_or_default())
