@@ -96,4 +96,23 @@ fn reuse_statistics_over_http_json_csv_metrics_and_restart() {
     let dir = s.stop();
     let s = Server::start_at(dir, port, &[]);
     check(&s);
+    // The command line: `vault stats reuse --by procedure --from ... --csv`, and JSON.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(binary().with_file_name("vault"))
+            .env_clear()
+            .env("VAULT_SERVER", &s.base)
+            .env("VAULT_STATE", s.dir.path().join("client-state.json"))
+            .env("VAULT_TOKEN", s.operator())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "vault {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let today = Timestamp::now().to_string()[..10].to_owned();
+    let csv = cli(&["stats", "reuse", "--by", "procedure", "--from", &today, "--csv"]);
+    assert!(csv.starts_with("procedure,reuse_checks,"), "{csv}");
+    assert!(csv.contains("\r\n1.000001,2,4,2,2,0,0,0,0,0\r\n"), "{csv}");
+    let v: serde_json::Value = serde_json::from_str(&cli(&["--json", "stats", "reuse", "--by", "month"])).unwrap();
+    assert_eq!(v["total"]["reuse_checks"], 2);
 }
