@@ -58,6 +58,11 @@ for ID in $HELD; do
     reuser get $OWNER "$ID" -o "$WORK/fetched-$ID"
 done
 
+say "Reuse statistics for the monitoring system (aggregates only): the operator sees all, so-tu-phap its own"
+operator stats reuse --by procedure
+operator stats reuse --by doc_type --csv
+reuser stats reuse --by agency
+
 say "The citizen reads the access log (every entry proven in a signed checkpoint)"
 citizen log $OWNER
 $VAULT audit verify

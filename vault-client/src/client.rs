@@ -903,6 +903,39 @@ impl Client {
         Ok(l.agencies)
     }
 
+    /// `GET /v1/stats/reuse` as JSON (`from`, `to`: `YYYY-MM-DD`, inclusive).
+    pub async fn reuse_stats(
+        &self,
+        by: vault::stats::GroupBy,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<vault::stats::Report, Error> {
+        Ok(self.json(self.stats_request(by, from, to, "json")).await?.1)
+    }
+
+    /// `GET /v1/stats/reuse` as the server's CSV.
+    pub async fn reuse_stats_csv(
+        &self,
+        by: vault::stats::GroupBy,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<String, Error> {
+        Ok(self.send(self.stats_request(by, from, to, "csv")).await?.text().await?)
+    }
+
+    fn stats_request(
+        &self,
+        by: vault::stats::GroupBy,
+        from: Option<&str>,
+        to: Option<&str>,
+        format: &str,
+    ) -> RequestBuilder {
+        let mut q = vec![("by", by.as_str()), ("format", format)];
+        q.extend(from.map(|f| ("from", f)));
+        q.extend(to.map(|t| ("to", t)));
+        self.request(Method::GET, "/v1/stats/reuse").query(&q)
+    }
+
     /// `GET /v1/agencies/{agency}`.
     pub async fn agency_info(&self, id: &AgencyId) -> Result<Agency, Error> {
         Ok(self.json(self.request(Method::GET, &format!("/v1/agencies/{}", id.as_str()))).await?.1)

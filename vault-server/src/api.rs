@@ -371,9 +371,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub(crate) type ApiResult = Result<Response, ApiError>;
 
-fn json_response(status: StatusCode, v: &impl Serialize) -> Response {
+pub(crate) fn json_response(status: StatusCode, v: &impl Serialize) -> Response {
     match serde_json::to_vec(v) {
         Ok(body) => (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => ApiError::internal(e).into_response(),
@@ -381,7 +381,7 @@ fn json_response(status: StatusCode, v: &impl Serialize) -> Response {
 }
 
 /// Runs blocking vault work off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, vault::Error> + Send + 'static,
 ) -> Result<T, ApiError> {
     match tokio::task::spawn_blocking(f).await {
@@ -402,7 +402,7 @@ impl AppState {
         })
     }
 
-    fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    pub(crate) fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let vault = self.vault()?;
         let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let principal = authenticate(&self.auth, &vault, auth, Timestamp::now().unix()).map_err(|e| {
@@ -1487,7 +1487,15 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         }
         None => Default::default(),
     };
-    let mut out = String::new();
+    // Reuse statistics (SPEC.md §23): durable, so they survive restarts.
+    let reuse = match st.vault.get() {
+        Some(v) => {
+            let v = v.clone();
+            tokio::task::spawn_blocking(move || v.reuse_totals()).await.ok().and_then(Result::ok).unwrap_or_default()
+        }
+        None => Default::default(),
+    };
+    let mut out = crate::stats::prometheus(&reuse);
     out.push_str("# HELP vault_http_requests_total HTTP requests answered, by status class.\n# TYPE vault_http_requests_total counter\n");
     for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx", "other"].iter().enumerate() {
         out.push_str(&format!(
@@ -1648,6 +1656,7 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("put", "/v1/agencies/{agency}", "Register or replace an agency (the operator)"),
     ("get", "/v1/agencies", "Registered agencies"),
     ("get", "/v1/agencies/{agency}", "One agency"),
+    ("get", "/v1/stats/reuse", "Reuse statistics (?from=&to=&by=procedure|agency|doc_type|month; CSV)"),
     ("get", "/v1/vault-key", "The vault's signing key"),
     ("get", "/healthz", "Liveness"),
     ("get", "/readyz", "Readiness"),
@@ -1688,6 +1697,7 @@ fn handler_for(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         ("put", "/v1/agencies/{agency}") => put(put_agency),
         ("get", "/v1/agencies") => get(list_agencies),
         ("get", "/v1/agencies/{agency}") => get(get_agency),
+        ("get", "/v1/stats/reuse") => get(crate::stats::reuse_stats),
         ("get", "/v1/vault-key") => get(vault_key),
         ("get", "/healthz") => get(healthz),
         ("get", "/readyz") => get(readyz),
@@ -1830,7 +1840,7 @@ mod tests {
         let req = axum::http::Request::builder().method(method).uri(uri).body(Body::empty()).unwrap();
         let resp = app.oneshot(req).await.unwrap();
         let status = resp.status().as_u16();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
         let code =
             serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
         (status, code.unwrap_or_default())

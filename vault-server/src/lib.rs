@@ -6,6 +6,7 @@ pub mod auth;
 pub mod batch;
 pub mod openapi;
 pub mod page;
+pub mod stats;
 
 /// Fuzzing entry point (`fuzz/fuzz_targets/batch_tar.rs`): reads a batch-deposit body exactly
 /// as `POST /v1/owners/{owner}/deposits` does, with `max` as the content limit. Returns the

@@ -467,6 +467,7 @@ async fn run(args: Args) -> Result<(), String> {
         max_bytes: args.max_pending_bytes,
     });
     let sweeper = tokio::spawn(sweep_pending(vault.clone(), args.sweep_interval.max(1)));
+    let folder = tokio::spawn(vault_server::stats::fold_every(vault.clone(), std::time::Duration::from_secs(60)));
     if let Some(keys) = &dev {
         dev_announce(&args, &vault, keys)?;
     }
@@ -475,6 +476,8 @@ async fn run(args: Args) -> Result<(), String> {
     server.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     sweeper.abort();
     let _ = sweeper.await;
+    folder.abort();
+    let _ = folder.await;
     drop(state);
     // In-flight requests have finished; close the vault (sync, mark clean) once they let go.
     for _ in 0..100 {

@@ -445,6 +445,7 @@ fn errors_of(method: &str, path: &str) -> &'static [(u16, &'static str)] {
         ("put", "/v1/agencies/{agency}") => &[BAD, AUTH, FORBIDDEN, CONFLICT, LARGE, UNAVAILABLE],
         ("get", "/v1/agencies" | "/v1/grants") => &[AUTH, FORBIDDEN, UNAVAILABLE],
         ("get", "/v1/agencies/{agency}") => &[AUTH, NOT_FOUND, UNAVAILABLE],
+        ("get", "/v1/stats/reuse") => &[BAD, AUTH, FORBIDDEN, UNAVAILABLE],
         (_, p) if p.contains("{id}") || p.contains("{index}") => {
             &[BAD, AUTH, FORBIDDEN, NOT_FOUND, GONE, LARGE, UNAVAILABLE]
         }
@@ -543,6 +544,7 @@ impl Modify for Contract {
         api::put_agency,
         api::list_agencies,
         api::get_agency,
+        crate::stats::reuse_stats,
         api::vault_key,
         api::healthz,
         api::readyz,

@@ -273,7 +273,16 @@ impl Vault {
                 }
                 (Visibility::Agency { .. }, None) => digests.to_vec(),
             };
-            self.audit_now(d)?;
+            // Bytes the caller need not upload: the sizes of the digests it may skip.
+            let mut skipped = 0u64;
+            if let Some(o) = &o {
+                let missing: std::collections::HashSet<&Digest> = missing.iter().collect();
+                let mut seen = std::collections::HashSet::new();
+                for x in digests.iter().filter(|x| !missing.contains(x) && seen.insert(**x)) {
+                    skipped += self.held_size(o, x)?.unwrap_or(0);
+                }
+            }
+            self.audit_now_with(self.saved_tally(d, skipped), d)?;
             Ok(missing)
         })
     }
@@ -462,10 +471,10 @@ impl Vault {
             match (&d.grant, issued_by_caller) {
                 (Some(gid), false) => {
                     let gid = GrantId::parse(gid).map_err(|_| Error::GrantRequired)?;
-                    self.use_grant(&o, &gid, d)?;
+                    self.use_grant(&o, &gid, d, self.read_tally(d, &doc.meta.doc_type))?;
                 }
                 _ => {
-                    self.audit_now(d)?;
+                    self.audit_now_with(vec![self.read_tally(d, &doc.meta.doc_type)], d)?;
                 }
             }
             Ok((doc, reader))
@@ -473,7 +482,7 @@ impl Vault {
     }
 
     /// Counts one content read against a grant, with the audit entry, atomically.
-    fn use_grant(&self, o: &OwnerCtx, id: &GrantId, d: &Draft) -> Result<(), Error> {
+    fn use_grant(&self, o: &OwnerCtx, id: &GrantId, d: &Draft, tally: Op) -> Result<(), Error> {
         let (queued, key, seq) = {
             // The check and the count are one step under the lock, so max_uses is never
             // exceeded. The write is queued at the sequencer under the lock (writes of a grant
@@ -492,7 +501,7 @@ impl Vault {
             let key = crate::grants::grant_key(&o.op, id);
             let value = seal_record(&o.keys, &key, &g);
             let seq = pending.queued(key.clone(), g);
-            (self.enqueue_audited(vec![Op::Put(key.clone(), value)], d), key, seq)
+            (self.enqueue_audited(vec![Op::Put(key.clone(), value), tally], d), key, seq)
         };
         let applied = self.await_audited(queued);
         self.grant_write_done(&key, seq);
@@ -600,7 +609,7 @@ impl Vault {
                 };
                 out.push(component);
             }
-            self.audit_now(d)?;
+            self.audit_now_with(vec![self.reuse_tally(d, purpose, &out)], d)?;
             Ok(out)
         })
     }

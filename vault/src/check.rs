@@ -253,7 +253,7 @@ impl Vault {
                 r.problem(describe_key(&k), "supply record fails authentication");
             }
         }
-        for p in [prefix::AGENCY, prefix::GRANT_BY_AGENCY, prefix::OWNER_ENTRY] {
+        for p in [prefix::AGENCY, prefix::GRANT_BY_AGENCY, prefix::OWNER_ENTRY, prefix::STATS, prefix::STATS_DAY] {
             for item in meta.scan(&[p]) {
                 let (k, v) = item?;
                 if seal::open(&self.vault_records, &aad(&k), &v).is_err() {
@@ -285,7 +285,9 @@ impl Vault {
                         | prefix::OWNER_ENTRY
                         | prefix::DEPOSIT_INDEX
                         | prefix::INLINE_BLOB
-                        | prefix::SUPPLY)
+                        | prefix::SUPPLY
+                        | prefix::STATS
+                        | prefix::STATS_DAY)
                 )
             ) {
                 r.problem(describe_key(&k), "unknown record");

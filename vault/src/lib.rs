@@ -59,6 +59,7 @@ pub mod provenance;
 pub mod rights;
 pub mod rotation;
 pub mod seal;
+pub mod stats;
 pub mod store;
 pub mod stream;
 pub mod supply;

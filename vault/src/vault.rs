@@ -46,6 +46,10 @@ pub(crate) mod prefix {
     pub const DEPOSIT_INDEX: u8 = b'I';
     pub const INLINE_BLOB: u8 = b'B';
     pub const SUPPLY: u8 = b'P';
+    /// Reuse-statistics tallies (`stats.rs`).
+    pub const STATS: u8 = b'S';
+    /// Reuse-statistics day rollups (`stats.rs`).
+    pub const STATS_DAY: u8 = b'R';
 }
 
 /// One stored document of [`Vault::put_documents`]: the content, the document, and whether the
@@ -791,7 +795,7 @@ impl Vault {
     fn held_answer(&self, digest: Digest, size: u64, audit: Option<&Draft>) -> Result<Stored, Error> {
         match audit {
             Some(d) => {
-                self.audit_now(d)?;
+                self.audit_now_with(self.saved_tally(d, size), d)?;
             }
             None => self.durable(self.commit.latest())?,
         }

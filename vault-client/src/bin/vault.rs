@@ -193,6 +193,11 @@ enum Command {
         #[command(subcommand)]
         command: AgencyCommand,
     },
+    /// Statistics (the operator: all; an agency: its own).
+    Stats {
+        #[command(subcommand)]
+        command: StatsCommand,
+    },
     /// Erase an owner: every content unreadable at once, then removed (the owner or the operator).
     Erase {
         #[arg(value_parser = OwnerId::parse)]
@@ -204,6 +209,25 @@ enum Command {
 enum AuditCommand {
     /// Verify the checkpoint with the pinned vault key and prove it consistent with the last one seen.
     Verify,
+}
+
+#[derive(Debug, Subcommand)]
+enum StatsCommand {
+    /// Reuse statistics: checks, components held (reused) or missing, reads, bytes saved.
+    Reuse {
+        /// Grouping: procedure, agency, doc_type or month.
+        #[arg(long, default_value = "procedure", value_parser = vault::stats::GroupBy::parse)]
+        by: vault::stats::GroupBy,
+        /// First day (YYYY-MM-DD, UTC), inclusive.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day (YYYY-MM-DD, UTC), inclusive; default today.
+        #[arg(long)]
+        to: Option<String>,
+        /// Print the server's CSV (for the national monitoring system).
+        #[arg(long)]
+        csv: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -657,6 +681,46 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             out(json, json!({"agencies": list}), || {
                 list.iter().map(|a| format!("{:<24} {} ({} keys)\n", a.id.as_str(), a.name, a.keys.len())).collect()
             });
+        }
+        Command::Stats { command: StatsCommand::Reuse { by, from, to, csv } } => {
+            let c = client(g)?;
+            if csv {
+                print!("{}", c.reuse_stats_csv(by, from.as_deref(), to.as_deref()).await?);
+            } else {
+                let r = c.reuse_stats(by, from.as_deref(), to.as_deref()).await?;
+                out(json, to_json(&r), || {
+                    let mut t = format!(
+                        "{} to {}, by {}\n{:<24} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+                        r.from,
+                        r.to,
+                        r.by.as_str(),
+                        r.by.as_str(),
+                        "checks",
+                        "components",
+                        "held",
+                        "missing",
+                        "expired",
+                        "revoked",
+                        "reads"
+                    );
+                    for row in &r.rows {
+                        let n = &row.counters;
+                        t.push_str(&format!(
+                            "{:<24} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+                            row.group.as_deref().unwrap_or("-"),
+                            n.reuse_checks,
+                            n.components,
+                            n.held,
+                            n.missing,
+                            n.expired,
+                            n.revoked,
+                            n.content_reads
+                        ));
+                    }
+                    t.push_str(&format!("bytes not uploaded thanks to dedup: {}\n", r.total.bytes_not_uploaded));
+                    t
+                });
+            }
         }
         Command::Erase { owner } => {
             let r = client(g)?.erase(&owner).await?;
