@@ -410,8 +410,7 @@ async fn run(args: Args) -> Result<(), String> {
         return Err(format!(
             "--max-streams must be 1 to {} (the rest of the threads serve other calls)",
             api::BLOCKING_THREADS - 64
-        )
-        .into());
+        ));
     }
     let operator = args.operator_key.as_deref().map(|k| verifying_key(k, "--operator-key")).transpose()?;
     let mut auth = auth::AuthConfig {
