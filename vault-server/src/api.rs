@@ -84,7 +84,7 @@ impl Limits {
     }
 
     /// Takes `n` more bytes of the batch budget for `held`, or refuses with 429 (nothing taken).
-    fn take_batch_bytes(&self, held: &mut BatchBytes<'_>, n: u64) -> Result<(), ApiError> {
+    fn take_batch_bytes(&self, held: &mut BatchBytes, n: u64) -> Result<(), ApiError> {
         let taken = self.batch_bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
             cur.checked_add(n).filter(|t| *t <= MAX_BATCH_BYTES_IN_FLIGHT)
         });
@@ -102,15 +102,16 @@ impl Limits {
     }
 }
 
-/// Bytes of the batch budget one request holds, given back on drop.
-struct BatchBytes<'a> {
-    limits: &'a Limits,
+/// Bytes of the batch budget one request holds, given back on drop (by whoever holds the
+/// body's bytes last: the blocking task that stores them outlives a vanished client).
+struct BatchBytes {
+    st: Arc<AppState>,
     n: u64,
 }
 
-impl Drop for BatchBytes<'_> {
+impl Drop for BatchBytes {
     fn drop(&mut self) {
-        self.limits.batch_bytes.fetch_sub(self.n, Ordering::AcqRel);
+        self.st.limits.batch_bytes.fetch_sub(self.n, Ordering::AcqRel);
     }
 }
 
@@ -611,7 +612,8 @@ async fn put_content(
             Some(new)
         }
     };
-    let _slot = stream_slot(&st, &caller, Stream::Upload)?;
+    // Held by the blocking task that stores the upload (it outlives a client that goes away).
+    let slot = stream_slot(&st, &caller, Stream::Upload)?;
     let v = st.vault()?;
     let idle = st.limits.idle;
     // No blocking thread is taken before the first body byte (or the body's end) arrives, and
@@ -620,9 +622,12 @@ async fn put_content(
     let mut next = tokio::time::timeout(idle, stream.next()).await.map_err(|_| ApiError::idle())?;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let reader = ChannelReader { rx, current: Bytes::new(), seen: 0, max: st.max_content };
-    let task = tokio::task::spawn_blocking(move || match deposit {
-        None => v.upload_as(&caller, &owner, reader, Some(digest)).map(|s| (s, None)),
-        Some(new) => v.put_document_as(&caller, &owner, reader, new).map(|(s, d, c)| (s, Some((d, c)))),
+    let task = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        match deposit {
+            None => v.upload_as(&caller, &owner, reader, Some(digest)).map(|s| (s, None)),
+            Some(new) => v.put_document_as(&caller, &owner, reader, new).map(|(s, d, c)| (s, Some((d, c)))),
+        }
     });
     let mut received = 0u64;
     let mut stalled = false;
@@ -706,7 +711,8 @@ async fn deposit_batch(OwnerCall { st, caller, owner }: OwnerCall, headers: Head
     let v = st.vault()?;
     let (c, o) = (caller.clone(), owner.clone());
     blocking(move || v.may_deposit_as(&c, &o)).await?;
-    let _slot = stream_slot(&st, &caller, Stream::Upload)?;
+    // Held by the blocking task that stores the batch (it outlives a client that goes away).
+    let slot = stream_slot(&st, &caller, Stream::Upload)?;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -727,7 +733,7 @@ async fn deposit_batch(OwnerCall { st, caller, owner }: OwnerCall, headers: Head
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     // Held until the answer is made (the items are slices of the body).
-    let mut held = BatchBytes { limits: &st.limits, n: 0 };
+    let mut held = BatchBytes { st: st.clone(), n: 0 };
     loop {
         let wait = st.limits.idle.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
         match tokio::time::timeout(wait, stream.next()).await {
@@ -755,6 +761,7 @@ async fn deposit_batch(OwnerCall { st, caller, owner }: OwnerCall, headers: Head
     let v = st.vault()?;
     let max = st.max_content;
     let results = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let (_slot, _held) = (slot, held);
         let items: Vec<(io::Cursor<Bytes>, NewDocument)> = crate::batch::items(&bytes, max, MAX_BATCH_ITEMS)?
             .into_iter()
             .map(|(range, new)| (io::Cursor::new(bytes.slice(range)), new))
@@ -775,7 +782,6 @@ async fn deposit_batch(OwnerCall { st, caller, owner }: OwnerCall, headers: Head
             }
         })
         .collect();
-    drop(held);
     Ok(json_response(StatusCode::OK, &json!({ "results": out })))
 }
 
@@ -871,9 +877,11 @@ async fn get_content(
     let id = doc_id(&id)?;
     let v = st.vault()?;
     // Taken before the read is decided (and audited, and counted against a grant's uses), so
-    // a refusal here costs the caller nothing; held by the reader thread until it is done.
+    // a refusal here costs the caller nothing; held by the blocking threads that decide and
+    // then read (they outlive a client that goes away).
     let slot = stream_slot(&st, &caller, Stream::Download)?;
-    let (doc, mut reader) = blocking(move || v.content_as(&caller, &owner, &id)).await?;
+    let (doc, mut reader, slot) =
+        blocking(move || v.content_as(&caller, &owner, &id).map(|(d, r)| (d, r, slot))).await?;
     let etag = format!("\"{}\"", doc.meta.digest);
     if headers
         .get(header::IF_NONE_MATCH)
@@ -1866,11 +1874,12 @@ mod tests {
 
     #[test]
     fn review_batch_bodies_share_one_memory_budget() {
-        let limits = Limits::default();
-        let mut a = BatchBytes { limits: &limits, n: 0 };
+        let st = sealed_state();
+        let limits = &st.limits;
+        let mut a = BatchBytes { st: st.clone(), n: 0 };
         limits.take_batch_bytes(&mut a, MAX_BATCH_BYTES_IN_FLIGHT - 10).unwrap();
         {
-            let mut b = BatchBytes { limits: &limits, n: 0 };
+            let mut b = BatchBytes { st: st.clone(), n: 0 };
             let e = limits.take_batch_bytes(&mut b, 11).unwrap_err();
             assert_eq!((e.status, e.code), (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"));
             limits.take_batch_bytes(&mut b, 10).unwrap();
@@ -1880,7 +1889,7 @@ mod tests {
         assert_eq!(limits.batch_bytes.load(Ordering::Acquire), MAX_BATCH_BYTES_IN_FLIGHT - 10);
         drop(a);
         assert_eq!(limits.batch_bytes.load(Ordering::Acquire), 0);
-        let mut c = BatchBytes { limits: &limits, n: 0 };
+        let mut c = BatchBytes { st: st.clone(), n: 0 };
         limits.take_batch_bytes(&mut c, u64::MAX).unwrap_err();
         assert_eq!(c.n, 0);
     }

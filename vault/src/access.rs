@@ -490,8 +490,14 @@ impl Vault {
             // concurrent reads share one batch and one sync. Under the owner's change lock
             // with its current keys (an erasure since `o` was resolved took the grant with it;
             // one that starts later writes every queued call before its own changes).
-            let (_owner_guard, o) = self.owner_for_change(&o.id, false)?;
+            let decided = o;
+            let (_owner_guard, o) = self.owner_for_change(&decided.id, false)?;
             let o = &*o.ok_or(Error::GrantRequired)?;
+            // The read was decided, and its content opened, under `decided`: if the owner was
+            // erased (and perhaps started afresh) since, that content is gone, and so is the grant.
+            if o.keys.records != decided.keys.records {
+                return Err(Error::GrantRequired);
+            }
             let mut pending = self.grants_lock.lock().unwrap_or_else(|p| p.into_inner());
             let mut g = self.grant_for_change(&pending, o, id)?.ok_or(Error::GrantRequired)?;
             if g.status(Timestamp::now()) != GrantStatus::Active {

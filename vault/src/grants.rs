@@ -156,6 +156,12 @@ impl PendingGrants {
         self.by_key.insert(key, (self.next, g));
         self.next
     }
+
+    /// Forgets every queued write under `prefix` (an erased owner's grants: called by the
+    /// erasure while it still holds the owner exclusively, so none can be queued meanwhile).
+    pub(crate) fn forget_prefix(&mut self, prefix: &[u8]) {
+        self.by_key.retain(|k, _| !k.starts_with(prefix));
+    }
 }
 
 pub(crate) fn grant_key(op: &OwnerRef, id: &GrantId) -> Vec<u8> {

@@ -100,6 +100,9 @@ impl Vault {
         let (ticket, index) = self.apply_audited_with(ops, &draft, entries)?;
         self.wait_ticket(ticket)?;
         self.forget_owner(&op);
+        // Still exclusive: no grant write of this owner can be queued, and the ones queued
+        // before are applied (and deleted above); none may be read back by a fresh vault.
+        self.grants_lock.lock().unwrap_or_else(|p| p.into_inner()).forget_prefix(&key_of(prefix::GRANT, &[&op]));
         // Still exclusive: a fresh owner's first blob cannot be committed before this.
         self.blobs().remove_owner(&op)?;
         let now = Timestamp::now();
