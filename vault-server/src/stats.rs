@@ -24,6 +24,7 @@ pub struct StatsQuery {
     /// Grouping of the rows (default `procedure`).
     pub by: Option<GroupBy>,
     /// `json` (default) or `csv`; `Accept: text/csv` also asks for CSV.
+    #[param(pattern = "^(json|csv)$")]
     pub format: Option<String>,
 }
 
