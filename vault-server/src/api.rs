@@ -117,7 +117,7 @@ impl Drop for BatchBytes {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self::new(16, 32, 384, std::time::Duration::from_secs(30))
+        Self::new(16, 64, 384, std::time::Duration::from_secs(30))
     }
 }
 

@@ -59,7 +59,7 @@ struct Args {
     #[arg(long, env = "VAULT_MAX_UPLOADS_PER_CALLER", default_value_t = 16)]
     max_uploads_per_caller: usize,
     /// Most downloads (content GETs, exports) one caller may have in flight; more → 429.
-    #[arg(long, env = "VAULT_MAX_DOWNLOADS_PER_CALLER", default_value_t = 32)]
+    #[arg(long, env = "VAULT_MAX_DOWNLOADS_PER_CALLER", default_value_t = 64)]
     max_downloads_per_caller: usize,
     /// Most uploads and downloads of all callers together (each holds a blocking thread); more → 429.
     #[arg(long, env = "VAULT_MAX_STREAMS", default_value_t = 384)]
