@@ -343,24 +343,10 @@ fn review_a_stalled_batch_body_is_aborted_after_the_idle_timeout_and_frees_its_s
 fn item_9_7_unread_downloads_are_limited_per_caller_and_free_their_slot() {
     let s = Server::start(&["--max-downloads-per-caller", "2", "--stream-idle-timeout", "60"]);
     let owner = s.owner(CITIZEN);
-    let data: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
-    let digest = Digest::of(&data);
     let base = format!("/v1/owners/{CITIZEN}");
-    assert_eq!(call("PUT", &s.url(&format!("{base}/contents/{digest}")), Some(&owner), &[], Some(&data)).status, 201);
-    let body = json!({"digest": digest, "doc_type": "ghi-chu", "title": "big", "media_type": "application/pdf"});
-    let id =
-        post_json(&s.url(&format!("{base}/documents")), &owner, None, &body).json()["id"].as_str().unwrap().to_owned();
-    let content = format!("{base}/documents/{id}/content");
-    let open = || {
-        let mut tcp = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-        write!(tcp, "GET {content} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {owner}\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut head = [0u8; 12];
-        tcp.read_exact(&mut head).unwrap();
-        assert_eq!(&head, b"HTTP/1.1 200");
-        tcp
-    };
+    let content = big_document(&s, CITIZEN);
+    let data_len = 32usize << 20;
+    let open = || unread_download(&s, &owner, &content);
     // Two downloads whose clients read nothing more: each holds a reader thread.
     let slow = [open(), open()];
     // A third one by the same caller is refused at once, before anything is read or audited.
@@ -390,13 +376,26 @@ fn item_9_7_unread_downloads_are_limited_per_caller_and_free_their_slot() {
     loop {
         let r = call("GET", &s.url(&content), Some(&owner), &[], None);
         if r.status == 200 {
-            assert_eq!(r.body.len(), data.len());
+            assert_eq!(r.body.len(), data_len);
             break;
         }
         assert_eq!(r.status, 429);
         assert!(Instant::now() < deadline, "the slots were never given back");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Sends a download request for `path` and reads only the head of its 200 answer: the client
+/// then reads nothing more, so the server's reader thread waits on it.
+fn unread_download(s: &Server, token: &str, path: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    write!(tcp, "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    tcp
 }
 
 /// Stores a 32 MiB content and a document on it for `who`; the document's content path.
@@ -417,21 +416,7 @@ fn item_9_7_streams_of_all_callers_together_are_bounded() {
     let s = Server::start(&["--max-streams", "2", "--stream-idle-timeout", "60"]);
     let who = ["citizen:001099000011", "citizen:001099000012", "citizen:001099000013"];
     let paths: Vec<String> = who.iter().map(|w| big_document(&s, w)).collect();
-    let open = |i: usize| {
-        let mut tcp = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-        let token = s.owner(who[i]);
-        write!(
-            tcp,
-            "GET {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n",
-            paths[i]
-        )
-        .unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut head = [0u8; 12];
-        tcp.read_exact(&mut head).unwrap();
-        assert_eq!(&head, b"HTTP/1.1 200");
-        tcp
-    };
+    let open = |i: usize| unread_download(&s, &s.owner(who[i]), &paths[i]);
     // Two callers hold one unread download each: the server's two stream slots.
     let slow = [open(0), open(1)];
     let r = call("GET", &s.url(&paths[2]), Some(&s.owner(who[2])), &[], None);
