@@ -1,7 +1,7 @@
 //! The served `/openapi.json` (OpenAPI 3.1), generated with utoipa from the handlers'
 //! `#[utoipa::path]` annotations in [`crate::api`], the request and response types, and the
 //! schemas of the identifier newtypes (vault feature `openapi`). Errors per operation are
-//! listed once here ([`errors_of`]); a test checks that the document and the router's
+//! listed once here (`errors_of`); a test checks that the document and the router's
 //! [`ROUTES`](crate::api::ROUTES) name the same operations.
 
 use serde::Serialize;

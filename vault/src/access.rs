@@ -1,7 +1,7 @@
 //! Principal-aware, audited operations: the one place that decides who may do what.
 //!
 //! Every method here takes a [`Caller`] (who, and for agencies the stated purpose), decides
-//! with [`Vault::decide`], performs the operation and appends exactly one audit entry about the
+//! (`visibility`, `readable_document`), performs the operation and appends exactly one audit entry about the
 //! owner, whether the call was allowed or refused (SPEC.md §14). The HTTP service uses only
 //! these methods; the methods without a caller on [`Vault`] are the trusted embedding API and
 //! are not audited.

@@ -6,7 +6,7 @@
 //! new, never-rewritten *tally* record (`S` ‖ day ‖ 16 random bytes) as an extra op of the
 //! change's own audit batch, so the count is durable exactly when the change is. A query sums
 //! the rollups of the days asked. Every query first folds the tallies written since the last one
-//! into their day's *rollup* (`R` ‖ day), under [`ROLLUP`]: the fold adds the tallies it read to
+//! into their day's *rollup* (`R` ‖ day), under `ROLLUP`: the fold adds the tallies it read to
 //! the rollup and deletes exactly those tallies, in one atomic batch, so a tally applied while a
 //! fold runs is folded by the next one, never lost or counted twice, and each tally is read once.
 //! Tallies and rollups are keyed by neither owner nor document, so erasure leaves them.
@@ -333,7 +333,7 @@ impl Vault {
         serde_json::from_slice(&plain).map_err(|_| Error::Corrupt(crate::vault::describe_key(k)))
     }
 
-    /// Folds every tally into its day's rollup (under [`ROLLUP`]).
+    /// Folds every tally into its day's rollup (under `ROLLUP`).
     fn roll_up(&self) -> Result<(), Error> {
         let mut day: Option<(Day, Cells, Vec<Vec<u8>>)> = None;
         let flush = |this: &Self, day: Option<(Day, Cells, Vec<Vec<u8>>)>| -> Result<(), Error> {
