@@ -880,52 +880,77 @@ async fn get_content(
     // a refusal here costs the caller nothing; held by the blocking threads that decide and
     // then read (they outlive a client that goes away).
     let slot = stream_slot(&st, &caller, Stream::Download)?;
-    let (doc, mut reader, slot) =
-        blocking(move || v.content_as(&caller, &owner, &id).map(|(d, r)| (d, r, slot))).await?;
-    let etag = format!("\"{}\"", doc.meta.digest);
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-    {
-        let mut resp = (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
-        content_safety(resp.headers_mut());
-        return Ok(resp);
-    }
-    let size = doc.size;
-    let range = parse_range(headers.get(header::RANGE), size).map_err(|_| {
-        ApiError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "invalid_range",
-            format!("the range is outside the content's {size} bytes"),
-        )
-    })?;
-    let (start, len, status) = match range {
-        Some((s, e)) => (s, e - s + 1, StatusCode::PARTIAL_CONTENT),
-        None => (0, size, StatusCode::OK),
-    };
-    let body = if len <= SMALL_CONTENT {
+    let if_none_match = headers.get(header::IF_NONE_MATCH).cloned();
+    let range_h = headers.get(header::RANGE).cloned();
+    // One blocking hop decides, audits and, for a small content or range, reads it whole and
+    // authenticates it: a thread hand-off per request was the read path's main cost (issue
+    // #11's profile: most time in futex wake-ups, not in crypto).
+    let got = blocking(move || -> Result<Got, vault::Error> {
+        let (doc, mut reader) = v.content_as(&caller, &owner, &id)?;
+        let etag = format!("\"{}\"", doc.meta.digest);
+        if if_none_match
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+        {
+            return Ok(Got::NotModified(etag));
+        }
+        let size = doc.size;
+        let Ok(range) = parse_range(range_h.as_ref(), size) else {
+            return Ok(Got::BadRange(size));
+        };
+        let (start, len) = match range {
+            Some((s, e)) => (s, e - s + 1),
+            None => (0, size),
+        };
+        if len > SMALL_CONTENT {
+            return Ok(Got::Large { doc, reader: Box::new(reader), slot, etag, range, start, len });
+        }
         // Small: read (and authenticate) all of it first, then answer in one body frame; a
         // content that fails authentication is an ordinary error answer, not a broken stream.
-        let bytes = blocking(move || -> Result<Vec<u8>, vault::Error> {
-            let _slot = slot;
-            reader.seek(SeekFrom::Start(start))?;
-            let mut out = Vec::with_capacity(len as usize);
+        let _slot = slot;
+        let mut out = Vec::with_capacity(len as usize);
+        let read = reader.seek(SeekFrom::Start(start)).and_then(|_| {
             if range.is_none() {
                 // The whole content: read to its end, so the digest is checked.
-                reader.read_to_end(&mut out)?;
+                reader.read_to_end(&mut out)
             } else {
-                (&mut reader).take(len).read_to_end(&mut out)?;
+                (&mut reader).take(len).read_to_end(&mut out)
             }
-            Ok(out)
-        })
-        .await
-        .inspect_err(|e| tracing::error!(document = %doc.id, error = %e.message, "content failed while reading"))?;
-        st.metrics.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        Body::from(bytes)
-    } else {
-        streamed_content(&st, slot, reader, doc.id, start, len, range.is_none())
+        });
+        if let Err(e) = read {
+            let e = vault::Error::from(e);
+            tracing::error!(document = %doc.id, error = %e, "content failed while reading");
+            return Err(e);
+        }
+        Ok(Got::Small { doc, etag, range, start, bytes: out })
+    })
+    .await?;
+    let (doc, etag, range, start, len, body) = match got {
+        Got::NotModified(etag) => {
+            let mut resp = (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+            content_safety(resp.headers_mut());
+            return Ok(resp);
+        }
+        Got::BadRange(size) => {
+            return Err(ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "invalid_range",
+                format!("the range is outside the content's {size} bytes"),
+            ))
+        }
+        Got::Small { doc, etag, range, start, bytes } => {
+            st.metrics.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            let len = bytes.len() as u64;
+            (doc, etag, range, start, len, Body::from(bytes))
+        }
+        Got::Large { doc, reader, slot, etag, range, start, len } => {
+            let body = streamed_content(&st, slot, *reader, doc.id, start, len, range.is_none());
+            (doc, etag, range, start, len, body)
+        }
     };
+    let size = doc.size;
+    let status = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -942,6 +967,28 @@ async fn get_content(
         h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&cr).map_err(ApiError::internal)?);
     }
     Ok(resp)
+}
+
+/// What the blocking part of [`get_content`] decided.
+enum Got {
+    NotModified(String),
+    BadRange(u64),
+    Small {
+        doc: vault::Document,
+        etag: String,
+        range: Option<(u64, u64)>,
+        start: u64,
+        bytes: Vec<u8>,
+    },
+    Large {
+        doc: vault::Document,
+        reader: Box<vault::ContentReader>,
+        slot: StreamSlot,
+        etag: String,
+        range: Option<(u64, u64)>,
+        start: u64,
+        len: u64,
+    },
 }
 
 /// Contents (or ranges) up to this size are read whole, then sent in one body frame.
