@@ -106,6 +106,20 @@ fn the_whole_story_over_http() {
     assert!(r.status == 200 && r.body == data);
     let r = call("GET", &s.url("/v1/grants"), Some(&reader), &[], None);
     assert_eq!(r.json()["grants"][0]["uses"], 1);
+    // A range, a 304 and a 416 are reads too (each tells the agency something of the content)
+    // and count one use each (SPEC.md §20); the document's record counts none.
+    let p = [("Vault-Purpose", "1.000001")];
+    let r = call("GET", &url, Some(&reader), &[p[0], ("Range", "bytes=10-19")], None);
+    assert!(r.status == 206 && r.body == data[10..20], "{}", r.status);
+    let etag = format!("\"{digest}\"");
+    let r = call("GET", &url, Some(&reader), &[p[0], ("If-None-Match", &etag)], None);
+    assert_eq!((r.status, r.header("etag")), (304, Some(etag.as_str())));
+    let r = call("GET", &url, Some(&reader), &[p[0], ("Range", "bytes=200000-")], None);
+    assert_eq!((r.status, r.code()), (416, "invalid_range".into()));
+    let r = call("GET", &s.url(&format!("{base}/documents/{id}")), Some(&reader), &p, None);
+    assert_eq!(r.status, 200);
+    let r = call("GET", &s.url("/v1/grants"), Some(&reader), &[], None);
+    assert_eq!(r.json()["grants"][0]["uses"], 4);
     let r = call("GET", &s.url("/v1/grants"), Some(&citizen), &[], None);
     assert_eq!((r.status, r.code()), (403, "forbidden".into()));
     let gid = grant["id"].as_str().unwrap();
