@@ -267,14 +267,26 @@ impl SledMeta {
         // instead of one sled blob file per page; a database made with sled's default segment
         // size (before inline blobs) keeps it, as sled requires.
         let config = || sled::Config::new().path(dir).flush_every_ms(None);
-        let db = match config().segment_size(SEGMENT_SIZE).open() {
+        let is_locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock || io.to_string().contains("lock"));
+        let open = || match config().segment_size(SEGMENT_SIZE).open() {
             Err(sled::Error::Unsupported(_)) => config().open(),
             other => other,
         };
-        let db = db.map_err(|e| match e {
-            sled::Error::Io(ref io) if io.kind() == io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
-                StoreError::Locked(dir.display().to_string())
+        // sled's own threads of a database just closed in this process let go of its file lock
+        // a moment after the close returns: a reopen waits up to 2 s for them before it reports
+        // the folder as in use.
+        let mut db = open();
+        for _ in 0..200 {
+            match &db {
+                Err(e) if is_locked(e) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    db = open();
+                }
+                _ => break,
             }
+        }
+        let db = db.map_err(|e| match e {
+            ref e if is_locked(e) => StoreError::Locked(dir.display().to_string()),
             sled::Error::Io(io) => io_err("opening the sled database in", dir)(io),
             other => StoreError::Damaged {
                 file: format!("the sled database in {}", dir.display()),
