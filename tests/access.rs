@@ -868,3 +868,91 @@ fn item_9_5_a_retired_key_cannot_back_date_a_deposit() {
     register(&v, "ubnd-xa", vec![key("k1", &signing_key(1), "2020-01-01T00:00:00Z", None)]);
     assert!(v.deposit_as_caller(&a, &o, d).unwrap().verified);
 }
+
+/// Drives a started read to its end the way an async caller does: polls it, and when given the
+/// sequencer's turn has it led on another thread (as the server's leader thread does).
+fn drive<T>(v: &std::sync::Arc<Vault>, started: vault::access::Started<T>) -> Option<Result<T, Error>> {
+    use vault::access::{ReadPoll, Started};
+    let mut read = match started {
+        Started::Queued(r) => r,
+        Started::Blocking => return None,
+    };
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match v.poll_read(&mut read, &mut cx) {
+            ReadPoll::Ready => return Some(v.finish_read(read)),
+            ReadPoll::Lead => {
+                let v = v.clone();
+                std::thread::spawn(move || v.lead_queue());
+            }
+            ReadPoll::Pending => std::thread::sleep(std::time::Duration::from_micros(200)),
+        }
+        assert!(std::time::Instant::now() < deadline, "a started read was never answered");
+    }
+}
+
+#[test]
+fn started_reads_are_audited_counted_and_refused_like_blocking_ones() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let v = Arc::new(Vault::open(dir.path(), &master()).unwrap());
+    register(&v, "a", vec![key("k1", &signing_key(1), "2020-01-01T00:00:00Z", None)]);
+    let o = owner(1);
+    let c = Caller::owner(o.clone());
+    let d = put_doc(&v, &o, b"giay khai sinh", "khai-sinh");
+    const USES: u64 = 10;
+    let g = v.grant_as(&c, &o, grant_terms("a", "1.1", &["khai-sinh"], Some(USES), 3600)).unwrap();
+    let a = Caller::agency(agency("a"), Some(purpose("1.1")));
+    let before = v.audit_size().unwrap();
+
+    // 8 threads race 24 started content reads (and record reads, which count no use) against
+    // a grant of 10 uses: exactly 10 content reads are allowed, each audited.
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (v, a, o, id) = (v.clone(), a.clone(), o.clone(), d.id);
+            std::thread::spawn(move || {
+                let mut allowed = 0u64;
+                for _ in 0..3 {
+                    match drive(&v, v.start_content_as(&a, &o, &id)).expect("a small content starts") {
+                        Ok((_, mut r)) => {
+                            let mut out = Vec::new();
+                            std::io::Read::read_to_end(&mut r, &mut out).unwrap();
+                            assert_eq!(out, b"giay khai sinh");
+                            allowed += 1;
+                        }
+                        Err(e) => assert!(matches!(e, Error::GrantRequired), "{e:?}"),
+                    }
+                    // The record is readable while the grant is active; once it is used up,
+                    // refused like any read under an exhausted grant.
+                    match drive(&v, v.start_document_as(&a, &o, &id)).expect("a record read starts") {
+                        Ok(doc) => assert_eq!(doc.id, id),
+                        Err(e) => assert!(matches!(e, Error::GrantRequired), "{e:?}"),
+                    }
+                }
+                allowed
+            })
+        })
+        .collect();
+    let allowed: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(allowed, USES, "max_uses exact under started reads");
+    let g2 = v.grants_as(&c, &o).unwrap().into_iter().find(|x| x.id == g.id).unwrap();
+    assert_eq!(g2.uses, USES);
+    // Every started read left exactly one entry: 24 content reads and 24 record reads.
+    assert_eq!(v.audit_size().unwrap() - before, 48 + 1, "48 reads and the grant.list");
+    let log = v.access_log_as(&c, &o).unwrap();
+    let refused = log.iter().filter(|e| e.action == "document.content" && e.outcome == "refused:grant_required");
+    assert_eq!(refused.count() as u64, 24 - USES);
+
+    // Revocation is effective on the very next started read.
+    let g3 = v.grant_as(&c, &o, grant_terms("a", "1.1", &["khai-sinh"], None, 3600)).unwrap();
+    drive(&v, v.start_document_as(&a, &o, &d.id)).unwrap().unwrap();
+    v.revoke_grant_as(&c, &o, &g3.id).unwrap();
+    assert!(matches!(drive(&v, v.start_document_as(&a, &o, &d.id)).unwrap(), Err(Error::GrantRequired)));
+    assert!(matches!(drive(&v, v.start_content_as(&a, &o, &d.id)).unwrap(), Err(Error::GrantRequired)));
+    // A content kept in a blob file is not started (its header would be read from disk).
+    let big = vec![7u8; 200_000];
+    let bd = put_doc(&v, &o, &big, "khai-sinh");
+    assert!(drive(&v, v.start_content_as(&c, &o, &bd.id)).is_none(), "a blob file is read the blocking way");
+    assert!(v.check(true).unwrap().is_clean());
+}

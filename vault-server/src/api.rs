@@ -819,8 +819,61 @@ fn doc_id(s: &str) -> Result<DocumentId, ApiError> {
 async fn get_document(OwnerCall { st, caller, owner }: OwnerCall, Path((_, id)): Path<(String, String)>) -> ApiResult {
     let id = doc_id(&id)?;
     let v = st.vault()?;
-    let doc = blocking(move || v.document_as(&caller, &owner, &id)).await?;
+    let doc = match v.start_document_as(&caller, &owner, &id) {
+        vault::access::Started::Queued(read) => finished(v, read).await?,
+        vault::access::Started::Blocking => blocking(move || v.document_as(&caller, &owner, &id)).await?,
+    };
     Ok(json_response(StatusCode::OK, &doc_out(&doc)))
+}
+
+/// Waits, without holding a thread, until a started read's audit entry is durable, and
+/// finishes it (SPEC.md §14: the sequencer answers a batch's callers once it is synced). The
+/// wait runs as its own task, so a client that goes away does not leave the call unfinished.
+async fn finished<T: Send + 'static>(v: Arc<Vault>, mut read: vault::access::QueuedRead<T>) -> Result<T, ApiError> {
+    let task = tokio::spawn(async move {
+        loop {
+            let polled = std::future::poll_fn(|cx| match v.poll_read(&mut read, cx) {
+                vault::access::ReadPoll::Pending => std::task::Poll::Pending,
+                p => std::task::Poll::Ready(p),
+            })
+            .await;
+            match polled {
+                vault::access::ReadPoll::Lead => lead(&v),
+                _ => return v.finish_read(read),
+            }
+        }
+    });
+    match task.await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+/// Has the audit sequencer's queue led on the leader thread (which may block: it writes and
+/// syncs), started at the first use; a plain thread, so it runs while the async runtime shuts
+/// down too, and every turn given to an async caller ends.
+fn lead(v: &Arc<Vault>) {
+    static LEADER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Arc<Vault>>>> = std::sync::OnceLock::new();
+    let tx = LEADER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<Vault>>();
+        std::thread::Builder::new()
+            .name("audit-leader".into())
+            .spawn(move || {
+                for v in rx {
+                    // A panic inside ends the turn (the sequencer answers its callers with a
+                    // failure); the thread goes on leading.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| v.lead_queue()));
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    let sent = tx.as_ref().is_some_and(|tx| tx.send(v.clone()).is_ok());
+    if !sent {
+        // No leader thread (it could not be started): lead on a blocking-pool thread.
+        let v = v.clone();
+        tokio::task::spawn_blocking(move || v.lead_queue());
+    }
 }
 
 /// Parses a single `bytes=` range against `size`: `Ok(None)` = whole content, `Err` = 416.
@@ -882,50 +935,26 @@ async fn get_content(
     let slot = stream_slot(&st, &caller, Stream::Download)?;
     let if_none_match = headers.get(header::IF_NONE_MATCH).cloned();
     let range_h = headers.get(header::RANGE).cloned();
-    // One blocking hop decides, audits and, for a small content or range, reads it whole and
-    // authenticates it: a thread hand-off per request was the read path's main cost (issue
-    // #11's profile: most time in futex wake-ups, not in crypto).
-    let got = blocking(move || -> Result<Got, vault::Error> {
-        let (doc, mut reader) = v.content_as(&caller, &owner, &id)?;
-        let etag = format!("\"{}\"", doc.meta.digest);
-        if if_none_match
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-        {
-            return Ok(Got::NotModified(etag));
+    // Thread hand-offs were the read path's main cost (issue #11's profile: most time in futex
+    // wake-ups, not in crypto). A small content is decided here without blocking and awaited
+    // without a thread; otherwise one blocking hop decides, audits and, for a small content or
+    // range, reads it whole and authenticates it.
+    let started = v.start_content_as(&caller, &owner, &id);
+    let got = match started {
+        // A small content held in the metadata store: decided without blocking, audited while
+        // this task waits without holding a thread, then read from memory.
+        vault::access::Started::Queued(read) => {
+            let (doc, reader) = finished(v, read).await?;
+            decide_content(doc, reader, if_none_match, range_h, slot).map_err(ApiError::from)?
         }
-        let size = doc.size;
-        let Ok(range) = parse_range(range_h.as_ref(), size) else {
-            return Ok(Got::BadRange(size));
-        };
-        let (start, len) = match range {
-            Some((s, e)) => (s, e - s + 1),
-            None => (0, size),
-        };
-        if len > SMALL_CONTENT {
-            return Ok(Got::Large { doc, reader: Box::new(reader), slot, etag, range, start, len });
+        vault::access::Started::Blocking => {
+            blocking(move || {
+                let (doc, reader) = v.content_as(&caller, &owner, &id)?;
+                decide_content(doc, reader, if_none_match, range_h, slot)
+            })
+            .await?
         }
-        // Small: read (and authenticate) all of it first, then answer in one body frame; a
-        // content that fails authentication is an ordinary error answer, not a broken stream.
-        let _slot = slot;
-        let mut out = Vec::with_capacity(len as usize);
-        let read = reader.seek(SeekFrom::Start(start)).and_then(|_| {
-            if range.is_none() {
-                // The whole content: read to its end, so the digest is checked.
-                reader.read_to_end(&mut out)
-            } else {
-                (&mut reader).take(len).read_to_end(&mut out)
-            }
-        });
-        if let Err(e) = read {
-            let e = vault::Error::from(e);
-            tracing::error!(document = %doc.id, error = %e, "content failed while reading");
-            return Err(e);
-        }
-        Ok(Got::Small { doc, etag, range, start, bytes: out })
-    })
-    .await?;
+    };
     let (doc, etag, range, start, len, body) = match got {
         Got::NotModified(etag) => {
             let mut resp = (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
@@ -969,7 +998,55 @@ async fn get_content(
     Ok(resp)
 }
 
-/// What the blocking part of [`get_content`] decided.
+/// What to answer for an allowed content read: 304, 416, or the bytes (a small content or
+/// range read whole and authenticated, a large one handed to a streaming reader).
+fn decide_content(
+    doc: vault::Document,
+    mut reader: vault::ContentReader,
+    if_none_match: Option<HeaderValue>,
+    range_h: Option<HeaderValue>,
+    slot: StreamSlot,
+) -> Result<Got, vault::Error> {
+    let etag = format!("\"{}\"", doc.meta.digest);
+    if if_none_match
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        return Ok(Got::NotModified(etag));
+    }
+    let size = doc.size;
+    let Ok(range) = parse_range(range_h.as_ref(), size) else {
+        return Ok(Got::BadRange(size));
+    };
+    let (start, len) = match range {
+        Some((s, e)) => (s, e - s + 1),
+        None => (0, size),
+    };
+    if len > SMALL_CONTENT {
+        return Ok(Got::Large { doc, reader: Box::new(reader), slot, etag, range, start, len });
+    }
+    // Small: read (and authenticate) all of it first, then answer in one body frame; a
+    // content that fails authentication is an ordinary error answer, not a broken stream.
+    let _slot = slot;
+    let mut out = Vec::with_capacity(len as usize);
+    let read = reader.seek(SeekFrom::Start(start)).and_then(|_| {
+        if range.is_none() {
+            // The whole content: read to its end, so the digest is checked.
+            reader.read_to_end(&mut out)
+        } else {
+            (&mut reader).take(len).read_to_end(&mut out)
+        }
+    });
+    if let Err(e) = read {
+        let e = vault::Error::from(e);
+        tracing::error!(document = %doc.id, error = %e, "content failed while reading");
+        return Err(e);
+    }
+    Ok(Got::Small { doc, etag, range, start, bytes: out })
+}
+
+/// What [`get_content`] decided.
 enum Got {
     NotModified(String),
     BadRange(u64),

@@ -150,6 +150,41 @@ fn reuse_rank(d: &Document) -> (bool, Option<Timestamp>, Timestamp) {
     (d.verified, d.meta.issued_at, d.deposited_at)
 }
 
+/// An audited read started by [`Vault::start_content_as`] or [`Vault::start_document_as`]:
+/// decided, its entry queued at the audit sequencer. Poll it with [`Vault::poll_read`] and end
+/// it with [`Vault::finish_read`]; every started read must be finished (a dropped one leaves
+/// its grant's counted use pending until the vault is reopened).
+#[must_use = "a started read must be finished"]
+#[derive(Debug)]
+pub struct QueuedRead<T> {
+    result: Result<T, Error>,
+    queued: crate::audit::Queued,
+    /// The grant write queued with the entry (key, sequence), reported done at the finish.
+    grant: Option<(Vec<u8>, u64)>,
+    answer: Option<Result<(u64, u64), Error>>,
+}
+
+/// How a non-blocking start of an audited read went.
+#[derive(Debug)]
+pub enum Started<T> {
+    /// Decided and queued: poll it, then finish it.
+    Queued(QueuedRead<T>),
+    /// Deciding would wait (a lock, a file): make the blocking call instead. Nothing was done.
+    Blocking,
+}
+
+/// What [`Vault::poll_read`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPoll {
+    /// Answered: call [`Vault::finish_read`].
+    Ready,
+    /// Not yet: the waker will be woken.
+    Pending,
+    /// Not yet, and this caller was given the audit sequencer's turn: run
+    /// [`Vault::lead_queue`] on a thread that may block, then poll again.
+    Lead,
+}
+
 impl Vault {
     fn draft(&self, caller: &Caller, owner: Option<&OwnerId>, action: &'static str) -> Draft {
         Draft {
@@ -483,7 +518,23 @@ impl Vault {
 
     /// Counts one content read against a grant, with the audit entry, atomically.
     fn use_grant(&self, o: &OwnerCtx, id: &GrantId, d: &Draft, tally: Op) -> Result<(), Error> {
-        let (queued, key, seq) = {
+        let (queued, key, seq) = self.queue_grant_use(o, id, d, tally)?;
+        let applied = self.await_audited(queued);
+        self.grant_write_done(&key, seq);
+        self.wait_ticket(applied?.0)
+    }
+
+    /// The first half of [`Vault::use_grant`]: decides the use and queues the counted grant
+    /// with the entry at the sequencer; the caller awaits the call, then reports the grant
+    /// write done (`grant_write_done(key, seq)`).
+    fn queue_grant_use(
+        &self,
+        o: &OwnerCtx,
+        id: &GrantId,
+        d: &Draft,
+        tally: Op,
+    ) -> Result<(crate::audit::Queued, Vec<u8>, u64), Error> {
+        Ok({
             // The check and the count are one step under the lock, so max_uses is never
             // exceeded. The write is queued at the sequencer under the lock (writes of a grant
             // are applied in the order they were computed) and awaited outside it, so
@@ -508,10 +559,112 @@ impl Vault {
             let value = seal_record(&o.keys, &key, &g);
             let seq = pending.queued(key.clone(), g);
             (self.enqueue_audited(vec![Op::Put(key.clone(), value), tally], d), key, seq)
+        })
+    }
+
+    /// [`Vault::content_as`] for an async caller: decides the read without waiting (for an
+    /// erasure's lock, or for a blob file: those give [`Started::Blocking`], and the caller
+    /// uses `content_as`) and queues its audit entry (and the grant's counted use, or the
+    /// refusal) at the sequencer. The caller polls it with [`Vault::poll_read`] and ends it with
+    /// [`Vault::finish_read`], which returns what `content_as` would have: the read is allowed
+    /// only once its entry is durable. Only contents held in the metadata store (small ones)
+    /// are started this way.
+    pub fn start_content_as(
+        &self,
+        caller: &Caller,
+        owner: &OwnerId,
+        id: &DocumentId,
+    ) -> Started<(Document, ContentReader)> {
+        let mut draft = self.draft(caller, Some(owner), "document.content");
+        draft.document = Some(*id);
+        self.start_read(draft, |d| {
+            let doc = self.readable_document(caller, owner, id, d)?;
+            let o = self.owner(owner, false)?.ok_or(Error::NotFound("document"))?;
+            let reader = self.open_content_of(&o, &doc.meta.digest)?;
+            let issued_by_caller =
+                matches!(&caller.principal, Principal::Agency(a) if doc.meta.issuer.as_ref() == Some(a));
+            let tally = self.read_tally(d, &doc.meta.doc_type);
+            match (&d.grant, issued_by_caller) {
+                (Some(gid), false) => {
+                    let gid = GrantId::parse(gid).map_err(|_| Error::GrantRequired)?;
+                    let (queued, key, seq) = self.queue_grant_use(&o, &gid, d, tally)?;
+                    Ok(((doc, reader), queued, Some((key, seq))))
+                }
+                _ => Ok(((doc, reader), self.enqueue_audited(vec![tally], d), None)),
+            }
+        })
+    }
+
+    /// [`Vault::document_as`] for an async caller, as [`Vault::start_content_as`] is for
+    /// `content_as`.
+    pub fn start_document_as(&self, caller: &Caller, owner: &OwnerId, id: &DocumentId) -> Started<Document> {
+        let mut draft = self.draft(caller, Some(owner), "document.read");
+        draft.document = Some(*id);
+        self.start_read(draft, |d| {
+            let doc = self.readable_document(caller, owner, id, d)?;
+            Ok((doc, self.enqueue_audited(Vec::new(), d), None))
+        })
+    }
+
+    /// Runs the decision `f` of an audited read in a non-blocking section: an allowed read is
+    /// queued by `f` itself; a refusal is queued here (the entry `refused:<code>`).
+    fn start_read<T>(
+        &self,
+        draft: Draft,
+        f: impl FnOnce(&mut Draft) -> Result<(T, crate::audit::Queued, Option<(Vec<u8>, u64)>), Error>,
+    ) -> Started<T> {
+        crate::vault::nonblocking(|| {
+            let mut d = draft;
+            match f(&mut d) {
+                Ok((value, queued, grant)) => {
+                    Started::Queued(QueuedRead { result: Ok(value), queued, grant, answer: None })
+                }
+                Err(Error::WouldBlock | Error::AuditFailed(_)) => Started::Blocking,
+                Err(e) => {
+                    d.outcome = format!("refused:{}", e.code());
+                    let queued = self.enqueue_audited(Vec::new(), &d);
+                    Started::Queued(QueuedRead { result: Err(e), queued, grant: None, answer: None })
+                }
+            }
+        })
+    }
+
+    /// Polls a started read: [`ReadPoll::Ready`] once its entry is durable (or failed), then
+    /// call [`Vault::finish_read`]. [`ReadPoll::Pending`] registers `cx`'s waker.
+    /// [`ReadPoll::Lead`]: no batch is being written, so the caller must have
+    /// [`Vault::lead_queue`] run on a thread that may block (and poll again).
+    pub fn poll_read<T>(&self, read: &mut QueuedRead<T>, cx: &mut std::task::Context<'_>) -> ReadPoll {
+        if read.answer.is_some() {
+            return ReadPoll::Ready;
+        }
+        match self.poll_queued(&read.queued, cx) {
+            crate::audit::Polled::Ready(a) => {
+                read.answer = Some(a);
+                ReadPoll::Ready
+            }
+            crate::audit::Polled::Pending => ReadPoll::Pending,
+            crate::audit::Polled::Lead => ReadPoll::Lead,
+        }
+    }
+
+    /// Ends a started read: what the blocking call would have returned. Returns at once after
+    /// [`ReadPoll::Ready`]; before it, it blocks until the entry is durable.
+    pub fn finish_read<T>(&self, read: QueuedRead<T>) -> Result<T, Error> {
+        let QueuedRead { result, queued, grant, answer } = read;
+        let answer = match answer {
+            Some(a) => {
+                drop(queued);
+                a
+            }
+            None => self.await_audited(queued),
         };
-        let applied = self.await_audited(queued);
-        self.grant_write_done(&key, seq);
-        self.wait_ticket(applied?.0)
+        if let Some((key, seq)) = &grant {
+            self.grant_write_done(key, *seq);
+        }
+        let (ticket, _) = answer.map_err(crate::audit::audit_failed)?;
+        // The leader made the batch durable before answering: this does not wait.
+        self.wait_ticket(ticket).map_err(crate::audit::audit_failed)?;
+        result
     }
 
     /// Deletes a document (the owner only).

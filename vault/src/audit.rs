@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -78,9 +79,28 @@ struct Queue {
     leading: bool,
     next_id: u64,
     answers: HashMap<u64, Answer>,
+    /// The wake-up of each caller waiting for its answer or its turn to lead, by request id:
+    /// a leader wakes exactly the callers it answered and the one that leads next, never all.
+    waiters: HashMap<u64, Wake>,
+    /// Callers waiting on `turn` for the end of a turn ([`Vault::apply_audited_with`]).
+    turn_waiters: usize,
+    /// A leader waits on `arrived` for more entries.
+    lingering: bool,
     /// Entries in the previous batch (a lone caller does not linger).
     last_batch: usize,
     stats: SequencerStats,
+}
+
+/// What [`Vault::poll_queued`] found.
+#[derive(Debug)]
+pub(crate) enum Polled {
+    /// The call's answer: its durability ticket (already durable) and index, or the failure.
+    Ready(Answer),
+    /// Not yet; the waker will be woken.
+    Pending,
+    /// Not yet, and no batch is being written: the caller holds the turn and must have
+    /// [`Vault::lead_queue`] run.
+    Lead,
 }
 
 /// A call queued at the sequencer, to be awaited with [`Vault::await_audited`].
@@ -91,7 +111,7 @@ pub(crate) struct Queued(u64);
 /// The audit log's sequencer and its in-memory state (SPEC.md §14, "Sequencer and tiles").
 pub struct AuditState {
     queue: Mutex<Queue>,
-    /// Wakes callers when answers are ready or the leader's turn ends.
+    /// Wakes the callers of [`Vault::apply_audited_with`] when a turn ends.
     turn: Condvar,
     /// Wakes a lingering leader when an entry arrives.
     arrived: Condvar,
@@ -155,13 +175,55 @@ struct Turn<'a> {
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
         let mut q = self.state.queue();
-        for id in self.ids.drain(..) {
-            q.answers.entry(id).or_insert_with(|| Err(Error::AuditFailed("the audit sequencer failed".into())));
+        for id in std::mem::take(&mut self.ids) {
+            if !q.answers.contains_key(&id) {
+                q.answer(id, Err(Error::AuditFailed("the audit sequencer failed".into())));
+            }
         }
-        q.leading = false;
-        drop(q);
-        self.state.turn.notify_all();
+        q.end_turn(&self.state.turn);
     }
+}
+
+/// How a waiting caller is woken: a blocked thread, or an async task.
+enum Wake {
+    Thread(Arc<Condvar>),
+    Task(Waker),
+}
+
+impl Wake {
+    fn wake(&self) {
+        match self {
+            Wake::Thread(cv) => cv.notify_one(),
+            Wake::Task(w) => w.wake_by_ref(),
+        }
+    }
+}
+
+impl Queue {
+    /// Records `id`'s answer and wakes its caller (only it).
+    fn answer(&mut self, id: u64, a: Answer) {
+        self.answers.insert(id, a);
+        if let Some(w) = self.waiters.get(&id) {
+            w.wake();
+        }
+    }
+
+    /// Ends a turn: wakes the first queued caller (it leads next, or, an async one, has a
+    /// leader started) and whoever waits for a turn.
+    fn end_turn(&mut self, turn: &Condvar) {
+        self.leading = false;
+        if let Some(w) = self.pending.first().and_then(|r| self.waiters.get(&r.id)) {
+            w.wake();
+        }
+        if self.turn_waiters > 0 {
+            turn.notify_all();
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's wake-up at the sequencer (a thread waits for one call at a time).
+    static WAKE: Arc<Condvar> = Arc::new(Condvar::new());
 }
 
 /// Who acted.
@@ -233,7 +295,7 @@ pub struct Entry {
 
 /// The audit log could not record an operation, so it was not done; a stopped vault (fail-stop)
 /// says so instead.
-fn audit_failed(e: Error) -> Error {
+pub(crate) fn audit_failed(e: Error) -> Error {
     match e {
         Error::FailStopped { .. } => e,
         e => Error::AuditFailed(e.to_string()),
@@ -457,7 +519,9 @@ impl Vault {
         let id = q.next_id;
         q.next_id += 1;
         q.pending.push(Request { id, ops, draft: draft.clone() });
-        st.arrived.notify_one();
+        if q.lingering {
+            st.arrived.notify_one();
+        }
         Queued(id)
     }
 
@@ -466,22 +530,28 @@ impl Vault {
     pub(crate) fn await_audited(&self, queued: Queued) -> Result<(u64, u64), Error> {
         let st = &self.audit;
         let id = queued.0;
+        let wake = WAKE.with(Arc::clone);
         let mut q = st.queue();
         loop {
             if let Some(answer) = q.answers.remove(&id) {
+                q.waiters.remove(&id);
                 return answer;
             }
             if q.leading {
-                q = relock(st.turn.wait(q));
+                q.waiters.insert(id, Wake::Thread(wake.clone()));
+                q = relock(wake.wait(q));
                 continue;
             }
+            q.waiters.remove(&id);
             q.leading = true;
             // Linger (at most LINGER) only when callers are arriving together.
             if q.last_batch > 1 && q.pending.len() < MAX_BATCH {
+                q.lingering = true;
                 q = match st.arrived.wait_timeout_while(q, LINGER, |q| q.pending.len() < MAX_BATCH) {
                     Ok((q, _)) => q,
                     Err(p) => p.into_inner().0,
                 };
+                q.lingering = false;
             }
             let take = q.pending.len().min(MAX_BATCH);
             let batch: Vec<Request> = q.pending.drain(..take).collect();
@@ -489,6 +559,50 @@ impl Vault {
             self.lead(batch);
             q = st.queue();
         }
+    }
+
+    /// [`Vault::await_audited`] without blocking: the answer if it is there; otherwise
+    /// registers `cx`'s waker (woken once, with the answer or when this call should lead).
+    /// When no batch is being written the caller is given the turn ([`Polled::Lead`]) and must
+    /// have [`Vault::lead_queue`] run on a thread that may block (it leads every queued call,
+    /// its own included); an async caller never writes or syncs on its executor's thread.
+    pub(crate) fn poll_queued(&self, queued: &Queued, cx: &mut Context<'_>) -> Polled {
+        let id = queued.0;
+        let mut q = self.audit.queue();
+        if let Some(answer) = q.answers.remove(&id) {
+            q.waiters.remove(&id);
+            return Polled::Ready(answer);
+        }
+        q.waiters.insert(id, Wake::Task(cx.waker().clone()));
+        if q.leading {
+            return Polled::Pending;
+        }
+        q.leading = true;
+        Polled::Lead
+    }
+
+    /// Leads batches until nothing is queued, then ends the turn: run, on a thread that may
+    /// block, by whoever [`Vault::poll_queued`] gave the turn to (SPEC.md §14). It does not
+    /// wait for more entries: the calls queued while a batch is written and synced make the
+    /// next one.
+    pub fn lead_queue(&self) {
+        let st = &self.audit;
+        let mut turn = Turn { state: st, ids: Vec::new() };
+        loop {
+            let mut q = st.queue();
+            if q.pending.is_empty() {
+                break;
+            }
+            // No lingering: what arrives while a batch is written and synced is the next batch.
+            let take = q.pending.len().min(MAX_BATCH);
+            let batch: Vec<Request> = q.pending.drain(..take).collect();
+            drop(q);
+            turn.ids = batch.iter().map(|r| r.id).collect();
+            self.write_and_answer(batch);
+            // Answered: the callers may already have taken their answers, which must not come back.
+            turn.ids.clear();
+        }
+        drop(turn);
     }
 
     /// Writes `batch` as the leader and answers its callers; ends the turn.
@@ -500,11 +614,19 @@ impl Vault {
         drop(turn);
     }
 
-    /// Writes `batch` (during a turn) and answers each of its callers.
+    /// Writes `batch` (during a turn), makes it durable and answers each of its callers.
+    ///
+    /// The leader runs the sync itself before answering, so that a caller woken with its answer
+    /// finds its ticket durable and returns at once, instead of being woken a second time by
+    /// the group commit (one wake-up per call, SPEC.md §14). A failed sync is not reported
+    /// here: each caller's own wait for its ticket reports it (fail-stop).
     fn write_and_answer(&self, batch: Vec<Request>) {
         let n = batch.len();
         let ids: Vec<u64> = batch.iter().map(|r| r.id).collect();
         let result = self.write_batch(batch);
+        if let Ok((ticket, _)) = &result {
+            let _ = self.wait_ticket(*ticket);
+        }
         let mut q = self.audit.queue();
         q.last_batch = n;
         match result {
@@ -512,17 +634,15 @@ impl Vault {
                 q.stats.batches += 1;
                 q.stats.entries += n as u64;
                 for (k, id) in ids.into_iter().enumerate() {
-                    q.answers.insert(id, Ok((ticket, first + k as u64)));
+                    q.answer(id, Ok((ticket, first + k as u64)));
                 }
             }
             Err(e) => {
                 for id in ids {
-                    q.answers.insert(id, Err(copy_error(&e)));
+                    q.answer(id, Err(copy_error(&e)));
                 }
             }
         }
-        drop(q);
-        self.audit.turn.notify_all();
     }
 
     /// Appends the batch's entries at the right edge and applies every change, leaf, index
@@ -582,7 +702,9 @@ impl Vault {
         let st = &self.audit;
         let mut q = st.queue();
         while q.leading {
+            q.turn_waiters += 1;
             q = relock(st.turn.wait(q));
+            q.turn_waiters -= 1;
         }
         q.leading = true;
         let queued: Vec<Request> = q.pending.drain(..).collect();
@@ -915,11 +1037,7 @@ mod tests {
             .collect();
         until_queued(&v, N);
         let (commits, seq) = (v.commit_stats(), v.sequencer_stats());
-        {
-            let mut q = v.audit.queue();
-            q.leading = false;
-        }
-        v.audit.turn.notify_all();
+        v.audit.queue().end_turn(&v.audit.turn);
         let mut got: Vec<u64> = callers.into_iter().map(|t| t.join().unwrap()).collect();
         got.sort_unstable();
         assert_eq!(got, (start..start + N as u64).collect::<Vec<_>>(), "consecutive and distinct");
@@ -966,8 +1084,7 @@ mod tests {
         };
         // Give the erasure-style call time to wait for the turn too (either order is correct).
         std::thread::sleep(Duration::from_millis(20));
-        v.audit.queue().leading = false;
-        v.audit.turn.notify_all();
+        v.audit.queue().end_turn(&v.audit.turn);
         let mut idx: Vec<u64> = queued.into_iter().map(|t| t.join().unwrap()).collect();
         let (ticket, own) = with.join().unwrap();
         v.wait_ticket(ticket).unwrap();

@@ -98,6 +98,14 @@ pub enum Error {
         /// is it known to be absent.
         outcome_unknown: bool,
     },
+    /// Returned only by the non-blocking starts of audited reads ([`Vault::start_content_as`],
+    /// [`Vault::start_document_as`]) when deciding would wait for a lock or for file I/O; the
+    /// caller then makes the same call with the blocking method. Nothing was done or recorded.
+    ///
+    /// [`Vault::start_content_as`]: crate::Vault::start_content_as
+    /// [`Vault::start_document_as`]: crate::Vault::start_document_as
+    #[error("the call would block")]
+    WouldBlock,
 }
 
 fn outcome_text(unknown: bool) -> &'static str {
@@ -123,7 +131,7 @@ impl Error {
             Error::GrantRequired => "grant_required",
             Error::PurposeRequired => "purpose_required",
             Error::Gone => "gone",
-            Error::FailStopped { .. } | Error::Store(StoreError::Stopped(_)) => "unavailable",
+            Error::FailStopped { .. } | Error::Store(StoreError::Stopped(_)) | Error::WouldBlock => "unavailable",
             Error::TooManyPending(_) => "too_many_requests",
             Error::Key(_)
             | Error::WrongMasterKey

@@ -1,5 +1,6 @@
 //! The vault: owners, contents and documents on top of the two storage traits.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -186,6 +187,26 @@ pub struct Stored {
 /// A content opened for reading: `Read` + `Seek` over the plaintext. Reading it whole, in
 /// order, also checks its BLAKE3 digest; any failure is the opaque decryption error.
 pub type ContentReader = BlobReader<Box<dyn BlobRead>>;
+
+thread_local! {
+    /// Set while this thread runs a [`nonblocking`] section.
+    static NONBLOCKING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` on this thread with waits refused: where the vault would wait for an owner's change
+/// lock held by an erasure, or read a blob file, it returns [`Error::WouldBlock`] instead. Used
+/// to decide an audited read on an async executor's thread (`Vault::start_content_as`); the
+/// metadata store's own reads and its short-held locks are not counted as waits.
+pub(crate) fn nonblocking<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            NONBLOCKING.with(|n| n.set(self.0));
+        }
+    }
+    let _reset = Reset(NONBLOCKING.with(|n| n.replace(true)));
+    f()
+}
 
 /// An open vault. Share it between threads with `Arc`; every method takes `&self`.
 pub struct Vault {
@@ -598,7 +619,7 @@ impl Vault {
     /// ticket). Only for reading, or for a change that calls [`Vault::owner_for_change`] again
     /// before it applies: an erasure may destroy these keys as soon as this returns.
     pub(crate) fn owner(&self, owner: &OwnerId, create: bool) -> Result<Option<Arc<OwnerCtx>>, Error> {
-        let _shared = self.owner_shared(&self.owner_ref(owner));
+        let _shared = self.owner_shared(&self.owner_ref(owner))?;
         self.owner_locked(owner, create)
     }
 
@@ -606,9 +627,19 @@ impl Vault {
     /// resolving the owner's keys until its batch is applied. Never taken twice on one thread
     /// (a waiting erasure would deadlock it): functions that hold it call
     /// [`Vault::owner_locked`], not [`Vault::owner`].
-    fn owner_shared(&self, op: &OwnerRef) -> RwLockReadGuard<'_, ()> {
-        // The guarded data is `()`: a poisoned lock has no state to be inconsistent.
-        self.owner_locks[usize::from(op[0])].read().unwrap_or_else(|p| p.into_inner())
+    ///
+    /// In a [`nonblocking`] section a lock held by an erasure is [`Error::WouldBlock`].
+    fn owner_shared(&self, op: &OwnerRef) -> Result<RwLockReadGuard<'_, ()>, Error> {
+        let lock = &self.owner_locks[usize::from(op[0])];
+        if NONBLOCKING.with(Cell::get) {
+            return match lock.try_read() {
+                Ok(g) => Ok(g),
+                // The guarded data is `()`: a poisoned lock has no state to be inconsistent.
+                Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => Err(Error::WouldBlock),
+            };
+        }
+        Ok(lock.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The owner's change lock, exclusive (erasure).
@@ -626,7 +657,7 @@ impl Vault {
         owner: &OwnerId,
         create: bool,
     ) -> Result<(RwLockReadGuard<'_, ()>, Option<Arc<OwnerCtx>>), Error> {
-        let guard = self.owner_shared(&self.owner_ref(owner));
+        let guard = self.owner_shared(&self.owner_ref(owner))?;
         let o = self.owner_locked(owner, create)?;
         Ok((guard, o))
     }
@@ -1337,6 +1368,9 @@ impl Vault {
         let file: Box<dyn BlobRead> = if rec.inline {
             let ikey = inline_key(&name);
             Box::new(io::Cursor::new(self.meta.get(&ikey)?.ok_or_else(|| corrupt(&ikey))?))
+        } else if NONBLOCKING.with(Cell::get) {
+            // A blob file's header is read from disk: not in a non-blocking section.
+            return Err(Error::WouldBlock);
         } else {
             self.blobs
                 .open(&name)?
