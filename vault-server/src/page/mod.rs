@@ -1,4 +1,4 @@
-//! The citizen's page (issue 13, SPEC.md §21): server-rendered HTML at `/page`, signed in with
+//! The citizen's page (issue 13, SPEC.md §22): server-rendered HTML at `/page`, signed in with
 //! OpenID Connect ([`oidc`]), with a built-in development provider under `--dev` ([`devidp`]).
 //!
 //! Every action calls the library as the owner ([`Caller::owner`]), exactly as the API handlers
