@@ -508,8 +508,10 @@ fn the_access_log_filters_by_agency_and_period_and_pages_through_the_filter() {
     assert_eq!(log_rows(&t).0.len(), 50, "{t}");
     assert!(b.get(&format!("/page/access-log?from={tomorrow}")).text().contains("No entries."));
     assert!(b.get("/page/access-log?to=2000-01-01").text().contains("No entries."));
-    // The form keeps the filter it shows.
+    // The form keeps the filter it shows, and so does the language switch.
     assert!(t.contains(&format!("value=\"{today}\"")) && t.contains("value=\"so-gd\" selected"), "{t}");
+    let switch = format!("href=\"/page/access-log?agency=so-gd&amp;from={today}&amp;to={today}&amp;lang=vi\"");
+    assert!(t.contains(&switch), "{switch}: {t}");
 
     // Malformed filters are refused with a clear message, not ignored.
     for bad in [
