@@ -314,6 +314,10 @@ mod tests {
     const RSA_DER: &str = "MIIEogIBAAKCAQEA6n3Sy/LbhGWI5WpCajrhirTR2slQd3cke3PsPXCE5AVeviCk0cELZg7fKlPUIYFNIalZFHHRrcSJ+PW7p3POmXh8rKC9vsgU3H7ny2Z1TZKgBTlWL77434eSaciSEHQ4uyM23rEG+KFBQXcSjSHsmFNzj0N8RBrjLnFyO1HXpe0GIxgnDbP0Uf373XvQLgun6pHYuSbQGSDLv6AgptMSTnAlabp1qn6KF7lpWVkXp8nO6U1jGQLfTagQ/6lpZWa1X7+rhET9YMI/a6KhKF6pk6fc1mM1fqXdcDsKXpNR7fAtY26XSpi1XU1Oo7RlRj1Mmc/FNsdgQc/C8QV49NZlswIDAQABAoIBAAlynVojRE3uy1e28ssV6T1t8KCYiNnvXnRs5MFK9ce8IaeWaB2dYgiwI7SwYPUioQlwqcqllVWjfA2gVPm3tETBsoBAD7UOmaySnmM3ExXXiQP83eiZkKxs6WzCrIPmMtzzW8QYLNg6owbwtboi+kXe4uKMTQbvcGTQJFKYhxBDy0IceKPKybmsv2s6xDpYuxIrBSlgzKyP8KbUhTYGHURx9EPwDaVEg2szDILaexgc5qGp3bNQypjCzHhmTQlkt73hCrsflBQMBRPRtVtpumSk+0uF5CJntlmoPBzxFlIQANd+MYRpNrDb3xgxAfwPjd9/SYmPRpNvz7rujRlhWLkCgYEA+0X7ethSzTLGDy+zkzCaUPlezFggrPFGbyRlbMSFiPnDDhYqWfG0fdPPKNWsMOh49VnWO5v+cXUdbT+ZVvIrOhv1jnR3hiS+MxPZHOfqGiEVQj3ETWkEmrs4Epmm4DS2KavGRlKHKSUJIUH3bmuOU5JC8pYrAGFijjosNVkA1GsCgYEA7ucG+s99mzmLGYViTEwfbHmmSqGxvHL6rJ0OAQ2PYvsSVhzmYwwBrg5zFBJXDlfFs3PJPJsrgkwqidhSoqV6GVWmR4Ko8av8Lt+KMLdoBiDa1qg2O3t9/ndLOAflxxMeGhCnyDWDaD5qq+Wt0qLiXQehqficv8oXGNExMioExdkCgYBrQhE5+/NEYkMHIn6N+vY0UG413fx8tjUxpiChUDYMJUkszyte330DJRHNxX/OFL3lRWbcZRc0ySA5jSdgZNks4dhs6axHl5GU7gkEfL6CTtLrRsBvpr9vaTFjRzFjjTyhBxEI3ZuSZZvDFYyQFttXMxzevlk2vVs7iPtr/kULZwKBgHMhNPTjz3Vhys4WwKNiP/aHvYLT35KgmntbCKerQEGEG3cSYFi1LY4S+pRerkOEOwtbLkydvt8BE7LwZApr0qao5wQpTH+C0XpJUhBeIqxpYuz1jYUm4zYhiUdMTwicBvKquiC64UP4aHHEsvsCcjJA/kCqRegLXQwhrCKvqzMpAoGADrrFrB7ilKviaPxn9Aqop9Z0NdlqAM24pC7LtsHW9jbu3SNHKjvp5sKm2I99r7Q9hOJf3QdWNmgLCYKSdSr+WLEN51ui+LBmkU9Zjyv2xfCVfzXs1VvJeQu48HyKEADyQTw7nk2kxDbAV43LFYFs91lin+NCccr7Ra2ECOIIOMw=";
     const RSA_N: &str = "6n3Sy_LbhGWI5WpCajrhirTR2slQd3cke3PsPXCE5AVeviCk0cELZg7fKlPUIYFNIalZFHHRrcSJ-PW7p3POmXh8rKC9vsgU3H7ny2Z1TZKgBTlWL77434eSaciSEHQ4uyM23rEG-KFBQXcSjSHsmFNzj0N8RBrjLnFyO1HXpe0GIxgnDbP0Uf373XvQLgun6pHYuSbQGSDLv6AgptMSTnAlabp1qn6KF7lpWVkXp8nO6U1jGQLfTagQ_6lpZWa1X7-rhET9YMI_a6KhKF6pk6fc1mM1fqXdcDsKXpNR7fAtY26XSpi1XU1Oo7RlRj1Mmc_FNsdgQc_C8QV49NZlsw";
 
+    /// A 1024-bit RSA modulus and an RS256 token it signed (`good`'s claims, `exp` in 2100).
+    const WEAK_N: &str = "l55rhMaxB_rtFgIDODr5462TOdpJ7I6S0OfjcIscrFfCiL95Mp8EZEeiZaLAvAhC_gx5yvYq2X9VZBg4vxF4Nok8y0Q9lk6L7t3QwS8RfbnkbTNh3eSrTaaKQIhv-M19LZlQ4YSHodjMfmg9TLHuM8pfV3esNwfTNMUkAEGUgg8";
+    const WEAK_TOKEN: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6IndlYWsifQ.eyJpc3MiOiJodHRwOi8vaSIsInN1YiI6ImNpdGl6ZW46MDAxMDk5MDEyMzQ1IiwiYXVkIjoiYyIsImV4cCI6NDEwMjQ0NDgwMCwiaWF0IjoxNzAwMDAwMDAwLCJub25jZSI6Im4ifQ.Daqd9dos08lQOM4o3AMK7OvlOQ8_vw-fsGjaL5cNLSpuo3L8Zq-CtvTMc--YD1z90-OnCSsZucdx8K9QdbaUU3prCOwJN4P5rZS5OVIEh6ym-VZv6eAuXByFjSN3Emk-wg5TU_S-G-r4kSVii5hIvr5nvKtnYrtn-w5A_uLD9Tc";
+
     fn jws(sk: &SigningKey, head: serde_json::Value, claims: serde_json::Value) -> String {
         let input = format!("{}.{}", B64URL.encode(head.to_string()), B64URL.encode(claims.to_string()));
         format!("{input}.{}", B64URL.encode(sk.sign(input.as_bytes()).to_bytes()))
@@ -466,6 +470,10 @@ mod tests {
                 "{alg}"
             );
         }
+        // A 1024-bit RSA key is too weak (at least 2048 bits): its valid signature is refused.
+        // The token was signed once with a key made for this test; it expires in 2100.
+        let weak = Jwks::parse(&json!({"keys": [{"kty": "RSA", "kid": "weak", "n": WEAK_N, "e": "AQAB"}]}));
+        assert!(matches!(rp.verify(WEAK_TOKEN, &weak, "n", now), Err(OidcError::Token("signature"))));
         // Malformed headers.
         for h in ["!!", &B64URL.encode("[]"), &B64URL.encode("{\"alg\": \"EdDSA\"")] {
             let t = format!("{h}.{}.{}", B64URL.encode(good.to_string()), "AAAA");
