@@ -588,6 +588,7 @@ fn filtered_page(
     let mut scanned = 0usize;
     loop {
         let page = v.access_log_page_as(caller, owner, cursor, vault::audit::PageLimit::new(LOG_CHUNK)?)?;
+        let read_before = scanned;
         let mut entries = page.entries.into_iter().peekable();
         while let Some(e) = entries.next() {
             scanned += 1;
@@ -600,7 +601,8 @@ fn filtered_page(
                 return Ok((shown, if more { cursor } else { None }));
             }
         }
-        if page.next.is_none() {
+        // An empty page never says there is more; if it did, this must not loop on it.
+        if page.next.is_none() || scanned == read_before {
             return Ok((shown, None));
         }
     }
