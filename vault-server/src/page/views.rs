@@ -583,11 +583,30 @@ fn filtered_page(
     after: Option<u64>,
     filter: &LogFilter,
 ) -> Result<(Vec<vault::audit::Entry>, Option<u64>), vault::Error> {
+    scan_log(v, caller, owner, after, filter, ScanLimits { page: LOG_PAGE, scan: LOG_SCAN, chunk: LOG_CHUNK })
+}
+
+/// How much one access-log page shows, reads at most, and reads at a time.
+#[derive(Debug, Clone, Copy)]
+struct ScanLimits {
+    page: u64,
+    scan: usize,
+    chunk: u64,
+}
+
+fn scan_log(
+    v: &vault::Vault,
+    caller: &vault::access::Caller,
+    owner: &vault::OwnerId,
+    after: Option<u64>,
+    filter: &LogFilter,
+    ScanLimits { page: page_size, scan, chunk }: ScanLimits,
+) -> Result<(Vec<vault::audit::Entry>, Option<u64>), vault::Error> {
     let mut shown = Vec::new();
     let mut cursor = after;
     let mut scanned = 0usize;
     loop {
-        let page = v.access_log_page_as(caller, owner, cursor, vault::audit::PageLimit::new(LOG_CHUNK)?)?;
+        let page = v.access_log_page_as(caller, owner, cursor, vault::audit::PageLimit::new(chunk)?)?;
         let read_before = scanned;
         let mut entries = page.entries.into_iter().peekable();
         while let Some(e) = entries.next() {
@@ -597,7 +616,7 @@ fn filtered_page(
                 shown.push(e);
             }
             let more = entries.peek().is_some() || page.next.is_some();
-            if shown.len() as u64 == LOG_PAGE || scanned >= LOG_SCAN {
+            if shown.len() as u64 == page_size || scanned >= scan {
                 return Ok((shown, if more { cursor } else { None }));
             }
         }
@@ -781,5 +800,76 @@ async fn erase(ctx: Ctx, body: Bytes) -> Response {
             ctx.page(StatusCode::OK, ctx.t(K::EraseMyVault), body)
         }
         Err(e) => ctx.vault_error(e),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use vault::access::Caller;
+    use vault::OwnerId;
+
+    /// Every page of the log under `filter`, in order, as (indexes shown, next).
+    fn pages(v: &vault::Vault, owner: &OwnerId, filter: &LogFilter, l: ScanLimits) -> Vec<(Vec<u64>, Option<u64>)> {
+        let caller = Caller::owner(owner.clone());
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let (shown, next) = scan_log(v, &caller, owner, after, filter, l).unwrap();
+            out.push((shown.iter().map(|e| e.index).collect(), next));
+            match next {
+                Some(n) => after = Some(n),
+                None => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn the_filtered_log_pages_through_every_match_once_and_its_scan_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = vault::Vault::open(dir.path(), &vault::MasterKey::from_bytes([5; 32])).unwrap();
+        let owner = OwnerId::parse("citizen:001099012345").unwrap();
+        let caller = Caller::owner(owner.clone());
+        // Twelve entries by the owner (each listing writes one `document.list`).
+        for _ in 0..12 {
+            v.documents_as(&caller, &owner, None).unwrap();
+        }
+        let all: Vec<u64> = v.access_log_as(&caller, &owner).unwrap().iter().map(|e| e.index).collect();
+        assert_eq!(all.len(), 12);
+        let none = LogFilter::default();
+        // Pages of 5, read 3 at a time: 5 + 5 + 2, each entry once, in order; the last page
+        // says there is no more.
+        let p = pages(&v, &owner, &none, ScanLimits { page: 5, scan: 100, chunk: 3 });
+        let sizes: Vec<usize> = p.iter().map(|(s, _)| s.len()).collect();
+        assert_eq!(sizes, [5, 5, 2]);
+        assert_eq!(p.iter().flat_map(|(s, _)| s.clone()).collect::<Vec<_>>(), all);
+        assert_eq!(p.last().unwrap().1, None);
+        // A page that ends exactly at the log's end says so (no empty page after it).
+        let p = pages(&v, &owner, &none, ScanLimits { page: 6, scan: 100, chunk: 4 });
+        assert_eq!(p.iter().map(|(s, _)| s.len()).collect::<Vec<_>>(), [6, 6]);
+        // A filter that matches nothing reads at most `scan` entries a page, then hands on.
+        let agency = LogFilter { agency: Some(AgencyId::parse("so-gd").unwrap()), ..Default::default() };
+        let p = pages(&v, &owner, &agency, ScanLimits { page: 5, scan: 7, chunk: 3 });
+        assert_eq!(p, vec![(vec![], Some(all[6])), (vec![], None)]);
+        // A period after every entry, and one holding all of them.
+        let later = LogFilter { from: Some(Timestamp::now().plus_seconds(86_400)), ..Default::default() };
+        assert_eq!(pages(&v, &owner, &later, ScanLimits { page: 50, scan: 100, chunk: 500 }), vec![(vec![], None)]);
+        let now = LogFilter { to: Some(Timestamp::now().plus_seconds(60)), ..Default::default() };
+        assert_eq!(pages(&v, &owner, &now, ScanLimits { page: 50, scan: 100, chunk: 500 }), vec![(all, None)]);
+    }
+
+    #[test]
+    fn a_log_filter_is_parsed_or_refused_whole() {
+        let q = |s: &str| FormData::parse(&Bytes::copy_from_slice(s.as_bytes()));
+        let f = LogFilter::parse(&q("agency=so-gd&from=2026-01-02&to=2026-01-02")).unwrap();
+        assert_eq!(f.agency.unwrap().as_str(), "so-gd");
+        // Vietnam's day: 2026-01-02 00:00 +07:00 is 2026-01-01T17:00:00Z.
+        assert_eq!(f.from.unwrap().to_string(), "2026-01-01T17:00:00Z");
+        assert_eq!(f.to.unwrap().to_string(), "2026-01-02T16:59:59Z");
+        assert!(LogFilter::parse(&q("agency=&from=&to=")).unwrap().agency.is_none());
+        for bad in ["from=2026-02-30", "to=02/01/2026", "agency=So%20GD", "from=2026-01-03&to=2026-01-02"] {
+            assert!(LogFilter::parse(&q(bad)).is_none(), "{bad}");
+        }
     }
 }
