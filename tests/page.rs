@@ -323,7 +323,10 @@ fn the_page_audits_as_the_api_and_another_owner_sees_nothing() {
     // Details: the statement fields and the verification result, in the chosen language.
     let t = b.get(&format!("/page/documents/{id}?lang=en")).text();
     assert!(
-        t.contains("Signed by Agency ubnd-xa, verified") && t.contains("123/2024/TLKS") && t.contains(">Download<"),
+        t.contains("Signed by Agency ubnd-xa, verified")
+            && t.contains("123/2024/TLKS")
+            && t.contains(">Download<")
+            && t.contains(">View<"),
         "{t}"
     );
     assert!(t.contains("6 May 2024 14:08 (Vietnam time)"), "issued 07:08:09Z is 14:08 in Vietnam: {t}");
@@ -333,6 +336,13 @@ fn the_page_audits_as_the_api_and_another_owner_sees_nothing() {
     // Content: sandboxed, never sniffed.
     let r = b.get(&format!("/page/documents/{id}/content"));
     assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-security-policy"), Some("sandbox"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.body, b"%PDF-1.4 khai sinh");
+    assert_eq!(r.header("content-disposition"), Some("attachment; filename=\"khai-sinh.pdf\""));
+    // View: the same bytes shown in the browser, just as sandboxed.
+    let r = b.get(&format!("/page/documents/{id}/content?view=1"));
+    assert_eq!((r.status, r.header("content-disposition")), (200, Some("inline; filename=\"khai-sinh.pdf\"")));
     assert_eq!(r.header("content-security-policy"), Some("sandbox"));
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(r.body, b"%PDF-1.4 khai sinh");
@@ -355,7 +365,12 @@ fn export_then_erase_with_typed_confirmation() {
     let csrf = r.csrf();
     let r = b.post("/page/export", &[("csrf", &csrf)]);
     assert_eq!((r.status, r.header("content-type")), (200, Some("application/x-tar")));
-    assert!(r.body.len() > 1024);
+    assert_eq!(r.header("content-disposition"), Some("attachment; filename=\"my-vault.tar\""));
+    // Streamed as it is built (no length known up front), and the tar verifies offline.
+    assert_eq!((r.header("content-length"), r.header("transfer-encoding")), (None, Some("chunked")));
+    let key = call("GET", &s.url("/v1/vault-key"), None, &[], None).json();
+    let summary = vault::rights::verify_export(r.body.as_slice(), key["note_verifier_key"].as_str().unwrap()).unwrap();
+    assert_eq!((summary.owner.as_str(), summary.documents, summary.signed_documents), (CITIZEN, 1, 1));
     assert_eq!(b.post("/page/export", &[]).status, 403);
     // The wrong word erases nothing.
     assert_eq!(b.post("/page/erase", &[("csrf", &csrf), ("confirm", "yes")]).status, 400);
@@ -418,4 +433,96 @@ fn own_uploads_can_be_deleted_on_the_page_and_another_owners_grant_cannot_be_rev
     // Nor use this owner's CSRF token with its own session.
     let mine = b.get("/page/sharing").csrf();
     assert_eq!(other.post(&format!("/page/sharing/{gid}/revoke"), &[("csrf", &mine)]).status, 403);
+}
+
+/// The rows of an access-log page (English) and the `after` of its "Next page" link.
+fn log_rows(t: &str) -> (Vec<String>, Option<String>) {
+    let rows = t.split("<td data-label=\"Who\">").skip(1).map(|r| r[..r.find("</td>").unwrap()].to_owned()).collect();
+    let next = t.split("rel=\"next\" href=\"").nth(1).map(|r| r[..r.find('"').unwrap()].replace("&amp;", "&"));
+    (rows, next)
+}
+
+#[test]
+fn the_access_log_filters_by_agency_and_period_and_pages_through_the_filter() {
+    let (s, _, reader, id) = setup();
+    let citizen = s.owner(CITIZEN);
+    let base = format!("/v1/owners/{CITIZEN}");
+    let expires = vault::Timestamp::now().plus_seconds(3600).to_string();
+    let g = post_json(
+        &s.url(&format!("{base}/grants")),
+        &citizen,
+        None,
+        &json!({"grantee": "so-gd", "purpose": "1.000001", "doc_types": ["giay-khai-sinh"], "expires_at": expires}),
+    );
+    assert_eq!(g.status, 201);
+    // 55 reads by so-gd, each after one listing by the owner: the agency's entries are
+    // interleaved with others, so a filter must search past them.
+    let url = s.url(&format!("{base}/documents/{id}/content"));
+    for _ in 0..55 {
+        assert_eq!(call("GET", &s.url(&format!("{base}/documents")), Some(&citizen), &[], None).status, 200);
+        assert_eq!(call("GET", &url, Some(&reader), &[("Vault-Purpose", "1.000001")], None).status, 200);
+    }
+    let mut b = Browser::new(&s.base);
+    b.sign_in(CITIZEN);
+
+    // Unfiltered: 50 a page, then the rest; the last page has no Next, a later one a First.
+    let first = b.get("/page/access-log?lang=en").text();
+    let (rows, next) = log_rows(&first);
+    assert_eq!(rows.len(), 50, "{first}");
+    assert!(!first.contains("rel=\"first\""));
+    let mut total = rows.len();
+    let mut next = next;
+    while let Some(n) = next {
+        let t = b.get(&n).text();
+        assert!(t.contains("rel=\"first\""), "{t}");
+        let (rows, nn) = log_rows(&t);
+        assert!(!rows.is_empty() && rows.len() <= 50);
+        total += rows.len();
+        next = nn;
+    }
+    // Deposit (2), the grant, 55 listings, 55 reads, at least.
+    assert!(total >= 2 + 1 + 55 + 55, "{total}");
+
+    // By agency: only so-gd's reads, 50 then 5, the filter carried by the Next link.
+    let t = b.get("/page/access-log?agency=so-gd").text();
+    let (rows, next) = log_rows(&t);
+    assert_eq!(rows.len(), 50, "{t}");
+    assert!(rows.iter().all(|r| r == "Agency so-gd"), "{rows:?}");
+    let next = next.expect("a second page");
+    assert!(next.contains("agency=so-gd"), "{next}");
+    let t = b.get(&next).text();
+    let (rows, next) = log_rows(&t);
+    assert_eq!((rows.len(), next), (5, None), "{t}");
+    assert!(rows.iter().all(|r| r == "Agency so-gd") && t.contains("class=\"proof\""), "{t}");
+    let t = b.get("/page/access-log?agency=ubnd-xa").text();
+    let (rows, _) = log_rows(&t);
+    assert!(!rows.is_empty() && rows.iter().all(|r| r == "Agency ubnd-xa"), "{rows:?}");
+    assert!(t.contains("document.deposit") && !t.contains("document.content"), "{t}");
+    // An agency with no entries.
+    assert!(b.get("/page/access-log?agency=no-such-agency").text().contains("No entries."));
+
+    // By period (Vietnam's days): today holds everything, tomorrow and a past day nothing.
+    let day = |secs: i64| vault::Timestamp::now().plus_seconds(7 * 3600 + secs).to_string()[..10].to_owned();
+    let (today, tomorrow) = (day(0), day(86_400));
+    let t = b.get(&format!("/page/access-log?from={today}&to={today}&agency=so-gd")).text();
+    assert_eq!(log_rows(&t).0.len(), 50, "{t}");
+    assert!(b.get(&format!("/page/access-log?from={tomorrow}")).text().contains("No entries."));
+    assert!(b.get("/page/access-log?to=2000-01-01").text().contains("No entries."));
+    // The form keeps the filter it shows, and so does the language switch.
+    assert!(t.contains(&format!("value=\"{today}\"")) && t.contains("value=\"so-gd\" selected"), "{t}");
+    let switch = format!("href=\"/page/access-log?agency=so-gd&amp;from={today}&amp;to={today}&amp;lang=vi\"");
+    assert!(t.contains(&switch), "{switch}: {t}");
+
+    // Malformed filters are refused with a clear message, not ignored.
+    for bad in [
+        "from=2024-13-01",
+        "to=yesterday",
+        &format!("from={tomorrow}&to={today}"),
+        "agency=Not%20An%20Agency",
+        "after=-1",
+    ] {
+        let r = b.get(&format!("/page/access-log?{bad}"));
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(r.text().contains("Invalid filter"), "{bad}: {}", r.text());
+    }
 }

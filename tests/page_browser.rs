@@ -253,6 +253,14 @@ fn a_citizen_signs_in_shares_by_keyboard_sees_the_read_revokes_switches_language
         "{src}"
     );
     d.screenshots("access-log");
+    // Filter by agency: the issuer's deposit and the owner's own entries go, so-gd's read stays.
+    assert!(src.contains("document.deposit"));
+    d.click(&d.find("//select[@id='agency']/option[@value='so-gd']"));
+    d.click(&d.button("Filter"));
+    d.wait_for("the filtered log", |d| d.current().contains("agency=so-gd"));
+    let src = d.source();
+    assert!(src.contains("document.content") && !src.contains("document.deposit"), "{src}");
+    assert!(src.contains("class=\"proof\""), "{src}");
 
     // Revoke; the agency is refused, and the refusal stands out in the log.
     d.go(&s.url("/page/sharing"));
@@ -280,7 +288,7 @@ fn a_citizen_signs_in_shares_by_keyboard_sees_the_read_revokes_switches_language
 }
 
 /// Interoperability: signing in through an OpenID provider we did not write (the npm package
-/// `oidc-provider`, its development login and consent pages), EdDSA ID tokens.
+/// `oidc-provider`, its development login and consent pages), RS256 ID tokens under its own keys.
 #[test]
 fn signing_in_through_an_independent_openid_provider() {
     let root = binary().parent().unwrap().parent().unwrap().join("oidc-interop");
@@ -314,6 +322,13 @@ fn signing_in_through_an_independent_openid_provider() {
     let secret = dir.path().join("client-secret");
     std::fs::write(&secret, "interop-secret\n").unwrap();
     let issuer = format!("http://127.0.0.1:{idp_port}");
+    // The provider signs with its own keys as shipped: no Ed25519 key among them, so the sign-in
+    // below verifies an RS256 ID token (its default algorithm).
+    let conf: Value =
+        ureq::get(&format!("{issuer}/.well-known/openid-configuration")).call().unwrap().into_json().unwrap();
+    let keys: Value = ureq::get(conf["jwks_uri"].as_str().unwrap()).call().unwrap().into_json().unwrap();
+    let ktys: Vec<&str> = keys["keys"].as_array().unwrap().iter().map(|k| k["kty"].as_str().unwrap()).collect();
+    assert!(ktys.contains(&"RSA") && !ktys.contains(&"OKP"), "{keys}");
     let s =
         Server::start_at(dir, port, &["--oidc-issuer", &issuer, "--oidc-client-secret-file", secret.to_str().unwrap()]);
     d.go(&s.url("/page?lang=en"));

@@ -1413,8 +1413,14 @@ async fn consistency(
     responses((status = 200, description = "Everything of the owner, a tar", body = oa::Binary, content_type = "application/x-tar"))
 )]
 async fn export(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
+    Ok(([(header::CONTENT_TYPE, "application/x-tar")], export_body(&st, caller, owner).await?).into_response())
+}
+
+/// The owner's export as a streamed body (the API's and the page's): the caller's download slot
+/// is held until the last chunk is taken. An error before the first byte is an ordinary error.
+pub(crate) async fn export_body(st: &Arc<AppState>, caller: Caller, owner: OwnerId) -> Result<Body, ApiError> {
     let v = st.vault()?;
-    let slot = stream_slot(&st, &caller, Stream::Download)?;
+    let slot = stream_slot(st, &caller, Stream::Download)?;
     // Streamed as it is built: tar blocks go straight from the decrypting readers into a bounded
     // channel of body chunks. No plaintext ever touches a file (SPEC.md §18).
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, io::Error>>(4);
@@ -1448,7 +1454,7 @@ async fn export(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
             None => rx.recv().await.map(|item| (item, (None, rx))),
         }
     });
-    Ok(([(header::CONTENT_TYPE, "application/x-tar")], Body::from_stream(stream)).into_response())
+    Ok(Body::from_stream(stream))
 }
 
 /// How long an export waits for its reader to take the next chunk before it gives up, so a

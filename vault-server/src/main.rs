@@ -350,7 +350,7 @@ fn dev_announce(args: &Args, vault: &Vault, keys: &DevKeys) -> Result<(), String
     Ok(())
 }
 
-/// The citizen's page (SPEC.md §21) with its OpenID relying party, and under `--dev` without
+/// The citizen's page (SPEC.md §22) with its OpenID relying party, and under `--dev` without
 /// `--oidc-issuer` the built-in development provider; empty when neither is configured.
 fn page_router(args: &Args, state: &Arc<api::AppState>) -> Result<axum::Router, String> {
     use vault_server::page;

@@ -87,6 +87,9 @@ pub enum K {
     To,
     AnyAgency,
     Next,
+    View,
+    FirstPage,
+    BadFilter,
     Proven,
     NotProven,
     NoEntries,
@@ -275,6 +278,12 @@ fn text(k: K) -> (&'static str, &'static str) {
         K::To => ("Đến ngày", "To"),
         K::AnyAgency => ("Tất cả", "Anyone"),
         K::Next => ("Trang sau", "Next page"),
+        K::FirstPage => ("Trang đầu", "First page"),
+        K::View => ("Xem", "View"),
+        K::BadFilter => (
+            "Bộ lọc không hợp lệ: ngày theo dạng YYYY-MM-DD, \"Từ ngày\" không sau \"Đến ngày\"",
+            "Invalid filter: dates are YYYY-MM-DD and From is not after To",
+        ),
         K::Proven => (
             "Đã chứng minh: máy chủ đã kiểm tra từng dòng trên trang này nằm trong nhật ký đã ký của kho.",
             "Proven: the server verified that every entry on this page is in the vault's signed log.",

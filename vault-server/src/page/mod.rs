@@ -1,4 +1,4 @@
-//! The citizen's page (issue 13, SPEC.md §21): server-rendered HTML at `/page`, signed in with
+//! The citizen's page (issue 13, SPEC.md §22): server-rendered HTML at `/page`, signed in with
 //! OpenID Connect ([`oidc`]), with a built-in development provider under `--dev` ([`devidp`]).
 //!
 //! Every action calls the library as the owner ([`Caller::owner`]), exactly as the API handlers
@@ -132,12 +132,25 @@ fn lang_of(headers: &HeaderMap, q: &HashMap<String, String>) -> (Lang, Option<He
     (cookie(headers, LANG).and_then(|l| Lang::parse(&l)).unwrap_or(Lang::Vi), None)
 }
 
+/// `path?query&` with the query's `lang` left out (values percent-encoded again), ready for
+/// `lang=<code>` to be appended.
+fn switch_target(path: &str, q: &HashMap<String, String>) -> String {
+    let mut keep: Vec<(&String, &String)> = q.iter().filter(|(k, _)| k.as_str() != "lang").collect();
+    keep.sort();
+    let Ok(mut url) = reqwest::Url::parse("http://x/") else { return format!("{path}?") };
+    if keep.is_empty() {
+        return format!("{path}?");
+    }
+    url.query_pairs_mut().extend_pairs(keep);
+    format!("{path}?{}&", url.query().unwrap_or(""))
+}
+
 /// One request's context: language, and the session if signed in.
 pub(crate) struct Ctx {
     pub st: Arc<PageState>,
     pub lang: Lang,
     set_lang: Option<HeaderValue>,
-    /// Path and query of this page, for the language switch.
+    /// Path and query of this page without `lang`, ending in `?` or `&`, for the language switch.
     pub here: String,
     session: Option<(String, Session)>,
 }
@@ -165,8 +178,9 @@ impl Ctx {
                 None => None,
             }
         });
-        // The language switch reloads this page; after a form, it goes to the start.
-        let here = if get { uri.path().to_owned() } else { "/page".to_owned() };
+        // The language switch reloads this page with its query (an access-log filter, say) but
+        // another `lang`; after a form, it goes to the start.
+        let here = if get { switch_target(uri.path(), &q) } else { "/page?".to_owned() };
         Self { st: st.clone(), lang, set_lang, here, session }
     }
 
@@ -226,7 +240,7 @@ impl Ctx {
                                 button type="submit" { (t(K::SignOut)) }
                             }
                         }
-                        a.lang href={ (self.here) "?lang=" (other.0.code()) } lang=(other.0.code()) hreflang=(other.0.code()) { (other.1) }
+                        a.lang href={ (self.here) "lang=" (other.0.code()) } lang=(other.0.code()) hreflang=(other.0.code()) { (other.1) }
                     }
                     main { h1 { (title) } (body) }
                 }
@@ -486,6 +500,19 @@ mod tests {
         // Its use moved the idle clock on.
         assert!(st.sessions.lock().unwrap()["fresh"].last >= t);
         assert!(ctx_with(&st, "vault_session=unknown").owner().is_none());
+    }
+
+    #[test]
+    fn the_language_switch_keeps_the_query_but_its_lang() {
+        let q = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(switch_target("/page/documents", &q(&[])), "/page/documents?");
+        assert_eq!(switch_target("/page/documents", &q(&[("lang", "en")])), "/page/documents?");
+        assert_eq!(
+            switch_target("/page/access-log", &q(&[("lang", "vi"), ("agency", "so-gd"), ("from", "2026-01-02")])),
+            "/page/access-log?agency=so-gd&from=2026-01-02&"
+        );
+        // What the person typed is encoded again, never pasted into the link as it came.
+        assert_eq!(switch_target("/p", &q(&[("x", "a&b=c\"<")])), "/p?x=a%26b%3Dc%22%3C&");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The signed-in pages: My documents, Sharing, Access log, My data (export, erase).
 //!
 //! Each handler makes exactly the library calls the matching API handlers make, as the owner;
-//! SPEC.md §21 lists which audit entries each page writes.
+//! SPEC.md §22 lists which audit entries each page writes.
 
 use std::io::Read as _;
 use std::sync::Arc;
@@ -185,6 +185,7 @@ async fn document(ctx: Ctx, Path(id): Path<String>) -> Response {
             dt { (ctx.t(K::DepositedAt)) } dd { (ctx.lang.datetime(d.deposited_at)) }
             @if let Some(r) = &d.revocation { dt { (ctx.t(K::Revoked)) } dd { (ctx.lang.datetime(r.at)) ": " (r.reason) } }
         }
+        p { a href={ "/page/documents/" (d.id.to_string()) "/content?view=1" } { (ctx.t(K::View)) } }
         form method="get" action={ "/page/documents/" (d.id.to_string()) "/content" } {
             button type="submit" { (ctx.t(K::Download)) }
         }
@@ -210,7 +211,10 @@ fn safe_name(name: &str) -> String {
     }
 }
 
-async fn content(ctx: Ctx, Path(id): Path<String>) -> Response {
+/// `?view=1` shows the content in the browser (`inline`), otherwise it downloads; either way it
+/// is sandboxed and never sniffed, so it cannot run as active content on the page's origin.
+async fn content(ctx: Ctx, Path(id): Path<String>, uri: axum::http::Uri) -> Response {
+    let inline = query(&uri).get("view") == Some("1");
     let Some((owner, caller)) = ctx.owner() else { return ctx.signed_out() };
     let Ok(id) = DocumentId::parse(&id) else { return ctx.error(StatusCode::NOT_FOUND, ctx.t(K::NotFound)) };
     let Ok(v) = ctx.st.app.vault() else { return ctx.error(StatusCode::SERVICE_UNAVAILABLE, ctx.t(K::Unavailable)) };
@@ -250,7 +254,8 @@ async fn content(ctx: Ctx, Path(id): Path<String>) -> Response {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(doc.size));
     let name = safe_name(doc.meta.file_name.as_deref().unwrap_or(&doc.meta.title));
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+    let disposition = if inline { "inline" } else { "attachment" };
+    if let Ok(v) = HeaderValue::from_str(&format!("{disposition}; filename=\"{name}\"")) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     resp
@@ -523,26 +528,122 @@ fn prove(
     }))
 }
 
+/// The access-log filter of a page: by agency, by local dates (inclusive).
+#[derive(Debug, Default, Clone)]
+struct LogFilter {
+    agency: Option<AgencyId>,
+    from: Option<Timestamp>,
+    to: Option<Timestamp>,
+}
+
+impl LogFilter {
+    /// Reads `agency`, `from` and `to` (`YYYY-MM-DD`, Vietnam's days); empty means no filter.
+    /// `None` when one is malformed or `from` is after `to`.
+    fn parse(q: &FormData) -> Option<Self> {
+        let given = |k| q.get(k).map(str::trim).filter(|v| !v.is_empty());
+        let agency = match given("agency") {
+            None => None,
+            Some(a) => Some(AgencyId::parse(a).ok()?),
+        };
+        let from = match given("from") {
+            None => None,
+            Some(d) => Some(start_of_local_day(d)?),
+        };
+        let to = match given("to") {
+            None => None,
+            Some(d) => Some(end_of_local_day(d)?),
+        };
+        if let (Some(f), Some(t)) = (from, to) {
+            if f > t {
+                return None;
+            }
+        }
+        Some(Self { agency, from, to })
+    }
+
+    fn matches(&self, e: &vault::audit::Entry) -> bool {
+        self.agency.as_ref().is_none_or(|a| e.actor.strip_prefix("agency:") == Some(a.as_str()))
+            && self.from.is_none_or(|f| e.time >= f)
+            && self.to.is_none_or(|t| e.time <= t)
+    }
+}
+
+/// Most entries one access-log page reads looking for ones that match its filter: a filter
+/// that matches little shows fewer on a page and a "Next page" that searches on from there.
+const LOG_SCAN: usize = 5_000;
+/// Entries read from the library at a time while filtering.
+const LOG_CHUNK: u64 = 500;
+
+/// One page of the owner's log that matches `filter`: at most [`LOG_PAGE`] entries with an index
+/// above `after`, and the `after` of the next page when the log may hold more.
+fn filtered_page(
+    v: &vault::Vault,
+    caller: &vault::access::Caller,
+    owner: &vault::OwnerId,
+    after: Option<u64>,
+    filter: &LogFilter,
+) -> Result<(Vec<vault::audit::Entry>, Option<u64>), vault::Error> {
+    scan_log(v, caller, owner, after, filter, ScanLimits { page: LOG_PAGE, scan: LOG_SCAN, chunk: LOG_CHUNK })
+}
+
+/// How much one access-log page shows, reads at most, and reads at a time.
+#[derive(Debug, Clone, Copy)]
+struct ScanLimits {
+    page: u64,
+    scan: usize,
+    chunk: u64,
+}
+
+fn scan_log(
+    v: &vault::Vault,
+    caller: &vault::access::Caller,
+    owner: &vault::OwnerId,
+    after: Option<u64>,
+    filter: &LogFilter,
+    ScanLimits { page: page_size, scan, chunk }: ScanLimits,
+) -> Result<(Vec<vault::audit::Entry>, Option<u64>), vault::Error> {
+    let mut shown = Vec::new();
+    let mut cursor = after;
+    let mut scanned = 0usize;
+    loop {
+        let page = v.access_log_page_as(caller, owner, cursor, vault::audit::PageLimit::new(chunk)?)?;
+        let read_before = scanned;
+        let mut entries = page.entries.into_iter().peekable();
+        while let Some(e) = entries.next() {
+            scanned += 1;
+            cursor = Some(e.index);
+            if filter.matches(&e) {
+                shown.push(e);
+            }
+            let more = entries.peek().is_some() || page.next.is_some();
+            if shown.len() as u64 == page_size || scanned >= scan {
+                return Ok((shown, if more { cursor } else { None }));
+            }
+        }
+        // An empty page never says there is more; if it did, this must not loop on it.
+        if page.next.is_none() || scanned == read_before {
+            return Ok((shown, None));
+        }
+    }
+}
+
 async fn access_log(ctx: Ctx, uri: axum::http::Uri) -> Response {
     let Some((owner, caller)) = ctx.owner() else { return ctx.signed_out() };
     let q = query(&uri);
-    let after = q.get("after").and_then(|a| a.parse::<u64>().ok());
-    let agency = q.get("agency").filter(|a| !a.is_empty()).map(str::to_owned);
-    let from = q.get("from").and_then(start_of_local_day);
-    let to = q.get("to").and_then(end_of_local_day);
+    let after = match q.get("after").map(str::trim).filter(|a| !a.is_empty()) {
+        None => None,
+        Some(a) => match a.parse::<u64>() {
+            Ok(a) => Some(a),
+            Err(_) => return ctx.error(StatusCode::BAD_REQUEST, ctx.t(K::BadFilter)),
+        },
+    };
+    let Some(filter) = LogFilter::parse(&q) else { return ctx.error(StatusCode::BAD_REQUEST, ctx.t(K::BadFilter)) };
+    let agency = filter.agency.as_ref().map(|a| a.as_str().to_owned());
     let Ok(v) = ctx.st.app.vault() else { return ctx.error(StatusCode::SERVICE_UNAVAILABLE, ctx.t(K::Unavailable)) };
-    let ag = agency.clone();
     let r = blocking(move || {
-        let limit = vault::audit::PageLimit::new(LOG_PAGE)?;
-        let page = v.access_log_page_as(&caller, &owner, after, limit)?;
-        let shown: Vec<vault::audit::Entry> = page
-            .entries
-            .into_iter()
-            .filter(|e| ag.as_ref().is_none_or(|a| e.actor == format!("agency:{a}")))
-            .filter(|e| from.is_none_or(|f| e.time >= f) && to.is_none_or(|t| e.time <= t))
-            .collect();
+        let (shown, next) = filtered_page(&v, &caller, &owner, after, &filter)?;
         let proven = !shown.is_empty() && prove(&v, &caller, &owner, &shown)?;
-        Ok((shown, page.next, proven))
+        Ok((shown, next, proven))
     })
     .await;
     let (entries, next, proven) = match r {
@@ -601,11 +702,32 @@ async fn access_log(ctx: Ctx, uri: axum::http::Uri) -> Response {
                 }
             }
         }
-        @if let Some(n) = next {
-            p { a href={ "/page/access-log?after=" (n) "&agency=" (keep("agency")) "&from=" (keep("from")) "&to=" (keep("to")) } { (ctx.t(K::Next)) } }
+        nav.pages aria-label=(ctx.t(K::AccessLog)) {
+            @if after.is_some() {
+                a rel="first" href=(log_link(None, &keep)) { (ctx.t(K::FirstPage)) }
+                " "
+            }
+            @if let Some(n) = next {
+                a rel="next" href=(log_link(Some(n), &keep)) { (ctx.t(K::Next)) }
+            }
         }
     };
     ctx.page(StatusCode::OK, ctx.t(K::AccessLog), body)
+}
+
+/// A link to a page of the access log under the same filter (values percent-encoded).
+fn log_link(after: Option<u64>, keep: &dyn Fn(&str) -> String) -> String {
+    let Ok(mut url) = reqwest::Url::parse("http://x/page/access-log") else { return "/page/access-log".into() };
+    {
+        let mut pairs = url.query_pairs_mut();
+        if let Some(a) = after {
+            pairs.append_pair("after", &a.to_string());
+        }
+        for k in ["agency", "from", "to"] {
+            pairs.append_pair(k, &keep(k));
+        }
+    }
+    format!("/page/access-log?{}", url.query().unwrap_or(""))
 }
 
 // ---------------------------------------------------------------- export, erase
@@ -639,17 +761,10 @@ async fn export(ctx: Ctx, body: Bytes) -> Response {
         return ctx.csrf_refused();
     }
     let Some((owner, caller)) = ctx.owner() else { return ctx.signed_out() };
-    let Ok(v) = ctx.st.app.vault() else { return ctx.error(StatusCode::SERVICE_UNAVAILABLE, ctx.t(K::Unavailable)) };
-    // Built in memory, then sent: the page's export is for a person's own vault (the API
-    // streams; see SPEC.md §21).
-    let tar = match blocking(move || {
-        let mut out = Vec::new();
-        v.export_as(&caller, &owner, &mut out)?;
-        Ok(out)
-    })
-    .await
-    {
-        Ok(t) => t,
+    // Streamed as it is built, exactly as the API's export (the same bounded channel and the
+    // same download slot per owner): nothing of it is held in memory whole.
+    let tar = match crate::api::export_body(&ctx.st.app, caller, owner).await {
+        Ok(b) => b,
         Err(e) => return ctx.vault_error(e),
     };
     let mut resp = (StatusCode::OK, tar).into_response();
@@ -685,5 +800,76 @@ async fn erase(ctx: Ctx, body: Bytes) -> Response {
             ctx.page(StatusCode::OK, ctx.t(K::EraseMyVault), body)
         }
         Err(e) => ctx.vault_error(e),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use vault::access::Caller;
+    use vault::OwnerId;
+
+    /// Every page of the log under `filter`, in order, as (indexes shown, next).
+    fn pages(v: &vault::Vault, owner: &OwnerId, filter: &LogFilter, l: ScanLimits) -> Vec<(Vec<u64>, Option<u64>)> {
+        let caller = Caller::owner(owner.clone());
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let (shown, next) = scan_log(v, &caller, owner, after, filter, l).unwrap();
+            out.push((shown.iter().map(|e| e.index).collect(), next));
+            match next {
+                Some(n) => after = Some(n),
+                None => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn the_filtered_log_pages_through_every_match_once_and_its_scan_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = vault::Vault::open(dir.path(), &vault::MasterKey::from_bytes([5; 32])).unwrap();
+        let owner = OwnerId::parse("citizen:001099012345").unwrap();
+        let caller = Caller::owner(owner.clone());
+        // Twelve entries by the owner (each listing writes one `document.list`).
+        for _ in 0..12 {
+            v.documents_as(&caller, &owner, None).unwrap();
+        }
+        let all: Vec<u64> = v.access_log_as(&caller, &owner).unwrap().iter().map(|e| e.index).collect();
+        assert_eq!(all.len(), 12);
+        let none = LogFilter::default();
+        // Pages of 5, read 3 at a time: 5 + 5 + 2, each entry once, in order; the last page
+        // says there is no more.
+        let p = pages(&v, &owner, &none, ScanLimits { page: 5, scan: 100, chunk: 3 });
+        let sizes: Vec<usize> = p.iter().map(|(s, _)| s.len()).collect();
+        assert_eq!(sizes, [5, 5, 2]);
+        assert_eq!(p.iter().flat_map(|(s, _)| s.clone()).collect::<Vec<_>>(), all);
+        assert_eq!(p.last().unwrap().1, None);
+        // A page that ends exactly at the log's end says so (no empty page after it).
+        let p = pages(&v, &owner, &none, ScanLimits { page: 6, scan: 100, chunk: 4 });
+        assert_eq!(p.iter().map(|(s, _)| s.len()).collect::<Vec<_>>(), [6, 6]);
+        // A filter that matches nothing reads at most `scan` entries a page, then hands on.
+        let agency = LogFilter { agency: Some(AgencyId::parse("so-gd").unwrap()), ..Default::default() };
+        let p = pages(&v, &owner, &agency, ScanLimits { page: 5, scan: 7, chunk: 3 });
+        assert_eq!(p, vec![(vec![], Some(all[6])), (vec![], None)]);
+        // A period after every entry, and one holding all of them.
+        let later = LogFilter { from: Some(Timestamp::now().plus_seconds(86_400)), ..Default::default() };
+        assert_eq!(pages(&v, &owner, &later, ScanLimits { page: 50, scan: 100, chunk: 500 }), vec![(vec![], None)]);
+        let now = LogFilter { to: Some(Timestamp::now().plus_seconds(60)), ..Default::default() };
+        assert_eq!(pages(&v, &owner, &now, ScanLimits { page: 50, scan: 100, chunk: 500 }), vec![(all, None)]);
+    }
+
+    #[test]
+    fn a_log_filter_is_parsed_or_refused_whole() {
+        let q = |s: &str| FormData::parse(&Bytes::copy_from_slice(s.as_bytes()));
+        let f = LogFilter::parse(&q("agency=so-gd&from=2026-01-02&to=2026-01-02")).unwrap();
+        assert_eq!(f.agency.unwrap().as_str(), "so-gd");
+        // Vietnam's day: 2026-01-02 00:00 +07:00 is 2026-01-01T17:00:00Z.
+        assert_eq!(f.from.unwrap().to_string(), "2026-01-01T17:00:00Z");
+        assert_eq!(f.to.unwrap().to_string(), "2026-01-02T16:59:59Z");
+        assert!(LogFilter::parse(&q("agency=&from=&to=")).unwrap().agency.is_none());
+        for bad in ["from=2026-02-30", "to=02/01/2026", "agency=So%20GD", "from=2026-01-03&to=2026-01-02"] {
+            assert!(LogFilter::parse(&q(bad)).is_none(), "{bad}");
+        }
     }
 }
