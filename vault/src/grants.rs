@@ -10,7 +10,7 @@ use crate::document::{check_text, Document};
 use crate::ids::{AgencyId, DocType, DocumentId, GrantId, OwnerId, Purpose};
 use crate::store::Op;
 use crate::time::Timestamp;
-use crate::vault::{aad, key_of, open_record, prefix, seal_record, OwnerCtx, OwnerRef, Vault};
+use crate::vault::{aad, key_of, prefix, seal_record, OwnerCtx, OwnerRef, Vault};
 use crate::{seal, Error};
 
 /// The first line of every consent receipt.
@@ -255,7 +255,7 @@ impl Vault {
         let mut out: Vec<Grant> = Vec::new();
         for item in self.meta().scan(&key_of(prefix::GRANT, &[&o.op])) {
             let (k, v) = item?;
-            out.push(open_record(&o.keys, &k, &v).ok_or_else(|| Error::Corrupt(crate::vault::describe_key(&k)))?);
+            out.push(self.open_cached(&o.keys, &k, &v).ok_or_else(|| Error::Corrupt(crate::vault::describe_key(&k)))?);
         }
         out.sort_by_key(|g| (g.created_at, g.id));
         Ok(out)

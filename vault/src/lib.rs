@@ -56,6 +56,7 @@ pub mod note;
 #[cfg(feature = "openapi")]
 pub mod openapi;
 pub mod provenance;
+mod record_cache;
 pub mod rights;
 pub mod rotation;
 pub mod seal;

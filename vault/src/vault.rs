@@ -245,6 +245,8 @@ pub struct Vault {
     fail: crate::failstop::FailStop,
     /// Pending agency uploads: counts and limits.
     pub(crate) supply: crate::supply::SupplyState,
+    /// Unsealed records by key and sealed bytes (exact: see `record_cache`).
+    records: crate::record_cache::RecordCache,
 }
 
 impl std::fmt::Debug for Vault {
@@ -413,6 +415,7 @@ impl Vault {
             recovered: RecoveryReport::default(),
             fail: Default::default(),
             supply: Default::default(),
+            records: Default::default(),
         };
         vault.recover()?;
         vault.load_audit()?;
@@ -602,6 +605,8 @@ impl Vault {
     /// Drops an erased owner's keys from the cache (under the owner's exclusive change lock).
     pub(crate) fn forget_owner(&self, op: &OwnerRef) {
         self.owners.write().unwrap_or_else(|p| p.into_inner()).remove(op);
+        // No erased record stays in memory (unreachable anyway: its bytes are gone).
+        self.records.clear();
     }
 
     /// The owner of a storage reference, if the owner key exists.
@@ -703,15 +708,25 @@ impl Vault {
         Ok(Some(map.entry(op).or_insert(ctx).clone()))
     }
 
-    pub(crate) fn get_sealed<T: for<'de> Deserialize<'de>>(
+    pub(crate) fn get_sealed<T: for<'de> Deserialize<'de> + Clone + Send + Sync + 'static>(
         &self,
         keys: &OwnerKeys,
         key: &[u8],
     ) -> Result<Option<T>, Error> {
         match self.meta.get(key)? {
             None => Ok(None),
-            Some(v) => Ok(Some(open_record(keys, key, &v).ok_or_else(|| corrupt(key))?)),
+            Some(v) => Ok(Some(self.open_cached(keys, key, &v).ok_or_else(|| corrupt(key))?)),
         }
+    }
+
+    /// [`open_record`], reusing the record opened from exactly these sealed bytes before.
+    pub(crate) fn open_cached<T: for<'de> Deserialize<'de> + Clone + Send + Sync + 'static>(
+        &self,
+        keys: &OwnerKeys,
+        key: &[u8],
+        sealed: &[u8],
+    ) -> Option<T> {
+        self.records.get_or_open(key, sealed, || open_record(keys, key, sealed))
     }
 
     fn content_key(o: &OwnerCtx, name: &BlobName) -> Vec<u8> {
@@ -1222,7 +1237,7 @@ impl Vault {
             None => {
                 for item in self.meta.scan(&key_of(prefix::DOCUMENT, &[&o.op])) {
                     let (k, v) = item?;
-                    let doc: Document = open_record(&o.keys, &k, &v).ok_or_else(|| corrupt(&k))?;
+                    let doc: Document = self.open_cached(&o.keys, &k, &v).ok_or_else(|| corrupt(&k))?;
                     if doc.owner != o.id {
                         return Err(corrupt(&k));
                     }

@@ -1,0 +1,98 @@
+//! Unsealed metadata records, each kept with the sealed bytes it was opened from.
+//!
+//! A read still fetches the sealed value from the metadata store; only when those bytes are
+//! exactly the ones a record was opened from is the opened record reused (no decryption, no
+//! JSON parse). That is exact by construction, with no invalidation to get wrong, in this
+//! process or across several sharing one store: every write seals a record under a fresh random
+//! nonce (SPEC.md §4), so a changed, revoked or counted grant, a revoked document or a deleted
+//! record never has the bytes of the one cached. Erasure empties the cache, so an erased
+//! owner's records do not stay in memory (SPEC.md §17).
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Most records kept (about 1–3 KiB each).
+const CAPACITY: usize = 4096;
+
+type Slot = (Vec<u8>, Arc<dyn Any + Send + Sync>);
+
+/// The cache (see the module documentation).
+#[derive(Default)]
+pub(crate) struct RecordCache {
+    map: Mutex<HashMap<Vec<u8>, Slot>>,
+}
+
+impl std::fmt::Debug for RecordCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordCache").field("len", &self.lock().len()).finish()
+    }
+}
+
+impl RecordCache {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Slot>> {
+        // Every update is one insert, remove or clear: a poisoned map is still consistent.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The record stored at `key` as `sealed`, opened by `open` unless it was opened from
+    /// exactly these bytes before.
+    pub(crate) fn get_or_open<T: Clone + Send + Sync + 'static>(
+        &self,
+        key: &[u8],
+        sealed: &[u8],
+        open: impl FnOnce() -> Option<T>,
+    ) -> Option<T> {
+        if let Some((bytes, value)) = self.lock().get(key) {
+            if bytes.as_slice() == sealed {
+                if let Some(v) = value.downcast_ref::<T>() {
+                    return Some(v.clone());
+                }
+            }
+        }
+        let v = open()?;
+        let mut map = self.lock();
+        if map.len() >= CAPACITY {
+            map.clear();
+        }
+        map.insert(key.to_vec(), (sealed.to_vec(), Arc::new(v.clone())));
+        Some(v)
+    }
+
+    /// Forgets every record.
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hit_needs_the_same_bytes_and_type() {
+        let c = RecordCache::default();
+        let mut opened = 0;
+        let mut open = |v: u32| {
+            opened += 1;
+            Some(v)
+        };
+        assert_eq!(c.get_or_open(b"k", b"sealed-1", || open(1)), Some(1));
+        assert_eq!(c.get_or_open(b"k", b"sealed-1", || open(99)), Some(1), "same bytes: reused");
+        assert_eq!(c.get_or_open(b"k", b"sealed-2", || open(2)), Some(2), "rewritten: opened again");
+        assert_eq!(c.get_or_open(b"k", b"sealed-2", || Some("other type")), Some("other type"));
+        assert_eq!(c.get_or_open::<u32>(b"k", b"sealed-3", || None), None, "a record that does not open");
+        assert_eq!(opened, 2);
+        c.clear();
+        assert_eq!(c.len(), 0);
+        for i in 0..(CAPACITY as u32 + 10) {
+            c.get_or_open(&i.to_be_bytes(), b"s", || Some(i));
+        }
+        assert!(c.len() <= CAPACITY, "bounded");
+    }
+}
