@@ -368,3 +368,110 @@ fn grant_uses_are_exact_and_revocation_sticks_under_concurrent_reads() {
     assert!(grants.iter().all(|g| g.revoked_at.is_some()));
     assert_eq!(grants.iter().find(|g| g.id == limited.id).unwrap().uses, 50);
 }
+
+/// Agencies' reads under a grant (blocking calls and the non-blocking starts the server uses)
+/// race an erasure of their owner, many times: a read that starts after the erasure returned is
+/// refused, the grant's `max_uses` is never exceeded, every allowed read returned the right
+/// bytes, and the vault is clean and usable afterwards.
+#[test]
+fn erasure_racing_grant_reads_serves_nothing_after_it() {
+    use std::time::Instant;
+    use vault::access::{ReadPoll, Started};
+    const ROUNDS: u64 = 6;
+    const MAX_USES: u64 = 40;
+    for round in 0..ROUNDS {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Arc::new(Vault::open(dir.path(), &master()).unwrap());
+        register(&v);
+        let o = owner(9);
+        let c = Caller::owner(o.clone());
+        let data = content(round, 12_000);
+        let (_, doc, _) = v.put_document_as(&c, &o, data.as_slice(), new_doc(Digest::of(&data), "cccd")).unwrap();
+        let mut terms = grant();
+        terms.max_uses = Some(MAX_USES);
+        v.grant_as(&c, &o, terms).unwrap();
+        let a = Caller::agency(AgencyId::parse(AGENCY).unwrap(), Some(Purpose::parse("1.1").unwrap()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let ops = Arc::new(AtomicUsize::new(0));
+        let readers: Vec<_> = (0..4u32)
+            .map(|t| {
+                let (v, o, a, stop, ops, data) =
+                    (v.clone(), o.clone(), a.clone(), stop.clone(), ops.clone(), data.clone());
+                std::thread::spawn(move || {
+                    // (when the call started, whether it was allowed)
+                    let mut seen: Vec<(Instant, bool)> = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let started = Instant::now();
+                        let r = if t % 2 == 0 {
+                            v.content_as(&a, &o, &doc.id)
+                        } else {
+                            match v.start_content_as(&a, &o, &doc.id) {
+                                Started::Blocking => v.content_as(&a, &o, &doc.id),
+                                Started::Queued(mut read) => {
+                                    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                                    loop {
+                                        match v.poll_read(&mut read, &mut cx) {
+                                            ReadPoll::Ready => break,
+                                            ReadPoll::Lead => {
+                                                let v = v.clone();
+                                                std::thread::spawn(move || v.lead_queue());
+                                            }
+                                            ReadPoll::Pending => std::thread::yield_now(),
+                                        }
+                                    }
+                                    v.finish_read(read)
+                                }
+                            }
+                        };
+                        match r {
+                            Ok((_, mut reader)) => {
+                                let mut out = Vec::new();
+                                std::io::Read::read_to_end(&mut reader, &mut out).unwrap();
+                                assert!(out == data, "round {round}: an allowed read returned other bytes");
+                                seen.push((started, true));
+                            }
+                            Err(e) => {
+                                assert!(
+                                    matches!(e, Error::GrantRequired | Error::NotFound(_)),
+                                    "round {round}: a read racing the erasure failed with {e:?}"
+                                );
+                                seen.push((started, false));
+                            }
+                        }
+                        ops.fetch_add(1, Ordering::SeqCst);
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let wait_for = |n: usize| {
+            while ops.load(Ordering::SeqCst) < n {
+                std::thread::yield_now();
+            }
+        };
+        wait_for(8 + round as usize * 4);
+        v.erase_as(&c, &o).unwrap();
+        let erased = Instant::now();
+        let after = ops.load(Ordering::SeqCst);
+        wait_for(after + 16);
+        stop.store(true, Ordering::SeqCst);
+        let seen: Vec<(Instant, bool)> = readers.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let allowed = seen.iter().filter(|(_, ok)| *ok).count() as u64;
+        assert!(allowed <= MAX_USES, "round {round}: {allowed} reads allowed under a grant of {MAX_USES}");
+        let late = seen.iter().filter(|(at, ok)| *ok && *at > erased).count();
+        assert_eq!(late, 0, "round {round}: {late} reads that started after the erasure were allowed");
+        assert!(seen.iter().any(|(at, _)| *at > erased), "round {round}: no read ran after the erasure");
+        assert!(v.check(true).unwrap().is_clean(), "round {round}: check after the race");
+        // The owner starts afresh: no document, and the log's tree still verifies.
+        assert!(v.documents_as(&c, &o, None).unwrap().is_empty());
+        let size = v.audit_size().unwrap();
+        let root = v.audit_root(size).unwrap();
+        for i in [0, size / 2, size - 1] {
+            let p = v.inclusion_proof(i, size).unwrap();
+            assert!(
+                vault::merkle::verify_inclusion(&p.leaf_hash, i, size, &p.hashes, &root),
+                "round {round}: leaf {i}"
+            );
+        }
+    }
+}
