@@ -51,6 +51,7 @@ pub mod grants;
 pub mod ids;
 pub mod journal;
 pub mod keys;
+pub mod mem_store;
 pub mod merkle;
 pub mod note;
 #[cfg(feature = "openapi")]

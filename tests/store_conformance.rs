@@ -1,0 +1,231 @@
+//! One conformance suite for the storage traits, run against every backend: the in-memory
+//! reference (`vault::mem_store`, which keeps apart what was synced) and the embedded one
+//! (sled + journal, files). Then power loss of the whole vault on the in-memory backend: every
+//! acknowledged write survives, whichever prefix of the unsynced batches the "disk" kept.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use vault::mem_store::{MemBlobs, MemMeta};
+use vault::store::{BlobName, BlobStore, FsBlobs, MetaStore, Op, SledMeta};
+use vault::{Digest, Vault};
+
+fn put(k: &[u8], v: &[u8]) -> Op {
+    Op::Put(k.to_vec(), v.to_vec())
+}
+
+fn keys(it: vault::store::ScanIter<'_>) -> Vec<Vec<u8>> {
+    it.map(|r| r.unwrap().0).collect()
+}
+
+/// What every [`MetaStore`] must do.
+fn meta_suite(name: &str, m: &dyn MetaStore) {
+    let p = |k: &str| format!("Ztest-{k}").into_bytes();
+    assert_eq!(m.get(&p("a")).unwrap(), None, "{name}: absent");
+    m.apply(vec![
+        put(&p("a"), b"1"),
+        put(&p("ab"), b"2"),
+        put(&p("abc"), b"3"),
+        put(&p("ac"), b"4"),
+        put(&[p("a"), vec![0xff]].concat(), b"5"),
+        put(&p("b"), b"6"),
+    ])
+    .unwrap();
+    assert_eq!(m.get(&p("ab")).unwrap().as_deref(), Some(&b"2"[..]), "{name}: get");
+    // Prefix scans: exactly the keys with the prefix, in byte order.
+    assert_eq!(keys(m.scan(&p("ab"))), vec![p("ab"), p("abc")], "{name}: prefix scan");
+    assert_eq!(
+        keys(m.scan(&p("a"))),
+        vec![p("a"), p("ab"), p("abc"), p("ac"), [p("a"), vec![0xff]].concat()],
+        "{name}: byte order"
+    );
+    // Range scans start at the first key at or after `start`, inside the prefix.
+    assert_eq!(
+        keys(m.scan_from(&p("a"), &[p("ab"), vec![0]].concat())),
+        vec![p("abc"), p("ac"), [p("a"), vec![0xff]].concat()],
+        "{name}: scan_from"
+    );
+    assert_eq!(keys(m.scan_from(&p("a"), &p("zz"))), Vec::<Vec<u8>>::new(), "{name}: scan_from past the end");
+    // A batch applies in order: a put then a delete of one key leaves it absent.
+    m.apply(vec![put(&p("t"), b"x"), Op::Delete(p("t")), Op::Delete(p("b")), put(&p("ac"), b"44")]).unwrap();
+    assert_eq!(m.get(&p("t")).unwrap(), None, "{name}: batch order");
+    assert_eq!(m.get(&p("b")).unwrap(), None, "{name}: delete");
+    assert_eq!(m.get(&p("ac")).unwrap().as_deref(), Some(&b"44"[..]), "{name}: overwrite");
+    // Compare-and-swap.
+    assert!(m.compare_and_swap(&p("cas"), None, Some(b"1".to_vec())).unwrap(), "{name}: cas from absent");
+    assert!(!m.compare_and_swap(&p("cas"), None, Some(b"2".to_vec())).unwrap(), "{name}: cas, not absent");
+    assert!(!m.compare_and_swap(&p("cas"), Some(b"9"), Some(b"2".to_vec())).unwrap(), "{name}: cas, wrong old");
+    assert!(m.compare_and_swap(&p("cas"), Some(b"1"), Some(b"2".to_vec())).unwrap(), "{name}: cas");
+    assert!(m.compare_and_swap(&p("cas"), Some(b"2"), None).unwrap(), "{name}: cas to absent");
+    assert_eq!(m.get(&p("cas")).unwrap(), None);
+    // Large values round-trip.
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    m.apply(vec![put(&p("big"), &big)]).unwrap();
+    assert!(m.get(&p("big")).unwrap().unwrap() == big, "{name}: 1 MB value");
+    // Concurrent batches all land.
+    std::thread::scope(|s| {
+        for t in 0..4u8 {
+            s.spawn(move || {
+                for i in 0..100u8 {
+                    m.apply(vec![put(&[b"Zconc-".as_slice(), &[t, i]].concat(), &[t, i])]).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(m.scan(b"Zconc-").count(), 400, "{name}: concurrent batches");
+    m.sync().unwrap();
+    // The signed floor only rises.
+    m.raise_signed_floor(10, [1; 32]).unwrap();
+    m.raise_signed_floor(5, [2; 32]).unwrap();
+    if let Some(floor) = m.signed_floor() {
+        assert_eq!(floor, (10, [1; 32]), "{name}: the floor never goes down");
+    }
+}
+
+/// What every [`BlobStore`] must do.
+fn blob_suite(name: &str, b: &dyn BlobStore) {
+    let owner = [7u8; 16];
+    let other = [8u8; 16];
+    let n = |i: u8, o: [u8; 16]| BlobName { owner: o, name: [i; 32] };
+    assert!(b.open(&n(1, owner)).unwrap().is_none(), "{name}: absent");
+    assert_eq!(b.len(&n(1, owner)).unwrap(), None);
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    for (i, o) in [(1, owner), (2, owner), (3, other)] {
+        let mut w = b.create(&o).unwrap();
+        // Written out of order, as the blob codec does (header last).
+        w.write_all(&[0u8; 16]).unwrap();
+        w.write_all(&data[16..]).unwrap();
+        w.seek(SeekFrom::Start(0)).unwrap();
+        w.write_all(&data[..16]).unwrap();
+        w.commit(&n(i, o)).unwrap();
+    }
+    b.sync().unwrap();
+    let mut r = b.open(&n(1, owner)).unwrap().unwrap();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).unwrap();
+    assert!(got == data, "{name}: round trip");
+    r.seek(SeekFrom::Start(299_990)).unwrap();
+    let mut tail = Vec::new();
+    r.read_to_end(&mut tail).unwrap();
+    assert_eq!(tail, data[299_990..], "{name}: seek");
+    assert_eq!(b.len(&n(2, owner)).unwrap(), Some(300_000));
+    let listed = b.list().unwrap().blobs;
+    for i in [n(1, owner), n(2, owner), n(3, other)] {
+        assert!(listed.contains(&i), "{name}: listed {i:?}");
+    }
+    // A blob never committed is not there.
+    let mut w = b.create(&owner).unwrap();
+    w.write_all(b"unfinished").unwrap();
+    drop(w);
+    assert!(b.open(&n(9, owner)).unwrap().is_none(), "{name}: uncommitted");
+    b.remove(&n(2, owner)).unwrap();
+    b.remove(&n(2, owner)).unwrap(); // absent is fine
+    assert!(b.open(&n(2, owner)).unwrap().is_none(), "{name}: removed");
+    assert_eq!(b.remove_owner(&owner).unwrap(), 1, "{name}: remove_owner counts");
+    assert!(b.open(&n(1, owner)).unwrap().is_none(), "{name}: owner removed");
+    assert!(b.open(&n(3, other)).unwrap().is_some(), "{name}: other owners untouched");
+    b.sync().unwrap();
+    assert!(!b.describe(&n(3, other)).is_empty());
+}
+
+#[test]
+fn the_in_memory_backend_conforms() {
+    meta_suite("memory", &MemMeta::new());
+    blob_suite("memory", &MemBlobs::new());
+}
+
+#[test]
+fn the_embedded_backend_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let m = SledMeta::open(&dir.path().join("meta")).unwrap();
+        meta_suite("sled", &m);
+        m.close().unwrap();
+    }
+    // What was synced is there after a reopen.
+    let m = SledMeta::open(&dir.path().join("meta")).unwrap();
+    assert_eq!(m.get(b"Ztest-ac").unwrap().as_deref(), Some(&b"44"[..]));
+    assert_eq!(m.scan(b"Zconc-").count(), 400);
+    blob_suite("files", &FsBlobs::open(dir.path().join("blobs")).unwrap());
+}
+
+#[test]
+fn the_in_memory_backend_loses_exactly_what_was_not_synced() {
+    let m = MemMeta::new();
+    m.apply(vec![put(b"k1", b"1")]).unwrap();
+    m.sync().unwrap();
+    m.apply(vec![put(b"k2", b"2")]).unwrap();
+    m.apply(vec![put(b"k3", b"3"), Op::Delete(b"k1".to_vec())]).unwrap();
+    assert_eq!(m.unsynced_batches(), 2);
+    let lost = m.crash(0);
+    assert_eq!((lost.get(b"k1").unwrap(), lost.get(b"k2").unwrap()), (Some(b"1".to_vec()), None));
+    let prefix = m.crash(1);
+    assert_eq!((prefix.get(b"k2").unwrap().is_some(), prefix.get(b"k3").unwrap()), (true, None));
+    let all = m.crash(usize::MAX);
+    assert_eq!((all.get(b"k1").unwrap(), all.get(b"k3").unwrap()), (None, Some(b"3".to_vec())));
+    let b = MemBlobs::new();
+    let name = BlobName { owner: [1; 16], name: [2; 32] };
+    let mut w = b.create(&[1; 16]).unwrap();
+    w.write_all(b"x").unwrap();
+    w.commit(&name).unwrap();
+    assert!(b.crash().open(&name).unwrap().is_none(), "committed, not synced: lost");
+    b.sync().unwrap();
+    assert!(b.crash().open(&name).unwrap().is_some(), "synced: kept");
+}
+
+/// Power loss under concurrent writers: every write the vault acknowledged is there after the
+/// crash, whichever prefix of the unsynced metadata batches survived, and `check` is clean.
+#[test]
+fn power_loss_keeps_every_acknowledged_write() {
+    for (round, keep) in [0usize, 1, 3, usize::MAX].into_iter().enumerate() {
+        let (meta, blobs) = (MemMeta::new(), MemBlobs::new());
+        let v = Arc::new(Vault::open_with(Box::new(meta.clone()), Box::new(blobs.clone()), &master(), None).unwrap());
+        let acked: Arc<Mutex<Vec<(vault::OwnerId, vault::DocumentId, Vec<u8>)>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..4u32)
+            .map(|t| {
+                let (v, acked, stop) = (v.clone(), acked.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let o = owner(t);
+                    for i in 0u64.. {
+                        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                            break;
+                        }
+                        // Small (inline) and large (blob) contents.
+                        let data =
+                            content((round as u64) << 40 | u64::from(t) << 32 | i, [200, 40_000][i as usize % 2]);
+                        let doc = v.put_document(&o, data.as_slice(), new_doc(Digest::of(&data), "cccd")).unwrap().1;
+                        acked.lock().unwrap().push((o.clone(), doc.id, data));
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // The power goes: metadata first, then blobs (their durable state only grows after,
+        // and the vault makes a blob durable before any record points at it).
+        let (crashed_meta, crashed_blobs, before) = {
+            let acked = acked.lock().unwrap();
+            (meta.crash(keep), blobs.crash(), acked.clone())
+        };
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for w in writers {
+            w.join().unwrap();
+        }
+        drop(v);
+        assert!(before.len() > 10, "round {round}: only {} writes acknowledged", before.len());
+        let v = Vault::open_with(Box::new(crashed_meta), Box::new(crashed_blobs), &master(), None).unwrap();
+        for (o, id, data) in &before {
+            let (_, mut r) = v.open_document_content(o, id).unwrap_or_else(|e| panic!("round {round}: {id} lost: {e}"));
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).unwrap();
+            assert!(got == *data, "round {round}: {id} differs");
+        }
+        let report = v.check(true).unwrap();
+        assert!(report.is_clean(), "round {round} (kept {keep} unsynced batches):\n{report}");
+    }
+}
