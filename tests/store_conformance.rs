@@ -178,6 +178,9 @@ fn the_in_memory_backend_loses_exactly_what_was_not_synced() {
     assert!(b.crash().open(&name).unwrap().is_some(), "synced: kept");
 }
 
+/// An acknowledged document: its owner, id and content.
+type Acked = (vault::OwnerId, vault::DocumentId, Vec<u8>);
+
 /// Power loss under concurrent writers: every write the vault acknowledged is there after the
 /// crash, whichever prefix of the unsynced metadata batches survived, and `check` is clean.
 #[test]
@@ -185,7 +188,7 @@ fn power_loss_keeps_every_acknowledged_write() {
     for (round, keep) in [0usize, 1, 3, usize::MAX].into_iter().enumerate() {
         let (meta, blobs) = (MemMeta::new(), MemBlobs::new());
         let v = Arc::new(Vault::open_with(Box::new(meta.clone()), Box::new(blobs.clone()), &master(), None).unwrap());
-        let acked: Arc<Mutex<Vec<(vault::OwnerId, vault::DocumentId, Vec<u8>)>>> = Arc::default();
+        let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writers: Vec<_> = (0..4u32)
             .map(|t| {
