@@ -146,6 +146,35 @@ pub struct AgencyPath {
     pub agency: vault::AgencyId,
 }
 
+/// `{agency}` and `{id}` of a webhook subscription.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct WebhookPath {
+    /// The agency id.
+    pub agency: vault::AgencyId,
+    /// The subscription id (`a-z 0-9 . _ -`, 1 to 64 characters).
+    pub id: vault::events::WebhookId,
+}
+
+/// `{agency}`, `{id}` and `{event}` of a parked event.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RedeliverPath {
+    /// The agency id.
+    pub agency: vault::AgencyId,
+    /// The subscription id.
+    pub id: vault::events::WebhookId,
+    /// The event id (`webhook-id`).
+    pub event: vault::events::EventId,
+}
+
+/// `{"events": [...]}`: parked deliveries.
+#[derive(Debug, ToSchema)]
+pub struct FailedEvents {
+    /// Oldest first.
+    pub events: Vec<vault::events::Delivery>,
+}
+
 /// `Vault-Purpose`: why an agency reads an owner's data (required for agencies' reads).
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Header)]
@@ -446,6 +475,8 @@ fn errors_of(method: &str, path: &str) -> &'static [(u16, &'static str)] {
         ("get", "/v1/agencies" | "/v1/grants") => &[AUTH, FORBIDDEN, UNAVAILABLE],
         ("get", "/v1/agencies/{agency}") => &[AUTH, NOT_FOUND, UNAVAILABLE],
         ("get", "/v1/stats/reuse") => &[BAD, AUTH, FORBIDDEN, UNAVAILABLE],
+        ("put", "/v1/agencies/{agency}/webhooks/{id}") => &[BAD, AUTH, FORBIDDEN, NOT_FOUND, CONFLICT, LARGE, UNAVAILABLE],
+        (_, p) if p.starts_with("/v1/agencies/{agency}/webhooks/") => &[BAD, AUTH, FORBIDDEN, NOT_FOUND, UNAVAILABLE],
         (_, p) if p.contains("{id}") || p.contains("{index}") => {
             &[BAD, AUTH, FORBIDDEN, NOT_FOUND, GONE, LARGE, UNAVAILABLE]
         }
@@ -544,6 +575,11 @@ impl Modify for Contract {
         api::put_agency,
         api::list_agencies,
         api::get_agency,
+        crate::webhooks::put_webhook,
+        crate::webhooks::get_webhook,
+        crate::webhooks::delete_webhook,
+        crate::webhooks::failed_events,
+        crate::webhooks::redeliver,
         crate::stats::reuse_stats,
         api::vault_key,
         api::healthz,
