@@ -35,7 +35,13 @@ fn python() -> Option<PathBuf> {
             return Some(py);
         }
         let ok = (py.exists()
-            || Command::new("timeout").arg("120").arg("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success()))
+            || Command::new("timeout")
+                .arg("120")
+                .arg("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .is_ok_and(|s| s.success()))
             && Command::new("timeout")
                 .arg("300")
                 .arg(venv.join("bin/pip"))
@@ -197,7 +203,12 @@ fn each_event_type_is_delivered_signed_and_verified_independently() {
     let data = b"birth certificate bytes".to_vec();
     let r = call("PUT", &s.url(&format!("{base}/contents/{}", Digest::of(&data))), Some(&iss), &[], Some(&data));
     assert_eq!(r.status, 201);
-    let r = post_json(&s.url(&format!("{base}/documents")), &iss, None, &signed_deposit(CITIZEN, &data, "ubnd-xa", &iss_key));
+    let r = post_json(
+        &s.url(&format!("{base}/documents")),
+        &iss,
+        None,
+        &signed_deposit(CITIZEN, &data, "ubnd-xa", &iss_key),
+    );
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let doc = r.json()["id"].as_str().unwrap().to_owned();
     let used = grant(&s, "so-gd", 3600, Some(1));
@@ -377,23 +388,55 @@ fn bad_subscriptions_are_refused_with_clear_errors() {
     let ok = json!({"url": "https://dossier.example.vn/hooks", "events": ["grant.created"]});
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"{\"url\": ".to_vec(), "malformed JSON"),
-        (json!({"url": "https://dossier.example.vn/", "events": ["grant.deleted"]}).to_string().into(), "unknown variant"),
+        (
+            json!({"url": "https://dossier.example.vn/", "events": ["grant.deleted"]}).to_string().into(),
+            "unknown variant",
+        ),
         (json!({"url": "https://dossier.example.vn/", "events": []}).to_string().into(), "at least one"),
-        (json!({"url": "https://dossier.example.vn/", "events": ["grant.created", "grant.created"]}).to_string().into(), "twice"),
-        (json!({"url": "https://dossier.example.vn/", "events": ["grant.created"], "secret": "x"}).to_string().into(), "unknown field"),
+        (
+            json!({"url": "https://dossier.example.vn/", "events": ["grant.created", "grant.created"]})
+                .to_string()
+                .into(),
+            "twice",
+        ),
+        (
+            json!({"url": "https://dossier.example.vn/", "events": ["grant.created"], "secret": "x"})
+                .to_string()
+                .into(),
+            "unknown field",
+        ),
         (json!({"url": "http://127.0.0.1:9000/", "events": ["grant.created"]}).to_string().into(), "only https"),
         (json!({"url": "http://dossier.example.vn/", "events": ["grant.created"]}).to_string().into(), "only https"),
         (json!({"url": "ftp://dossier.example.vn/", "events": ["grant.created"]}).to_string().into(), "only https"),
         (json!({"url": "https://10.0.0.7/", "events": ["grant.created"]}).to_string().into(), "not a public address"),
-        (json!({"url": "https://169.254.169.254/latest", "events": ["grant.created"]}).to_string().into(), "not a public address"),
+        (
+            json!({"url": "https://169.254.169.254/latest", "events": ["grant.created"]}).to_string().into(),
+            "not a public address",
+        ),
         (json!({"url": "https://[::1]:8443/", "events": ["grant.created"]}).to_string().into(), "not a public address"),
-        (json!({"url": "https://[::ffff:192.168.0.1]/", "events": ["grant.created"]}).to_string().into(), "not a public address"),
-        (json!({"url": "https://user:pw@dossier.example.vn/", "events": ["grant.created"]}).to_string().into(), "user name"),
-        (json!({"url": format!("https://dossier.example.vn/{}", "a".repeat(3000)), "events": ["grant.created"]}).to_string().into(), "at most 2048"),
+        (
+            json!({"url": "https://[::ffff:192.168.0.1]/", "events": ["grant.created"]}).to_string().into(),
+            "not a public address",
+        ),
+        (
+            json!({"url": "https://user:pw@dossier.example.vn/", "events": ["grant.created"]}).to_string().into(),
+            "user name",
+        ),
+        (
+            json!({"url": format!("https://dossier.example.vn/{}", "a".repeat(3000)), "events": ["grant.created"]})
+                .to_string()
+                .into(),
+            "at most 2048",
+        ),
     ];
     for (body, why) in &cases {
         let r = put("main", body);
-        assert_eq!((r.status, r.code().as_str()), (400, "invalid_request"), "{why}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "invalid_request"),
+            "{why}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert!(String::from_utf8_lossy(&r.body).contains(why), "{why}: {}", String::from_utf8_lossy(&r.body));
     }
     // Oversized body.
@@ -430,7 +473,10 @@ fn bad_subscriptions_are_refused_with_clear_errors() {
     let r = put("main", ok.to_string().as_bytes());
     assert_eq!(r.status, 200);
     let v = r.json();
-    assert_eq!((v["url"].as_str(), v["events"].clone()), (Some("https://dossier.example.vn/hooks"), json!(["grant.created"])));
+    assert_eq!(
+        (v["url"].as_str(), v["events"].clone()),
+        (Some("https://dossier.example.vn/hooks"), json!(["grant.created"]))
+    );
     assert_eq!(call("DELETE", &s.url("/v1/agencies/so-gd/webhooks/main"), Some(&s.operator()), &[], None).status, 204);
     assert_eq!(get_hook(&s, "so-gd", "main").status, 404);
     assert_eq!(call("DELETE", &s.url("/v1/agencies/so-gd/webhooks/main"), Some(&s.operator()), &[], None).status, 404);

@@ -475,7 +475,9 @@ fn errors_of(method: &str, path: &str) -> &'static [(u16, &'static str)] {
         ("get", "/v1/agencies" | "/v1/grants") => &[AUTH, FORBIDDEN, UNAVAILABLE],
         ("get", "/v1/agencies/{agency}") => &[AUTH, NOT_FOUND, UNAVAILABLE],
         ("get", "/v1/stats/reuse") => &[BAD, AUTH, FORBIDDEN, UNAVAILABLE],
-        ("put", "/v1/agencies/{agency}/webhooks/{id}") => &[BAD, AUTH, FORBIDDEN, NOT_FOUND, CONFLICT, LARGE, UNAVAILABLE],
+        ("put", "/v1/agencies/{agency}/webhooks/{id}") => {
+            &[BAD, AUTH, FORBIDDEN, NOT_FOUND, CONFLICT, LARGE, UNAVAILABLE]
+        }
         (_, p) if p.starts_with("/v1/agencies/{agency}/webhooks/") => &[BAD, AUTH, FORBIDDEN, NOT_FOUND, UNAVAILABLE],
         (_, p) if p.contains("{id}") || p.contains("{index}") => {
             &[BAD, AUTH, FORBIDDEN, NOT_FOUND, GONE, LARGE, UNAVAILABLE]

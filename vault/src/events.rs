@@ -916,7 +916,8 @@ mod tests {
         }
         let e = EventId::fresh();
         assert_eq!(EventId::parse(&e.to_string()).unwrap(), e);
-        for bad in ["msg_", "msg_0123", "evt_00000000000000000000000000000000", "msg_0000000000000000000000000000000G"] {
+        for bad in ["msg_", "msg_0123", "evt_00000000000000000000000000000000", "msg_0000000000000000000000000000000G"]
+        {
             assert!(EventId::parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -957,6 +958,128 @@ mod tests {
             assert!(WebhookUrl::parse(bad).is_err(), "{bad}");
         }
         assert!(WebhookUrl::parse(&format!("https://x.vn/{}", "a".repeat(MAX_URL))).is_err());
+    }
+
+    use crate::grants::NewGrant;
+    use crate::ids::{DocType, Purpose};
+    use crate::{MasterKey, Vault};
+
+    fn setup() -> (tempfile::TempDir, Vault, AgencyId, OwnerId) {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Vault::open(dir.path(), &MasterKey::from_bytes([3; 32])).unwrap();
+        let a = AgencyId::parse("so-gd").unwrap();
+        let new = crate::provenance::NewAgency { name: "Sở GD".into(), keys: vec![] };
+        v.put_agency_as(&Caller::operator(), &a, new).unwrap();
+        (dir, v, a, OwnerId::parse("citizen:001099012345").unwrap())
+    }
+
+    fn subscribe(v: &Vault, a: &AgencyId, id: &str, events: &[EventType]) {
+        let new =
+            NewWebhook { url: WebhookUrl::parse("https://dossier.example.vn/h").unwrap(), events: events.to_vec() };
+        v.put_webhook_as(&Caller::operator(), a, &WebhookId::parse(id).unwrap(), new, &UrlPolicy::default()).unwrap();
+    }
+
+    fn terms(a: &AgencyId, secs: i64) -> NewGrant {
+        NewGrant {
+            grantee: a.clone(),
+            purpose: Purpose::parse("1.000001").unwrap(),
+            purpose_text: String::new(),
+            doc_types: vec![DocType::parse("giay-khai-sinh").unwrap()],
+            documents: vec![],
+            expires_at: Timestamp::now().plus_seconds(secs),
+            max_uses: None,
+        }
+    }
+
+    fn kinds(v: &Vault) -> Vec<EventType> {
+        v.due_deliveries(Timestamp::now().plus_seconds(1), 100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, d)| d.event.kind)
+            .collect()
+    }
+
+    #[test]
+    fn events_ride_with_their_change_and_only_to_subscribers_that_want_them() {
+        let (_dir, v, a, owner) = setup();
+        let me = Caller::owner(owner.clone());
+        // No subscription: nothing is written.
+        v.grant_as(&me, &owner, terms(&a, 3600)).unwrap();
+        assert!(kinds(&v).is_empty());
+        subscribe(&v, &a, "main", &[EventType::GrantCreated, EventType::GrantRevoked]);
+        subscribe(&v, &a, "audit", &[EventType::GrantRevoked]);
+        let g = v.grant_as(&me, &owner, terms(&a, 3600)).unwrap();
+        assert_eq!(kinds(&v), vec![EventType::GrantCreated]);
+        // A refused change writes no event.
+        assert!(v.grant_as(&me, &owner, terms(&a, -10)).is_err());
+        assert_eq!(kinds(&v).len(), 1);
+        v.revoke_grant_as(&me, &owner, &g.id).unwrap();
+        // Revoked: one event per subscription wanting it, the same event id for both.
+        let due = v.due_deliveries(Timestamp::now().plus_seconds(1), 100).unwrap();
+        let revoked: Vec<&Delivery> =
+            due.iter().map(|(_, d)| d).filter(|d| d.event.kind == EventType::GrantRevoked).collect();
+        assert_eq!(revoked.len(), 2);
+        assert_eq!(revoked[0].event.id, revoked[1].event.id);
+        assert_eq!(revoked[0].event.data["grant"], g.id.to_string());
+        // Revoking again changes nothing and says nothing.
+        v.revoke_grant_as(&me, &owner, &g.id).unwrap();
+        assert_eq!(kinds(&v).len(), 3);
+        // Deleting a subscription takes its events with it.
+        v.delete_webhook_as(&Caller::operator(), &a, &WebhookId::parse("audit").unwrap()).unwrap();
+        assert_eq!(kinds(&v).len(), 2);
+        assert!(v.check(false).unwrap().is_clean());
+    }
+
+    #[test]
+    fn grant_expired_is_emitted_exactly_once_and_not_for_a_revoked_grant() {
+        let (dir, v, a, owner) = setup();
+        let me = Caller::owner(owner.clone());
+        subscribe(&v, &a, "main", &[EventType::GrantExpired]);
+        let kept = v.grant_as(&me, &owner, terms(&a, 60)).unwrap();
+        let revoked = v.grant_as(&me, &owner, terms(&a, 60)).unwrap();
+        v.revoke_grant_as(&me, &owner, &revoked.id).unwrap();
+        assert_eq!(v.sweep_grant_expiry(Timestamp::now()).unwrap(), 0, "not yet expired");
+        let later = Timestamp::now().plus_seconds(120);
+        assert_eq!(v.sweep_grant_expiry(later).unwrap(), 1);
+        assert_eq!(v.sweep_grant_expiry(later).unwrap(), 0, "exactly once");
+        // ...also across a restart.
+        drop(v);
+        let v = Vault::open(dir.path(), &MasterKey::from_bytes([3; 32])).unwrap();
+        assert_eq!(v.sweep_grant_expiry(later).unwrap(), 0);
+        let due = v.due_deliveries(later, 100).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].1.event.data["grant"], kept.id.to_string());
+        assert_eq!(due[0].1.event.timestamp, kept.terms.expires_at);
+    }
+
+    #[test]
+    fn a_failing_delivery_is_parked_listed_and_redelivered_with_its_id() {
+        let (_dir, v, a, owner) = setup();
+        subscribe(&v, &a, "main", &[EventType::GrantCreated]);
+        v.grant_as(&Caller::owner(owner.clone()), &owner, terms(&a, 3600)).unwrap();
+        let (key, mut d) = v.due_deliveries(Timestamp::now(), 10).unwrap().remove(0);
+        let id = d.event.id;
+        d.attempts = 1;
+        d.next_attempt = Timestamp::now().plus_seconds(600);
+        v.delivery_failed(&key, d.clone()).unwrap();
+        assert!(v.due_deliveries(Timestamp::now(), 10).unwrap().is_empty(), "not due before next_attempt");
+        d.parked_at = Some(Timestamp::now());
+        d.last_error = Some("x".repeat(1000));
+        v.delivery_failed(&key, d).unwrap();
+        let w = WebhookId::parse("main").unwrap();
+        let op = Caller::operator();
+        let view = v.webhook_as(&op, &a, &w).unwrap();
+        assert_eq!((view.pending, view.parked), (0, 1));
+        let failed = v.failed_events_as(&op, &a, &w).unwrap();
+        assert_eq!(failed[0].event.id, id);
+        assert_eq!(failed[0].last_error.as_ref().unwrap().len(), MAX_ERROR);
+        assert!(matches!(v.failed_events_as(&Caller::owner(owner.clone()), &a, &w), Err(Error::Forbidden)));
+        v.redeliver_as(&op, &a, &w, &id).unwrap();
+        let (key, d) = v.due_deliveries(Timestamp::now(), 10).unwrap().remove(0);
+        assert_eq!((d.event.id, d.attempts, d.parked_at), (id, 0, None));
+        assert!(matches!(v.redeliver_as(&op, &a, &w, &id), Err(Error::NotFound(_))));
+        v.delivery_done(&key).unwrap();
+        assert_eq!(v.webhook_as(&op, &a, &w).unwrap().pending, 0);
     }
 
     #[test]
