@@ -439,8 +439,11 @@ pub fn signed_content(id: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
 /// In-memory state: the subscriptions (loaded at first use, kept in step with every change).
 #[derive(Debug, Default)]
 pub(crate) struct EventState {
-    subs: Mutex<Option<BTreeMap<(AgencyId, WebhookId), Webhook>>>,
+    subs: Mutex<Option<Subs>>,
 }
+
+/// Every subscription, by agency and id.
+type Subs = BTreeMap<(AgencyId, WebhookId), Webhook>;
 
 fn sub_key(agency: &AgencyId, id: &WebhookId) -> Vec<u8> {
     key_of(prefix::WEBHOOK, &[agency.as_str().as_bytes(), &[0], id.as_str().as_bytes()])
@@ -486,7 +489,7 @@ impl Vault {
         serde_json::from_slice(&plain).map_err(|_| corrupt(key))
     }
 
-    fn subs(&self) -> Result<MutexGuard<'_, Option<BTreeMap<(AgencyId, WebhookId), Webhook>>>, Error> {
+    fn subs(&self) -> Result<MutexGuard<'_, Option<Subs>>, Error> {
         let mut g = self.events.subs.lock().unwrap_or_else(|p| p.into_inner());
         if g.is_none() {
             let mut all = BTreeMap::new();
