@@ -506,3 +506,44 @@ fn a_host_name_resolving_to_loopback_is_refused_at_delivery_and_never_connected(
     assert!(err.contains("no allowed address"), "{err}");
     assert!(matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "a connection was made");
 }
+
+#[test]
+fn the_independent_verifier_refuses_forged_tampered_and_stale_deliveries() {
+    // The receiver's verdicts above mean something only if it refuses what it must.
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine as _;
+    use ed25519_dalek::{Signer as _, SigningKey};
+    let Some(py) = python() else { return };
+    let key = SigningKey::from_bytes(&[9; 32]);
+    let other = SigningKey::from_bytes(&[10; 32]);
+    let rx = Receiver::start(&py, &format!("whpk_{}", B64.encode(key.verifying_key().to_bytes())), 0, "ok");
+    let body = br#"{"type":"grant.created","timestamp":"2026-12-03T10:00:00Z","data":{}}"#;
+    let id = "msg_0123456789abcdef0123456789abcdef";
+    let sign = |k: &SigningKey, ts: i64, b: &[u8]| {
+        let mut m = format!("{id}.{ts}.").into_bytes();
+        m.extend_from_slice(b);
+        format!("v1a,{}", B64.encode(k.sign(&m).to_bytes()))
+    };
+    let send = |ts: i64, sig: &str, b: &[u8]| {
+        let r = call(
+            "POST",
+            &rx.url(),
+            None,
+            &[("webhook-id", id), ("webhook-timestamp", &ts.to_string()), ("webhook-signature", sig)],
+            Some(b),
+        );
+        r.status
+    };
+    let t = now();
+    assert_eq!(send(t, &sign(&key, t, body), body), 204);
+    assert_eq!(send(t, &format!("v1,abc {}", sign(&key, t, body)), body), 204, "any matching v1a entry");
+    let mut tampered = body.to_vec();
+    tampered[10] ^= 1;
+    assert_eq!(send(t, &sign(&key, t, body), &tampered), 401, "tampered body");
+    assert_eq!(send(t, &sign(&other, t, body), body), 401, "another key");
+    assert_eq!(send(t + 1, &sign(&key, t, body), body), 401, "another timestamp");
+    assert_eq!(send(t - 3600, &sign(&key, t - 3600, body), body), 401, "stale");
+    assert_eq!(send(t, &sign(&key, t, body).replacen("v1a,", "v1,", 1), body), 401, "not v1a");
+    let reqs = rx.requests();
+    assert_eq!(reqs.iter().filter(|r| r["valid"] == true).count(), 2, "{reqs:#?}");
+}
