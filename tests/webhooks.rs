@@ -464,7 +464,18 @@ fn bad_subscriptions_are_refused_with_clear_errors() {
             Some(ok.to_string().as_bytes()),
         );
         assert_eq!(r.status, 403);
+        // Refused before the body is read: a bad body is 403 too.
+        let r = call(
+            "PUT",
+            &s.url("/v1/agencies/so-gd/webhooks/main"),
+            Some(&tok),
+            &[("Content-Type", "application/json")],
+            Some(b"{\"url\": \"ftp://x\"}"),
+        );
+        assert_eq!(r.status, 403);
         assert_eq!(call("GET", &s.url("/v1/agencies/so-gd/webhooks/main"), Some(&tok), &[], None).status, 403);
+        assert_eq!(call("GET", &s.url("/v1/agencies/so-gd/webhooks/main/failed"), Some(&tok), &[], None).status, 403);
+        assert_eq!(call("DELETE", &s.url("/v1/agencies/so-gd/webhooks/main"), Some(&tok), &[], None).status, 403);
     }
     // Nothing was stored by any of it.
     assert_eq!(get_hook(&s, "so-gd", "main").status, 404);

@@ -94,8 +94,11 @@ pub(crate) async fn put_webhook(
     body: Body,
 ) -> ApiResult {
     let (agency, id) = ids(&agency, &id)?;
-    let new: NewWebhook = json_body_limited(&headers, body, MAX_WEBHOOK_BODY).await?;
     let v = st.vault()?;
+    // Only the operator's body is read: anyone else gets 403 whatever they send.
+    let (w, c) = (v.clone(), caller.clone());
+    blocking(move || w.may_put_webhook_as(&c)).await?;
+    let new: NewWebhook = json_body_limited(&headers, body, MAX_WEBHOOK_BODY).await?;
     let policy = st.webhooks.policy;
     let (view, created) = blocking(move || {
         let (_, created) = v.put_webhook_as(&caller, &agency, &id, new, &policy)?;

@@ -660,6 +660,12 @@ impl Vault {
         Ok(d)
     }
 
+    /// Refuses (and logs the refusal as `webhook.put`) anyone but the operator: lets a server
+    /// answer 403 before it reads a subscription body.
+    pub fn may_put_webhook_as(&self, caller: &Caller) -> Result<(), Error> {
+        self.require_operator(caller, "webhook.put").map(|_| ())
+    }
+
     /// Creates or replaces a subscription (the operator only; logged). The agency must be
     /// registered. Returns it and whether it is new. Events already waiting keep waiting and go
     /// to the new URL.
