@@ -558,3 +558,57 @@ fn the_independent_verifier_refuses_forged_tampered_and_stale_deliveries() {
     let reqs = rx.requests();
     assert_eq!(reqs.iter().filter(|r| r["valid"] == true).count(), 2, "{reqs:#?}");
 }
+
+#[test]
+fn kill_9_during_a_stream_of_changes_keeps_the_event_of_every_acknowledged_one() {
+    let Some(py) = python() else { return };
+    let s = Server::start(&args(&[]));
+    register_agency(&s, "so-gd", 22);
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    assert_eq!(put_hook(&s, "so-gd", "main", &json!({"url": url, "events": ["grant.created"]})).status, 201);
+    let pk = get_hook(&s, "so-gd", "main").json()["public_key"].as_str().unwrap().to_owned();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let writers: Vec<_> = (0..3)
+        .map(|_| {
+            let (acked, base, tok) = (acked.clone(), s.base.clone(), s.owner(CITIZEN));
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                while started.elapsed() < WAIT {
+                    let body = json!({"grantee": "so-gd", "purpose": "1.000001", "doc_types": ["giay-khai-sinh"],
+                                      "expires_at": Timestamp::now().plus_seconds(3600).to_string()});
+                    let r = ureq::post(&format!("{base}/v1/owners/{CITIZEN}/grants"))
+                        .timeout(Duration::from_secs(10))
+                        .set("Authorization", &format!("Bearer {tok}"))
+                        .send_json(body);
+                    match r {
+                        Ok(r) if r.status() == 201 => {
+                            let v: Value = r.into_json().unwrap();
+                            acked.lock().unwrap().push(v["id"].as_str().unwrap().to_owned());
+                        }
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    while acked.lock().unwrap().len() < 20 {
+        assert!(start.elapsed() < WAIT, "the writers made no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let dir = s.stop(); // kill -9 while grants are being written
+    for w in writers {
+        w.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let s = Server::start_at(dir, free_port(), &args(&[]));
+    let rx = Receiver::start(&py, &pk, port, "ok");
+    let reqs = rx.wait_for("an event for every acknowledged grant", |r| {
+        let got: std::collections::BTreeSet<&str> =
+            r.iter().filter_map(|x| x["body"]["data"]["grant"].as_str()).collect();
+        acked.iter().all(|g| got.contains(g.as_str()))
+    });
+    all_valid(&reqs);
+    wait_hook(&s, "so-gd", "main", "an empty outbox", |v| v["pending"] == 0);
+}
