@@ -221,12 +221,10 @@ fn describe(e: &reqwest::Error) -> String {
     s
 }
 
-/// One attempt: `Ok` on a 2xx answer, else why not.
-async fn attempt(vault: &Vault, client: &reqwest::Client, cfg: &WebhookConfig, d: &Delivery) -> Result<(), String> {
-    let w = vault
-        .webhook(&d.agency, &d.webhook)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "the subscription is gone".to_owned())?;
+/// One attempt: `Ok(true)` on a 2xx answer, `Ok(false)` when the subscription is gone (the
+/// event is dropped), else why not.
+async fn attempt(vault: &Vault, client: &reqwest::Client, cfg: &WebhookConfig, d: &Delivery) -> Result<bool, String> {
+    let Some(w) = vault.webhook(&d.agency, &d.webhook).map_err(|e| e.to_string())? else { return Ok(false) };
     // The policy of this run (it may be stricter than when the subscription was made).
     cfg.policy.check(&w.url).map_err(|e| format!("refused: {e}"))?;
     let body = d.event.body();
@@ -245,7 +243,7 @@ async fn attempt(vault: &Vault, client: &reqwest::Client, cfg: &WebhookConfig, d
         .map_err(|e| describe(&e))?;
     let status = resp.status();
     if status.is_success() {
-        Ok(())
+        Ok(true)
     } else if status.is_redirection() {
         Err(format!("answered {status}; redirects are not followed"))
     } else {
@@ -284,10 +282,14 @@ pub async fn deliver_forever(vault: Arc<Vault>, cfg: WebhookConfig) {
     let in_flight: Arc<Mutex<HashMap<DeliveryKey, Option<u64>>>> = Arc::default();
     let poll = Arc::new(AtomicU64::new(0));
     let mut limits: HashMap<(AgencyId, WebhookId), Arc<Semaphore>> = HashMap::new();
+    // Attempts belong to this task: aborting it (shutdown) aborts them, so none holds the vault
+    // past the server's end (an attempt cut short is sent again after the restart).
+    let mut attempts = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(cfg.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        while attempts.try_join_next().is_some() {}
         let this = poll.fetch_add(1, Ordering::SeqCst) + 1;
         let v = vault.clone();
         let due = match tokio::task::spawn_blocking(move || v.due_deliveries(Timestamp::now(), 1000)).await {
@@ -315,15 +317,20 @@ pub async fn deliver_forever(vault: Arc<Vault>, cfg: WebhookConfig) {
                 .or_insert_with(|| Arc::new(Semaphore::new(cfg.concurrency.clamp(1, 4))))
                 .clone();
             let (vault, client, in_flight, poll) = (vault.clone(), client.clone(), in_flight.clone(), poll.clone());
-            tokio::spawn(async move {
+            attempts.spawn(async move {
                 if let Ok(_permit) = sem.acquire_owned().await {
                     let outcome = attempt(&vault, &client, &cfg, &d).await;
                     let id = d.event.id;
                     let v = vault.clone();
                     let k = key.clone();
                     let stored = match outcome {
-                        Ok(()) => {
-                            tracing::info!(event = %id, agency = %d.agency, webhook = %d.webhook, "event delivered");
+                        Ok(delivered) => {
+                            if delivered {
+                                tracing::info!(event = %id, agency = %d.agency, webhook = %d.webhook, "event delivered");
+                            } else {
+                                tracing::info!(event = %id, agency = %d.agency, webhook = %d.webhook,
+                                    "event dropped: its subscription is gone");
+                            }
                             tokio::task::spawn_blocking(move || v.delivery_done(&k)).await
                         }
                         Err(error) => {
