@@ -612,3 +612,91 @@ fn kill_9_during_a_stream_of_changes_keeps_the_event_of_every_acknowledged_one()
     all_valid(&reqs);
     wait_hook(&s, "so-gd", "main", "an empty outbox", |v| v["pending"] == 0);
 }
+
+/// A bare HTTP receiver (no verification) that holds each request `hold` before answering 204
+/// and records the most requests it held at once; `hold` of `None` never answers.
+struct Holder {
+    port: u16,
+    max: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn holder(hold: Option<Duration>) -> Holder {
+    use std::io::{Read as _, Write as _};
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (max, served, now) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (m, s) = (max.clone(), served.clone());
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let (m, s, now) = (m.clone(), s.clone(), now.clone());
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let held = now.fetch_add(1, SeqCst) + 1;
+                m.fetch_max(held, SeqCst);
+                match hold {
+                    Some(d) => std::thread::sleep(d),
+                    None => std::thread::sleep(Duration::from_secs(3600)),
+                }
+                now.fetch_sub(1, SeqCst);
+                s.fetch_add(1, SeqCst);
+                let _ = c.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            });
+        }
+    });
+    Holder { port, max, served }
+}
+
+#[test]
+fn attempts_per_subscription_stay_within_the_concurrency_limit() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let h = holder(Some(Duration::from_millis(300)));
+    let s = Server::start(&args(&["--webhook-concurrency", "2"]));
+    register_agency(&s, "so-gd", 22);
+    let url = format!("http://127.0.0.1:{}/hook", h.port);
+    assert_eq!(put_hook(&s, "so-gd", "main", &json!({"url": url, "events": ["grant.created"]})).status, 201);
+    for _ in 0..8 {
+        grant(&s, "so-gd", 3600, None);
+    }
+    wait_hook(&s, "so-gd", "main", "every event delivered", |v| v["pending"] == 0);
+    assert!(h.served.load(SeqCst) >= 8);
+    let max = h.max.load(SeqCst);
+    assert!((1..=2).contains(&max), "{max} attempts at once to one subscription");
+}
+
+#[test]
+fn an_attempt_that_gets_no_answer_times_out_and_is_retried_then_parked() {
+    let h = holder(None);
+    let s = Server::start(&args(&["--webhook-timeout", "1", "--webhook-park-after", "2"]));
+    register_agency(&s, "so-gd", 22);
+    let url = format!("http://127.0.0.1:{}/hook", h.port);
+    assert_eq!(put_hook(&s, "so-gd", "main", &json!({"url": url, "events": ["grant.created"]})).status, 201);
+    grant(&s, "so-gd", 3600, None);
+    wait_hook(&s, "so-gd", "main", "a parked event", |v| v["parked"] == 1);
+    let failed = call("GET", &s.url("/v1/agencies/so-gd/webhooks/main/failed"), Some(&s.operator()), &[], None).json();
+    let e = &failed["events"][0];
+    assert!(e["attempts"].as_u64().unwrap() >= 2, "{e}");
+    assert!(e["last_error"].as_str().unwrap().to_lowercase().contains("timed out"), "{e}");
+}
+
+#[test]
+fn private_targets_are_allowed_only_with_the_flag() {
+    let s = Server::start(&["--webhook-allow-private"]);
+    register_agency(&s, "so-gd", 22);
+    let r = put_hook(&s, "so-gd", "main", &json!({"url": "https://10.0.0.7/hook", "events": ["grant.created"]}));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    // Still https only without --dev.
+    let r = put_hook(&s, "so-gd", "main", &json!({"url": "http://10.0.0.7/hook", "events": ["grant.created"]}));
+    assert_eq!(r.code(), "invalid_request");
+}
