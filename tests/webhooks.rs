@@ -700,3 +700,31 @@ fn private_targets_are_allowed_only_with_the_flag() {
     let r = put_hook(&s, "so-gd", "main", &json!({"url": "http://10.0.0.7/hook", "events": ["grant.created"]}));
     assert_eq!(r.code(), "invalid_request");
 }
+
+#[test]
+fn sigterm_with_an_attempt_in_flight_closes_the_vault_cleanly() {
+    let h = holder(None);
+    let s = Server::start(&args(&[]));
+    register_agency(&s, "so-gd", 22);
+    let url = format!("http://127.0.0.1:{}/hook", h.port);
+    assert_eq!(put_hook(&s, "so-gd", "main", &json!({"url": url, "events": ["grant.created"]})).status, 201);
+    grant(&s, "so-gd", 3600, None);
+    // The attempt is in flight once the receiver holds the request.
+    let start = Instant::now();
+    while h.max.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(start.elapsed() < WAIT, "no attempt was made");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut s = s;
+    let st = Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let code = s.child.wait().unwrap();
+    assert!(code.success(), "{code:?}");
+    let log = std::fs::read_to_string(s.dir.path().join("server.log")).unwrap();
+    assert!(!log.contains("still hold the vault"), "{log}");
+    // The event was not acknowledged, so it is still there after the restart.
+    let port = s.port;
+    let dir = s.stop();
+    let s = Server::start_at(dir, port, &args(&[]));
+    assert_eq!(get_hook(&s, "so-gd", "main").json()["pending"], 1);
+}

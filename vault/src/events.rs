@@ -1062,6 +1062,30 @@ mod tests {
     }
 
     #[test]
+    fn erasure_tells_each_agency_once_and_leaves_no_expiry_behind() {
+        let (_dir, v, a, owner) = setup();
+        let b = AgencyId::parse("ubnd-xa").unwrap();
+        let new = crate::provenance::NewAgency { name: "UBND".into(), keys: vec![] };
+        v.put_agency_as(&Caller::operator(), &b, new).unwrap();
+        subscribe(&v, &a, "main", &[EventType::OwnerErased, EventType::GrantExpired]);
+        subscribe(&v, &b, "main", &[EventType::OwnerErased]);
+        let me = Caller::owner(owner.clone());
+        v.grant_as(&me, &owner, terms(&a, 60)).unwrap();
+        v.grant_as(&me, &owner, terms(&a, 60)).unwrap();
+        v.erase_as(&me, &owner).unwrap();
+        // To the grantee once (two grants), not to an agency with nothing of the owner.
+        let due = v.due_deliveries(Timestamp::now().plus_seconds(1), 100).unwrap();
+        let erased: Vec<&Delivery> =
+            due.iter().map(|(_, d)| d).filter(|d| d.event.kind == EventType::OwnerErased).collect();
+        assert_eq!(erased.len(), 1);
+        assert_eq!((&erased[0].agency, &erased[0].event.data["owner"]), (&a, &json!(owner)));
+        // The grants' expiry records went with the owner: no grant.expired later.
+        assert_eq!(v.sweep_grant_expiry(Timestamp::now().plus_seconds(120)).unwrap(), 0);
+        assert_eq!(v.meta().scan(&[prefix::GRANT_EXPIRY]).count(), 0);
+        assert!(v.check(false).unwrap().is_clean());
+    }
+
+    #[test]
     fn a_failing_delivery_is_parked_listed_and_redelivered_with_its_id() {
         let (_dir, v, a, owner) = setup();
         subscribe(&v, &a, "main", &[EventType::GrantCreated]);
