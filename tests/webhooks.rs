@@ -368,8 +368,11 @@ fn kill_9_with_undelivered_events_then_restart_delivers_every_one() {
     });
     all_valid(&reqs);
     wait_hook(&s, "so-gd", "main", "an empty outbox", |v| v["pending"] == 0);
-    // The signing key survived the restart (receivers keep their key).
+    // The signing key survived the restart (receivers keep their key), and is public.
     assert_eq!(get_hook(&s, "so-gd", "main").json()["public_key"], pk.as_str());
+    let key = call("GET", &s.url("/v1/vault-key"), None, &[], None).json();
+    assert_eq!(key["webhook_public_key"], pk.as_str());
+    assert_ne!(key["public_key"].as_str(), pk.strip_prefix("whpk_"), "not the checkpoint key");
 }
 
 #[test]

@@ -1529,7 +1529,8 @@ async fn vault_key(State(st): State<Arc<AppState>>) -> ApiResult {
     let s = v.signer();
     Ok(json_response(
         StatusCode::OK,
-        &json!({"name": s.name(), "public_key": B64.encode(s.public_key()), "note_verifier_key": s.verifier_key()}),
+        &json!({"name": s.name(), "public_key": B64.encode(s.public_key()), "note_verifier_key": s.verifier_key(),
+                "webhook_public_key": v.webhook_public_key()}),
     ))
 }
 

@@ -445,6 +445,10 @@ pub struct VaultKey {
     pub public_key: vault::provenance::PublicKey,
     /// The same key in the C2SP note verifier-key form `<name>+<8 hex>+<base64>`.
     pub note_verifier_key: String,
+    /// The key that signs webhook deliveries (a different key), `whpk_` + standard base64
+    /// (SPEC.md §24).
+    #[schema(pattern = "^whpk_[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
+    pub webhook_public_key: String,
 }
 
 /// The errors an operation can answer, by status (besides 500 `internal`, listed everywhere).
