@@ -292,7 +292,7 @@ pub async fn deliver_forever(vault: Arc<Vault>, cfg: WebhookConfig) {
         while attempts.try_join_next().is_some() {}
         let this = poll.fetch_add(1, Ordering::SeqCst) + 1;
         let v = vault.clone();
-        let due = match tokio::task::spawn_blocking(move || v.due_deliveries(Timestamp::now(), 1000)).await {
+        let due = match tokio::task::spawn_blocking(move || v.due_deliveries(Timestamp::now(), 64)).await {
             Ok(Ok(due)) => due,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot read the event outbox");

@@ -816,17 +816,28 @@ impl Vault {
         Ok(self.subs()?.as_ref().and_then(|s| s.get(&(agency.clone(), id.clone())).cloned()))
     }
 
-    /// Deliveries due at `now` (not parked, `next_attempt` reached), oldest first per
-    /// subscription, at most `limit`.
-    pub fn due_deliveries(&self, now: Timestamp, limit: usize) -> Result<Vec<(DeliveryKey, Delivery)>, Error> {
+    /// Deliveries due at `now` (not parked, `next_attempt` reached): of each subscription at
+    /// most `per_subscription`, oldest first, so a subscription with a large backlog does not
+    /// hold up the others.
+    pub fn due_deliveries(
+        &self,
+        now: Timestamp,
+        per_subscription: usize,
+    ) -> Result<Vec<(DeliveryKey, Delivery)>, Error> {
+        let subs: Vec<(AgencyId, WebhookId)> =
+            self.subs()?.as_ref().map(|s| s.keys().cloned().collect()).unwrap_or_default();
         let mut out = Vec::new();
-        for item in self.meta().scan(&[prefix::OUTBOX]) {
-            let (k, v) = item?;
-            let d: Delivery = self.open_vault(&k, &v)?;
-            if d.next_attempt <= now {
-                out.push((DeliveryKey(k), d));
-                if out.len() >= limit {
-                    break;
+        for (a, w) in subs {
+            let mut n = 0;
+            for item in self.meta().scan(&outbox_prefix(prefix::OUTBOX, &a, &w)) {
+                let (k, v) = item?;
+                let d: Delivery = self.open_vault(&k, &v)?;
+                if d.next_attempt <= now {
+                    out.push((DeliveryKey(k), d));
+                    n += 1;
+                    if n >= per_subscription {
+                        break;
+                    }
                 }
             }
         }
@@ -1083,6 +1094,24 @@ mod tests {
         assert_eq!(v.sweep_grant_expiry(Timestamp::now().plus_seconds(120)).unwrap(), 0);
         assert_eq!(v.meta().scan(&[prefix::GRANT_EXPIRY]).count(), 0);
         assert!(v.check(false).unwrap().is_clean());
+    }
+
+    #[test]
+    fn a_backlog_of_one_subscription_does_not_hide_another() {
+        let (_dir, v, a, owner) = setup();
+        subscribe(&v, &a, "a-backlog", &[EventType::GrantCreated]);
+        subscribe(&v, &a, "z-other", &[EventType::GrantRevoked]);
+        let me = Caller::owner(owner.clone());
+        for _ in 0..5 {
+            v.grant_as(&me, &owner, terms(&a, 3600)).unwrap();
+        }
+        let g = v.grant_as(&me, &owner, terms(&a, 3600)).unwrap();
+        v.revoke_grant_as(&me, &owner, &g.id).unwrap();
+        let due = v.due_deliveries(Timestamp::now().plus_seconds(1), 2).unwrap();
+        let names: Vec<&str> = due.iter().map(|(_, d)| d.webhook.as_str()).collect();
+        assert_eq!(names, ["a-backlog", "a-backlog", "z-other"]);
+        // Oldest first.
+        assert!(due[0].1.event.id < due[1].1.event.id);
     }
 
     #[test]
