@@ -440,6 +440,9 @@ pub fn signed_content(id: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
 #[derive(Debug, Default)]
 pub(crate) struct EventState {
     subs: Mutex<Option<Subs>>,
+    /// Serialises the rewrites of outbox records (failed attempts, redelivery) with the
+    /// deletion of a subscription's records. Taken after `subs` when both are.
+    outbox: Mutex<()>,
 }
 
 /// Every subscription, by agency and id.
@@ -487,6 +490,10 @@ impl Vault {
     fn open_vault<T: for<'de> Deserialize<'de>>(&self, key: &[u8], v: &[u8]) -> Result<T, Error> {
         let plain = seal::open(&self.vault_records, &aad(key), v).map_err(|_| corrupt(key))?;
         serde_json::from_slice(&plain).map_err(|_| corrupt(key))
+    }
+
+    fn outbox_lock(&self) -> MutexGuard<'_, ()> {
+        self.events.outbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn subs(&self) -> Result<MutexGuard<'_, Option<Subs>>, Error> {
@@ -752,6 +759,8 @@ impl Vault {
                 return Err(Error::NotFound("webhook"));
             }
             let mut ops = vec![Op::Delete(sub_key(agency, id))];
+            // No failed attempt or redelivery may rewrite a record deleted here.
+            let _outbox = self.outbox_lock();
             for p in [prefix::OUTBOX, prefix::PARKED] {
                 for item in self.meta().scan(&outbox_prefix(p, agency, id)) {
                     ops.push(Op::Delete(item?.0));
@@ -794,7 +803,7 @@ impl Vault {
     ) -> Result<Delivery, Error> {
         let d = self.require_operator(caller, "webhook.redeliver")?;
         let r = (|| {
-            let _subs = self.subs()?;
+            let _outbox = self.outbox_lock();
             let from = outbox_key(prefix::PARKED, agency, id, event);
             let v = self.meta().get(&from)?.ok_or(Error::NotFound("parked event"))?;
             let mut del: Delivery = self.open_vault(&from, &v)?;
@@ -854,7 +863,7 @@ impl Vault {
     /// set); when `d.parked_at` is set it moves to the parked events. Nothing is written if
     /// the delivery is no longer in the outbox (its subscription was deleted meanwhile).
     pub fn delivery_failed(&self, key: &DeliveryKey, mut d: Delivery) -> Result<(), Error> {
-        let _subs = self.subs()?;
+        let _outbox = self.outbox_lock();
         if self.meta().get(&key.0)?.is_none() {
             return Ok(());
         }
