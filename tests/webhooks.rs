@@ -266,8 +266,10 @@ fn each_event_type_is_delivered_signed_and_verified_independently() {
         assert!(r["body"]["type"].as_str().is_some());
     }
     assert_eq!(reqs.len(), 3 + 1 + 1 + 1 + 1 + 1 + 2, "{reqs:#?}");
-    // Delivered events leave the outbox.
+    // Delivered events leave the outbox, and are counted.
     wait_hook(&s, "so-gd", "main", "an empty outbox", |v| v["pending"] == 0);
+    let m = String::from_utf8(call("GET", &s.url("/metrics"), None, &[], None).body).unwrap();
+    assert!(m.contains("vault_webhook_attempts_total{outcome=\"delivered\"} 10\n"), "{m}");
     // A sweep much later emits no second grant.expired.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(of_type(&rx.requests(), "grant.expired").len(), 1);

@@ -23,6 +23,24 @@ use vault::{AgencyId, Timestamp, Vault};
 use crate::api::{blocking, json_body_limited, json_response, ApiError, ApiResult, Call};
 use crate::openapi as oa;
 
+/// Attempts by outcome since the start: delivered, failed (will be retried), parked, dropped.
+static OUTCOMES: [AtomicU64; 4] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+/// The worker's counters for `/metrics` (a fixed set of series).
+pub fn prometheus() -> String {
+    let mut out = String::from(
+        "# HELP vault_webhook_attempts_total Webhook delivery attempts since the start, by outcome.\n\
+         # TYPE vault_webhook_attempts_total counter\n",
+    );
+    for (i, o) in ["delivered", "failed", "parked", "dropped"].iter().enumerate() {
+        out.push_str(&format!(
+            "vault_webhook_attempts_total{{outcome=\"{o}\"}} {}\n",
+            OUTCOMES[i].load(Ordering::Relaxed)
+        ));
+    }
+    out
+}
+
 /// Largest subscription body accepted.
 pub const MAX_WEBHOOK_BODY: usize = 16 * 1024;
 
@@ -325,6 +343,7 @@ pub async fn deliver_forever(vault: Arc<Vault>, cfg: WebhookConfig) {
                     let k = key.clone();
                     let stored = match outcome {
                         Ok(delivered) => {
+                            OUTCOMES[if delivered { 0 } else { 3 }].fetch_add(1, Ordering::Relaxed);
                             if delivered {
                                 tracing::info!(event = %id, agency = %d.agency, webhook = %d.webhook, "event delivered");
                             } else {
@@ -335,6 +354,7 @@ pub async fn deliver_forever(vault: Arc<Vault>, cfg: WebhookConfig) {
                         }
                         Err(error) => {
                             let next = after_failure(&cfg, d, error, Timestamp::now());
+                            OUTCOMES[if next.parked_at.is_some() { 2 } else { 1 }].fetch_add(1, Ordering::Relaxed);
                             match &next.parked_at {
                                 Some(_) => tracing::warn!(event = %id, agency = %next.agency, webhook = %next.webhook,
                                     error = next.last_error.as_deref().unwrap_or(""), "event parked after its retry window"),
