@@ -275,7 +275,8 @@ pub fn after_failure(cfg: &WebhookConfig, mut d: Delivery, error: String, now: T
     d.attempts = d.attempts.saturating_add(1);
     let first = *d.first_failure.get_or_insert(now);
     d.last_error = Some(error);
-    if (now.unix() - first.unix()) as u64 >= cfg.park_after.as_secs() {
+    // A clock set back counts as no time passed.
+    if now.unix().saturating_sub(first.unix()).max(0) as u64 >= cfg.park_after.as_secs() {
         d.parked_at = Some(now);
     } else {
         d.next_attempt = now.plus_seconds(backoff(cfg, d.attempts).as_secs() as i64);
@@ -431,6 +432,11 @@ mod tests {
         let d = after_failure(&cfg, d, "answered 503".into(), t0.plus_seconds(60));
         assert_eq!((d.attempts, d.parked_at), (3, Some(t0.plus_seconds(60))));
         assert_eq!(d.first_failure, Some(t0));
+        // A clock set back does not park.
+        let mut d2 = d.clone();
+        d2.parked_at = None;
+        let d2 = after_failure(&cfg, d2, "answered 500".into(), t0.plus_seconds(-3600));
+        assert_eq!(d2.parked_at, None);
     }
 
     #[tokio::test]
