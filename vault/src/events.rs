@@ -737,7 +737,7 @@ impl Vault {
         for item in self.meta().scan(&outbox_prefix(prefix::OUTBOX, agency, id)) {
             let (k, v) = item?;
             pending += 1;
-            if self.open_vault::<Delivery>(&k, &v)?.attempts > 0 {
+            if self.open_vault::<Delivery>(&k, &v).map_or(true, |d| d.attempts > 0) {
                 retrying += 1;
             }
         }
@@ -840,7 +840,8 @@ impl Vault {
             let mut n = 0;
             for item in self.meta().scan(&outbox_prefix(prefix::OUTBOX, &a, &w)) {
                 let (k, v) = item?;
-                let d: Delivery = self.open_vault(&k, &v)?;
+                // A damaged record (which `check` reports) must not stop every other delivery.
+                let Ok(d) = self.open_vault::<Delivery>(&k, &v) else { continue };
                 if d.next_attempt <= now {
                     out.push((DeliveryKey(k), d));
                     n += 1;
@@ -1121,6 +1122,21 @@ mod tests {
         assert_eq!(names, ["a-backlog", "a-backlog", "z-other"]);
         // Oldest first.
         assert!(due[0].1.event.id < due[1].1.event.id);
+    }
+
+    #[test]
+    fn a_damaged_outbox_record_is_reported_and_holds_up_no_other_delivery() {
+        let (_dir, v, a, owner) = setup();
+        subscribe(&v, &a, "main", &[EventType::GrantCreated]);
+        let me = Caller::owner(owner.clone());
+        v.grant_as(&me, &owner, terms(&a, 3600)).unwrap();
+        v.grant_as(&me, &owner, terms(&a, 3600)).unwrap();
+        let (key, _) = v.due_deliveries(Timestamp::now(), 10).unwrap().remove(0);
+        v.apply_durable(vec![Op::Put(key.0.clone(), b"not a sealed value".to_vec())]).unwrap();
+        assert_eq!(v.due_deliveries(Timestamp::now(), 10).unwrap().len(), 1);
+        let report = v.check(false).unwrap();
+        assert!(!report.is_clean());
+        assert!(report.to_string().contains("outbox event"), "{report}");
     }
 
     #[test]
