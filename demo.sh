@@ -4,7 +4,8 @@
 #
 #   an agency deposits signed results for a citizen -> the citizen grants another agency access
 #   for a procedure -> that agency's reuse check drops the held components, and it fetches and
-#   verifies them -> the citizen reads the access log, every entry proven, and verifies the log.
+#   verifies them (its dossier system told of the grant by a signed webhook) -> the citizen reads
+#   the access log, every entry proven, and verifies the log.
 #
 # Settings: VAULT_DATA (the server's data folder, default ./vault-data, where --dev keeps its
 # keys), VAULT_SERVER (default http://127.0.0.1:8700), VAULT_CLI (default: cargo run the CLI).
@@ -46,10 +47,42 @@ issuer deposit --manifest "$WORK/manifest.csv"
 say "... and again: everything is held, nothing is uploaded or duplicated"
 issuer deposit --manifest "$WORK/manifest.csv"
 
+HOOKS=
+if command -v python3 >/dev/null 2>&1 && command -v curl >/dev/null 2>&1; then
+    say "The operator subscribes so-tu-phap's dossier system to grant events (signed webhooks, SPEC.md §24)"
+    # A stand-in dossier system on 127.0.0.1 that prints what it receives (--dev allows http:// to loopback).
+    python3 -c '
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["content-length"]))
+        with open(sys.argv[1], "a") as f:
+            for h in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+                f.write(h + ": " + self.headers[h] + "\n")
+            f.write(body.decode() + "\n")
+        self.send_response(204); self.end_headers()
+    def log_message(self, *a): pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()' "$WORK/webhook.log" > "$WORK/hook-port" &
+    HOOKS=$!
+    trap 'kill $HOOKS 2>/dev/null || true' EXIT
+    while [ ! -s "$WORK/hook-port" ]; do sleep 0.1; done
+    curl -sS -X PUT "$VAULT_SERVER/v1/agencies/so-tu-phap/webhooks/dossier" \
+        -H "Authorization: Bearer $OPERATOR_TOKEN" -H "Content-Type: application/json" \
+        -d "{\"url\": \"http://127.0.0.1:$(cat "$WORK/hook-port")/vault\", \"events\": [\"grant.created\", \"grant.revoked\"]}"
+    echo
+fi
+
 say "The citizen sees the documents and grants so-tu-phap access for procedure 2.000305"
 citizen list $OWNER
 citizen grant $OWNER --to so-tu-phap --for 2.000305 --text "Đăng ký kết hôn" \
     --doc-type giay-khai-sinh --doc-type cccd --doc-type giay-xac-nhan-tinh-trang-hon-nhan --days 7
+if [ -n "$HOOKS" ]; then
+    say "so-tu-phap's dossier system was told (verify with the subscription's public_key, whpk_...)"
+    for _ in $(seq 50); do [ -s "$WORK/webhook.log" ] && break; sleep 0.2; done
+    cat "$WORK/webhook.log"
+fi
 
 say "so-tu-phap's reuse check: held components are dropped from the form"
 reuser reuse $OWNER giay-khai-sinh cccd giay-xac-nhan-tinh-trang-hon-nhan

@@ -1,4 +1,4 @@
-//! Reuse statistics (and, later, webhooks) through the real server binary.
+//! Reuse statistics through the real server binary (webhooks: tests/webhooks.rs).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 

@@ -39,6 +39,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Per-principal upload limits and stream timeouts.
     pub limits: Limits,
+    /// Webhook delivery settings and the URL policy (SPEC.md §24).
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 /// Bounds on streams, so stalled or unread transfers cannot exhaust the server (SPEC.md §20).
@@ -303,10 +305,10 @@ impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into() }
     }
-    fn invalid(message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
-    fn not_found() -> Self {
+    pub(crate) fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such thing")
     }
     fn idle() -> Self {
@@ -425,9 +427,9 @@ impl AppState {
 }
 
 /// An authenticated call: the state and who is calling (401 `unauthenticated` otherwise).
-struct Call {
-    st: Arc<AppState>,
-    caller: Caller,
+pub(crate) struct Call {
+    pub(crate) st: Arc<AppState>,
+    pub(crate) caller: Caller,
 }
 
 impl axum::extract::FromRequestParts<Arc<AppState>> for Call {
@@ -465,11 +467,20 @@ fn owner_of(s: &str) -> Result<OwnerId, ApiError> {
 
 /// Reads a JSON body (Content-Type must be JSON; size limited).
 async fn json_body<T: for<'de> Deserialize<'de>>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    json_body_limited(headers, body, MAX_JSON).await
+}
+
+/// [`json_body`] with a smaller limit than [`MAX_JSON`].
+pub(crate) async fn json_body_limited<T: for<'de> Deserialize<'de>>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !ct.trim().to_ascii_lowercase().starts_with("application/json") {
         return Err(ApiError::invalid("send Content-Type: application/json"));
     }
-    let bytes = axum::body::to_bytes(body, MAX_JSON)
+    let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the JSON body is too large"))?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("malformed JSON body: {e}")))
@@ -1601,7 +1612,8 @@ async fn vault_key(State(st): State<Arc<AppState>>) -> ApiResult {
     let s = v.signer();
     Ok(json_response(
         StatusCode::OK,
-        &json!({"name": s.name(), "public_key": B64.encode(s.public_key()), "note_verifier_key": s.verifier_key()}),
+        &json!({"name": s.name(), "public_key": B64.encode(s.public_key()), "note_verifier_key": s.verifier_key(),
+                "webhook_public_key": v.webhook_public_key()}),
     ))
 }
 
@@ -1634,6 +1646,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         None => Default::default(),
     };
     let mut out = crate::stats::prometheus(&reuse);
+    out.push_str(&crate::webhooks::prometheus());
     out.push_str("# HELP vault_http_requests_total HTTP requests answered, by status class.\n# TYPE vault_http_requests_total counter\n");
     for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx", "other"].iter().enumerate() {
         out.push_str(&format!(
@@ -1794,6 +1807,15 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("put", "/v1/agencies/{agency}", "Register or replace an agency (the operator)"),
     ("get", "/v1/agencies", "Registered agencies"),
     ("get", "/v1/agencies/{agency}", "One agency"),
+    ("put", "/v1/agencies/{agency}/webhooks/{id}", "Subscribe the agency to events (the operator)"),
+    ("get", "/v1/agencies/{agency}/webhooks/{id}", "One subscription, its verifying key and outbox counts"),
+    ("delete", "/v1/agencies/{agency}/webhooks/{id}", "Unsubscribe (waiting and parked events go too)"),
+    ("get", "/v1/agencies/{agency}/webhooks/{id}/failed", "Parked events of a subscription"),
+    (
+        "post",
+        "/v1/agencies/{agency}/webhooks/{id}/failed/{event}/redeliver",
+        "Queue a parked event again (same event id, fresh retry window)",
+    ),
     ("get", "/v1/stats/reuse", "Reuse statistics (?from=&to=&by=procedure|agency|doc_type|month; CSV)"),
     ("get", "/v1/vault-key", "The vault's signing key"),
     ("get", "/healthz", "Liveness"),
@@ -1835,6 +1857,11 @@ fn handler_for(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         ("put", "/v1/agencies/{agency}") => put(put_agency),
         ("get", "/v1/agencies") => get(list_agencies),
         ("get", "/v1/agencies/{agency}") => get(get_agency),
+        ("put", "/v1/agencies/{agency}/webhooks/{id}") => put(crate::webhooks::put_webhook),
+        ("get", "/v1/agencies/{agency}/webhooks/{id}") => get(crate::webhooks::get_webhook),
+        ("delete", "/v1/agencies/{agency}/webhooks/{id}") => delete(crate::webhooks::delete_webhook),
+        ("get", "/v1/agencies/{agency}/webhooks/{id}/failed") => get(crate::webhooks::failed_events),
+        ("post", "/v1/agencies/{agency}/webhooks/{id}/failed/{event}/redeliver") => post(crate::webhooks::redeliver),
         ("get", "/v1/stats/reuse") => get(crate::stats::reuse_stats),
         ("get", "/v1/vault-key") => get(vault_key),
         ("get", "/healthz") => get(healthz),
@@ -1959,6 +1986,7 @@ mod tests {
             max_content: 1 << 20,
             metrics: Metrics::default(),
             limits: Limits::default(),
+            webhooks: Default::default(),
         })
     }
 

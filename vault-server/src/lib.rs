@@ -7,6 +7,7 @@ pub mod batch;
 pub mod openapi;
 pub mod page;
 pub mod stats;
+pub mod webhooks;
 
 /// Fuzzing entry point (`fuzz/fuzz_targets/batch_tar.rs`): reads a batch-deposit body exactly
 /// as `POST /v1/owners/{owner}/deposits` does, with `max` as the content limit. Returns the

@@ -76,6 +76,30 @@ struct Args {
     /// Seconds between sweeps of expired agency uploads (one also runs at start).
     #[arg(long, env = "VAULT_SWEEP_INTERVAL", default_value_t = 300)]
     sweep_interval: u64,
+    /// Webhooks: allow targets at private, loopback, link-local and other non-public addresses
+    /// (refused by default, also after DNS resolution).
+    #[arg(long, env = "VAULT_WEBHOOK_ALLOW_PRIVATE")]
+    webhook_allow_private: bool,
+    /// Webhooks: time limit of one delivery attempt, seconds.
+    #[arg(long, env = "VAULT_WEBHOOK_TIMEOUT", default_value_t = 10)]
+    webhook_timeout: u64,
+    /// Webhooks: most delivery attempts in flight per subscription (1 to 4).
+    #[arg(long, env = "VAULT_WEBHOOK_CONCURRENCY", default_value_t = 2)]
+    webhook_concurrency: usize,
+    /// Webhooks: delay after the first failed attempt, seconds (doubled after each further
+    /// failure, with jitter).
+    #[arg(long, env = "VAULT_WEBHOOK_RETRY_BASE", default_value_t = 5)]
+    webhook_retry_base: u64,
+    /// Webhooks: longest delay between attempts, seconds.
+    #[arg(long, env = "VAULT_WEBHOOK_RETRY_MAX", default_value_t = 3600)]
+    webhook_retry_max: u64,
+    /// Webhooks: an event failing for this many seconds since its first failure is parked.
+    #[arg(long, env = "VAULT_WEBHOOK_PARK_AFTER", default_value_t = 86_400)]
+    webhook_park_after: u64,
+    /// Webhooks: milliseconds between looks at the event outbox (and seconds between sweeps
+    /// for `grant.expired` are `--sweep-interval`, at most 60).
+    #[arg(long, env = "VAULT_WEBHOOK_POLL_MS", default_value_t = 1000)]
+    webhook_poll_ms: u64,
     /// Log one JSON object per line (default: human-readable text). `RUST_LOG`-style levels are
     /// not configurable yet: requests are logged at info.
     #[arg(long, env = "VAULT_LOG_JSON")]
@@ -120,6 +144,13 @@ struct FileConfig {
     max_pending_uploads: Option<u64>,
     max_pending_bytes: Option<u64>,
     sweep_interval: Option<u64>,
+    webhook_allow_private: Option<bool>,
+    webhook_timeout: Option<u64>,
+    webhook_concurrency: Option<usize>,
+    webhook_retry_base: Option<u64>,
+    webhook_retry_max: Option<u64>,
+    webhook_park_after: Option<u64>,
+    webhook_poll_ms: Option<u64>,
     dev: Option<bool>,
     log_json: Option<bool>,
     oidc_issuer: Option<String>,
@@ -188,6 +219,27 @@ fn apply_config(args: &mut Args, m: &clap::ArgMatches) -> Result<(), String> {
     }
     if let (true, Some(v)) = (unset("sweep_interval"), f.sweep_interval) {
         args.sweep_interval = v;
+    }
+    if let (true, Some(v)) = (unset("webhook_allow_private"), f.webhook_allow_private) {
+        args.webhook_allow_private = v;
+    }
+    if let (true, Some(v)) = (unset("webhook_timeout"), f.webhook_timeout) {
+        args.webhook_timeout = v;
+    }
+    if let (true, Some(v)) = (unset("webhook_concurrency"), f.webhook_concurrency) {
+        args.webhook_concurrency = v;
+    }
+    if let (true, Some(v)) = (unset("webhook_retry_base"), f.webhook_retry_base) {
+        args.webhook_retry_base = v;
+    }
+    if let (true, Some(v)) = (unset("webhook_retry_max"), f.webhook_retry_max) {
+        args.webhook_retry_max = v;
+    }
+    if let (true, Some(v)) = (unset("webhook_park_after"), f.webhook_park_after) {
+        args.webhook_park_after = v;
+    }
+    if let (true, Some(v)) = (unset("webhook_poll_ms"), f.webhook_poll_ms) {
+        args.webhook_poll_ms = v;
     }
     if let (true, Some(v)) = (unset("oidc_issuer"), f.oidc_issuer) {
         args.oidc_issuer = Some(v);
@@ -412,6 +464,21 @@ async fn run(args: Args) -> Result<(), String> {
             api::BLOCKING_THREADS - 64
         ));
     }
+    if !(1..=4).contains(&args.webhook_concurrency) {
+        return Err("--webhook-concurrency must be 1 to 4".into());
+    }
+    if args.webhook_timeout == 0 || args.webhook_retry_base == 0 || args.webhook_poll_ms == 0 {
+        return Err("--webhook-timeout, --webhook-retry-base and --webhook-poll-ms must be at least 1".into());
+    }
+    let webhooks = vault_server::webhooks::WebhookConfig {
+        policy: vault::events::UrlPolicy { dev: args.dev, allow_private: args.webhook_allow_private },
+        timeout: std::time::Duration::from_secs(args.webhook_timeout),
+        concurrency: args.webhook_concurrency,
+        retry_base: std::time::Duration::from_secs(args.webhook_retry_base),
+        retry_max: std::time::Duration::from_secs(args.webhook_retry_max.max(args.webhook_retry_base)),
+        park_after: std::time::Duration::from_secs(args.webhook_park_after),
+        poll: std::time::Duration::from_millis(args.webhook_poll_ms),
+    };
     let operator = args.operator_key.as_deref().map(|k| verifying_key(k, "--operator-key")).transpose()?;
     let mut auth = auth::AuthConfig {
         audience: args.audience.clone(),
@@ -444,6 +511,7 @@ async fn run(args: Args) -> Result<(), String> {
             args.max_streams,
             std::time::Duration::from_secs(args.stream_idle_timeout),
         ),
+        webhooks,
     });
     let app = api::router(state.clone()).merge(page_router(&args, &state)?);
     let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).into_future());
@@ -467,6 +535,12 @@ async fn run(args: Args) -> Result<(), String> {
     });
     let sweeper = tokio::spawn(sweep_pending(vault.clone(), args.sweep_interval.max(1)));
     let folder = tokio::spawn(vault_server::stats::fold_every(vault.clone(), std::time::Duration::from_secs(60)));
+    // Events (SPEC.md §24): grant.expired at most a minute late; the outbox's delivery worker.
+    let expiry = tokio::spawn(vault_server::webhooks::sweep_expiry(
+        vault.clone(),
+        std::time::Duration::from_secs(args.sweep_interval.clamp(1, 60)),
+    ));
+    let deliverer = tokio::spawn(vault_server::webhooks::deliver_forever(vault.clone(), webhooks));
     if let Some(keys) = &dev {
         dev_announce(&args, &vault, keys)?;
     }
@@ -477,6 +551,10 @@ async fn run(args: Args) -> Result<(), String> {
     let _ = sweeper.await;
     folder.abort();
     let _ = folder.await;
+    expiry.abort();
+    let _ = expiry.await;
+    deliverer.abort();
+    let _ = deliverer.await;
     drop(state);
     // In-flight requests have finished; close the vault (sync, mark clean) once they let go.
     for _ in 0..100 {

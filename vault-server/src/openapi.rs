@@ -146,6 +146,35 @@ pub struct AgencyPath {
     pub agency: vault::AgencyId,
 }
 
+/// `{agency}` and `{id}` of a webhook subscription.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct WebhookPath {
+    /// The agency id.
+    pub agency: vault::AgencyId,
+    /// The subscription id (`a-z 0-9 . _ -`, 1 to 64 characters).
+    pub id: vault::events::WebhookId,
+}
+
+/// `{agency}`, `{id}` and `{event}` of a parked event.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RedeliverPath {
+    /// The agency id.
+    pub agency: vault::AgencyId,
+    /// The subscription id.
+    pub id: vault::events::WebhookId,
+    /// The event id (`webhook-id`).
+    pub event: vault::events::EventId,
+}
+
+/// `{"events": [...]}`: parked deliveries.
+#[derive(Debug, ToSchema)]
+pub struct FailedEvents {
+    /// Oldest first.
+    pub events: Vec<vault::events::Delivery>,
+}
+
 /// `Vault-Purpose`: why an agency reads an owner's data (required for agencies' reads).
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Header)]
@@ -416,6 +445,10 @@ pub struct VaultKey {
     pub public_key: vault::provenance::PublicKey,
     /// The same key in the C2SP note verifier-key form `<name>+<8 hex>+<base64>`.
     pub note_verifier_key: String,
+    /// The key that signs webhook deliveries (a different key), `whpk_` + standard base64
+    /// (SPEC.md §24).
+    #[schema(pattern = "^whpk_[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
+    pub webhook_public_key: String,
 }
 
 /// The errors an operation can answer, by status (besides 500 `internal`, listed everywhere).
@@ -446,6 +479,10 @@ fn errors_of(method: &str, path: &str) -> &'static [(u16, &'static str)] {
         ("get", "/v1/agencies" | "/v1/grants") => &[AUTH, FORBIDDEN, UNAVAILABLE],
         ("get", "/v1/agencies/{agency}") => &[AUTH, NOT_FOUND, UNAVAILABLE],
         ("get", "/v1/stats/reuse") => &[BAD, AUTH, FORBIDDEN, UNAVAILABLE],
+        ("put", "/v1/agencies/{agency}/webhooks/{id}") => {
+            &[BAD, AUTH, FORBIDDEN, NOT_FOUND, CONFLICT, LARGE, UNAVAILABLE]
+        }
+        (_, p) if p.starts_with("/v1/agencies/{agency}/webhooks/") => &[BAD, AUTH, FORBIDDEN, NOT_FOUND, UNAVAILABLE],
         (_, p) if p.contains("{id}") || p.contains("{index}") => {
             &[BAD, AUTH, FORBIDDEN, NOT_FOUND, GONE, LARGE, UNAVAILABLE]
         }
@@ -544,6 +581,11 @@ impl Modify for Contract {
         api::put_agency,
         api::list_agencies,
         api::get_agency,
+        crate::webhooks::put_webhook,
+        crate::webhooks::get_webhook,
+        crate::webhooks::delete_webhook,
+        crate::webhooks::failed_events,
+        crate::webhooks::redeliver,
         crate::stats::reuse_stats,
         api::vault_key,
         api::healthz,

@@ -557,8 +557,12 @@ impl Vault {
             g.uses += 1;
             let key = crate::grants::grant_key(&o.op, id);
             let value = seal_record(&o.keys, &key, &g);
+            let mut ops = vec![Op::Put(key.clone(), value), tally];
+            if g.terms.max_uses == Some(g.uses) {
+                ops.extend(self.grant_exhausted_ops(&g, d.time)?);
+            }
             let seq = pending.queued(key.clone(), g);
-            (self.enqueue_audited(vec![Op::Put(key.clone(), value), tally], d), key, seq)
+            (self.enqueue_audited(ops, d), key, seq)
         })
     }
 
@@ -815,13 +819,18 @@ impl Vault {
             let (queued, key, seq) = {
                 let mut pending = self.grants_lock.lock().unwrap_or_else(|p| p.into_inner());
                 let mut g = self.grant_for_change(&pending, &o, id)?.ok_or(Error::NotFound("grant"))?;
+                let mut events = Vec::new();
                 if g.revoked_at.is_none() {
-                    g.revoked_at = Some(Timestamp::now());
+                    let now = Timestamp::now();
+                    g.revoked_at = Some(now);
+                    events = self.grant_revoked_ops(&o.op, &g, now)?;
                 }
                 let key = crate::grants::grant_key(&o.op, id);
                 let value = seal_record(&o.keys, &key, &g);
                 let seq = pending.queued(key.clone(), g);
-                (self.enqueue_audited(vec![Op::Put(key.clone(), value)], d), key, seq)
+                let mut ops = vec![Op::Put(key.clone(), value)];
+                ops.extend(events);
+                (self.enqueue_audited(ops, d), key, seq)
             };
             let applied = self.await_audited(queued);
             self.grant_write_done(&key, seq);

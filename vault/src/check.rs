@@ -261,6 +261,9 @@ impl Vault {
                 }
             }
         }
+        for (location, what) in self.check_events()? {
+            r.problem(location, what);
+        }
         for (location, what) in self.check_audit()? {
             r.problem(location, what);
         }
@@ -287,7 +290,11 @@ impl Vault {
                         | prefix::INLINE_BLOB
                         | prefix::SUPPLY
                         | prefix::STATS
-                        | prefix::STATS_DAY)
+                        | prefix::STATS_DAY
+                        | prefix::WEBHOOK
+                        | prefix::OUTBOX
+                        | prefix::PARKED
+                        | prefix::GRANT_EXPIRY)
                 )
             ) {
                 r.problem(describe_key(&k), "unknown record");

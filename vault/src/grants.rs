@@ -215,10 +215,12 @@ impl Vault {
         g.receipt.signature = B64.encode(self.signer().sign(g.receipt.text.as_bytes()));
         let gkey = grant_key(&o.op, &g.id);
         let hkey = agency_index_key(&g.terms.grantee, &g.id);
-        let ops = vec![
+        let mut ops = vec![
             Op::Put(gkey.clone(), seal_record(&o.keys, &gkey, &g)),
             Op::Put(hkey.clone(), seal::seal(&self.vault_records, &aad(&hkey), &o.op)),
         ];
+        // The grantee's `grant.created` event and the expiry record, in the same batch.
+        ops.extend(self.grant_created_ops(&o.op, &g)?);
         Ok((g, ops))
     }
 

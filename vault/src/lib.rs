@@ -46,6 +46,7 @@ pub mod check;
 pub mod commit;
 pub mod document;
 pub mod error;
+pub mod events;
 pub mod failstop;
 pub mod grants;
 pub mod ids;

@@ -75,6 +75,14 @@ schema!(Purpose, "Purpose", NAME_PATTERN, "A purpose: the procedure code a read 
 schema!(KeyId, "KeyId", NAME_PATTERN, "The id of one of an agency's keys.", "k2024");
 schema!(DocumentId, "DocumentId", ID_PATTERN, "A document id.", "0f1e2d3c4b5a69788796a5b4c3d2e1f0");
 schema!(GrantId, "GrantId", ID_PATTERN, "A grant id.", "a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5");
+schema!(crate::events::WebhookId, "WebhookId", NAME_PATTERN, "A webhook subscription id.", "dossier-main");
+schema!(
+    crate::events::EventId,
+    "EventId",
+    "^msg_[0-9a-f]{32}$",
+    "An event id: the `webhook-id` header, stable across delivery attempts.",
+    "msg_0192f1a2b3c4d5e60123456789abcdef"
+);
 schema!(Timestamp, "Timestamp", TIME_PATTERN, "RFC 3339 UTC, whole seconds, with a `Z`.", "2025-03-01T08:00:00Z", true);
 schema!(
     PublicKey,

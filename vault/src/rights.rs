@@ -62,7 +62,17 @@ impl Vault {
         let (mut documents, mut contents, mut grants) = (0u64, 0u64, 0u64);
         let mut ops = vec![Op::Delete(key_of(prefix::OWNER, &[&op]))];
         if let Some(o) = &o {
-            for g in self.grants_of(o)? {
+            // `owner.erased` to every agency with a grant or a signed document of the owner.
+            let owner_grants = self.grants_of(o)?;
+            let mut docs: Vec<Document> = Vec::new();
+            for item in self.meta().scan(&key_of(prefix::DOCUMENT, &[&op])) {
+                let (k, v) = item?;
+                if let Some(d) = crate::vault::open_record::<Document>(&o.keys, &k, &v) {
+                    docs.push(d);
+                }
+            }
+            ops.extend(self.owner_erased_ops(&op, owner, &owner_grants, &docs, draft.time)?);
+            for g in owner_grants {
                 ops.push(Op::Delete(key_of(
                     prefix::GRANT_BY_AGENCY,
                     &[g.terms.grantee.as_str().as_bytes(), &[0], g.id.as_bytes()],

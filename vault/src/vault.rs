@@ -51,6 +51,14 @@ pub(crate) mod prefix {
     pub const STATS: u8 = b'S';
     /// Reuse-statistics day rollups (`stats.rs`).
     pub const STATS_DAY: u8 = b'R';
+    /// Webhook subscriptions (`events.rs`).
+    pub const WEBHOOK: u8 = b'W';
+    /// The event outbox: deliveries waiting or retrying (`events.rs`).
+    pub const OUTBOX: u8 = b'Q';
+    /// Parked deliveries (`events.rs`).
+    pub const PARKED: u8 = b'F';
+    /// Grants whose `grant.expired` event is still to be emitted (`events.rs`).
+    pub const GRANT_EXPIRY: u8 = b'K';
 }
 
 /// One stored document of [`Vault::put_documents`]: the content, the document, and whether the
@@ -247,6 +255,10 @@ pub struct Vault {
     pub(crate) supply: crate::supply::SupplyState,
     /// Unsealed records by key and sealed bytes (exact: see `record_cache`).
     records: crate::record_cache::RecordCache,
+    /// Webhook subscriptions (cached).
+    pub(crate) events: crate::events::EventState,
+    /// Signs webhook deliveries.
+    pub(crate) webhook_signer: crate::events::WebhookSigner,
 }
 
 impl std::fmt::Debug for Vault {
@@ -298,6 +310,10 @@ pub(crate) fn describe_key(key: &[u8]) -> String {
         Some(&prefix::INLINE_BLOB) => format!("inline blob {}", hex::encode(&key[1..])),
         Some(&prefix::SUPPLY) => format!("supply record {}", hex::encode(&key[1..])),
         Some(&prefix::OWNER_ENTRY) => format!("access-log entry {}", hex::encode(&key[1..])),
+        Some(&prefix::WEBHOOK) => format!("webhook subscription {}", String::from_utf8_lossy(&key[1..])),
+        Some(&prefix::OUTBOX) => format!("outbox event {}", hex::encode(&key[1..])),
+        Some(&prefix::PARKED) => format!("parked event {}", hex::encode(&key[1..])),
+        Some(&prefix::GRANT_EXPIRY) => format!("grant expiry record {}", hex::encode(&key[1..])),
         _ => format!("unknown metadata key {}", hex::encode(key)),
     }
 }
@@ -392,6 +408,7 @@ impl Vault {
             }
         };
         let signer = VaultSigner::new(VAULT_KEY_NAME, &seed);
+        let webhook_signer = crate::events::WebhookSigner::derive(&seed);
         let vault_records = index_key.derive(crate::keys::ctx::VAULT_RECORDS);
         let audit_refs = index_key.derive(crate::keys::ctx::AUDIT_REFS);
         let mut vault = Vault {
@@ -416,6 +433,8 @@ impl Vault {
             fail: Default::default(),
             supply: Default::default(),
             records: Default::default(),
+            events: Default::default(),
+            webhook_signer,
         };
         vault.recover()?;
         vault.load_audit()?;
@@ -1013,7 +1032,9 @@ impl Vault {
                 return Ok((stored, Some((existing, false))));
             }
         }
-        let document = doc.map(|plan| (self.document_ops(o, &mut rec, plan, Timestamp::now(), &mut ops), true));
+        let document = doc
+            .map(|plan| self.document_ops(o, &mut rec, plan, Timestamp::now(), &mut ops).map(|d| (d, true)))
+            .transpose()?;
         ops.push(Op::Put(key.clone(), seal_record(&o.keys, &key, &rec)));
         let ticket = self.apply_opt(ops, audit)?;
         drop(guard);
@@ -1031,7 +1052,7 @@ impl Vault {
         (new, verified, id): (NewDocument, bool, DocumentId),
         now: Timestamp,
         ops: &mut Vec<Op>,
-    ) -> Document {
+    ) -> Result<Document, Error> {
         let doc = Document {
             id,
             owner: o.id.clone(),
@@ -1048,7 +1069,9 @@ impl Vault {
         ops.push(Op::Put(tkey.clone(), seal_record(&o.keys, &tkey, &())));
         let ikey = deposit_key(o, &doc.meta);
         ops.push(Op::Put(ikey.clone(), seal_record(&o.keys, &ikey, &doc.id)));
-        doc
+        // The issuer's `document.deposited` event, in the same batch (signed documents only).
+        ops.extend(self.document_event_ops(&doc, crate::events::EventType::DocumentDeposited, now)?);
+        Ok(doc)
     }
 
     /// Stores a content and records a document about it in one step: one durable wait instead
@@ -1174,7 +1197,7 @@ impl Vault {
             self.durable(ticket)?;
             return Ok((doc, false));
         }
-        let doc = self.document_ops(o, &mut rec, (new, verify, id), now, &mut ops);
+        let doc = self.document_ops(o, &mut rec, (new, verify, id), now, &mut ops)?;
         ops.push(Op::Put(ckey.clone(), seal_record(&o.keys, &ckey, &rec)));
         let used = used.map(|(a, size, op)| {
             ops.push(op);
@@ -1360,7 +1383,10 @@ impl Vault {
             return Err(Error::Conflict("the document is already revoked".into()));
         }
         doc.revocation = Some(Revocation { at, reason: reason.to_owned() });
-        let ticket = self.apply_opt(vec![Op::Put(key.clone(), seal_record(&o.keys, &key, &doc))], audit)?;
+        let mut ops = vec![Op::Put(key.clone(), seal_record(&o.keys, &key, &doc))];
+        // The issuer's `document.revoked` event, in the same batch (signed documents only).
+        ops.extend(self.document_event_ops(&doc, crate::events::EventType::DocumentRevoked, Timestamp::now())?);
+        let ticket = self.apply_opt(ops, audit)?;
         drop(guard);
         drop(owner_guard);
         self.durable(ticket)?;

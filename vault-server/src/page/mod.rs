@@ -471,6 +471,7 @@ mod tests {
             max_content: 1,
             metrics: Default::default(),
             limits: crate::api::Limits::new(1, 1, 1, std::time::Duration::from_secs(1)),
+            webhooks: Default::default(),
         });
         let rp =
             RelyingParty::new("https://idp.example".into(), "c".into(), "s".into(), format!("{public}/page/callback"));

@@ -1,0 +1,1184 @@
+//! Events for the dossier systems (SPEC.md §24): per-agency webhook subscriptions, an outbox
+//! written in the same atomic batch as the change that causes each event, and what the delivery
+//! worker (in `vault-server`) needs: the due deliveries, their outcome, the parked ones, and the
+//! Standard Webhooks `v1a` (Ed25519) signature.
+//!
+//! Records (all sealed with the vault-records key, like the agency registry):
+//! - `W` ‖ agency ‖ 0 ‖ webhook id: a subscription;
+//! - `Q` ‖ agency ‖ 0 ‖ webhook id ‖ 0 ‖ event id (16 bytes): a delivery waiting (or retrying);
+//! - `F` ‖ (same): a parked delivery (failed for the whole retry window);
+//! - `K` ‖ expires_at (8 bytes) ‖ owner ref ‖ grant id: a grant whose `grant.expired` event is
+//!   still to be emitted. The sweep deletes it in the same batch as it writes the event, so the
+//!   event is emitted exactly once.
+//!
+//! An agency is told only what it already knows: about its own grants (`grant.*`), about the
+//! documents it issued and signed (`document.*`), and that an owner it holds a grant of, or
+//! issued a signed document to, was erased. No content, no other owner's data.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Mutex, MutexGuard};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use ed25519_dalek::{Signer as _, SigningKey};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::access::{Caller, Principal};
+use crate::audit::Draft;
+use crate::document::Document;
+use crate::grants::Grant;
+use crate::ids::{AgencyId, IdError, OwnerId};
+use crate::store::Op;
+use crate::time::Timestamp;
+use crate::vault::{aad, key_of, prefix, OwnerRef, Vault};
+use crate::{seal, Error};
+
+/// Longest subscription URL, in bytes.
+pub const MAX_URL: usize = 2048;
+/// Most subscriptions one agency may have.
+pub const MAX_WEBHOOKS_PER_AGENCY: usize = 16;
+/// Longest `last_error` kept with a delivery.
+const MAX_ERROR: usize = 300;
+
+/// An event type (SPEC.md §24, "Event types").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum EventType {
+    /// A grant to the agency was created (to the grantee).
+    #[serde(rename = "grant.created")]
+    GrantCreated,
+    /// A grant to the agency was revoked by its owner (to the grantee).
+    #[serde(rename = "grant.revoked")]
+    GrantRevoked,
+    /// A grant to the agency reached its `expires_at` (to the grantee; emitted by the sweep).
+    #[serde(rename = "grant.expired")]
+    GrantExpired,
+    /// A grant's last allowed content read was used (to the grantee).
+    #[serde(rename = "grant.exhausted")]
+    GrantExhausted,
+    /// A document the agency issued and signed was deposited (to the issuer).
+    #[serde(rename = "document.deposited")]
+    DocumentDeposited,
+    /// A document the agency issued and signed was revoked (to the issuer).
+    #[serde(rename = "document.revoked")]
+    DocumentRevoked,
+    /// An owner the agency holds a grant of, or issued a signed document to, was erased.
+    #[serde(rename = "owner.erased")]
+    OwnerErased,
+}
+
+impl EventType {
+    /// Every event type.
+    pub const ALL: [EventType; 7] = [
+        Self::GrantCreated,
+        Self::GrantRevoked,
+        Self::GrantExpired,
+        Self::GrantExhausted,
+        Self::DocumentDeposited,
+        Self::DocumentRevoked,
+        Self::OwnerErased,
+    ];
+
+    /// The wire name (`grant.created`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GrantCreated => "grant.created",
+            Self::GrantRevoked => "grant.revoked",
+            Self::GrantExpired => "grant.expired",
+            Self::GrantExhausted => "grant.exhausted",
+            Self::DocumentDeposited => "document.deposited",
+            Self::DocumentRevoked => "document.revoked",
+            Self::OwnerErased => "owner.erased",
+        }
+    }
+}
+
+/// A subscription id: the shared name alphabet (`a-z 0-9 . _ -`, 1 to 64 characters).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WebhookId(String);
+
+impl WebhookId {
+    /// Parses a webhook id.
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        AgencyId::parse(s).map_err(|e| IdError { kind: "webhook id", reason: e.reason })?;
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for WebhookId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for WebhookId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for WebhookId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An event id: `msg_` and 32 lowercase hex characters (8 bytes of creation time in
+/// microseconds, 8 random bytes), stable across every delivery attempt (the receiver's
+/// idempotency key, the `webhook-id` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId([u8; 16]);
+
+impl EventId {
+    fn fresh() -> Self {
+        let micros = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&(micros as u64).to_be_bytes());
+        b[8..].copy_from_slice(&crate::keys::random_array::<8>());
+        Self(b)
+    }
+
+    /// Parses `msg_<32 hex>`.
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        let e = IdError { kind: "event id", reason: "it is `msg_` followed by 32 lowercase hex characters" };
+        let h = s.strip_prefix("msg_").ok_or(e.clone())?;
+        if h.len() != 32 || !h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(e);
+        }
+        let mut b = [0u8; 16];
+        hex::decode_to_slice(h, &mut b).map_err(|_| e)?;
+        Ok(Self(b))
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "msg_{}", hex::encode(self.0))
+    }
+}
+
+impl Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A subscription URL: `https://host[:port]/path[?query]`, or `http://` (allowed only to
+/// loopback by a `--dev` server, see [`UrlPolicy`]); no user info, no fragment, at most
+/// [`MAX_URL`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookUrl(url::Url);
+
+impl WebhookUrl {
+    /// Parses and checks the syntax (not the [`UrlPolicy`]).
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        let bad = |why: &str| Error::InvalidRequest(format!("url: {why}"));
+        if s.len() > MAX_URL {
+            return Err(bad(&format!("at most {MAX_URL} bytes")));
+        }
+        let u = url::Url::parse(s).map_err(|e| bad(&format!("not a URL ({e})")))?;
+        if !matches!(u.scheme(), "https" | "http") {
+            return Err(bad("only https:// URLs are accepted"));
+        }
+        if !u.username().is_empty() || u.password().is_some() {
+            return Err(bad("no user name or password in the URL"));
+        }
+        if u.fragment().is_some() {
+            return Err(bad("no #fragment"));
+        }
+        if u.host().is_none() {
+            return Err(bad("no host"));
+        }
+        Ok(Self(u))
+    }
+
+    /// The URL.
+    pub fn url(&self) -> &url::Url {
+        &self.0
+    }
+
+    /// The URL as text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl Serialize for WebhookUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for WebhookUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::parse(&String::deserialize(d)?).map_err(|e| serde::de::Error::custom(e.to_string()))
+    }
+}
+
+/// Which targets a subscription may have (no server-side request forgery; SPEC.md §24, "SSRF").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UrlPolicy {
+    /// `--dev`: `http://` to loopback is allowed (and loopback addresses are).
+    pub dev: bool,
+    /// `--webhook-allow-private`: private, link-local and loopback addresses are allowed.
+    pub allow_private: bool,
+}
+
+/// Whether `ip` is a public unicast address (not private, loopback, link-local, multicast,
+/// unspecified, broadcast, documentation, shared/CGNAT, benchmarking or reserved; IPv4-mapped
+/// and -compatible IPv6 addresses are judged as their IPv4 address).
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || o[0] >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4() {
+                // ::ffff:a.b.c.d and ::a.b.c.d (but ::1 and :: are judged below).
+                if !(v6.is_loopback() || v6.is_unspecified()) {
+                    return is_public(IpAddr::V4(v4));
+                }
+            }
+            let s = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] == 0x0064 && s[1] == 0xff9b)
+                || s[0] == 0x0100)
+        }
+    }
+}
+
+impl UrlPolicy {
+    /// Whether a connection to `ip` is allowed.
+    pub fn allows_ip(&self, ip: IpAddr) -> bool {
+        is_public(ip) || self.allow_private || (self.dev && ip.is_loopback())
+    }
+
+    /// Checks a subscription URL: its scheme, and its host if that is an IP address (a host
+    /// name is checked after resolution, at every delivery).
+    pub fn check(&self, u: &WebhookUrl) -> Result<(), Error> {
+        let bad = |why: String| Error::InvalidRequest(format!("url: {why}"));
+        let host = u.0.host().ok_or_else(|| bad("no host".into()))?;
+        let ip = match host {
+            url::Host::Ipv4(a) => Some(IpAddr::V4(a)),
+            url::Host::Ipv6(a) => Some(IpAddr::V6(a)),
+            url::Host::Domain(_) => None,
+        };
+        if u.0.scheme() == "http" {
+            let loopback = ip.is_some_and(|ip| ip.is_loopback()) || u.0.host_str() == Some("localhost");
+            if !(self.dev && loopback) {
+                return Err(bad("only https:// URLs are accepted (http:// only to loopback, with --dev)".into()));
+            }
+        }
+        if let Some(ip) = ip {
+            if !self.allows_ip(ip) {
+                return Err(bad(format!(
+                    "{ip} is not a public address (private, loopback, link-local and other special targets are refused \
+                     unless the server runs with --webhook-allow-private)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the operator sends to subscribe (the request body).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NewWebhook {
+    /// Where events are POSTed.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "https://dossier.example.vn/hooks/vault"))]
+    pub url: WebhookUrl,
+    /// The event types wanted (at least one; no repeats).
+    pub events: Vec<EventType>,
+}
+
+/// A stored subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Webhook {
+    /// The agency told.
+    pub agency: AgencyId,
+    /// The subscription id.
+    pub id: WebhookId,
+    /// Where events are POSTed.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub url: WebhookUrl,
+    /// The event types sent.
+    pub events: Vec<EventType>,
+    /// When first created.
+    pub created_at: Timestamp,
+    /// When last replaced.
+    pub updated_at: Timestamp,
+}
+
+/// A subscription as the operator sees it: the record, the verifying key and the outbox counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WebhookView {
+    /// The subscription.
+    #[serde(flatten)]
+    pub webhook: Webhook,
+    /// The key receivers verify `v1a` signatures with: `whpk_` + standard base64 of the 32-byte
+    /// Ed25519 public key.
+    pub public_key: String,
+    /// Events waiting for delivery (first attempt or retrying).
+    pub pending: u64,
+    /// Of those, how many had at least one failed attempt.
+    pub retrying: u64,
+    /// Parked events (see `/failed`).
+    pub parked: u64,
+}
+
+/// An event: what the body says, and its id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Event {
+    /// The event id (`webhook-id`).
+    pub id: EventId,
+    /// The event type.
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// When the change happened.
+    pub timestamp: Timestamp,
+    /// What happened, as ids the agency already knows (SPEC.md §24).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub data: Value,
+}
+
+impl Event {
+    /// The delivered body: `{"type", "timestamp", "data"}` as JSON.
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&json!({"type": self.kind, "timestamp": self.timestamp, "data": self.data}))
+            .unwrap_or_default()
+    }
+}
+
+/// One event on its way to one subscription.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Delivery {
+    /// The event.
+    pub event: Event,
+    /// The agency.
+    pub agency: AgencyId,
+    /// The subscription.
+    pub webhook: WebhookId,
+    /// Attempts that failed.
+    pub attempts: u32,
+    /// When the first attempt failed.
+    pub first_failure: Option<Timestamp>,
+    /// Not before this time.
+    pub next_attempt: Timestamp,
+    /// Why the last attempt failed (status or transport error; never the response body).
+    pub last_error: Option<String>,
+    /// When it was parked.
+    pub parked_at: Option<Timestamp>,
+}
+
+/// The metadata key of a waiting delivery (opaque).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeliveryKey(Vec<u8>);
+
+/// The Ed25519 key that signs deliveries, derived from the vault's signing seed (never stored
+/// on its own, never printed).
+pub(crate) struct WebhookSigner(SigningKey);
+
+impl std::fmt::Debug for WebhookSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSigner([redacted])")
+    }
+}
+
+impl WebhookSigner {
+    /// Derived from the vault's signing seed (BLAKE3 KDF with its own context).
+    pub(crate) fn derive(seed: &[u8; 32]) -> Self {
+        let key = crate::keys::SecretKey::from_bytes(*seed).derive(crate::keys::ctx::WEBHOOK_SIGNING);
+        Self(SigningKey::from_bytes(key.expose()))
+    }
+}
+
+/// The signed content of Standard Webhooks: `{id}.{timestamp}.{body}`.
+pub fn signed_content(id: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
+    let mut m = format!("{id}.{timestamp}.").into_bytes();
+    m.extend_from_slice(body);
+    m
+}
+
+/// In-memory state: the subscriptions (loaded at first use, kept in step with every change).
+#[derive(Debug, Default)]
+pub(crate) struct EventState {
+    subs: Mutex<Option<Subs>>,
+    /// Serialises the rewrites of outbox records (failed attempts, redelivery) with the
+    /// deletion of a subscription's records. Taken after `subs` when both are.
+    outbox: Mutex<()>,
+}
+
+/// Every subscription, by agency and id.
+type Subs = BTreeMap<(AgencyId, WebhookId), Webhook>;
+
+fn sub_key(agency: &AgencyId, id: &WebhookId) -> Vec<u8> {
+    key_of(prefix::WEBHOOK, &[agency.as_str().as_bytes(), &[0], id.as_str().as_bytes()])
+}
+
+fn outbox_prefix(p: u8, agency: &AgencyId, id: &WebhookId) -> Vec<u8> {
+    key_of(p, &[agency.as_str().as_bytes(), &[0], id.as_str().as_bytes(), &[0]])
+}
+
+fn outbox_key(p: u8, agency: &AgencyId, id: &WebhookId, event: &EventId) -> Vec<u8> {
+    let mut k = outbox_prefix(p, agency, id);
+    k.extend_from_slice(&event.0);
+    k
+}
+
+fn expiry_key(op: &OwnerRef, g: &Grant) -> Vec<u8> {
+    // Offset so that key order is time order for every representable time.
+    let t = (g.terms.expires_at.unix() as u64 ^ (1 << 63)).to_be_bytes();
+    key_of(prefix::GRANT_EXPIRY, &[&t, op, g.id.as_bytes()])
+}
+
+fn corrupt(k: &[u8]) -> Error {
+    Error::Corrupt(crate::vault::describe_key(k))
+}
+
+/// The `data` of a grant event.
+fn grant_data(g: &Grant) -> Value {
+    json!({
+        "grant": g.id,
+        "owner": g.owner,
+        "purpose": g.terms.purpose,
+        "expires_at": g.terms.expires_at,
+    })
+}
+
+impl Vault {
+    fn seal_vault<T: Serialize>(&self, key: &[u8], v: &T) -> Vec<u8> {
+        seal::seal(&self.vault_records, &aad(key), &serde_json::to_vec(v).unwrap_or_default())
+    }
+
+    fn open_vault<T: for<'de> Deserialize<'de>>(&self, key: &[u8], v: &[u8]) -> Result<T, Error> {
+        let plain = seal::open(&self.vault_records, &aad(key), v).map_err(|_| corrupt(key))?;
+        serde_json::from_slice(&plain).map_err(|_| corrupt(key))
+    }
+
+    fn outbox_lock(&self) -> MutexGuard<'_, ()> {
+        self.events.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn subs(&self) -> Result<MutexGuard<'_, Option<Subs>>, Error> {
+        let mut g = self.events.subs.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            let mut all = BTreeMap::new();
+            for item in self.meta().scan(&[prefix::WEBHOOK]) {
+                let (k, v) = item?;
+                let w: Webhook = self.open_vault(&k, &v)?;
+                all.insert((w.agency.clone(), w.id.clone()), w);
+            }
+            *g = Some(all);
+        }
+        Ok(g)
+    }
+
+    /// The outbox records of one event for `agency`: one per subscription that wants `kind`
+    /// (none when no subscription does). Call with the change's other ops, in its batch.
+    /// Fails (and so fails the change: fail closed) only if the subscriptions cannot be read.
+    pub(crate) fn event_ops(
+        &self,
+        agency: &AgencyId,
+        kind: EventType,
+        data: Value,
+        at: Timestamp,
+    ) -> Result<Vec<Op>, Error> {
+        let subs = self.subs()?;
+        let Some(subs) = subs.as_ref() else { return Ok(Vec::new()) };
+        let id = EventId::fresh();
+        let mut ops = Vec::new();
+        for ((a, wid), w) in subs.range((agency.clone(), WebhookId(String::new()))..) {
+            if a != agency {
+                break;
+            }
+            if !w.events.contains(&kind) {
+                continue;
+            }
+            let d = Delivery {
+                event: Event { id, kind, timestamp: at, data: data.clone() },
+                agency: a.clone(),
+                webhook: wid.clone(),
+                attempts: 0,
+                first_failure: None,
+                next_attempt: at,
+                last_error: None,
+                parked_at: None,
+            };
+            let key = outbox_key(prefix::OUTBOX, a, wid, &id);
+            ops.push(Op::Put(key.clone(), self.seal_vault(&key, &d)));
+        }
+        Ok(ops)
+    }
+
+    /// The ops a new grant adds: its `grant.created` event and its expiry record.
+    pub(crate) fn grant_created_ops(&self, op: &OwnerRef, g: &Grant) -> Result<Vec<Op>, Error> {
+        let mut ops = self.event_ops(&g.terms.grantee, EventType::GrantCreated, grant_data_created(g), g.created_at)?;
+        let k = expiry_key(op, g);
+        ops.push(Op::Put(k.clone(), self.seal_vault(&k, &g.terms.grantee)));
+        Ok(ops)
+    }
+
+    /// The ops of a grant's revocation: its `grant.revoked` event; its expiry record goes.
+    pub(crate) fn grant_revoked_ops(&self, op: &OwnerRef, g: &Grant, at: Timestamp) -> Result<Vec<Op>, Error> {
+        let mut data = grant_data(g);
+        data["revoked_at"] = json!(at);
+        let mut ops = self.event_ops(&g.terms.grantee, EventType::GrantRevoked, data, at)?;
+        ops.push(Op::Delete(expiry_key(op, g)));
+        Ok(ops)
+    }
+
+    /// The ops of a grant's last allowed use: its `grant.exhausted` event.
+    pub(crate) fn grant_exhausted_ops(&self, g: &Grant, at: Timestamp) -> Result<Vec<Op>, Error> {
+        let mut data = grant_data(g);
+        data["uses"] = json!(g.uses);
+        self.event_ops(&g.terms.grantee, EventType::GrantExhausted, data, at)
+    }
+
+    /// The ops of an erasure: `owner.erased` to each agency in `agencies`, and the grants'
+    /// expiry records go.
+    pub(crate) fn owner_erased_ops(
+        &self,
+        op: &OwnerRef,
+        owner: &OwnerId,
+        grants: &[Grant],
+        documents: &[Document],
+        at: Timestamp,
+    ) -> Result<Vec<Op>, Error> {
+        let mut agencies: Vec<&AgencyId> = grants.iter().map(|g| &g.terms.grantee).collect();
+        agencies.extend(documents.iter().filter(|d| d.verified).filter_map(|d| d.meta.issuer.as_ref()));
+        agencies.sort();
+        agencies.dedup();
+        let mut ops: Vec<Op> = grants.iter().map(|g| Op::Delete(expiry_key(op, g))).collect();
+        for a in agencies {
+            ops.extend(self.event_ops(a, EventType::OwnerErased, json!({"owner": owner, "erased_at": at}), at)?);
+        }
+        Ok(ops)
+    }
+
+    /// The ops of a document event (`document.deposited` or `document.revoked`): to its issuer,
+    /// only for a verified (issuer-signed) document.
+    pub(crate) fn document_event_ops(&self, doc: &Document, kind: EventType, at: Timestamp) -> Result<Vec<Op>, Error> {
+        let Some(issuer) = doc.meta.issuer.as_ref().filter(|_| doc.verified) else { return Ok(Vec::new()) };
+        let mut data = json!({
+            "document": doc.id,
+            "owner": doc.owner,
+            "doc_type": doc.meta.doc_type,
+            "reference": doc.meta.reference,
+        });
+        if let Some(r) = &doc.revocation {
+            data["revoked_at"] = json!(r.at);
+        }
+        self.event_ops(issuer, kind, data, at)
+    }
+
+    /// Emits `grant.expired` for every grant whose `expires_at` is at or before `now` and whose
+    /// event is not emitted yet, exactly once each (the expiry record goes in the same batch as
+    /// the event). A revoked grant, or an erased owner's, emits nothing. Returns the events
+    /// emitted.
+    pub fn sweep_grant_expiry(&self, now: Timestamp) -> Result<u64, Error> {
+        let end = (now.unix() as u64 ^ (1 << 63)).to_be_bytes();
+        let mut due = Vec::new();
+        for item in self.meta().scan(&[prefix::GRANT_EXPIRY]) {
+            let (k, _) = item?;
+            if k.len() != 41 {
+                return Err(corrupt(&k));
+            }
+            if k[1..9] > end[..] {
+                break;
+            }
+            due.push(k);
+        }
+        let mut emitted = 0;
+        for k in due {
+            let op: OwnerRef = k[9..25].try_into().map_err(|_| corrupt(&k))?;
+            let gid = crate::ids::GrantId::from_bytes(k[25..41].try_into().map_err(|_| corrupt(&k))?);
+            let mut ops = vec![Op::Delete(k.clone())];
+            let Some(o) = self.owner_by_ref(&op)? else {
+                self.apply_durable(ops)?;
+                continue;
+            };
+            // Under the owner's change lock: no erasure or revocation is between reading the
+            // grant and writing the event.
+            let (_guard, o) = self.owner_for_change(&o.id, false)?;
+            let Some(o) = o else {
+                self.apply_durable(ops)?;
+                continue;
+            };
+            let g = {
+                let pending = self.grants_lock.lock().unwrap_or_else(|p| p.into_inner());
+                self.grant_for_change(&pending, &o, &gid)?
+            };
+            if let Some(g) = g.filter(|g| g.revoked_at.is_none()) {
+                ops.extend(self.event_ops(
+                    &g.terms.grantee,
+                    EventType::GrantExpired,
+                    grant_data(&g),
+                    g.terms.expires_at,
+                )?);
+                emitted += 1;
+            }
+            self.apply_durable(ops)?;
+        }
+        Ok(emitted)
+    }
+
+    fn require_operator(&self, caller: &Caller, action: &'static str) -> Result<Draft, Error> {
+        let d = self.draft_for(caller, None, action);
+        if caller.principal != Principal::Operator {
+            return self.refuse_for(d, Error::Forbidden);
+        }
+        Ok(d)
+    }
+
+    /// Refuses (and logs the refusal as `webhook.put`) anyone but the operator: lets a server
+    /// answer 403 before it reads a subscription body.
+    pub fn may_put_webhook_as(&self, caller: &Caller) -> Result<(), Error> {
+        self.require_operator(caller, "webhook.put").map(|_| ())
+    }
+
+    /// Creates or replaces a subscription (the operator only; logged). The agency must be
+    /// registered. Returns it and whether it is new. Events already waiting keep waiting and go
+    /// to the new URL.
+    pub fn put_webhook_as(
+        &self,
+        caller: &Caller,
+        agency: &AgencyId,
+        id: &WebhookId,
+        new: NewWebhook,
+        policy: &UrlPolicy,
+    ) -> Result<(Webhook, bool), Error> {
+        let d = self.require_operator(caller, "webhook.put")?;
+        let r = (|| {
+            policy.check(&new.url)?;
+            if new.events.is_empty() {
+                return Err(Error::InvalidRequest("events: at least one event type".into()));
+            }
+            let mut events = new.events.clone();
+            events.sort();
+            events.dedup();
+            if events.len() != new.events.len() {
+                return Err(Error::InvalidRequest("events: an event type is listed twice".into()));
+            }
+            if self.agency(agency)?.is_none() {
+                return Err(Error::NotFound("agency"));
+            }
+            let mut subs = self.subs()?;
+            let all = subs.get_or_insert_with(BTreeMap::new);
+            let key = (agency.clone(), id.clone());
+            let now = Timestamp::now();
+            let old = all.get(&key).cloned();
+            if old.is_none() && all.keys().filter(|(a, _)| a == agency).count() >= MAX_WEBHOOKS_PER_AGENCY {
+                return Err(Error::Conflict(format!("an agency has at most {MAX_WEBHOOKS_PER_AGENCY} webhooks")));
+            }
+            let w = Webhook {
+                agency: agency.clone(),
+                id: id.clone(),
+                url: new.url,
+                events: new.events,
+                created_at: old.as_ref().map_or(now, |o| o.created_at),
+                updated_at: now,
+            };
+            let k = sub_key(agency, id);
+            // Under the subscriptions' lock: the cache and the records change together.
+            let (ticket, _) = self.apply_audited(vec![Op::Put(k.clone(), self.seal_vault(&k, &w))], &d)?;
+            all.insert(key, w.clone());
+            drop(subs);
+            self.wait_ticket(ticket)?;
+            Ok((w, old.is_none()))
+        })();
+        r.or_else(|e| self.refuse_for(d.clone(), e))
+    }
+
+    /// One subscription with its key and counts (the operator only).
+    pub fn webhook_as(&self, caller: &Caller, agency: &AgencyId, id: &WebhookId) -> Result<WebhookView, Error> {
+        if caller.principal != Principal::Operator {
+            return Err(Error::Forbidden);
+        }
+        let w = self.subs()?.as_ref().and_then(|s| s.get(&(agency.clone(), id.clone())).cloned());
+        let w = w.ok_or(Error::NotFound("webhook"))?;
+        let (mut pending, mut retrying, mut parked) = (0, 0, 0);
+        for item in self.meta().scan(&outbox_prefix(prefix::OUTBOX, agency, id)) {
+            let (k, v) = item?;
+            pending += 1;
+            if self.open_vault::<Delivery>(&k, &v).map_or(true, |d| d.attempts > 0) {
+                retrying += 1;
+            }
+        }
+        for item in self.meta().scan(&outbox_prefix(prefix::PARKED, agency, id)) {
+            item?;
+            parked += 1;
+        }
+        Ok(WebhookView { webhook: w, public_key: self.webhook_public_key(), pending, retrying, parked })
+    }
+
+    /// Deletes a subscription and every event waiting or parked for it (the operator only;
+    /// logged).
+    pub fn delete_webhook_as(&self, caller: &Caller, agency: &AgencyId, id: &WebhookId) -> Result<(), Error> {
+        let d = self.require_operator(caller, "webhook.delete")?;
+        let r = (|| {
+            let mut subs = self.subs()?;
+            let key = (agency.clone(), id.clone());
+            if !subs.as_ref().is_some_and(|s| s.contains_key(&key)) {
+                return Err(Error::NotFound("webhook"));
+            }
+            let mut ops = vec![Op::Delete(sub_key(agency, id))];
+            // No failed attempt or redelivery may rewrite a record deleted here.
+            let _outbox = self.outbox_lock();
+            for p in [prefix::OUTBOX, prefix::PARKED] {
+                for item in self.meta().scan(&outbox_prefix(p, agency, id)) {
+                    ops.push(Op::Delete(item?.0));
+                }
+            }
+            let (ticket, _) = self.apply_audited(ops, &d)?;
+            if let Some(s) = subs.as_mut() {
+                s.remove(&key);
+            }
+            drop(subs);
+            self.wait_ticket(ticket)
+        })();
+        r.or_else(|e| self.refuse_for(d.clone(), e))
+    }
+
+    /// The parked events of a subscription, oldest first (the operator only).
+    pub fn failed_events_as(&self, caller: &Caller, agency: &AgencyId, id: &WebhookId) -> Result<Vec<Delivery>, Error> {
+        if caller.principal != Principal::Operator {
+            return Err(Error::Forbidden);
+        }
+        if !self.subs()?.as_ref().is_some_and(|s| s.contains_key(&(agency.clone(), id.clone()))) {
+            return Err(Error::NotFound("webhook"));
+        }
+        let mut out = Vec::new();
+        for item in self.meta().scan(&outbox_prefix(prefix::PARKED, agency, id)) {
+            let (k, v) = item?;
+            out.push(self.open_vault(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Puts a parked event back in the outbox for a fresh retry window, same event id (the
+    /// operator only; logged).
+    pub fn redeliver_as(
+        &self,
+        caller: &Caller,
+        agency: &AgencyId,
+        id: &WebhookId,
+        event: &EventId,
+    ) -> Result<Delivery, Error> {
+        let d = self.require_operator(caller, "webhook.redeliver")?;
+        let r = (|| {
+            let _outbox = self.outbox_lock();
+            let from = outbox_key(prefix::PARKED, agency, id, event);
+            let v = self.meta().get(&from)?.ok_or(Error::NotFound("parked event"))?;
+            let mut del: Delivery = self.open_vault(&from, &v)?;
+            del.attempts = 0;
+            del.first_failure = None;
+            del.parked_at = None;
+            del.next_attempt = Timestamp::now();
+            let to = outbox_key(prefix::OUTBOX, agency, id, event);
+            let (ticket, _) =
+                self.apply_audited(vec![Op::Delete(from), Op::Put(to.clone(), self.seal_vault(&to, &del))], &d)?;
+            self.wait_ticket(ticket)?;
+            Ok(del)
+        })();
+        r.or_else(|e| self.refuse_for(d.clone(), e))
+    }
+
+    /// The subscription `agency`/`id`, if any (for the delivery worker).
+    pub fn webhook(&self, agency: &AgencyId, id: &WebhookId) -> Result<Option<Webhook>, Error> {
+        Ok(self.subs()?.as_ref().and_then(|s| s.get(&(agency.clone(), id.clone())).cloned()))
+    }
+
+    /// Deliveries due at `now` (not parked, `next_attempt` reached): of each subscription at
+    /// most `per_subscription`, oldest first, so a subscription with a large backlog does not
+    /// hold up the others.
+    pub fn due_deliveries(
+        &self,
+        now: Timestamp,
+        per_subscription: usize,
+    ) -> Result<Vec<(DeliveryKey, Delivery)>, Error> {
+        let subs: Vec<(AgencyId, WebhookId)> =
+            self.subs()?.as_ref().map(|s| s.keys().cloned().collect()).unwrap_or_default();
+        let mut out = Vec::new();
+        for (a, w) in subs {
+            let mut n = 0;
+            for item in self.meta().scan(&outbox_prefix(prefix::OUTBOX, &a, &w)) {
+                let (k, v) = item?;
+                // A damaged record (which `check` reports) must not stop every other delivery.
+                let Ok(d) = self.open_vault::<Delivery>(&k, &v) else { continue };
+                if d.next_attempt <= now {
+                    out.push((DeliveryKey(k), d));
+                    n += 1;
+                    if n >= per_subscription {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A delivery succeeded: it leaves the outbox (durably). Also for a delivery whose
+    /// subscription is gone.
+    pub fn delivery_done(&self, key: &DeliveryKey) -> Result<(), Error> {
+        self.apply_durable(vec![Op::Delete(key.0.clone())])
+    }
+
+    /// A delivery failed: store its new state (`d`, with the attempt counted and the next time
+    /// set); when `d.parked_at` is set it moves to the parked events. Nothing is written if
+    /// the delivery is no longer in the outbox (its subscription was deleted meanwhile).
+    pub fn delivery_failed(&self, key: &DeliveryKey, mut d: Delivery) -> Result<(), Error> {
+        let _outbox = self.outbox_lock();
+        if self.meta().get(&key.0)?.is_none() {
+            return Ok(());
+        }
+        if let Some(e) = d.last_error.as_mut() {
+            if e.len() > MAX_ERROR {
+                let mut cut = MAX_ERROR;
+                while !e.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                e.truncate(cut);
+            }
+        }
+        let ops = if d.parked_at.is_some() {
+            let to = outbox_key(prefix::PARKED, &d.agency, &d.webhook, &d.event.id);
+            vec![Op::Delete(key.0.clone()), Op::Put(to.clone(), self.seal_vault(&to, &d))]
+        } else {
+            vec![Op::Put(key.0.clone(), self.seal_vault(&key.0, &d))]
+        };
+        self.apply_durable(ops)
+    }
+
+    /// The webhook verifying key, `whpk_` + standard base64 of the Ed25519 public key.
+    pub fn webhook_public_key(&self) -> String {
+        format!("whpk_{}", B64.encode(self.webhook_signer.0.verifying_key().to_bytes()))
+    }
+
+    /// The `webhook-signature` header value for one attempt: `v1a,<base64 Ed25519 signature>`
+    /// over `{id}.{timestamp}.{body}`.
+    pub fn sign_webhook(&self, id: &EventId, timestamp: i64, body: &[u8]) -> String {
+        let sig = self.webhook_signer.0.sign(&signed_content(&id.to_string(), timestamp, body));
+        format!("v1a,{}", B64.encode(sig.to_bytes()))
+    }
+
+    /// Checks every subscription and outbox record (for `check`): the problems found.
+    pub(crate) fn check_events(&self) -> Result<Vec<(String, &'static str)>, Error> {
+        let mut out = Vec::new();
+        for p in [prefix::WEBHOOK, prefix::OUTBOX, prefix::PARKED, prefix::GRANT_EXPIRY] {
+            for item in self.meta().scan(&[p]) {
+                let (k, v) = item?;
+                if seal::open(&self.vault_records, &aad(&k), &v).is_err() {
+                    out.push((crate::vault::describe_key(&k), "record fails authentication"));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The `data` of `grant.created`: the grant's terms as the grantee sees them in `GET /v1/grants`.
+fn grant_data_created(g: &Grant) -> Value {
+    let mut data = grant_data(g);
+    data["doc_types"] = json!(g.terms.doc_types);
+    data["documents"] = json!(g.terms.documents);
+    data["max_uses"] = json!(g.terms.max_uses);
+    data
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn event_names_round_trip_and_unknown_ones_are_refused() {
+        for t in EventType::ALL {
+            let s = serde_json::to_string(&t).unwrap();
+            assert_eq!(s, format!("\"{}\"", t.as_str()));
+            assert_eq!(serde_json::from_str::<EventType>(&s).unwrap(), t);
+        }
+        assert!(serde_json::from_str::<EventType>("\"grant.deleted\"").is_err());
+        assert!(serde_json::from_str::<EventType>("\"Grant.Created\"").is_err());
+    }
+
+    #[test]
+    fn ids_are_strict() {
+        assert!(WebhookId::parse("dossier-1").is_ok());
+        for bad in ["", "Dossier", "a/b", "-a", &"a".repeat(65)] {
+            assert!(WebhookId::parse(bad).is_err(), "{bad:?}");
+        }
+        let e = EventId::fresh();
+        assert_eq!(EventId::parse(&e.to_string()).unwrap(), e);
+        for bad in ["msg_", "msg_0123", "evt_00000000000000000000000000000000", "msg_0000000000000000000000000000000G"]
+        {
+            assert!(EventId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn urls_and_the_ssrf_policy() {
+        let strict = UrlPolicy::default();
+        let dev = UrlPolicy { dev: true, allow_private: false };
+        let open = UrlPolicy { dev: false, allow_private: true };
+        let ok = |p: &UrlPolicy, u: &str| p.check(&WebhookUrl::parse(u).unwrap()).is_ok();
+        assert!(ok(&strict, "https://dossier.example.vn/hooks?x=1"));
+        assert!(ok(&strict, "https://8.8.8.8/hooks"));
+        for bad in [
+            "https://10.1.2.3/",
+            "https://127.0.0.1/",
+            "https://169.254.169.254/latest/meta-data",
+            "https://[::1]/",
+            "https://[fd00::1]/",
+            "https://[fe80::1]/",
+            "https://[::ffff:10.0.0.1]/",
+            "https://0.0.0.0/",
+            "https://224.0.0.1/",
+            "https://100.64.0.1/",
+            "https://192.168.1.1/",
+            "https://172.16.0.1/",
+        ] {
+            assert!(!ok(&strict, bad), "{bad}");
+        }
+        assert!(!ok(&strict, "http://dossier.example.vn/"));
+        assert!(!ok(&strict, "http://127.0.0.1:9000/"));
+        assert!(ok(&dev, "http://127.0.0.1:9000/"));
+        assert!(ok(&dev, "http://localhost:9000/"));
+        assert!(!ok(&dev, "http://dossier.example.vn/"));
+        assert!(!ok(&dev, "https://10.1.2.3/"));
+        assert!(ok(&open, "https://10.1.2.3/"));
+        assert!(!ok(&open, "http://10.1.2.3/"));
+        for bad in ["ftp://x.vn/", "https://user:pw@x.vn/", "https://x.vn/#frag", "not a url", "file:///etc/passwd"] {
+            assert!(WebhookUrl::parse(bad).is_err(), "{bad}");
+        }
+        assert!(WebhookUrl::parse(&format!("https://x.vn/{}", "a".repeat(MAX_URL))).is_err());
+    }
+
+    use crate::grants::NewGrant;
+    use crate::ids::{DocType, Purpose};
+    use crate::{MasterKey, Vault};
+
+    fn setup() -> (tempfile::TempDir, Vault, AgencyId, OwnerId) {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Vault::open(dir.path(), &MasterKey::from_bytes([3; 32])).unwrap();
+        let a = AgencyId::parse("so-gd").unwrap();
+        let new = crate::provenance::NewAgency { name: "Sở GD".into(), keys: vec![] };
+        v.put_agency_as(&Caller::operator(), &a, new).unwrap();
+        (dir, v, a, OwnerId::parse("citizen:001099012345").unwrap())
+    }
+
+    fn subscribe(v: &Vault, a: &AgencyId, id: &str, events: &[EventType]) {
+        let new =
+            NewWebhook { url: WebhookUrl::parse("https://dossier.example.vn/h").unwrap(), events: events.to_vec() };
+        v.put_webhook_as(&Caller::operator(), a, &WebhookId::parse(id).unwrap(), new, &UrlPolicy::default()).unwrap();
+    }
+
+    fn terms(a: &AgencyId, secs: i64) -> NewGrant {
+        NewGrant {
+            grantee: a.clone(),
+            purpose: Purpose::parse("1.000001").unwrap(),
+            purpose_text: String::new(),
+            doc_types: vec![DocType::parse("giay-khai-sinh").unwrap()],
+            documents: vec![],
+            expires_at: Timestamp::now().plus_seconds(secs),
+            max_uses: None,
+        }
+    }
+
+    fn kinds(v: &Vault) -> Vec<EventType> {
+        v.due_deliveries(Timestamp::now().plus_seconds(1), 100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, d)| d.event.kind)
+            .collect()
+    }
+
+    #[test]
+    fn events_ride_with_their_change_and_only_to_subscribers_that_want_them() {
+        let (_dir, v, a, owner) = setup();
+        let me = Caller::owner(owner.clone());
+        // No subscription: nothing is written.
+        v.grant_as(&me, &owner, terms(&a, 3600)).unwrap();
+        assert!(kinds(&v).is_empty());
+        subscribe(&v, &a, "main", &[EventType::GrantCreated, EventType::GrantRevoked]);
+        subscribe(&v, &a, "audit", &[EventType::GrantRevoked]);
+        let g = v.grant_as(&me, &owner, terms(&a, 3600)).unwrap();
+        assert_eq!(kinds(&v), vec![EventType::GrantCreated]);
+        // A refused change writes no event.
+        assert!(v.grant_as(&me, &owner, terms(&a, -10)).is_err());
+        assert_eq!(kinds(&v).len(), 1);
+        v.revoke_grant_as(&me, &owner, &g.id).unwrap();
+        // Revoked: one event per subscription wanting it, the same event id for both.
+        let due = v.due_deliveries(Timestamp::now().plus_seconds(1), 100).unwrap();
+        let revoked: Vec<&Delivery> =
+            due.iter().map(|(_, d)| d).filter(|d| d.event.kind == EventType::GrantRevoked).collect();
+        assert_eq!(revoked.len(), 2);
+        assert_eq!(revoked[0].event.id, revoked[1].event.id);
+        assert_eq!(revoked[0].event.data["grant"], g.id.to_string());
+        // Revoking again changes nothing and says nothing.
+        v.revoke_grant_as(&me, &owner, &g.id).unwrap();
+        assert_eq!(kinds(&v).len(), 3);
+        // Deleting a subscription takes its events with it.
+        v.delete_webhook_as(&Caller::operator(), &a, &WebhookId::parse("audit").unwrap()).unwrap();
+        assert_eq!(kinds(&v).len(), 2);
+        assert!(v.check(false).unwrap().is_clean());
+    }
+
+    #[test]
+    fn grant_expired_is_emitted_exactly_once_and_not_for_a_revoked_grant() {
+        let (dir, v, a, owner) = setup();
+        let me = Caller::owner(owner.clone());
+        subscribe(&v, &a, "main", &[EventType::GrantExpired]);
+        let kept = v.grant_as(&me, &owner, terms(&a, 60)).unwrap();
+        let revoked = v.grant_as(&me, &owner, terms(&a, 60)).unwrap();
+        v.revoke_grant_as(&me, &owner, &revoked.id).unwrap();
+        assert_eq!(v.sweep_grant_expiry(Timestamp::now()).unwrap(), 0, "not yet expired");
+        let later = Timestamp::now().plus_seconds(120);
+        assert_eq!(v.sweep_grant_expiry(later).unwrap(), 1);
+        assert_eq!(v.sweep_grant_expiry(later).unwrap(), 0, "exactly once");
+        // ...also across a restart.
+        drop(v);
+        let v = Vault::open(dir.path(), &MasterKey::from_bytes([3; 32])).unwrap();
+        assert_eq!(v.sweep_grant_expiry(later).unwrap(), 0);
+        let due = v.due_deliveries(later, 100).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].1.event.data["grant"], kept.id.to_string());
+        assert_eq!(due[0].1.event.timestamp, kept.terms.expires_at);
+    }
+
+    #[test]
+    fn erasure_tells_each_agency_once_and_leaves_no_expiry_behind() {
+        let (_dir, v, a, owner) = setup();
+        let b = AgencyId::parse("ubnd-xa").unwrap();
+        let new = crate::provenance::NewAgency { name: "UBND".into(), keys: vec![] };
+        v.put_agency_as(&Caller::operator(), &b, new).unwrap();
+        subscribe(&v, &a, "main", &[EventType::OwnerErased, EventType::GrantExpired]);
+        subscribe(&v, &b, "main", &[EventType::OwnerErased]);
+        let me = Caller::owner(owner.clone());
+        v.grant_as(&me, &owner, terms(&a, 60)).unwrap();
+        v.grant_as(&me, &owner, terms(&a, 60)).unwrap();
+        v.erase_as(&me, &owner).unwrap();
+        // To the grantee once (two grants), not to an agency with nothing of the owner.
+        let due = v.due_deliveries(Timestamp::now().plus_seconds(1), 100).unwrap();
+        let erased: Vec<&Delivery> =
+            due.iter().map(|(_, d)| d).filter(|d| d.event.kind == EventType::OwnerErased).collect();
+        assert_eq!(erased.len(), 1);
+        assert_eq!((&erased[0].agency, &erased[0].event.data["owner"]), (&a, &json!(owner)));
+        // The grants' expiry records went with the owner: no grant.expired later.
+        assert_eq!(v.sweep_grant_expiry(Timestamp::now().plus_seconds(120)).unwrap(), 0);
+        assert_eq!(v.meta().scan(&[prefix::GRANT_EXPIRY]).count(), 0);
+        assert!(v.check(false).unwrap().is_clean());
+    }
+
+    #[test]
+    fn a_backlog_of_one_subscription_does_not_hide_another() {
+        let (_dir, v, a, owner) = setup();
+        subscribe(&v, &a, "a-backlog", &[EventType::GrantCreated]);
+        subscribe(&v, &a, "z-other", &[EventType::GrantRevoked]);
+        let me = Caller::owner(owner.clone());
+        for _ in 0..5 {
+            v.grant_as(&me, &owner, terms(&a, 3600)).unwrap();
+        }
+        let g = v.grant_as(&me, &owner, terms(&a, 3600)).unwrap();
+        v.revoke_grant_as(&me, &owner, &g.id).unwrap();
+        let due = v.due_deliveries(Timestamp::now().plus_seconds(1), 2).unwrap();
+        let names: Vec<&str> = due.iter().map(|(_, d)| d.webhook.as_str()).collect();
+        assert_eq!(names, ["a-backlog", "a-backlog", "z-other"]);
+        // Oldest first.
+        assert!(due[0].1.event.id < due[1].1.event.id);
+    }
+
+    #[test]
+    fn a_damaged_outbox_record_is_reported_and_holds_up_no_other_delivery() {
+        let (_dir, v, a, owner) = setup();
+        subscribe(&v, &a, "main", &[EventType::GrantCreated]);
+        let me = Caller::owner(owner.clone());
+        v.grant_as(&me, &owner, terms(&a, 3600)).unwrap();
+        v.grant_as(&me, &owner, terms(&a, 3600)).unwrap();
+        let (key, _) = v.due_deliveries(Timestamp::now(), 10).unwrap().remove(0);
+        v.apply_durable(vec![Op::Put(key.0.clone(), b"not a sealed value".to_vec())]).unwrap();
+        assert_eq!(v.due_deliveries(Timestamp::now(), 10).unwrap().len(), 1);
+        let report = v.check(false).unwrap();
+        assert!(!report.is_clean());
+        assert!(report.to_string().contains("outbox event"), "{report}");
+    }
+
+    #[test]
+    fn a_failing_delivery_is_parked_listed_and_redelivered_with_its_id() {
+        let (_dir, v, a, owner) = setup();
+        subscribe(&v, &a, "main", &[EventType::GrantCreated]);
+        v.grant_as(&Caller::owner(owner.clone()), &owner, terms(&a, 3600)).unwrap();
+        let (key, mut d) = v.due_deliveries(Timestamp::now(), 10).unwrap().remove(0);
+        let id = d.event.id;
+        d.attempts = 1;
+        d.next_attempt = Timestamp::now().plus_seconds(600);
+        v.delivery_failed(&key, d.clone()).unwrap();
+        assert!(v.due_deliveries(Timestamp::now(), 10).unwrap().is_empty(), "not due before next_attempt");
+        d.parked_at = Some(Timestamp::now());
+        d.last_error = Some("x".repeat(1000));
+        v.delivery_failed(&key, d).unwrap();
+        let w = WebhookId::parse("main").unwrap();
+        let op = Caller::operator();
+        let view = v.webhook_as(&op, &a, &w).unwrap();
+        assert_eq!((view.pending, view.parked), (0, 1));
+        let failed = v.failed_events_as(&op, &a, &w).unwrap();
+        assert_eq!(failed[0].event.id, id);
+        assert_eq!(failed[0].last_error.as_ref().unwrap().len(), MAX_ERROR);
+        assert!(matches!(v.failed_events_as(&Caller::owner(owner.clone()), &a, &w), Err(Error::Forbidden)));
+        v.redeliver_as(&op, &a, &w, &id).unwrap();
+        let (key, d) = v.due_deliveries(Timestamp::now(), 10).unwrap().remove(0);
+        assert_eq!((d.event.id, d.attempts, d.parked_at), (id, 0, None));
+        assert!(matches!(v.redeliver_as(&op, &a, &w, &id), Err(Error::NotFound(_))));
+        v.delivery_done(&key).unwrap();
+        assert_eq!(v.webhook_as(&op, &a, &w).unwrap().pending, 0);
+    }
+
+    #[test]
+    fn the_signature_is_over_id_timestamp_and_body() {
+        use ed25519_dalek::Verifier as _;
+        let s = WebhookSigner::derive(&[7; 32]);
+        let id = EventId::fresh();
+        let body = br#"{"type":"grant.created"}"#;
+        let sig = s.0.sign(&signed_content(&id.to_string(), 1_700_000_000, body));
+        let m = format!("{id}.1700000000.{}", std::str::from_utf8(body).unwrap());
+        s.0.verifying_key().verify(m.as_bytes(), &sig).unwrap();
+        // Derived, not the seed's own key.
+        assert_ne!(s.0.verifying_key(), SigningKey::from_bytes(&[7; 32]).verifying_key());
+    }
+}
