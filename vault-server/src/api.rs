@@ -840,17 +840,34 @@ async fn get_document(OwnerCall { st, caller, owner }: OwnerCall, Path((_, id)):
 /// Waits, without holding a thread, until a started read's audit entry is durable, and
 /// finishes it (SPEC.md §14: the sequencer answers a batch's callers once it is synced). The
 /// wait runs as its own task, so a client that goes away does not leave the call unfinished.
-async fn finished<T: Send + 'static>(v: Arc<Vault>, mut read: vault::access::QueuedRead<T>) -> Result<T, ApiError> {
+async fn finished<T: Send + 'static>(v: Arc<Vault>, read: vault::access::QueuedRead<T>) -> Result<T, ApiError> {
+    /// Abandons the read if the task is dropped before it finished (runtime shutdown).
+    struct Unfinished<T>(Arc<Vault>, Option<vault::access::QueuedRead<T>>);
+    impl<T> Drop for Unfinished<T> {
+        fn drop(&mut self) {
+            if let Some(read) = self.1.take() {
+                self.0.abandon_read(read);
+            }
+        }
+    }
     let task = tokio::spawn(async move {
+        let mut held = Unfinished(v.clone(), Some(read));
         loop {
-            let polled = std::future::poll_fn(|cx| match v.poll_read(&mut read, cx) {
-                vault::access::ReadPoll::Pending => std::task::Poll::Pending,
-                p => std::task::Poll::Ready(p),
+            let polled = std::future::poll_fn(|cx| match held.1.as_mut() {
+                Some(read) => match v.poll_read(read, cx) {
+                    vault::access::ReadPoll::Pending => std::task::Poll::Pending,
+                    p => std::task::Poll::Ready(Some(p)),
+                },
+                None => std::task::Poll::Ready(None),
             })
             .await;
-            match polled {
-                vault::access::ReadPoll::Lead => lead(&v),
-                _ => return v.finish_read(read),
+            match (polled, held.1.take()) {
+                (Some(vault::access::ReadPoll::Lead), read) => {
+                    held.1 = read;
+                    lead(&v);
+                }
+                (_, Some(read)) => return v.finish_read(read),
+                (_, None) => return Err(vault::Error::AuditFailed("the read was given up".into())),
             }
         }
     });

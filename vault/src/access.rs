@@ -152,8 +152,8 @@ fn reuse_rank(d: &Document) -> (bool, Option<Timestamp>, Timestamp) {
 
 /// An audited read started by [`Vault::start_content_as`] or [`Vault::start_document_as`]:
 /// decided, its entry queued at the audit sequencer. Poll it with [`Vault::poll_read`] and end
-/// it with [`Vault::finish_read`]; every started read must be finished (a dropped one leaves
-/// its grant's counted use pending until the vault is reopened).
+/// it with [`Vault::finish_read`], or give it up with [`Vault::abandon_read`]; one dropped
+/// otherwise leaves its grant's counted use pending until the vault is reopened.
 #[must_use = "a started read must be finished"]
 #[derive(Debug)]
 pub struct QueuedRead<T> {
@@ -648,6 +648,22 @@ impl Vault {
             }
             crate::audit::Polled::Pending => ReadPoll::Pending,
             crate::audit::Polled::Lead => ReadPoll::Lead,
+        }
+    }
+
+    /// Gives up a started read whose caller went away (an async task dropped before it
+    /// finished): its entry (and the grant's counted use) is still written, nothing is
+    /// returned. A started read must be either finished or abandoned.
+    pub fn abandon_read<T>(&self, read: QueuedRead<T>) {
+        let QueuedRead { queued, grant, answer, .. } = read;
+        match answer {
+            Some(_) => {
+                drop(queued);
+                if let Some((key, seq)) = grant {
+                    self.grant_write_done(&key, seq);
+                }
+            }
+            None => self.abandon_queued(queued, grant),
         }
     }
 

@@ -84,6 +84,12 @@ struct Queue {
     waiters: HashMap<u64, Wake>,
     /// Callers waiting on `turn` for the end of a turn ([`Vault::apply_audited_with`]).
     turn_waiters: usize,
+    /// Queued calls whose caller went away ([`Vault::abandon_queued`]): their answers are
+    /// dropped, and the grant write each carries is reported done once applied.
+    abandoned: HashMap<u64, Option<(Vec<u8>, u64)>>,
+    /// Grant writes of abandoned calls that are applied (or failed), to report done outside
+    /// this lock (the grants lock is taken before it, never after).
+    done_grants: Vec<(Vec<u8>, u64)>,
     /// A leader waits on `arrived` for more entries.
     lingering: bool,
     /// Entries in the previous batch (a lone caller does not linger).
@@ -200,8 +206,32 @@ impl Wake {
 }
 
 impl Queue {
+    /// Wakes the caller that should lead next: the first queued one. If that is an async
+    /// caller, the blocking ones queued behind it are woken too, so that none of them depends
+    /// on an executor getting round to it (or on a task that is gone).
+    fn wake_next(&self) {
+        let mut first_task = true;
+        for r in &self.pending {
+            match self.waiters.get(&r.id) {
+                Some(w @ Wake::Thread(_)) => {
+                    w.wake();
+                    return;
+                }
+                Some(w @ Wake::Task(_)) if first_task => {
+                    w.wake();
+                    first_task = false;
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Records `id`'s answer and wakes its caller (only it).
     fn answer(&mut self, id: u64, a: Answer) {
+        if let Some(grant) = self.abandoned.remove(&id) {
+            self.done_grants.extend(grant);
+            return;
+        }
         self.answers.insert(id, a);
         if let Some(w) = self.waiters.get(&id) {
             w.wake();
@@ -212,18 +242,11 @@ impl Queue {
     /// leader started) and whoever waits for a turn.
     fn end_turn(&mut self, turn: &Condvar) {
         self.leading = false;
-        if let Some(w) = self.pending.first().and_then(|r| self.waiters.get(&r.id)) {
-            w.wake();
-        }
+        self.wake_next();
         if self.turn_waiters > 0 {
             turn.notify_all();
         }
     }
-}
-
-thread_local! {
-    /// This thread's wake-up at the sequencer (a thread waits for one call at a time).
-    static WAKE: Arc<Condvar> = Arc::new(Condvar::new());
 }
 
 /// Who acted.
@@ -530,14 +553,16 @@ impl Vault {
     pub(crate) fn await_audited(&self, queued: Queued) -> Result<(u64, u64), Error> {
         let st = &self.audit;
         let id = queued.0;
-        let wake = WAKE.with(Arc::clone);
+        // Its own wake-up, used with this sequencer's lock only.
+        let wake = Arc::new(Condvar::new());
         let mut q = st.queue();
         loop {
             if let Some(answer) = q.answers.remove(&id) {
                 q.waiters.remove(&id);
                 return answer;
             }
-            if q.leading {
+            // A caller waiting for a turn (erasure) takes the next one and writes this call first.
+            if q.leading || q.turn_waiters > 0 {
                 q.waiters.insert(id, Wake::Thread(wake.clone()));
                 q = relock(wake.wait(q));
                 continue;
@@ -574,7 +599,8 @@ impl Vault {
             return Polled::Ready(answer);
         }
         q.waiters.insert(id, Wake::Task(cx.waker().clone()));
-        if q.leading {
+        // A caller waiting for a turn (erasure) takes the next one and writes this call first.
+        if q.leading || q.turn_waiters > 0 {
             return Polled::Pending;
         }
         q.leading = true;
@@ -590,7 +616,9 @@ impl Vault {
         let mut turn = Turn { state: st, ids: Vec::new() };
         loop {
             let mut q = st.queue();
-            if q.pending.is_empty() {
+            // An erasure waiting for a turn gets the next one: under steady load the queue is
+            // never empty, and the erasure must not wait for a quiet moment.
+            if q.pending.is_empty() || q.turn_waiters > 0 {
                 break;
             }
             // No lingering: what arrives while a batch is written and synced is the next batch.
@@ -642,6 +670,32 @@ impl Vault {
                     q.answer(id, Err(copy_error(&e)));
                 }
             }
+        }
+        let done = std::mem::take(&mut q.done_grants);
+        drop(q);
+        for (key, seq) in done {
+            self.grant_write_done(&key, seq);
+        }
+    }
+
+    /// Gives up waiting for a queued call (its caller went away): the call is still written
+    /// with its batch (a queued change is never dropped), its answer is discarded, and `grant`,
+    /// the grant write it carries, is reported done once it is applied. If this caller was the
+    /// one to lead next, the next one is woken.
+    pub(crate) fn abandon_queued(&self, queued: Queued, grant: Option<(Vec<u8>, u64)>) {
+        let id = queued.0;
+        let mut q = self.audit.queue();
+        q.waiters.remove(&id);
+        if q.answers.remove(&id).is_some() {
+            drop(q);
+            if let Some((key, seq)) = grant {
+                self.grant_write_done(&key, seq);
+            }
+            return;
+        }
+        q.abandoned.insert(id, grant);
+        if !q.leading {
+            q.wake_next();
         }
     }
 
@@ -709,13 +763,15 @@ impl Vault {
         q.leading = true;
         let queued: Vec<Request> = q.pending.drain(..).collect();
         drop(q);
-        // Ends the turn on every path, including a failing or panicking `more`.
-        let turn = Turn { state: st, ids: queued.iter().map(|r| r.id).collect() };
-        let mut turn = turn;
+        // Ends the turn on every path, including a failing or panicking `more`. On a panic it
+        // answers (with a failure) the callers not answered yet: those of the batch being
+        // written and of the ones after it, never again those answered before.
+        let mut turn = Turn { state: st, ids: queued.iter().map(|r| r.id).collect() };
         for chunk in chunks(queued) {
+            let n = chunk.len();
             self.write_and_answer(chunk);
+            turn.ids.drain(..n);
         }
-        turn.ids.clear();
         let result = more().and_then(|extra| {
             ops.extend(extra);
             self.write_batch(vec![Request { id: u64::MAX, ops, draft: draft.clone() }])
@@ -1179,5 +1235,87 @@ mod tests {
             Err(Error::Corrupt(m)) => assert!(m.contains("tile 0/1"), "{m}"),
             other => panic!("{:?}", other.map(|_| ())),
         }
+    }
+
+    fn noop_cx() -> Context<'static> {
+        Context::from_waker(std::task::Waker::noop())
+    }
+
+    /// Review finding: under steady load from async callers the leader thread never found the
+    /// queue empty, so an erasure (`apply_audited_with`) waited for a quiet moment. It now gets
+    /// the next turn.
+    #[test]
+    fn an_erasure_gets_a_turn_under_steady_async_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Arc::new(Vault::open(dir.path(), &MasterKey::from_bytes([5; 32])).unwrap());
+        let owner = OwnerId::parse("citizen:001099012345").unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The server's leader thread.
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<Vault>>();
+        let leader = std::thread::spawn(move || {
+            for v in rx {
+                v.lead_queue();
+            }
+        });
+        // Open-loop traffic: a call every 20 µs, polled once as the server does; `Lead` goes to
+        // the leader thread. The answers are abandoned (nobody waits for them).
+        let traffic = {
+            let (v, owner, stop) = (v.clone(), owner.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let q = v.enqueue_audited(Vec::new(), &draft(&owner));
+                    let lead = matches!(v.poll_queued(&q, &mut noop_cx()), Polled::Lead);
+                    v.abandon_queued(q, None);
+                    if lead {
+                        tx.send(v.clone()).unwrap();
+                    }
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let t0 = Instant::now();
+        let (v2, owner2) = (v.clone(), owner.clone());
+        let erasure = std::thread::spawn(move || v2.apply_audited_with(Vec::new(), &draft(&owner2), || Ok(Vec::new())));
+        while !erasure.is_finished() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let got_turn = erasure.is_finished();
+        let still_running = !traffic.is_finished();
+        stop.store(true, Ordering::SeqCst);
+        traffic.join().unwrap();
+        erasure.join().unwrap().unwrap();
+        leader.join().unwrap();
+        assert!(got_turn && still_running, "the erasure waited for the traffic to stop");
+        // Whatever was queued is written by the next caller; nothing is left unanswered.
+        v.audit_now(&draft(&owner)).unwrap();
+        let q = v.audit.queue();
+        assert!(q.pending.is_empty() && q.answers.is_empty() && q.abandoned.is_empty(), "nothing left behind");
+    }
+
+    /// Review finding: a blocking caller queued behind an async caller whose task is gone was
+    /// never woken when the turn ended.
+    #[test]
+    fn a_blocking_caller_is_not_stranded_behind_a_dead_async_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Arc::new(Vault::open(dir.path(), &MasterKey::from_bytes([6; 32])).unwrap());
+        let owner = OwnerId::parse("citizen:001099012345").unwrap();
+        v.audit.queue().leading = true; // a leader at work
+                                        // An async call queued and polled (Pending), then its task vanishes without a trace.
+        let x = v.enqueue_audited(Vec::new(), &draft(&owner));
+        assert!(matches!(v.poll_queued(&x, &mut noop_cx()), Polled::Pending));
+        drop(x);
+        let (v2, owner2) = (v.clone(), owner.clone());
+        let b = std::thread::spawn(move || v2.audit_now(&draft(&owner2)));
+        until_queued(&v, 2);
+        std::thread::sleep(Duration::from_millis(20));
+        v.audit.queue().end_turn(&v.audit.turn); // the leader ends its turn
+        let t0 = Instant::now();
+        while !b.is_finished() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(b.is_finished(), "the blocking caller was stranded");
+        let index = b.join().unwrap().unwrap();
+        assert_eq!(index, 1, "it led the batch: the dead caller's entry first, its own after");
     }
 }

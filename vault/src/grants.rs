@@ -255,9 +255,13 @@ impl Vault {
     /// Every grant of an owner, oldest first (revoked ones included).
     pub(crate) fn grants_of(&self, o: &OwnerCtx) -> Result<Vec<Grant>, Error> {
         let mut out: Vec<Grant> = Vec::new();
+        let epoch = self.records_epoch();
         for item in self.meta().scan(&key_of(prefix::GRANT, &[&o.op])) {
             let (k, v) = item?;
-            out.push(self.open_cached(&o.keys, &k, &v).ok_or_else(|| Error::Corrupt(crate::vault::describe_key(&k)))?);
+            out.push(
+                self.open_cached(epoch, &o.keys, &k, &v)
+                    .ok_or_else(|| Error::Corrupt(crate::vault::describe_key(&k)))?,
+            );
         }
         out.sort_by_key(|g| (g.created_at, g.id));
         Ok(out)

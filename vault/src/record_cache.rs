@@ -5,11 +5,15 @@
 //! JSON parse). That is exact by construction, with no invalidation to get wrong, in this
 //! process or across several sharing one store: every write seals a record under a fresh random
 //! nonce (SPEC.md §4), so a changed, revoked or counted grant, a revoked document or a deleted
-//! record never has the bytes of the one cached. Erasure empties the cache, so an erased
-//! owner's records do not stay in memory (SPEC.md §17).
+//! record never has the bytes of the one cached. A deleted record is dropped from the cache
+//! when its deletion is applied, and erasure empties the cache, so an erased owner's records do
+//! not stay in memory (SPEC.md §17); a reader that fetched a record before such a change does
+//! not put it back (the change moves the cache's epoch on, and a record fetched in an earlier
+//! epoch is returned but not kept).
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Most records kept (about 1–3 KiB each).
@@ -21,6 +25,8 @@ type Slot = (Vec<u8>, Arc<dyn Any + Send + Sync>);
 #[derive(Default)]
 pub(crate) struct RecordCache {
     map: Mutex<HashMap<Vec<u8>, Slot>>,
+    /// Moved on (under the map's lock) by every eviction and clear.
+    epoch: AtomicU64,
 }
 
 impl std::fmt::Debug for RecordCache {
@@ -35,10 +41,17 @@ impl RecordCache {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The record stored at `key` as `sealed`, opened by `open` unless it was opened from
-    /// exactly these bytes before.
+    /// The epoch to read before fetching records from the store (see [`Self::get_or_open`]).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// The record stored at `key` as `sealed` (fetched after `epoch` was read), opened by
+    /// `open` unless it was opened from exactly these bytes before; kept only if no eviction
+    /// or clear happened since `epoch`.
     pub(crate) fn get_or_open<T: Clone + Send + Sync + 'static>(
         &self,
+        epoch: u64,
         key: &[u8],
         sealed: &[u8],
         open: impl FnOnce() -> Option<T>,
@@ -52,6 +65,9 @@ impl RecordCache {
         }
         let v = open()?;
         let mut map = self.lock();
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            return Some(v);
+        }
         if map.len() >= CAPACITY {
             map.clear();
         }
@@ -61,7 +77,22 @@ impl RecordCache {
 
     /// Forgets every record.
     pub(crate) fn clear(&self) {
-        self.lock().clear();
+        let mut map = self.lock();
+        map.clear();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Forgets the records at `keys` (being deleted).
+    pub(crate) fn evict<'a>(&self, keys: impl Iterator<Item = &'a [u8]>) {
+        let mut keys = keys.peekable();
+        if keys.peek().is_none() {
+            return;
+        }
+        let mut map = self.lock();
+        for k in keys {
+            map.remove(k);
+        }
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     #[cfg(test)]
@@ -82,16 +113,25 @@ mod tests {
             opened += 1;
             Some(v)
         };
-        assert_eq!(c.get_or_open(b"k", b"sealed-1", || open(1)), Some(1));
-        assert_eq!(c.get_or_open(b"k", b"sealed-1", || open(99)), Some(1), "same bytes: reused");
-        assert_eq!(c.get_or_open(b"k", b"sealed-2", || open(2)), Some(2), "rewritten: opened again");
-        assert_eq!(c.get_or_open(b"k", b"sealed-2", || Some("other type")), Some("other type"));
-        assert_eq!(c.get_or_open::<u32>(b"k", b"sealed-3", || None), None, "a record that does not open");
+        let e = c.epoch();
+        assert_eq!(c.get_or_open(e, b"k", b"sealed-1", || open(1)), Some(1));
+        assert_eq!(c.get_or_open(e, b"k", b"sealed-1", || open(99)), Some(1), "same bytes: reused");
+        assert_eq!(c.get_or_open(e, b"k", b"sealed-2", || open(2)), Some(2), "rewritten: opened again");
+        assert_eq!(c.get_or_open(e, b"k", b"sealed-2", || Some("other type")), Some("other type"));
+        assert_eq!(c.get_or_open::<u32>(e, b"k", b"sealed-3", || None), None, "a record that does not open");
         assert_eq!(opened, 2);
+        // A record fetched before an eviction is returned but not kept.
+        let before = c.epoch();
+        c.evict([&b"other"[..]].into_iter());
+        assert_eq!(c.get_or_open(before, b"late", b"s", || Some(7u32)), Some(7));
+        assert!(!c.lock().contains_key(&b"late"[..]), "fetched before the eviction: not kept");
+        c.evict([&b"k"[..]].into_iter());
+        assert!(!c.lock().contains_key(&b"k"[..]), "evicted");
         c.clear();
         assert_eq!(c.len(), 0);
+        let e = c.epoch();
         for i in 0..(CAPACITY as u32 + 10) {
-            c.get_or_open(&i.to_be_bytes(), b"s", || Some(i));
+            c.get_or_open(e, &i.to_be_bytes(), b"s", || Some(i));
         }
         assert!(c.len() <= CAPACITY, "bounded");
     }

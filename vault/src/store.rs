@@ -275,10 +275,11 @@ impl SledMeta {
         // sled's own threads of a database just closed in this process let go of its file lock
         // a moment after the close returns: a reopen waits up to 2 s for them before it reports
         // the folder as in use.
+        let held = |e: &sled::Error| matches!(e, sled::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock);
         let mut db = open();
         for _ in 0..200 {
             match &db {
-                Err(e) if is_locked(e) => {
+                Err(e) if held(e) => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                     db = open();
                 }

@@ -584,7 +584,18 @@ impl Vault {
         self.fail.check()?;
         // A failed apply may have been journaled (then the next open replays it): its outcome
         // is unknown, never "failed".
-        self.meta.apply(ops).map_err(|e| self.fail.trip("writing the metadata", e))?;
+        let deleted: Vec<Vec<u8>> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Delete(k) => Some(k.clone()),
+                Op::Put(..) => None,
+            })
+            .collect();
+        let applied = self.meta.apply(ops);
+        // After the change is applied: a reader that fetched a deleted record before it does
+        // not put it back in the cache (the epoch moved on).
+        self.records.evict(deleted.iter().map(Vec::as_slice));
+        applied.map_err(|e| self.fail.trip("writing the metadata", e))?;
         Ok(self.commit.written())
     }
 
@@ -732,20 +743,29 @@ impl Vault {
         keys: &OwnerKeys,
         key: &[u8],
     ) -> Result<Option<T>, Error> {
+        let epoch = self.records.epoch();
         match self.meta.get(key)? {
             None => Ok(None),
-            Some(v) => Ok(Some(self.open_cached(keys, key, &v).ok_or_else(|| corrupt(key))?)),
+            Some(v) => Ok(Some(self.open_cached(epoch, keys, key, &v).ok_or_else(|| corrupt(key))?)),
         }
     }
 
-    /// [`open_record`], reusing the record opened from exactly these sealed bytes before.
+    /// The record cache's epoch, to read before fetching records to open with
+    /// [`Vault::open_cached`].
+    pub(crate) fn records_epoch(&self) -> u64 {
+        self.records.epoch()
+    }
+
+    /// [`open_record`], reusing the record opened from exactly these sealed bytes before
+    /// (fetched after `epoch` was read).
     pub(crate) fn open_cached<T: for<'de> Deserialize<'de> + Clone + Send + Sync + 'static>(
         &self,
+        epoch: u64,
         keys: &OwnerKeys,
         key: &[u8],
         sealed: &[u8],
     ) -> Option<T> {
-        self.records.get_or_open(key, sealed, || open_record(keys, key, sealed))
+        self.records.get_or_open(epoch, key, sealed, || open_record(keys, key, sealed))
     }
 
     fn content_key(o: &OwnerCtx, name: &BlobName) -> Vec<u8> {
@@ -1258,9 +1278,10 @@ impl Vault {
         let mut docs = Vec::new();
         match doc_type {
             None => {
+                let epoch = self.records_epoch();
                 for item in self.meta.scan(&key_of(prefix::DOCUMENT, &[&o.op])) {
                     let (k, v) = item?;
-                    let doc: Document = self.open_cached(&o.keys, &k, &v).ok_or_else(|| corrupt(&k))?;
+                    let doc: Document = self.open_cached(epoch, &o.keys, &k, &v).ok_or_else(|| corrupt(&k))?;
                     if doc.owner != o.id {
                         return Err(corrupt(&k));
                     }
