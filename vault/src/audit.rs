@@ -92,6 +92,8 @@ struct Queue {
     done_grants: Vec<(Vec<u8>, u64)>,
     /// A leader waits on `arrived` for more entries.
     lingering: bool,
+    /// The turn was given to an async caller ([`Polled::Lead`]) for [`Vault::lead_queue`].
+    lead_given: bool,
     /// Entries in the previous batch (a lone caller does not linger).
     last_batch: usize,
     stats: SequencerStats,
@@ -604,6 +606,7 @@ impl Vault {
             return Polled::Pending;
         }
         q.leading = true;
+        q.lead_given = true;
         Polled::Lead
     }
 
@@ -611,8 +614,17 @@ impl Vault {
     /// block, by whoever [`Vault::poll_queued`] gave the turn to (SPEC.md §14). It does not
     /// wait for more entries: the calls queued while a batch is written and synced make the
     /// next one.
+    ///
+    /// Called when the turn was not given (twice for one [`Polled::Lead`], say), it does
+    /// nothing: only the holder of a turn may write.
     pub fn lead_queue(&self) {
         let st = &self.audit;
+        {
+            let mut q = st.queue();
+            if !std::mem::take(&mut q.lead_given) {
+                return;
+            }
+        }
         let mut turn = Turn { state: st, ids: Vec::new() };
         loop {
             let mut q = st.queue();
