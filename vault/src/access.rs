@@ -557,6 +557,8 @@ impl Vault {
             g.uses += 1;
             let key = crate::grants::grant_key(&o.op, id);
             let value = seal_record(&o.keys, &key, &g);
+            // The grant is rewritten on every use: its next readers find it opened.
+            self.cache_written(&key, &value, g.clone());
             let mut ops = vec![Op::Put(key.clone(), value), tally];
             if g.terms.max_uses == Some(g.uses) {
                 ops.extend(self.grant_exhausted_ops(&g, d.time)?);

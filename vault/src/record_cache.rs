@@ -75,6 +75,19 @@ impl RecordCache {
         Some(v)
     }
 
+    /// Keeps `value` as the record stored at `key` as `sealed`, which the caller just sealed
+    /// and is writing (write-through: a hot record rewritten on every use, such as a grant's
+    /// count, is then not opened again by its next reader). Exact for the same reason as every
+    /// hit: the entry is used only while the store holds exactly these bytes. The caller holds
+    /// the owner's change lock, so an erasure's clear cannot come between.
+    pub(crate) fn put<T: Send + Sync + 'static>(&self, key: &[u8], sealed: &[u8], value: T) {
+        let mut map = self.lock();
+        if map.len() >= CAPACITY {
+            map.clear();
+        }
+        map.insert(key.to_vec(), (sealed.to_vec(), Arc::new(value)));
+    }
+
     /// Forgets every record.
     pub(crate) fn clear(&self) {
         let mut map = self.lock();
@@ -125,6 +138,8 @@ mod tests {
         c.evict([&b"other"[..]].into_iter());
         assert_eq!(c.get_or_open(before, b"late", b"s", || Some(7u32)), Some(7));
         assert!(!c.lock().contains_key(&b"late"[..]), "fetched before the eviction: not kept");
+        c.put(b"w", b"sealed-w", 5u32);
+        assert_eq!(c.get_or_open(c.epoch(), b"w", b"sealed-w", || None::<u32>), Some(5), "written through");
         c.evict([&b"k"[..]].into_iter());
         assert!(!c.lock().contains_key(&b"k"[..]), "evicted");
         c.clear();

@@ -750,6 +750,11 @@ impl Vault {
         }
     }
 
+    /// Keeps a record just sealed for writing in the record cache (see `RecordCache::put`).
+    pub(crate) fn cache_written<T: Send + Sync + 'static>(&self, key: &[u8], sealed: &[u8], value: T) {
+        self.records.put(key, sealed, value);
+    }
+
     /// The record cache's epoch, to read before fetching records to open with
     /// [`Vault::open_cached`].
     pub(crate) fn records_epoch(&self) -> u64 {
