@@ -12,6 +12,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Waker};
+
+#[cfg(doc)]
+use crate::access::ReadPoll;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -611,11 +614,11 @@ impl Vault {
     }
 
     /// Leads batches until nothing is queued, then ends the turn: run, on a thread that may
-    /// block, by whoever [`Vault::poll_queued`] gave the turn to (SPEC.md §14). It does not
+    /// block, by whoever [`Vault::poll_read`] gave the turn to (SPEC.md §14). It does not
     /// wait for more entries: the calls queued while a batch is written and synced make the
     /// next one.
     ///
-    /// Called when the turn was not given (twice for one [`Polled::Lead`], say), it does
+    /// Called when the turn was not given (twice for one [`ReadPoll::Lead`], say), it does
     /// nothing: only the holder of a turn may write.
     pub fn lead_queue(&self) {
         let st = &self.audit;
