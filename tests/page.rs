@@ -336,14 +336,16 @@ fn the_page_audits_as_the_api_and_another_owner_sees_nothing() {
     // Content: sandboxed, never sniffed.
     let r = b.get(&format!("/page/documents/{id}/content"));
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("content-security-policy"), Some("sandbox"));
+    const CSP: &str = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'none'";
+    assert_eq!(r.header("content-security-policy"), Some(CSP));
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!((r.header("x-frame-options"), r.header("referrer-policy")), (Some("DENY"), Some("no-referrer")));
     assert_eq!(r.body, b"%PDF-1.4 khai sinh");
     assert_eq!(r.header("content-disposition"), Some("attachment; filename=\"khai-sinh.pdf\""));
     // View: the same bytes shown in the browser, just as sandboxed.
     let r = b.get(&format!("/page/documents/{id}/content?view=1"));
     assert_eq!((r.status, r.header("content-disposition")), (200, Some("inline; filename=\"khai-sinh.pdf\"")));
-    assert_eq!(r.header("content-security-policy"), Some("sandbox"));
+    assert_eq!(r.header("content-security-policy"), Some(CSP));
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(r.body, b"%PDF-1.4 khai sinh");
     // Another citizen, signed in, cannot reach the first one's document through the page.

@@ -1444,6 +1444,21 @@ async fn export(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
     Ok(([(header::CONTENT_TYPE, "application/x-tar")], export_body(&st, caller, owner).await?).into_response())
 }
 
+/// A whole content streamed to `caller` (the page's downloads): under a download slot, like the
+/// API's, and given up when nobody reads it for `--stream-idle-timeout`.
+pub(crate) async fn content_body(
+    st: &Arc<AppState>,
+    caller: Caller,
+    owner: OwnerId,
+    id: vault::DocumentId,
+) -> Result<(vault::Document, Body), ApiError> {
+    let v = st.vault()?;
+    let slot = stream_slot(st, &caller, Stream::Download)?;
+    let (doc, reader) = blocking(move || v.content_as(&caller, &owner, &id)).await?;
+    let body = streamed_content(st, slot, reader, doc.id, 0, doc.size, true);
+    Ok((doc, body))
+}
+
 /// The owner's export as a streamed body (the API's and the page's): the caller's download slot
 /// is held until the last chunk is taken. An error before the first byte is an ordinary error.
 pub(crate) async fn export_body(st: &Arc<AppState>, caller: Caller, owner: OwnerId) -> Result<Body, ApiError> {

@@ -557,12 +557,13 @@ impl Vault {
             g.uses += 1;
             let key = crate::grants::grant_key(&o.op, id);
             let value = seal_record(&o.keys, &key, &g);
-            // The grant is rewritten on every use: its next readers find it opened.
+            let exhausted =
+                if g.terms.max_uses == Some(g.uses) { self.grant_exhausted_ops(&g, d.time)? } else { Vec::new() };
+            // The grant is rewritten on every use: its next readers find it opened (kept only
+            // once nothing can fail before it is queued).
             self.cache_written(&key, &value, g.clone());
             let mut ops = vec![Op::Put(key.clone(), value), tally];
-            if g.terms.max_uses == Some(g.uses) {
-                ops.extend(self.grant_exhausted_ops(&g, d.time)?);
-            }
+            ops.extend(exhausted);
             let seq = pending.queued(key.clone(), g);
             (self.enqueue_audited(ops, d), key, seq)
         })

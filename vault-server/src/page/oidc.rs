@@ -143,6 +143,10 @@ struct IdClaims {
     aud: Audience,
     exp: i64,
     iat: i64,
+    /// Checked here too: jsonwebtoken 9 treats a non-numeric `nbf` as absent (GHSA-h395-gr6q-cpjc);
+    /// here a non-numeric one fails to parse, so the token is refused.
+    #[serde(default)]
+    nbf: Option<i64>,
     #[serde(default)]
     nonce: Option<String>,
     #[serde(default)]
@@ -292,6 +296,9 @@ impl RelyingParty {
         if now.saturating_add(LEEWAY) < claims.iat {
             return Err(bad("issued in the future"));
         }
+        if claims.nbf.is_some_and(|nbf| now.saturating_add(LEEWAY) < nbf) {
+            return Err(bad("not valid yet"));
+        }
         if claims.nonce.as_deref() != Some(nonce) {
             return Err(bad("nonce"));
         }
@@ -412,6 +419,7 @@ mod tests {
                 ("expired", with("exp", json!(now - 120)), "expired"),
                 ("future", with("iat", json!(now + 600)), "issued in the future"),
                 ("nbf", with("nbf", json!(now + 600)), "not valid yet (nbf)"),
+                ("string nbf", with("nbf", json!((now + 600).to_string())), "malformed"),
                 ("sub", with("sub", json!("alice")), "sub is not a citizen or organisation id"),
                 ("azp", with("aud", json!(["c", "d"])), "azp is not us"),
                 ("no exp", without("exp"), "malformed"),

@@ -3,10 +3,9 @@
 //! Each handler makes exactly the library calls the matching API handlers make, as the owner;
 //! SPEC.md §22 lists which audit entries each page writes.
 
-use std::io::Read as _;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::Path;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -211,50 +210,47 @@ fn safe_name(name: &str) -> String {
     }
 }
 
-/// `?view=1` shows the content in the browser (`inline`), otherwise it downloads; either way it
-/// is sandboxed and never sniffed, so it cannot run as active content on the page's origin.
+/// Media types a browser shows without running anything: only these are shown inline.
+const INLINE_TYPES: &[&str] = &["application/pdf", "image/png", "image/jpeg", "image/gif", "image/webp", "text/plain"];
+
+/// Whether `media_type` may be shown inline (`?view=1`); anything else always downloads.
+fn viewable(media_type: &str) -> bool {
+    let essence = media_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    INLINE_TYPES.contains(&essence.as_str())
+}
+
+/// `?view=1` shows the content in the browser (`inline`) when its type is one a browser shows
+/// without running anything (`INLINE_TYPES`), otherwise it downloads; either way it is
+/// sandboxed, loads nothing and is never sniffed or framed, so it cannot run as active content
+/// on the page's origin. Streamed under the caller's download slot, as the API's contents.
 async fn content(ctx: Ctx, Path(id): Path<String>, uri: axum::http::Uri) -> Response {
-    let inline = query(&uri).get("view") == Some("1");
+    let view = query(&uri).get("view") == Some("1");
     let Some((owner, caller)) = ctx.owner() else { return ctx.signed_out() };
     let Ok(id) = DocumentId::parse(&id) else { return ctx.error(StatusCode::NOT_FOUND, ctx.t(K::NotFound)) };
-    let Ok(v) = ctx.st.app.vault() else { return ctx.error(StatusCode::SERVICE_UNAVAILABLE, ctx.t(K::Unavailable)) };
-    let (doc, mut reader) = match blocking(move || v.content_as(&caller, &owner, &id)).await {
+    let (doc, body) = match crate::api::content_body(&ctx.st.app, caller, owner, id).await {
         Ok(x) => x,
         Err(e) => return ctx.vault_error(e),
     };
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    if tx.blocking_send(Ok(Bytes::copy_from_slice(&buf[..n]))).is_err() {
-                        return;
-                    }
-                }
-                // The content failed authentication: the response is aborted, never ended.
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            }
-        }
-    });
-    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let mut resp = Response::new(Body::from_stream(stream));
+    let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_str(&doc.meta.media_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
-    // Never active content on the page's origin.
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
+    // Never active content on the page's origin: no script, no form, no fetch, no frame.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ),
+    );
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(doc.size));
     let name = safe_name(doc.meta.file_name.as_deref().unwrap_or(&doc.meta.title));
-    let disposition = if inline { "inline" } else { "attachment" };
+    let disposition = if view && viewable(&doc.meta.media_type) { "inline" } else { "attachment" };
     if let Ok(v) = HeaderValue::from_str(&format!("{disposition}; filename=\"{name}\"")) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
@@ -806,6 +802,18 @@ async fn erase(ctx: Ctx, body: Bytes) -> Response {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    #[test]
+    fn only_passive_media_types_are_shown_inline() {
+        for t in ["application/pdf", "image/PNG", "text/plain; charset=utf-8", " image/jpeg "] {
+            assert!(super::viewable(t), "{t}");
+        }
+        for t in
+            ["text/html", "image/svg+xml", "application/xhtml+xml", "text/xml", "application/javascript", "", "pdf"]
+        {
+            assert!(!super::viewable(t), "{t}");
+        }
+    }
+
     use super::*;
     use vault::access::Caller;
     use vault::OwnerId;
