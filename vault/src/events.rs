@@ -586,6 +586,18 @@ impl Vault {
         agencies.sort();
         agencies.dedup();
         let mut ops: Vec<Op> = grants.iter().map(|g| Op::Delete(expiry_key(op, g))).collect();
+        // Events about the owner not delivered yet, or parked, go with the rest of the owner's
+        // data (SPEC.md §17): only `owner.erased` is told after an erasure. A damaged record
+        // cannot be read to tell, so it stays (and `check` reports it).
+        let owner_value = json!(owner);
+        for p in [prefix::OUTBOX, prefix::PARKED] {
+            for item in self.meta().scan(&[p]) {
+                let (k, v) = item?;
+                if self.open_vault::<Delivery>(&k, &v).is_ok_and(|d| d.event.data.get("owner") == Some(&owner_value)) {
+                    ops.push(Op::Delete(k));
+                }
+            }
+        }
         for a in agencies {
             ops.extend(self.event_ops(a, EventType::OwnerErased, json!({"owner": owner, "erased_at": at}), at)?);
         }
@@ -1103,6 +1115,28 @@ mod tests {
         // The grants' expiry records went with the owner: no grant.expired later.
         assert_eq!(v.sweep_grant_expiry(Timestamp::now().plus_seconds(120)).unwrap(), 0);
         assert_eq!(v.meta().scan(&[prefix::GRANT_EXPIRY]).count(), 0);
+        assert!(v.check(false).unwrap().is_clean());
+    }
+
+    /// Review finding: events about an erased owner that were not delivered yet outlived the
+    /// erasure (and could reach the agency after `owner.erased`).
+    #[test]
+    fn erasure_takes_the_owners_undelivered_events_with_it() {
+        let (_dir, v, a, owner) = setup();
+        subscribe(&v, &a, "main", &[EventType::GrantCreated, EventType::OwnerErased]);
+        let other = OwnerId::parse("citizen:001099000002").unwrap();
+        let me = Caller::owner(owner.clone());
+        v.grant_as(&me, &owner, terms(&a, 60)).unwrap();
+        v.grant_as(&Caller::owner(other.clone()), &other, terms(&a, 60)).unwrap();
+        let soon = Timestamp::now().plus_seconds(1);
+        assert_eq!(v.due_deliveries(soon, 100).unwrap().len(), 2, "two grant.created waiting");
+        v.erase_as(&me, &owner).unwrap();
+        let due = v.due_deliveries(Timestamp::now().plus_seconds(1), 100).unwrap();
+        let kinds: Vec<(EventType, Value)> =
+            due.iter().map(|(_, d)| (d.event.kind, d.event.data["owner"].clone())).collect();
+        assert_eq!(kinds.len(), 2, "{kinds:?}");
+        assert!(kinds.contains(&(EventType::GrantCreated, json!(other))), "another owner's event stays: {kinds:?}");
+        assert!(kinds.contains(&(EventType::OwnerErased, json!(owner))), "{kinds:?}");
         assert!(v.check(false).unwrap().is_clean());
     }
 
