@@ -531,8 +531,16 @@ impl Vault {
             if !w.events.contains(&kind) {
                 continue;
             }
+            // The receiving agency and subscription are in the signed body: every agency
+            // verifies with the same vault key, so a receiver that checks them refuses a
+            // delivery replayed to it by another agency (SPEC.md §24).
+            let mut data = data.clone();
+            if let Some(m) = data.as_object_mut() {
+                m.insert("agency".into(), json!(a));
+                m.insert("webhook".into(), json!(wid));
+            }
             let d = Delivery {
-                event: Event { id, kind, timestamp: at, data: data.clone() },
+                event: Event { id, kind, timestamp: at, data },
                 agency: a.clone(),
                 webhook: wid.clone(),
                 attempts: 0,
