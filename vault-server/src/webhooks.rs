@@ -227,10 +227,12 @@ pub fn client(cfg: &WebhookConfig) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot build the webhook client: {e}"))
 }
 
-/// Why an attempt failed, for `last_error` (never the response body).
-fn describe(e: &reqwest::Error) -> String {
+/// Why an attempt failed, for `last_error` and the log (never the response body, never the
+/// URL: its path or query may carry the receiver's secret).
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
     let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
+    let mut src = std::error::Error::source(&e);
     while let Some(inner) = src {
         s.push_str(": ");
         s.push_str(&inner.to_string());
@@ -258,7 +260,7 @@ async fn attempt(vault: &Vault, client: &reqwest::Client, cfg: &WebhookConfig, d
         .body(body)
         .send()
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| describe(e))?;
     let status = resp.status();
     if status.is_success() {
         Ok(true)
@@ -398,6 +400,15 @@ pub async fn sweep_expiry(vault: Arc<Vault>, every: Duration) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_attempt_never_records_the_url() {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        // Port 9 (discard) on loopback: refused at once.
+        let e = client.get("http://127.0.0.1:9/hook?token=s3cr3t").send().await.unwrap_err();
+        let d = super::describe(e);
+        assert!(!d.contains("s3cr3t") && !d.contains("/hook"), "{d}");
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
