@@ -260,7 +260,7 @@ async fn attempt(vault: &Vault, client: &reqwest::Client, cfg: &WebhookConfig, d
         .body(body)
         .send()
         .await
-        .map_err(|e| describe(e))?;
+        .map_err(describe)?;
     let status = resp.status();
     if status.is_success() {
         Ok(true)
