@@ -265,15 +265,14 @@ pub fn is_public(ip: IpAddr) -> bool {
                 }
             }
             let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || (s[0] & 0xffc0) == 0xfec0
-                || (s[0] == 0x2001 && s[1] == 0x0db8)
-                || (s[0] == 0x0064 && s[1] == 0xff9b)
-                || s[0] == 0x0100)
+            // Only global unicast (2000::/3) is public, less the special ranges inside it:
+            // Teredo and the other IETF protocol assignments (2001::/23), documentation
+            // (2001:db8::/32, 3fff::/20), 6to4 (2002::/16, which can carry a private IPv4).
+            (s[0] & 0xe000) == 0x2000
+                && !((s[0] == 0x2001 && s[1] < 0x0200)
+                    || (s[0] == 0x2001 && s[1] == 0x0db8)
+                    || s[0] == 0x2002
+                    || (s[0] & 0xfff0) == 0x3ff0)
         }
     }
 }
@@ -1124,6 +1123,41 @@ mod tests {
         assert_eq!(v.sweep_grant_expiry(Timestamp::now().plus_seconds(120)).unwrap(), 0);
         assert_eq!(v.meta().scan(&[prefix::GRANT_EXPIRY]).count(), 0);
         assert!(v.check(false).unwrap().is_clean());
+    }
+
+    #[test]
+    fn only_global_unicast_addresses_are_public() {
+        for ip in ["8.8.8.8", "2606:4700:4700::1111", "2a00:1450:4001:80b::200e", "2001:4860:4860::8888"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "10.0.0.1",
+            "127.0.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "192.168.1.1",
+            "172.16.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fc00::1",
+            "fd12::1",
+            "ff02::1",
+            "::ffff:10.0.0.1",
+            "::ffff:0:10.0.0.1",
+            "64:ff9b::a00:1",
+            "2001::1",
+            "2001:2::1",
+            "2001:10::1",
+            "2001:db8::1",
+            "2002:a00:1::1",
+            "3fff::1",
+            "100::1",
+            "4000::1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
     }
 
     /// Review finding: events about an erased owner that were not delivered yet outlived the
