@@ -268,11 +268,12 @@ pub fn is_public(ip: IpAddr) -> bool {
             // Only global unicast (2000::/3) is public, less the special ranges inside it:
             // Teredo and the other IETF protocol assignments (2001::/23), documentation
             // (2001:db8::/32, 3fff::/20), 6to4 (2002::/16, which can carry a private IPv4).
-            (s[0] & 0xe000) == 0x2000
-                && !((s[0] == 0x2001 && s[1] < 0x0200)
-                    || (s[0] == 0x2001 && s[1] == 0x0db8)
-                    || s[0] == 0x2002
-                    || (s[0] & 0xfff0) == 0x3ff0)
+            let special = match s[0] {
+                0x2001 => s[1] < 0x0200 || s[1] == 0x0db8,
+                0x2002 => true,
+                x => (x & 0xfff0) == 0x3ff0,
+            };
+            (s[0] & 0xe000) == 0x2000 && !special
         }
     }
 }
