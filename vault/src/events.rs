@@ -190,6 +190,10 @@ impl WebhookUrl {
             return Err(bad(&format!("at most {MAX_URL} bytes")));
         }
         let u = url::Url::parse(s).map_err(|e| bad(&format!("not a URL ({e})")))?;
+        // Measured again as stored: percent-encoding and punycode can make it longer.
+        if u.as_str().len() > MAX_URL {
+            return Err(bad(&format!("at most {MAX_URL} bytes")));
+        }
         if !matches!(u.scheme(), "https" | "http") {
             return Err(bad("only https:// URLs are accepted"));
         }
