@@ -1131,6 +1131,15 @@ mod tests {
     }
 
     #[test]
+    fn a_url_is_measured_as_stored() {
+        // 700 characters of 3 bytes that each become 9 bytes once percent-encoded.
+        let long = format!("https://dossier.example.vn/{}", "\u{1ea1}".repeat(700));
+        assert!(long.len() <= MAX_URL);
+        assert!(WebhookUrl::parse(&long).is_err(), "longer than MAX_URL once normalised");
+        assert!(WebhookUrl::parse("https://dossier.example.vn/hooks").is_ok());
+    }
+
+    #[test]
     fn only_global_unicast_addresses_are_public() {
         for ip in ["8.8.8.8", "2606:4700:4700::1111", "2a00:1450:4001:80b::200e", "2001:4860:4860::8888"] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
