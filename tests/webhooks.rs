@@ -337,6 +337,22 @@ fn an_event_failing_for_the_window_is_parked_then_redelivered_and_redirects_are_
     assert!(ev["attempts"].as_u64().unwrap() >= 2, "{ev}");
     assert!(ev["last_error"].as_str().unwrap().contains("redirects are not followed"), "{ev}");
     assert!(ev["parked_at"].is_string());
+    assert!(failed["next"].is_null(), "one page: {failed}");
+    // Paged: `after` the only event, nothing; bad paging parameters are refused.
+    let id = ev["event"]["id"].as_str().unwrap();
+    let path = format!("/v1/agencies/so-gd/webhooks/main/failed?after={id}&limit=1");
+    let r = call("GET", &s.url(&path), Some(&s.operator()), &[], None).json();
+    assert_eq!((r["events"].as_array().unwrap().len(), r["next"].is_null()), (0, true), "{r}");
+    for q in ["limit=0", "limit=1001", "limit=x", "after=msg_1"] {
+        let r = call(
+            "GET",
+            &s.url(&format!("/v1/agencies/so-gd/webhooks/main/failed?{q}")),
+            Some(&s.operator()),
+            &[],
+            None,
+        );
+        assert_eq!((r.status, r.code()), (400, "invalid_request".into()), "{q}");
+    }
     // The redirect was never followed.
     let reqs = rx.requests();
     assert!(reqs.len() >= 2 && reqs.iter().all(|r| r["path"] == "/hook"), "{reqs:#?}");

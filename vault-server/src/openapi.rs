@@ -173,6 +173,21 @@ pub struct RedeliverPath {
 pub struct FailedEvents {
     /// Oldest first.
     pub events: Vec<vault::events::Delivery>,
+    /// The `after` of the next page, when more follow.
+    #[schema(value_type = Option<String>, pattern = "^msg_[0-9a-f]{32}$")]
+    pub next: Option<String>,
+}
+
+/// Paging of parked events.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FailedQuery {
+    /// Only events after this one (`msg_` + 32 hex; the previous page's `next`).
+    #[param(pattern = "^msg_[0-9a-f]{32}$")]
+    pub after: Option<String>,
+    /// At most this many (1 to 1000; default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
 }
 
 /// `Vault-Purpose`: why an agency reads an owner's data (required for agencies' reads).

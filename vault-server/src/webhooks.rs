@@ -161,14 +161,34 @@ pub(crate) async fn delete_webhook(Call { st, caller }: Call, Path((agency, id))
     get,
     path = "/v1/agencies/{agency}/webhooks/{id}/failed",
     tag = "webhooks",
-    params(oa::WebhookPath),
-    responses((status = 200, description = "The parked events, oldest first", body = oa::FailedEvents))
+    params(oa::WebhookPath, oa::FailedQuery),
+    responses((status = 200, description = "The parked events, oldest first, paged", body = oa::FailedEvents))
 )]
-pub(crate) async fn failed_events(Call { st, caller }: Call, Path((agency, id)): Path<(String, String)>) -> ApiResult {
+pub(crate) async fn failed_events(
+    Call { st, caller }: Call,
+    Path((agency, id)): Path<(String, String)>,
+    q: Result<
+        axum::extract::Query<std::collections::HashMap<String, String>>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> ApiResult {
     let (agency, id) = ids(&agency, &id)?;
+    let axum::extract::Query(q) = q.map_err(|_| ApiError::invalid("a malformed query string"))?;
+    let after = match q.get("after") {
+        Some(a) => Some(vault::events::EventId::parse(a).map_err(|e| ApiError::invalid(format!("after: {e}")))?),
+        None => None,
+    };
+    let limit = match q.get("limit") {
+        Some(n) => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit: a whole number from 1 to 1000"))?,
+        None => 100,
+    };
     let v = st.vault()?;
-    let events = blocking(move || v.failed_events_as(&caller, &agency, &id)).await?;
-    Ok(json_response(StatusCode::OK, &json!({"events": events})))
+    let (events, next) = blocking(move || v.failed_events_as(&caller, &agency, &id, after.as_ref(), limit)).await?;
+    Ok(json_response(StatusCode::OK, &json!({"events": events, "next": next})))
 }
 
 /// Put a parked event back in the outbox for a fresh retry window, same event id (the operator).

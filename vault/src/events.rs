@@ -801,19 +801,39 @@ impl Vault {
     }
 
     /// The parked events of a subscription, oldest first (the operator only).
-    pub fn failed_events_as(&self, caller: &Caller, agency: &AgencyId, id: &WebhookId) -> Result<Vec<Delivery>, Error> {
+    ///
+    /// Paged, oldest first (event ids are time-ordered): at most `limit` events after the event
+    /// `after`, and the id to pass as the next `after` when more follow.
+    pub fn failed_events_as(
+        &self,
+        caller: &Caller,
+        agency: &AgencyId,
+        id: &WebhookId,
+        after: Option<&EventId>,
+        limit: usize,
+    ) -> Result<(Vec<Delivery>, Option<EventId>), Error> {
         if caller.principal != Principal::Operator {
             return Err(Error::Forbidden);
         }
         if !self.subs()?.as_ref().is_some_and(|s| s.contains_key(&(agency.clone(), id.clone()))) {
             return Err(Error::NotFound("webhook"));
         }
-        let mut out = Vec::new();
-        for item in self.meta().scan(&outbox_prefix(prefix::PARKED, agency, id)) {
+        let prefix = outbox_prefix(prefix::PARKED, agency, id);
+        let start = match after {
+            // The first key after `after`'s.
+            Some(e) => [outbox_key(prefix::PARKED, agency, id, e), vec![0]].concat(),
+            None => prefix.clone(),
+        };
+        let mut out: Vec<Delivery> = Vec::new();
+        for item in self.meta().scan_from(&prefix, &start) {
             let (k, v) = item?;
+            if out.len() == limit {
+                let next = out.last().map(|d| d.event.id);
+                return Ok((out, next));
+            }
             out.push(self.open_vault(&k, &v)?);
         }
-        Ok(out)
+        Ok((out, None))
     }
 
     /// Puts a parked event back in the outbox for a fresh retry window, same event id (the
@@ -1247,16 +1267,49 @@ mod tests {
         let op = Caller::operator();
         let view = v.webhook_as(&op, &a, &w).unwrap();
         assert_eq!((view.pending, view.parked), (0, 1));
-        let failed = v.failed_events_as(&op, &a, &w).unwrap();
-        assert_eq!(failed[0].event.id, id);
+        let (failed, next) = v.failed_events_as(&op, &a, &w, None, 100).unwrap();
+        assert_eq!((failed[0].event.id, next), (id, None));
         assert_eq!(failed[0].last_error.as_ref().unwrap().len(), MAX_ERROR);
-        assert!(matches!(v.failed_events_as(&Caller::owner(owner.clone()), &a, &w), Err(Error::Forbidden)));
+        assert!(matches!(v.failed_events_as(&Caller::owner(owner.clone()), &a, &w, None, 100), Err(Error::Forbidden)));
         v.redeliver_as(&op, &a, &w, &id).unwrap();
         let (key, d) = v.due_deliveries(Timestamp::now(), 10).unwrap().remove(0);
         assert_eq!((d.event.id, d.attempts, d.parked_at), (id, 0, None));
         assert!(matches!(v.redeliver_as(&op, &a, &w, &id), Err(Error::NotFound(_))));
         v.delivery_done(&key).unwrap();
         assert_eq!(v.webhook_as(&op, &a, &w).unwrap().pending, 0);
+    }
+
+    /// Review finding: parked events were listed all at once.
+    #[test]
+    fn parked_events_are_listed_in_pages_oldest_first() {
+        let (_dir, v, a, owner) = setup();
+        subscribe(&v, &a, "main", &[EventType::GrantCreated]);
+        for _ in 0..5 {
+            v.grant_as(&Caller::owner(owner.clone()), &owner, terms(&a, 3600)).unwrap();
+        }
+        let mut ids = Vec::new();
+        for (key, mut d) in v.due_deliveries(Timestamp::now().plus_seconds(1), 10).unwrap() {
+            d.attempts = 1;
+            d.parked_at = Some(Timestamp::now());
+            ids.push(d.event.id);
+            v.delivery_failed(&key, d).unwrap();
+        }
+        ids.sort();
+        let (w, op) = (WebhookId::parse("main").unwrap(), Caller::operator());
+        let mut seen = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let (page, next) = v.failed_events_as(&op, &a, &w, after.as_ref(), 2).unwrap();
+            assert!(page.len() <= 2);
+            seen.extend(page.iter().map(|d| d.event.id));
+            pages += 1;
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!((seen, pages), (ids, 3), "every parked event once, oldest first, in pages of 2");
     }
 
     #[test]
