@@ -210,6 +210,11 @@ pub(crate) async fn redeliver(
     Ok(json_response(StatusCode::ACCEPTED, &d))
 }
 
+/// Host name lookups of deliveries under way at once (each holds a blocking-pool thread).
+const LOOKUPS_AT_ONCE: usize = 8;
+/// Longest an attempt waits for a lookup slot.
+const LOOKUP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Resolves host names and keeps only the addresses the policy allows (an error when none is
 /// left): reqwest connects to exactly these, so a name cannot smuggle in a private target.
 #[derive(Debug)]
@@ -220,7 +225,23 @@ impl reqwest::dns::Resolve for CheckedResolver {
         let policy = self.0;
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            // The system resolver runs on the shared blocking pool and may outlive any timeout:
+            // at most LOOKUPS of them at once, so a slow DNS server of a subscribed domain
+            // cannot take the threads the API needs; waiting for one is bounded too.
+            static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(LOOKUPS_AT_ONCE);
+            let slot = tokio::time::timeout(LOOKUP_WAIT, LOOKUPS.acquire())
+                .await
+                .map_err(|_| std::io::Error::other("too many host name lookups under way"))?
+                .map_err(std::io::Error::other)?;
+            // The slot goes with the lookup's thread: it is held until the system resolver
+            // returns, even when the attempt's timeout dropped this future long before.
+            let name = host.clone();
+            let all: Vec<SocketAddr> = tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 0)).map(Iterator::collect)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
             let allowed: Vec<SocketAddr> = all.into_iter().filter(|a| policy.allows_ip(a.ip())).collect();
             if allowed.is_empty() {
                 let e = std::io::Error::new(
