@@ -164,6 +164,10 @@ pub struct QueuedRead<T> {
     answer: Option<Result<(u64, u64), Error>>,
 }
 
+/// A read decided and its entry queued: the value, the queued call and the grant write it
+/// carries (key, sequence), if any.
+type DecidedRead<T> = Result<(T, crate::audit::Queued, Option<(Vec<u8>, u64)>), Error>;
+
 /// How a non-blocking start of an audited read went.
 #[derive(Debug)]
 pub enum Started<T> {
@@ -438,11 +442,20 @@ impl Vault {
     pub fn document_as(&self, caller: &Caller, owner: &OwnerId, id: &DocumentId) -> Result<Document, Error> {
         let mut draft = self.draft(caller, Some(owner), "document.read");
         draft.document = Some(*id);
-        self.audited(draft, |d| {
-            let doc = self.readable_document(caller, owner, id, d)?;
-            self.audit_now(d)?;
-            Ok(doc)
-        })
+        let read = self.queue_read(draft, |d| self.decide_document_read(caller, owner, id, d))?;
+        self.finish_read(read)
+    }
+
+    /// Decides a record read and queues its entry (the blocking and the async reads share it).
+    fn decide_document_read(
+        &self,
+        caller: &Caller,
+        owner: &OwnerId,
+        id: &DocumentId,
+        d: &mut Draft,
+    ) -> DecidedRead<Document> {
+        let doc = self.readable_document(caller, owner, id, d)?;
+        Ok((doc, self.enqueue_audited(Vec::new(), d), None))
     }
 
     fn readable_document(
@@ -497,36 +510,37 @@ impl Vault {
     ) -> Result<(Document, ContentReader), Error> {
         let mut draft = self.draft(caller, Some(owner), "document.content");
         draft.document = Some(*id);
-        self.audited(draft, |d| {
-            let doc = self.readable_document(caller, owner, id, d)?;
-            let o = self.owner(owner, false)?.ok_or(Error::NotFound("document"))?;
-            let reader = self.open_content_of(&o, &doc.meta.digest)?;
-            let issued_by_caller =
-                matches!(&caller.principal, Principal::Agency(a) if doc.meta.issuer.as_ref() == Some(a));
-            match (&d.grant, issued_by_caller) {
-                (Some(gid), false) => {
-                    let gid = GrantId::parse(gid).map_err(|_| Error::GrantRequired)?;
-                    self.use_grant(&o, &gid, d, self.read_tally(d, &doc.meta.doc_type))?;
-                }
-                _ => {
-                    self.audit_now_with(vec![self.read_tally(d, &doc.meta.doc_type)], d)?;
-                }
+        let read = self.queue_read(draft, |d| self.decide_content_read(caller, owner, id, d))?;
+        self.finish_read(read)
+    }
+
+    /// Decides a content read and queues its entry, with the grant's counted use when it reads
+    /// under a grant (the blocking and the async reads share it).
+    fn decide_content_read(
+        &self,
+        caller: &Caller,
+        owner: &OwnerId,
+        id: &DocumentId,
+        d: &mut Draft,
+    ) -> DecidedRead<(Document, ContentReader)> {
+        let doc = self.readable_document(caller, owner, id, d)?;
+        let o = self.owner(owner, false)?.ok_or(Error::NotFound("document"))?;
+        let reader = self.open_content_of(&o, &doc.meta.digest)?;
+        let issued_by_caller = matches!(&caller.principal, Principal::Agency(a) if doc.meta.issuer.as_ref() == Some(a));
+        let tally = self.read_tally(d, &doc.meta.doc_type);
+        match (&d.grant, issued_by_caller) {
+            (Some(gid), false) => {
+                let gid = GrantId::parse(gid).map_err(|_| Error::GrantRequired)?;
+                let (queued, key, seq) = self.queue_grant_use(&o, &gid, d, tally)?;
+                Ok(((doc, reader), queued, Some((key, seq))))
             }
-            Ok((doc, reader))
-        })
+            _ => Ok(((doc, reader), self.enqueue_audited(vec![tally], d), None)),
+        }
     }
 
-    /// Counts one content read against a grant, with the audit entry, atomically.
-    fn use_grant(&self, o: &OwnerCtx, id: &GrantId, d: &Draft, tally: Op) -> Result<(), Error> {
-        let (queued, key, seq) = self.queue_grant_use(o, id, d, tally)?;
-        let applied = self.await_audited(queued);
-        self.grant_write_done(&key, seq);
-        self.wait_ticket(applied?.0)
-    }
-
-    /// The first half of [`Vault::use_grant`]: decides the use and queues the counted grant
-    /// with the entry at the sequencer; the caller awaits the call, then reports the grant
-    /// write done (`grant_write_done(key, seq)`).
+    /// Decides a grant's use and queues the counted grant with the entry at the sequencer; the
+    /// caller awaits the call, then reports the grant write done (`grant_write_done(key, seq)`,
+    /// done by [`Vault::finish_read`]).
     fn queue_grant_use(
         &self,
         o: &OwnerCtx,
@@ -584,22 +598,7 @@ impl Vault {
     ) -> Started<(Document, ContentReader)> {
         let mut draft = self.draft(caller, Some(owner), "document.content");
         draft.document = Some(*id);
-        self.start_read(draft, |d| {
-            let doc = self.readable_document(caller, owner, id, d)?;
-            let o = self.owner(owner, false)?.ok_or(Error::NotFound("document"))?;
-            let reader = self.open_content_of(&o, &doc.meta.digest)?;
-            let issued_by_caller =
-                matches!(&caller.principal, Principal::Agency(a) if doc.meta.issuer.as_ref() == Some(a));
-            let tally = self.read_tally(d, &doc.meta.doc_type);
-            match (&d.grant, issued_by_caller) {
-                (Some(gid), false) => {
-                    let gid = GrantId::parse(gid).map_err(|_| Error::GrantRequired)?;
-                    let (queued, key, seq) = self.queue_grant_use(&o, &gid, d, tally)?;
-                    Ok(((doc, reader), queued, Some((key, seq))))
-                }
-                _ => Ok(((doc, reader), self.enqueue_audited(vec![tally], d), None)),
-            }
-        })
+        self.start_read(draft, |d| self.decide_content_read(caller, owner, id, d))
     }
 
     /// [`Vault::document_as`] for an async caller, as [`Vault::start_content_as`] is for
@@ -607,33 +606,36 @@ impl Vault {
     pub fn start_document_as(&self, caller: &Caller, owner: &OwnerId, id: &DocumentId) -> Started<Document> {
         let mut draft = self.draft(caller, Some(owner), "document.read");
         draft.document = Some(*id);
-        self.start_read(draft, |d| {
-            let doc = self.readable_document(caller, owner, id, d)?;
-            Ok((doc, self.enqueue_audited(Vec::new(), d), None))
+        self.start_read(draft, |d| self.decide_document_read(caller, owner, id, d))
+    }
+
+    /// Runs the decision `f` of an audited read in a non-blocking section (see
+    /// [`Vault::queue_read`]); one that would wait is not started.
+    fn start_read<T>(&self, draft: Draft, f: impl FnOnce(&mut Draft) -> DecidedRead<T>) -> Started<T> {
+        crate::vault::nonblocking(|| match self.queue_read(draft, f) {
+            Ok(read) => Started::Queued(read),
+            Err(_) => Started::Blocking,
         })
     }
 
-    /// Runs the decision `f` of an audited read in a non-blocking section: an allowed read is
-    /// queued by `f` itself; a refusal is queued here (the entry `refused:<code>`).
-    fn start_read<T>(
+    /// Runs the decision `f` of an audited read: an allowed read is queued by `f` itself; a
+    /// refusal is queued here (the entry `refused:<code>`). Only a decision that would block
+    /// ([`Error::WouldBlock`]) or could not be audited is an error (nothing was queued).
+    fn queue_read<T>(
         &self,
         draft: Draft,
-        f: impl FnOnce(&mut Draft) -> Result<(T, crate::audit::Queued, Option<(Vec<u8>, u64)>), Error>,
-    ) -> Started<T> {
-        crate::vault::nonblocking(|| {
-            let mut d = draft;
-            match f(&mut d) {
-                Ok((value, queued, grant)) => {
-                    Started::Queued(QueuedRead { result: Ok(value), queued, grant, answer: None })
-                }
-                Err(Error::WouldBlock | Error::AuditFailed(_)) => Started::Blocking,
-                Err(e) => {
-                    d.outcome = format!("refused:{}", e.code());
-                    let queued = self.enqueue_audited(Vec::new(), &d);
-                    Started::Queued(QueuedRead { result: Err(e), queued, grant: None, answer: None })
-                }
+        f: impl FnOnce(&mut Draft) -> DecidedRead<T>,
+    ) -> Result<QueuedRead<T>, Error> {
+        let mut d = draft;
+        match f(&mut d) {
+            Ok((value, queued, grant)) => Ok(QueuedRead { result: Ok(value), queued, grant, answer: None }),
+            Err(e @ (Error::WouldBlock | Error::AuditFailed(_))) => Err(e),
+            Err(e) => {
+                d.outcome = format!("refused:{}", e.code());
+                let queued = self.enqueue_audited(Vec::new(), &d);
+                Ok(QueuedRead { result: Err(e), queued, grant: None, answer: None })
             }
-        })
+        }
     }
 
     /// Polls a started read: [`ReadPoll::Ready`] once its entry is durable (or failed), then
