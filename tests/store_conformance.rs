@@ -11,6 +11,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::{Arc, Mutex};
 
 use common::*;
+use common::s3;
 use vault::mem_store::{MemBlobs, MemMeta};
 use vault::store::{BlobName, BlobStore, FsBlobs, MetaStore, Op, SledMeta};
 use vault::{Digest, Vault};
@@ -231,4 +232,110 @@ fn power_loss_keeps_every_acknowledged_write() {
         let report = v.check(true).unwrap();
         assert!(report.is_clean(), "round {round} (kept {keep} unsynced batches):\n{report}");
     }
+}
+
+/// The S3 backend against a real S3 server (s3s-fs, started here): the blob suite, a blob big
+/// enough for a multipart upload read back in ranges, the set-aside folder, and a listing that
+/// tells blobs from strays.
+#[test]
+fn the_s3_backend_conforms() {
+    let server = s3::S3Server::start("vault-conformance");
+    let spool = tempfile::tempdir().unwrap();
+    let b = server.blobs("province/test", spool.path().to_path_buf());
+    blob_suite("s3", &b);
+    // Above the multipart threshold: uploaded in parts, read back whole and from the middle.
+    let owner = [9u8; 16];
+    let big: Vec<u8> = (0..(vault::s3_store::MULTIPART_THRESHOLD as u32 + 3_000_001)).map(|i| (i % 241) as u8).collect();
+    let name = BlobName { owner, name: [5; 32] };
+    let mut w = b.create(&owner).unwrap();
+    w.write_all(&[0u8; 64]).unwrap();
+    w.write_all(&big[64..]).unwrap();
+    w.seek(SeekFrom::Start(0)).unwrap();
+    w.write_all(&big[..64]).unwrap();
+    w.commit(&name).unwrap();
+    assert_eq!(b.len(&name).unwrap(), Some(big.len() as u64));
+    let mut r = b.open(&name).unwrap().unwrap();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).unwrap();
+    assert!(got == big, "multipart round trip");
+    r.seek(SeekFrom::Start(9_999_999)).unwrap();
+    let mut some = vec![0u8; 2_500_000];
+    r.read_exact(&mut some).unwrap();
+    assert!(some == big[9_999_999..12_499_999], "ranged read across read-ahead windows");
+    // No spool file is left behind, committed or dropped.
+    assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0, "spool folder empty");
+    // Set aside: out of the blob listing, into the orphans listing.
+    assert!(b.set_aside(&name).unwrap());
+    assert!(b.open(&name).unwrap().is_none());
+    assert!(!b.list().unwrap().blobs.contains(&name));
+    let aside = b.set_aside_list().unwrap();
+    assert!(aside.iter().any(|p| p.ends_with(&hex_name(&name))), "{aside:?}");
+    // A stranger object under the blob prefix is a stray, not a blob.
+    let other = server.blobs("province/test/blobs", spool.path().to_path_buf());
+    let mut w = other.create(&[1; 16]).unwrap();
+    w.write_all(b"x").unwrap();
+    w.commit(&BlobName { owner: [1; 16], name: [1; 32] }).unwrap();
+    let listing = b.list().unwrap();
+    assert!(listing.strays.iter().any(|s| s.contains("/blobs/blobs/")), "{:?}", listing.strays);
+    // A wrong key is refused at open, not at the first upload.
+    let mut s = server.settings();
+    s.retain(|(k, _)| *k != "secret_access_key");
+    let mut settings: Vec<(&str, &str)> = s.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    settings.push(("secret_access_key", "wrong"));
+    let e = vault::s3_store::S3Blobs::open_with("s3://vault-conformance/x", spool.path().to_path_buf(), &settings)
+        .unwrap_err();
+    assert!(e.to_string().contains("object storage"), "{e}");
+}
+
+fn hex_name(n: &BlobName) -> String {
+    n.name.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A whole vault on the embedded metadata and S3 blobs: deposit small and large contents (the
+/// large ones as S3 objects, one in parts), read them back, `check --read-data` clean, erase an
+/// owner (their objects leave the bucket), reopen and read the others.
+#[test]
+fn a_vault_runs_on_s3_blobs() {
+    let server = s3::S3Server::start("vault-whole");
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let meta = SledMeta::open(&dir.path().join("meta")).unwrap();
+        let blobs = server.blobs("v", dir.path().join("spool"));
+        Vault::open_with(Box::new(meta), Box::new(blobs), &master(), Some(dir.path().join("OPEN"))).unwrap()
+    };
+    let v = open();
+    let (a, b) = (owner(1), owner(2));
+    let sizes = [300usize, 70_000, 1_000_000, vault::s3_store::MULTIPART_THRESHOLD as usize + 1];
+    let mut docs = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        for o in [&a, &b] {
+            let data = content(i as u64 * 2 + u64::from(o == &b), *size);
+            let doc = put_doc(&v, o, &data, "cccd");
+            docs.push((o.clone(), doc.id, data));
+        }
+    }
+    let read = |v: &Vault, o: &vault::OwnerId, id: &vault::DocumentId| {
+        let (_, mut r) = v.open_document_content(o, id).unwrap();
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        got
+    };
+    for (o, id, data) in &docs {
+        assert!(read(&v, o, id) == *data, "{id} round trip");
+    }
+    let report = v.check(true).unwrap();
+    assert!(report.is_clean(), "{report}");
+    let before = server.blobs("v", dir.path().join("spool")).list().unwrap().blobs.len();
+    assert!(before >= 6, "large contents are objects: {before}");
+    v.erase_as(&vault::access::Caller::owner(a.clone()), &a).unwrap();
+    let after = server.blobs("v", dir.path().join("spool")).list().unwrap().blobs.len();
+    assert_eq!(after, before / 2, "the erased owner's objects left the bucket");
+    drop(v);
+    let v = open();
+    for (o, id, data) in docs.iter().filter(|(o, ..)| o == &b) {
+        assert!(read(&v, o, id) == *data, "{id} after reopen");
+    }
+    assert!(v.open_document_content(&a, &docs[0].1).is_err());
+    let report = v.check(true).unwrap();
+    assert!(report.is_clean(), "{report}");
 }
