@@ -10,8 +10,8 @@ mod common;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::{Arc, Mutex};
 
-use common::*;
 use common::s3;
+use common::*;
 use vault::mem_store::{MemBlobs, MemMeta};
 use vault::store::{BlobName, BlobStore, FsBlobs, MetaStore, Op, SledMeta};
 use vault::{Digest, Vault};
@@ -245,7 +245,8 @@ fn the_s3_backend_conforms() {
     blob_suite("s3", &b);
     // Above the multipart threshold: uploaded in parts, read back whole and from the middle.
     let owner = [9u8; 16];
-    let big: Vec<u8> = (0..(vault::s3_store::MULTIPART_THRESHOLD as u32 + 3_000_001)).map(|i| (i % 241) as u8).collect();
+    let big: Vec<u8> =
+        (0..(vault::s3_store::MULTIPART_THRESHOLD as u32 + 3_000_001)).map(|i| (i % 241) as u8).collect();
     let name = BlobName { owner, name: [5; 32] };
     let mut w = b.create(&owner).unwrap();
     w.write_all(&[0u8; 64]).unwrap();

@@ -21,6 +21,14 @@ pub struct Server {
     pub op: SigningKey,
     pub idp: SigningKey,
     pub port: u16,
+    /// With `VAULT_TEST_BLOBS=s3`: the S3 server holding this server's blobs.
+    pub s3: Option<super::s3::S3Server>,
+}
+
+/// Whether the servers of these tests keep their blobs in S3 (`VAULT_TEST_BLOBS=s3`: tests/all.sh
+/// runs the HTTP suites a second time so).
+pub fn blobs_in_s3() -> bool {
+    std::env::var("VAULT_TEST_BLOBS").is_ok_and(|v| v == "s3")
 }
 
 impl Drop for Server {
@@ -68,11 +76,32 @@ impl Server {
 
     /// [`Server::start_at`] with extra environment variables for the server process.
     pub fn start_env(dir: tempfile::TempDir, port: u16, extra: &[&str], env: &[(&str, &std::path::Path)]) -> Server {
+        Self::start_full(dir, port, extra, env, blobs_in_s3())
+    }
+
+    /// [`Server::start_in`] with the blobs in S3 whatever `VAULT_TEST_BLOBS` says.
+    pub fn start_s3(dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        Self::start_full(dir, free_port(), extra, &[], true)
+    }
+
+    fn start_full(
+        dir: tempfile::TempDir,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &std::path::Path)],
+        in_s3: bool,
+    ) -> Server {
         let key = dir.path().join("master.key");
         std::fs::write(&key, format!("{}\n", B64.encode([5u8; 32]))).unwrap();
         let op = SigningKey::from_bytes(&[11; 32]);
         let idp = SigningKey::from_bytes(&[12; 32]);
-        let child = Command::new(binary())
+        // The S3 server's folder is in the test's folder, so a restart finds its objects.
+        let s3 = in_s3.then(|| super::s3::S3Server::start_in(&dir.path().join("s3"), "vault-test"));
+        let mut cmd = Command::new(binary());
+        if let Some(s3) = &s3 {
+            cmd.args(["--blobs", "s3://vault-test/blobs"]).envs(s3.env());
+        }
+        let child = cmd
             .arg("--data")
             .arg(dir.path().join("data"))
             .arg("--master-key-file")
@@ -86,7 +115,7 @@ impl Server {
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("server.log")).unwrap())
             .spawn()
             .unwrap();
-        let s = Server { child, base: format!("http://127.0.0.1:{port}"), dir, op, idp, port };
+        let s = Server { child, base: format!("http://127.0.0.1:{port}"), dir, op, idp, port, s3 };
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
             if ureq::get(&format!("{}/readyz", s.base)).timeout(Duration::from_secs(2)).call().is_ok() {

@@ -4,12 +4,13 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct S3Server {
     child: Child,
-    _root: tempfile::TempDir,
+    _root: Option<tempfile::TempDir>,
     pub port: u16,
     pub bucket: String,
 }
@@ -32,13 +33,21 @@ impl S3Server {
     /// Starts a server with one empty bucket.
     pub fn start(bucket: &str) -> Self {
         let root = tempfile::tempdir().unwrap();
+        let mut s = Self::start_in(root.path(), bucket);
+        s._root = Some(root);
+        s
+    }
+
+    /// Starts a server over the folder `root` (kept: a restart over it finds its objects),
+    /// creating `bucket` in it if missing.
+    pub fn start_in(root: &std::path::Path, bucket: &str) -> Self {
         // s3s-fs keeps a bucket as a folder of its root.
-        std::fs::create_dir(root.path().join(bucket)).unwrap();
+        std::fs::create_dir_all(root.join(bucket)).unwrap();
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(server_binary())
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(root.path())
+            .arg(root)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -48,7 +57,7 @@ impl S3Server {
             assert!(Instant::now() < deadline, "the S3 server did not listen within 20 s");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { child, _root: root, port, bucket: bucket.to_owned() }
+        Self { child, _root: None, port, bucket: bucket.to_owned() }
     }
 
     pub fn endpoint(&self) -> String {

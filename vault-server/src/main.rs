@@ -32,6 +32,11 @@ struct Args {
     /// Data folder (created if missing).
     #[arg(long, global = true, env = "VAULT_DATA", default_value = "./vault-data")]
     data: PathBuf,
+    /// Where blobs are kept: the data folder (default), or S3-compatible object storage
+    /// `s3://bucket/prefix`, with the endpoint, region and credentials from the usual `AWS_*`
+    /// environment variables (SPEC.md §9b). Metadata stays in the data folder.
+    #[arg(long, global = true, env = "VAULT_BLOBS")]
+    blobs: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "VAULT_LISTEN", default_value = "127.0.0.1:8700")]
     listen: SocketAddr,
@@ -152,6 +157,7 @@ struct FileConfig {
     webhook_park_after: Option<u64>,
     webhook_poll_ms: Option<u64>,
     dev: Option<bool>,
+    blobs: Option<String>,
     log_json: Option<bool>,
     oidc_issuer: Option<String>,
     oidc_client_id: Option<String>,
@@ -168,7 +174,7 @@ fn apply_config(args: &mut Args, m: &clap::ArgMatches) -> Result<(), String> {
     let f: FileConfig = toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
     // Subcommand flags are marked global, so look in the subcommand's matches too.
     let sub = m.subcommand().map(|(_, s)| s);
-    const GLOBAL: [&str; 3] = ["data", "master_key_file", "dev"];
+    const GLOBAL: [&str; 4] = ["data", "master_key_file", "dev", "blobs"];
     let unset = |id: &str| {
         // Global flags are known to the subcommand's matches as well; the others only to the top.
         let in_sub = if GLOBAL.contains(&id) { sub.and_then(|s| s.value_source(id)) } else { None };
@@ -177,6 +183,9 @@ fn apply_config(args: &mut Args, m: &clap::ArgMatches) -> Result<(), String> {
     };
     if let (true, Some(v)) = (unset("data"), f.data) {
         args.data = v;
+    }
+    if let (true, Some(v)) = (unset("blobs"), f.blobs) {
+        args.blobs = Some(v);
     }
     if let (true, Some(v)) = (unset("listen"), f.listen) {
         args.listen = v;
@@ -515,11 +524,10 @@ async fn run(args: Args) -> Result<(), String> {
     });
     let app = api::router(state.clone()).merge(page_router(&args, &state)?);
     let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).into_future());
-    let data = args.data.clone();
-    let vault = tokio::task::spawn_blocking(move || Vault::open(&data, &master))
+    let (data, blobs) = (args.data.clone(), args.blobs.clone());
+    let vault = tokio::task::spawn_blocking(move || open_vault(&data, blobs.as_deref(), &master))
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot open the vault in {}: {e}", args.data.display()))?;
+        .map_err(|e| e.to_string())??;
     let vault = Arc::new(vault);
     // Fail-stop (SPEC.md §8): one clear line when the vault stops accepting writes.
     vault.on_fail_stop(|reason| {
@@ -610,11 +618,30 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
+/// Opens the vault in `data`, its blobs in the data folder or, with `blobs`, in object storage.
+fn open_vault(data: &Path, blobs: Option<&str>, master: &MasterKey) -> Result<Vault, String> {
+    let opened = match blobs {
+        None => Vault::open(data, master),
+        Some(loc) => (|| {
+            std::fs::create_dir_all(data).map_err(|source| vault::StoreError::Io {
+                what: format!("creating data folder {}", data.display()),
+                source,
+            })?;
+            let meta = vault::store::SledMeta::open(&data.join("meta"))?;
+            let blobs = vault::s3_store::S3Blobs::open(loc, data.join("spool"))?;
+            Vault::open_with(Box::new(meta), Box::new(blobs), master, Some(data.join("OPEN")))
+        })(),
+    };
+    opened.map_err(|e| match blobs {
+        None => format!("cannot open the vault in {}: {e}", data.display()),
+        Some(loc) => format!("cannot open the vault in {} with blobs in {loc}: {e}", data.display()),
+    })
+}
+
 /// `vault-server check`: exit 0 when clean, 1 when problems were found, 2 when it cannot run.
 fn check(args: &Args, read_data: bool) -> ExitCode {
     let result = master_key(args).and_then(|master| {
-        let vault = Vault::open(&args.data, &master)
-            .map_err(|e| format!("cannot open the vault in {}: {e}", args.data.display()))?;
+        let vault = open_vault(&args.data, args.blobs.as_deref(), &master)?;
         let report = vault.check(read_data).map_err(|e| format!("check failed: {e}"))?;
         vault.close().map_err(|e| e.to_string())?;
         Ok(report)

@@ -58,11 +58,11 @@ pub mod note;
 #[cfg(feature = "openapi")]
 pub mod openapi;
 pub mod provenance;
-#[cfg(feature = "s3")]
-pub mod s3_store;
 mod record_cache;
 pub mod rights;
 pub mod rotation;
+#[cfg(feature = "s3")]
+pub mod s3_store;
 pub mod seal;
 pub mod stats;
 pub mod store;

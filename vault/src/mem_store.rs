@@ -267,6 +267,10 @@ impl BlobStore for MemBlobs {
         format!("memory blob {name:?}")
     }
 
+    fn kind(&self) -> String {
+        "memory".into()
+    }
+
     fn set_aside(&self, name: &BlobName) -> Result<bool, StoreError> {
         let mut st = lock(&self.state);
         let Some(b) = st.live.remove(name) else { return Ok(false) };

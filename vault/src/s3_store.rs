@@ -495,6 +495,10 @@ impl BlobStore for S3Blobs {
         format!("s3://{}/{}", self.loc.bucket, self.blob_path(name))
     }
 
+    fn kind(&self) -> String {
+        format!("{:?}", self.loc).trim_end_matches('/').to_owned()
+    }
+
     fn set_aside(&self, name: &BlobName) -> Result<bool, StoreError> {
         let (from, to) = (self.blob_path(name), self.orphan_path(name));
         let store = self.store.clone();

@@ -27,6 +27,17 @@ pub enum StoreError {
     /// The metadata database reported an error.
     #[error("metadata store: {0}")]
     Meta(String),
+    /// The vault was created over another blob store than the one it is being opened with.
+    #[error(
+        "this vault's blobs are in {recorded}, but it is being opened with {given}: nothing was opened \
+         (give the blob store it was created with, SPEC.md §9b)"
+    )]
+    WrongBlobStore {
+        /// The store recorded at creation.
+        recorded: String,
+        /// The store given now.
+        given: String,
+    },
     /// Another process holds the data folder.
     #[error("the data folder {0} is in use by another process")]
     Locked(String),
@@ -605,6 +616,11 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     fn discard_unfinished(&self) -> Result<usize, StoreError>;
     /// A place to name in reports.
     fn describe(&self, name: &BlobName) -> String;
+    /// Which store this is, recorded in the metadata at a vault's creation (`"Mblob-store"`,
+    /// SPEC.md §6) so that a vault is never opened over another store than its own: `"files"`
+    /// for the embedded store (wherever its folder is), `"s3://bucket/prefix"` for object
+    /// storage (whatever the endpoint).
+    fn kind(&self) -> String;
     /// Moves a blob that no record points at out of the blob folder, keeping it until an
     /// operator decides (SPEC.md §10); false if this store cannot (the blob stays in place).
     fn set_aside(&self, _name: &BlobName) -> Result<bool, StoreError> {
@@ -919,6 +935,10 @@ impl BlobStore for FsBlobs {
 
     fn describe(&self, name: &BlobName) -> String {
         self.path(name).display().to_string()
+    }
+
+    fn kind(&self) -> String {
+        "files".into()
     }
 
     fn set_aside(&self, name: &BlobName) -> Result<bool, StoreError> {

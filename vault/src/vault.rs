@@ -119,6 +119,8 @@ impl Seek for Spill<'_> {
 const KEY_FORMAT: &[u8] = b"Mformat";
 const KEY_INDEX_KEY: &[u8] = b"Mindex-key";
 const KEY_SIGNING: &[u8] = b"Msigning-key";
+/// Which blob store the vault was created over ([`BlobStore::kind`], plain UTF-8).
+const KEY_BLOB_STORE: &[u8] = b"Mblob-store";
 /// The key name of the vault's signing key in signed notes.
 pub const VAULT_KEY_NAME: &str = "vault";
 
@@ -347,6 +349,7 @@ impl Vault {
         if meta.get(crate::rotation::KEY_ROTATION)?.is_some() {
             return Err(Error::RotationInProgress);
         }
+        let existed = meta.get(KEY_INDEX_KEY)?.is_some();
         let index_key = match meta.get(KEY_INDEX_KEY)? {
             Some(sealed) => {
                 let format = meta.get(KEY_FORMAT)?.unwrap_or_default();
@@ -392,6 +395,27 @@ impl Vault {
                 key
             }
         };
+        // A vault is opened only over the blob store it was created with: over another, every
+        // content would be "missing" (or, worse, a later upload would mix two stores).
+        let given = blobs.kind();
+        match meta.get(KEY_BLOB_STORE)? {
+            Some(recorded) if recorded == given.as_bytes() => {}
+            Some(recorded) => {
+                return Err(crate::store::StoreError::WrongBlobStore {
+                    recorded: String::from_utf8_lossy(&recorded).into_owned(),
+                    given,
+                }
+                .into())
+            }
+            None => {
+                // Vaults made before the record existed all kept their blobs in files.
+                if existed && given != "files" {
+                    return Err(crate::store::StoreError::WrongBlobStore { recorded: "files".into(), given }.into());
+                }
+                meta.apply(vec![Op::Put(KEY_BLOB_STORE.to_vec(), given.into_bytes())])?;
+                meta.sync()?;
+            }
+        }
         let seed: Zeroizing<[u8; 32]> = match meta.get(KEY_SIGNING)? {
             Some(sealed) => {
                 let raw = seal::open(&master_wrap, &aad(KEY_SIGNING), &sealed).map_err(|_| corrupt(KEY_SIGNING))?;
