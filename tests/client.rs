@@ -379,7 +379,7 @@ fn tampered_downloads_are_reported_and_never_left_as_finished_files() {
 
     // 2. A tampered blob on the server's disk: the server breaks the transfer off; the client
     // reports it and keeps nothing.
-    let blob = largest_file(&s.dir.path().join("data/blobs"));
+    let blob = largest_file(&s.blob_dir());
     let mut bytes = std::fs::read(&blob).unwrap();
     let mid = bytes.len() * 2 / 3;
     bytes[mid] ^= 0x40;

@@ -252,16 +252,7 @@ fn item_10_1_erasure_racing_uploads_over_http() {
     assert_eq!(r.status, 200);
     let key = call("GET", &s.url("/v1/vault-key"), None, &[], None).json();
     verify_export(r.body.as_slice(), key["note_verifier_key"].as_str().unwrap()).unwrap();
-    let mut s = Arc::into_inner(s).unwrap();
-    let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
-    drop(s);
-    let out = std::process::Command::new(binary())
-        .args(["check", "--read-data", "--data"])
-        .arg(dir.path().join("data"))
-        .arg("--master-key-file")
-        .arg(dir.path().join("master.key"))
-        .output()
-        .unwrap();
+    let out = Arc::into_inner(s).unwrap().stop_and_check();
     assert!(out.status.success(), "check after the race:\n{}", String::from_utf8_lossy(&out.stdout));
 }
 

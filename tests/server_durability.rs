@@ -153,17 +153,7 @@ fn kill9_during_uploads_loses_no_acknowledged_write() {
         assert_eq!(r.status, 200, "{owner} {id} lost after kill -9");
         assert!(r.body == *data, "{owner} {id} differs after kill -9");
     }
-    let mut s = s;
-    let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
-    drop(s);
-    let (data_dir, key) = (dir.path().join("data"), dir.path().join("master.key"));
-    let out = std::process::Command::new(binary())
-        .args(["check", "--read-data", "--data"])
-        .arg(&data_dir)
-        .arg("--master-key-file")
-        .arg(&key)
-        .output()
-        .unwrap();
+    let out = s.stop_and_check();
     assert!(
         out.status.success(),
         "check after kill -9:\n{}{}",
@@ -209,7 +199,15 @@ fn sigterm_finishes_in_flight_uploads_and_exits_zero() {
     // The shutdown was clean: no recovery needed at the next open, and the content is there.
     let data = s.dir.path().join("data");
     assert!(!data.join("OPEN").exists());
-    let v = vault::Vault::open(&data, &vault::MasterKey::from_bytes([5; 32])).unwrap();
+    let master = vault::MasterKey::from_bytes([5; 32]);
+    let v = match &s.s3 {
+        None => vault::Vault::open(&data, &master).unwrap(),
+        Some(s3) => {
+            let meta = vault::store::SledMeta::open(&data.join("meta")).unwrap();
+            let blobs = s3.blobs("blobs", data.join("spool"));
+            vault::Vault::open_with(Box::new(meta), Box::new(blobs), &master, Some(data.join("OPEN"))).unwrap()
+        }
+    };
     assert!(v.holds(&vault::OwnerId::parse(CITIZEN).unwrap(), &digest).unwrap());
 }
 

@@ -456,10 +456,8 @@ fn a_small_content_is_sent_whole_or_refused_cleanly_when_damaged() {
     assert_eq!((r.status, &r.body[..]), (206, &data[100..200]));
     // One flipped bit in the blob on disk: an error answer with the opaque code, never a 200
     // with bytes (nothing was sent before the whole content was authenticated).
-    let blob = common::files_below(&s.dir.path().join("data/blobs"))
-        .into_iter()
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
+    let blob =
+        common::files_below(&s.blob_dir()).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
     let mut bytes = std::fs::read(&blob).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;

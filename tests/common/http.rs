@@ -69,6 +69,22 @@ impl Server {
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
+    /// Stops the server (SIGKILL) and runs `vault-server check --read-data` over its stores
+    /// (its data folder, and its S3 server when its blobs are there).
+    pub fn stop_and_check(mut self) -> std::process::Output {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut cmd = Command::new(binary());
+        cmd.args(["check", "--read-data", "--data"])
+            .arg(self.dir.path().join("data"))
+            .arg("--master-key-file")
+            .arg(self.dir.path().join("master.key"));
+        if let Some(s3) = &self.s3 {
+            cmd.args(["--blobs", "s3://vault-test/blobs"]).envs(s3.env());
+        }
+        cmd.output().unwrap()
+    }
+
     /// [`Server::start_in`] on a given port (a restart that clients see as the same server).
     pub fn start_at(dir: tempfile::TempDir, port: u16, extra: &[&str]) -> Server {
         Self::start_env(dir, port, extra, &[])
@@ -124,6 +140,15 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("the server did not become ready");
+    }
+
+    /// Where this server's blobs are on disk: its data folder's `blobs/`, or, with its blobs in
+    /// S3, the folder where the S3 server keeps the bucket's `blobs/` prefix.
+    pub fn blob_dir(&self) -> std::path::PathBuf {
+        match &self.s3 {
+            None => self.dir.path().join("data/blobs"),
+            Some(_) => self.dir.path().join("s3/vault-test/blobs"),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -31,7 +31,7 @@ use object_store::{ObjectStore, PutPayload, WriteMultipart};
 use crate::store::{BlobListing, BlobName, BlobRead, BlobStore, NewBlob, StoreError};
 
 /// Blobs up to this size are uploaded with one `PUT`; larger ones in parts.
-pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
+pub const MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
 /// The size of each part of a multipart upload (S3's minimum is 5 MiB, except the last).
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 /// How much a reader fetches per ranged `GET`.
@@ -269,7 +269,7 @@ impl NewBlob for S3NewBlob {
         let store = self.store.clone();
         if len <= MULTIPART_THRESHOLD {
             let mut all = Vec::with_capacity(len as usize);
-            (&mut self.file).read_to_end(&mut all).map_err(io_err(format_args!("reading {}", self.path.display())))?;
+            self.file.read_to_end(&mut all).map_err(io_err(format_args!("reading {}", self.path.display())))?;
             wait(&self.rt, async move { store.put(&dest, PutPayload::from(all)).await })?.map_err(s3_err(&what))?;
         } else {
             let d = dest.clone();
