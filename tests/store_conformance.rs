@@ -259,10 +259,10 @@ fn the_s3_backend_conforms() {
     let mut got = Vec::new();
     r.read_to_end(&mut got).unwrap();
     assert!(got == big, "multipart round trip");
-    r.seek(SeekFrom::Start(9_999_999)).unwrap();
+    r.seek(SeekFrom::Start(5_999_999)).unwrap();
     let mut some = vec![0u8; 2_500_000];
     r.read_exact(&mut some).unwrap();
-    assert!(some == big[9_999_999..12_499_999], "ranged read across read-ahead windows");
+    assert!(some == big[5_999_999..8_499_999], "ranged read across read-ahead windows");
     // No spool file is left behind, committed or dropped.
     assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0, "spool folder empty");
     // Set aside: out of the blob listing, into the orphans listing.
