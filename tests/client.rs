@@ -726,3 +726,74 @@ fn vault_log_falls_back_to_single_proofs_on_a_server_without_the_extension() {
     assert_eq!(route_count(&s, "GET", "/v1/owners/{owner}/access-log/{index}/leaf", 200), 20);
     assert_eq!(route_count(&s, "GET", "/v1/audit/proof/inclusion", 200), 20);
 }
+
+/// The operator's `vault webhooks` commands, one per route of SPEC.md §24: subscribe, show,
+/// list the parked events, redeliver one, delete; refusals keep their exit codes.
+#[test]
+fn the_operator_manages_webhooks_with_the_cli() {
+    // Every attempt is refused (nothing listens on that port) and parked after one second.
+    let dead = free_port();
+    let s = Server::start(&[
+        "--dev",
+        "--webhook-poll-ms",
+        "100",
+        "--webhook-retry-base",
+        "1",
+        "--webhook-retry-max",
+        "1",
+        "--webhook-park-after",
+        "1",
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let cli = Cli::new(&s.base, work.path());
+    cli_agency(&cli, &s, work.path(), "so-gd");
+    let op = s.operator();
+    let as_op = [("VAULT_TOKEN", op.as_str())];
+    let url = format!("http://127.0.0.1:{dead}/hook");
+    let put = ["webhooks", "put", "so-gd", "main", "--url", url.as_str(), "--events", "grant.created,grant.revoked"];
+    let v = cli.ok(&as_op, &put);
+    assert_eq!(v["events"], serde_json::json!(["grant.created", "grant.revoked"]), "{v}");
+    assert!(v["public_key"].as_str().unwrap().starts_with("whpk_"), "{v}");
+    // Replacing says so; a citizen is refused (3); an unknown event type is a usage error (2).
+    let o = cli.run(&as_op, &put);
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("replaced:"), "{}", String::from_utf8_lossy(&o.stdout));
+    let citizen = s.owner(CITIZEN);
+    let o = cli.run(&[("VAULT_TOKEN", citizen.as_str())], &["webhooks", "get", "so-gd", "main"]);
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cli.run(&as_op, &["webhooks", "put", "so-gd", "x", "--url", &url, "--events", "grant.deleted"]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // A grant to the agency: its grant.created is attempted, fails, and is parked.
+    let r = post_json(
+        &s.url(&format!("/v1/owners/{CITIZEN}/grants")),
+        &citizen,
+        None,
+        &serde_json::json!({"grantee": "so-gd", "purpose": "1.000001", "doc_types": ["giay-khai-sinh"],
+                "expires_at": vault::Timestamp::now().plus_seconds(3600).to_string()}),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cli.ok(&as_op, &["webhooks", "get", "so-gd", "main"])["parked"] != 1 {
+        assert!(Instant::now() < deadline, "the event was never parked");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let f = cli.ok(&as_op, &["webhooks", "failed", "so-gd", "main", "--limit", "10"]);
+    let events = f["events"].as_array().unwrap();
+    assert_eq!((events.len(), f["next"].is_null()), (1, true), "{f}");
+    let id = events[0]["event"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(events[0]["event"]["type"], "grant.created");
+    let o = cli.run(&as_op, &["webhooks", "failed", "so-gd", "main"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&id), "{}", String::from_utf8_lossy(&o.stdout));
+    let d = cli.ok(&as_op, &["webhooks", "redeliver", "so-gd", "main", &id]);
+    assert_eq!((d["event"]["id"].as_str(), d["attempts"].as_u64()), (Some(id.as_str()), Some(0)), "{d}");
+    // Redelivering an event that is not parked (any more) is not found (4).
+    let other = "msg_00000000000000000000000000000000";
+    let o = cli.run(&as_op, &["webhooks", "redeliver", "so-gd", "main", other]);
+    assert_eq!(o.status.code(), Some(4), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cli.run(&as_op, &["webhooks", "get", "so-gd", "main"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("public key: whpk_"), "{}", String::from_utf8_lossy(&o.stdout));
+
+    cli.ok(&as_op, &["webhooks", "delete", "so-gd", "main"]);
+    let o = cli.run(&as_op, &["webhooks", "get", "so-gd", "main"]);
+    assert_eq!(o.status.code(), Some(4), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -281,6 +281,7 @@ fn each_event_type_is_delivered_signed_and_verified_independently() {
     wait_hook(&s, "so-gd", "main", "an empty outbox", |v| v["pending"] == 0);
     let m = String::from_utf8(call("GET", &s.url("/metrics"), None, &[], None).body).unwrap();
     assert!(m.contains("vault_webhook_attempts_total{outcome=\"delivered\"} 10\n"), "{m}");
+    assert!(m.contains("\nvault_webhook_outbox_full_total 0\n"), "no outbox was full: {m}");
     // A sweep much later emits no second grant.expired.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(of_type(&rx.requests(), "grant.expired").len(), 1);

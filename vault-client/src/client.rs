@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vault::access::ReuseStatus;
 use vault::audit::{Entry, Page};
 use vault::document::Status;
+use vault::events::{Delivery, EventId, NewWebhook, WebhookId, WebhookView};
 use vault::grants::{Grant, GrantStatus, NewGrant};
 use vault::provenance::{statement, Agency, NewAgency};
 use vault::rights::SignedReceipt;
@@ -939,6 +940,66 @@ impl Client {
     /// `GET /v1/agencies/{agency}`.
     pub async fn agency_info(&self, id: &AgencyId) -> Result<Agency, Error> {
         Ok(self.json(self.request(Method::GET, &format!("/v1/agencies/{}", id.as_str()))).await?.1)
+    }
+
+    // ------------------------------------------------------------ webhooks (SPEC.md §24)
+
+    fn webhook_path(agency: &AgencyId, id: &WebhookId, rest: &str) -> String {
+        format!("/v1/agencies/{}/webhooks/{}{rest}", agency.as_str(), id.as_str())
+    }
+
+    /// `PUT /v1/agencies/{agency}/webhooks/{id}` (the operator): the subscription and whether it
+    /// is new.
+    pub async fn put_webhook(
+        &self,
+        agency: &AgencyId,
+        id: &WebhookId,
+        new: &NewWebhook,
+    ) -> Result<(WebhookView, bool), Error> {
+        let r = self.request(Method::PUT, &Self::webhook_path(agency, id, "")).json(new);
+        let (status, w) = self.json(r).await?;
+        Ok((w, status == StatusCode::CREATED))
+    }
+
+    /// `GET /v1/agencies/{agency}/webhooks/{id}` (the operator): the subscription, its
+    /// verifying key and outbox counts.
+    pub async fn webhook(&self, agency: &AgencyId, id: &WebhookId) -> Result<WebhookView, Error> {
+        Ok(self.json(self.request(Method::GET, &Self::webhook_path(agency, id, ""))).await?.1)
+    }
+
+    /// `DELETE /v1/agencies/{agency}/webhooks/{id}` (the operator).
+    pub async fn delete_webhook(&self, agency: &AgencyId, id: &WebhookId) -> Result<(), Error> {
+        self.send(self.request(Method::DELETE, &Self::webhook_path(agency, id, ""))).await?;
+        Ok(())
+    }
+
+    /// One page of `GET .../webhooks/{id}/failed?after=&limit=` (the operator): parked events,
+    /// oldest first, and the `after` of the next page.
+    pub async fn failed_events(
+        &self,
+        agency: &AgencyId,
+        id: &WebhookId,
+        after: Option<&EventId>,
+        limit: Option<usize>,
+    ) -> Result<(Vec<Delivery>, Option<EventId>), Error> {
+        #[derive(Deserialize)]
+        struct Failed {
+            events: Vec<Delivery>,
+            next: Option<EventId>,
+        }
+        let mut q: Vec<(&str, String)> = Vec::new();
+        q.extend(after.map(|a| ("after", a.to_string())));
+        q.extend(limit.map(|n| ("limit", n.to_string())));
+        let r = self.request(Method::GET, &Self::webhook_path(agency, id, "/failed")).query(&q);
+        let (_, f): (_, Failed) = self.json(r).await?;
+        Ok((f.events, f.next))
+    }
+
+    /// `POST .../webhooks/{id}/failed/{event}/redeliver` (the operator): the delivery queued
+    /// again.
+    pub async fn redeliver(&self, agency: &AgencyId, id: &WebhookId, event: &EventId) -> Result<Delivery, Error> {
+        let r = self.request(Method::POST, &Self::webhook_path(agency, id, &format!("/failed/{event}/redeliver")));
+        Ok(self.json(r).await?.1)
     }
 }
 

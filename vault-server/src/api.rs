@@ -1678,7 +1678,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         None => Default::default(),
     };
     let mut out = crate::stats::prometheus(&reuse);
-    out.push_str(&crate::webhooks::prometheus());
+    out.push_str(&crate::webhooks::prometheus(st.vault.get().map_or(0, |v| v.outbox_full_total())));
     out.push_str("# HELP vault_http_requests_total HTTP requests answered, by status class.\n# TYPE vault_http_requests_total counter\n");
     for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx", "other"].iter().enumerate() {
         out.push_str(&format!(

@@ -26,8 +26,9 @@ use crate::openapi as oa;
 /// Attempts by outcome since the start: delivered, failed (will be retried), parked, dropped.
 static OUTCOMES: [AtomicU64; 4] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
 
-/// The worker's counters for `/metrics` (a fixed set of series).
-pub fn prometheus() -> String {
+/// The worker's counters for `/metrics` (a fixed set of series), and the events parked at
+/// once because their subscription's outbox was full (`outbox_full`, from the vault).
+pub fn prometheus(outbox_full: u64) -> String {
     let mut out = String::from(
         "# HELP vault_webhook_attempts_total Webhook delivery attempts since the start, by outcome.\n\
          # TYPE vault_webhook_attempts_total counter\n",
@@ -38,6 +39,12 @@ pub fn prometheus() -> String {
             OUTCOMES[i].load(Ordering::Relaxed)
         ));
     }
+    out.push_str(&format!(
+        "# HELP vault_webhook_outbox_full_total Events parked at once because their subscription already had \
+         the most events waiting, since the start.\n\
+         # TYPE vault_webhook_outbox_full_total counter\n\
+         vault_webhook_outbox_full_total {outbox_full}\n"
+    ));
     out
 }
 
@@ -421,7 +428,8 @@ pub async fn deliver_forever(vault: Arc<Vault>, cfg: WebhookConfig) {
     }
 }
 
-/// Emits `grant.expired` for grants that reached their expiry: at start, then every `every`.
+/// Emits `grant.expired` for grants that reached their expiry, and cleans the outbox (parked
+/// events past their retention, records of deleted subscriptions): at start, then every `every`.
 pub async fn sweep_expiry(vault: Arc<Vault>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -433,6 +441,17 @@ pub async fn sweep_expiry(vault: Arc<Vault>, every: Duration) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "sweep of expired grants failed"),
             Err(e) => tracing::error!(error = %e, "sweep of expired grants failed"),
+        }
+        let v = vault.clone();
+        match tokio::task::spawn_blocking(move || v.sweep_outbox(Timestamp::now())).await {
+            Ok(Ok(r)) if r.expired > 0 || r.orphans > 0 => tracing::info!(
+                expired = r.expired,
+                orphans = r.orphans,
+                "outbox swept: parked events past their retention, records of deleted subscriptions"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "sweep of the event outbox failed"),
+            Err(e) => tracing::error!(error = %e, "sweep of the event outbox failed"),
         }
     }
 }

@@ -294,7 +294,9 @@ impl Vault {
                         | prefix::WEBHOOK
                         | prefix::OUTBOX
                         | prefix::PARKED
-                        | prefix::GRANT_EXPIRY)
+                        | prefix::GRANT_EXPIRY
+                        | prefix::OUTBOX_DUE
+                        | prefix::PARKED_AT)
                 )
             ) {
                 r.problem(describe_key(&k), "unknown record");

@@ -107,7 +107,14 @@ impl Vault {
             }
             Ok(ops)
         };
-        let (ticket, index) = self.apply_audited_with(ops, &draft, entries)?;
+        // Last, after the erasure's own events (the outbox lock comes after the subscriptions').
+        let (purge, outbox) = self.owner_outbox_purge(owner)?;
+        ops.extend(purge);
+        let applied = self.apply_audited_with(ops, &draft, entries);
+        drop(outbox);
+        // The deleted events are no longer waiting: counted again when next needed.
+        self.forget_waiting_counts();
+        let (ticket, index) = applied?;
         self.wait_ticket(ticket)?;
         self.forget_owner(&op);
         // Still exclusive: no grant write of this owner can be queued, and the ones queued

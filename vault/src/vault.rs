@@ -59,6 +59,12 @@ pub(crate) mod prefix {
     pub const PARKED: u8 = b'F';
     /// Grants whose `grant.expired` event is still to be emitted (`events.rs`).
     pub const GRANT_EXPIRY: u8 = b'K';
+    /// The outbox's due-time index: one entry per `Q` record, by subscription and
+    /// `next_attempt` (`events.rs`).
+    pub const OUTBOX_DUE: u8 = b'Y';
+    /// The parked deliveries' retention index: one entry per `F` record, by subscription and
+    /// `parked_at` (`events.rs`).
+    pub const PARKED_AT: u8 = b'Z';
 }
 
 /// One stored document of [`Vault::put_documents`]: the content, the document, and whether the
@@ -316,6 +322,8 @@ pub(crate) fn describe_key(key: &[u8]) -> String {
         Some(&prefix::OUTBOX) => format!("outbox event {}", hex::encode(&key[1..])),
         Some(&prefix::PARKED) => format!("parked event {}", hex::encode(&key[1..])),
         Some(&prefix::GRANT_EXPIRY) => format!("grant expiry record {}", hex::encode(&key[1..])),
+        Some(&prefix::OUTBOX_DUE) => format!("outbox due-time index entry {}", hex::encode(&key[1..])),
+        Some(&prefix::PARKED_AT) => format!("parked event index entry {}", hex::encode(&key[1..])),
         _ => format!("unknown metadata key {}", hex::encode(key)),
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use vault::events::{Delivery, EventId, EventType, NewWebhook, WebhookId, WebhookUrl, WebhookView};
 use vault::grants::NewGrant;
 use vault::provenance::{AgencyKey, NewAgency, PublicKey};
 use vault::{AgencyId, DocType, DocumentId, GrantId, KeyId, OwnerId, Purpose, Timestamp};
@@ -198,6 +199,11 @@ enum Command {
         #[command(subcommand)]
         command: StatsCommand,
     },
+    /// Webhook subscriptions of agencies and their parked events (the operator; SPEC.md §24).
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
     /// Erase an owner: every content unreadable at once, then removed (the owner or the operator).
     Erase {
         #[arg(value_parser = OwnerId::parse)]
@@ -228,6 +234,93 @@ enum StatsCommand {
         #[arg(long)]
         csv: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhooksCommand {
+    /// Subscribe an agency's endpoint to event types, or replace the subscription.
+    Put {
+        #[arg(value_parser = AgencyId::parse)]
+        agency: AgencyId,
+        #[arg(value_parser = WebhookId::parse)]
+        id: WebhookId,
+        /// Where events are POSTed (https://).
+        #[arg(long)]
+        url: String,
+        /// Event types, comma-separated (grant.created, grant.revoked, grant.expired,
+        /// grant.exhausted, document.deposited, document.revoked, owner.erased).
+        #[arg(long, value_delimiter = ',', required = true, value_parser = event_type)]
+        events: Vec<EventType>,
+    },
+    /// A subscription: its URL, events, verifying key and outbox counts.
+    Get {
+        #[arg(value_parser = AgencyId::parse)]
+        agency: AgencyId,
+        #[arg(value_parser = WebhookId::parse)]
+        id: WebhookId,
+    },
+    /// Delete a subscription with its waiting and parked events.
+    Delete {
+        #[arg(value_parser = AgencyId::parse)]
+        agency: AgencyId,
+        #[arg(value_parser = WebhookId::parse)]
+        id: WebhookId,
+    },
+    /// Parked events, oldest first, one page.
+    Failed {
+        #[arg(value_parser = AgencyId::parse)]
+        agency: AgencyId,
+        #[arg(value_parser = WebhookId::parse)]
+        id: WebhookId,
+        /// Events after this event id (the `next` of the previous page).
+        #[arg(long, value_parser = EventId::parse)]
+        after: Option<EventId>,
+        /// At most this many (1 to 1000; the server's default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Put a parked event back in the outbox (same event id, fresh retry window).
+    Redeliver {
+        #[arg(value_parser = AgencyId::parse)]
+        agency: AgencyId,
+        #[arg(value_parser = WebhookId::parse)]
+        id: WebhookId,
+        #[arg(value_parser = EventId::parse)]
+        event: EventId,
+    },
+}
+
+fn event_type(s: &str) -> Result<EventType, String> {
+    serde_json::from_value(json!(s)).map_err(|_| {
+        let names: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+        format!("unknown event type {s:?} (one of {})", names.join(", "))
+    })
+}
+
+fn delivery_line(d: &Delivery) -> String {
+    format!(
+        "{} {:<18} attempts {} parked {} {}\n",
+        d.event.id,
+        d.event.kind.as_str(),
+        d.attempts,
+        d.parked_at.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+        d.last_error.as_deref().unwrap_or("")
+    )
+}
+
+fn webhook_text(w: &WebhookView) -> String {
+    let events: Vec<&str> = w.webhook.events.iter().map(|t| t.as_str()).collect();
+    format!(
+        "webhook {}/{}\nurl: {}\nevents: {}\npublic key: {}\npending {}, retrying {}, parked {}\n",
+        w.webhook.agency,
+        w.webhook.id,
+        w.webhook.url.as_str(),
+        events.join(", "),
+        w.public_key,
+        w.pending,
+        w.retrying,
+        w.parked
+    )
 }
 
 #[derive(Debug, Subcommand)]
@@ -682,6 +775,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                 list.iter().map(|a| format!("{:<24} {} ({} keys)\n", a.id.as_str(), a.name, a.keys.len())).collect()
             });
         }
+        Command::Webhooks { command } => webhooks(g, json, command).await?,
         Command::Stats { command: StatsCommand::Reuse { by, from, to, csv } } => {
             let c = client(g)?;
             if csv {
@@ -728,6 +822,46 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         }
     }
     Ok(0)
+}
+
+/// `vault webhooks ...` (the operator): the routes of SPEC.md §24.
+async fn webhooks(g: &Global, json: bool, command: WebhooksCommand) -> Result<(), Error> {
+    let c = client(g)?;
+    match command {
+        WebhooksCommand::Put { agency, id, url, events } => {
+            let url = WebhookUrl::parse(&url).map_err(|e| Error::Invalid(e.to_string()))?;
+            let (w, created) = c.put_webhook(&agency, &id, &NewWebhook { url, events }).await?;
+            out(json, to_json(&w), || {
+                format!("{} {}", if created { "subscribed:" } else { "replaced:" }, webhook_text(&w))
+            });
+        }
+        WebhooksCommand::Get { agency, id } => {
+            let w = c.webhook(&agency, &id).await?;
+            out(json, to_json(&w), || webhook_text(&w));
+        }
+        WebhooksCommand::Delete { agency, id } => {
+            c.delete_webhook(&agency, &id).await?;
+            out(json, json!({"deleted": {"agency": agency, "id": id}}), || format!("deleted webhook {agency}/{id}"));
+        }
+        WebhooksCommand::Failed { agency, id, after, limit } => {
+            let (events, next) = c.failed_events(&agency, &id, after.as_ref(), limit).await?;
+            out(json, json!({"events": events, "next": next}), || {
+                let mut t: String = events.iter().map(delivery_line).collect();
+                if events.is_empty() {
+                    t.push_str("no parked events\n");
+                }
+                if let Some(n) = next {
+                    t.push_str(&format!("more: --after {n}\n"));
+                }
+                t
+            });
+        }
+        WebhooksCommand::Redeliver { agency, id, event } => {
+            let d = c.redeliver(&agency, &id, &event).await?;
+            out(json, to_json(&d), || format!("queued again: {}", delivery_line(&d)));
+        }
+    }
+    Ok(())
 }
 
 fn issuer_note(v: &vault_client::Verified) -> String {
