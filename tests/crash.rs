@@ -124,13 +124,15 @@ fn kill9_never_loses_an_acknowledged_write() {
     let mut maybe_deleted: std::collections::HashSet<DocumentId> = Default::default();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ std::process::id() as u64;
     let mut recovered_unclean = 0;
+    let child_log = tempfile::NamedTempFile::new().unwrap();
     for round in 0..rounds {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, dir.path())
             .env("VAULT_CRASH_ROUND", round.to_string())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // The child's panic, if any, for the failure message.
+            .stderr(child_log.reopen().unwrap())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -183,7 +185,11 @@ fn kill9_never_loses_an_acknowledged_write() {
                 _ => {}
             }
         }
-        assert!(acked.len() > before, "round {round}: the child acknowledged nothing: {lines:?}");
+        assert!(
+            acked.len() > before,
+            "round {round}: the child acknowledged nothing: {lines:?}\n{}",
+            std::fs::read_to_string(child_log.path()).unwrap_or_default()
+        );
 
         let v = Vault::open(dir.path(), &master()).unwrap();
         if v.recovery().unclean {

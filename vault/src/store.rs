@@ -284,11 +284,11 @@ impl SledMeta {
             other => other,
         };
         // sled's own threads of a database just closed in this process let go of its file lock
-        // a moment after the close returns: a reopen waits up to 2 s for them before it reports
-        // the folder as in use.
+        // a moment after the close returns (longer on a loaded machine): a reopen waits up to
+        // 10 s for them before it reports the folder as in use.
         let held = |e: &sled::Error| matches!(e, sled::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock);
         let mut db = open();
-        for _ in 0..200 {
+        for _ in 0..1000 {
             match &db {
                 Err(e) if held(e) => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
