@@ -340,3 +340,67 @@ fn a_vault_runs_on_s3_blobs() {
     let report = v.check(true).unwrap();
     assert!(report.is_clean(), "{report}");
 }
+
+/// Object storage down is a failed request, not a stopped vault: the upload is refused as
+/// `unavailable` (nothing recorded), small contents (kept in the metadata) go on, and once the
+/// store is back large ones do too.
+#[test]
+fn an_unreachable_object_store_fails_the_request_not_the_vault() {
+    let mut server = s3::S3Server::start("vault-down");
+    let dir = tempfile::tempdir().unwrap();
+    let meta = SledMeta::open(&dir.path().join("meta")).unwrap();
+    let v = Vault::open_with(
+        Box::new(meta),
+        Box::new(server.blobs("v", dir.path().join("spool"))),
+        &master(),
+        Some(dir.path().join("OPEN")),
+    )
+    .unwrap();
+    let o = owner(1);
+    let kept = put_doc(&v, &o, &content(1, 200_000), "cccd");
+    server.kill();
+    let e = v.put_content_bytes(&o, &content(2, 200_000)).unwrap_err();
+    assert_eq!(e.code(), "unavailable", "{e}");
+    assert!(v.fail_stopped().is_none(), "a refused upload must not stop the vault");
+    assert!(!v.holds(&o, &Digest::of(&content(2, 200_000))).unwrap(), "nothing recorded");
+    // A read of a large content is refused as unavailable too (not "not found", not damage).
+    let e = v.open_document_content(&o, &kept.id).map(|_| ()).unwrap_err();
+    assert_eq!(e.code(), "unavailable", "{e}");
+    put_doc(&v, &o, b"small, kept inline", "cccd");
+    server.restart();
+    let again = put_doc(&v, &o, &content(2, 200_000), "cccd");
+    let (_, mut r) = v.open_document_content(&o, &again.id).unwrap();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).unwrap();
+    assert!(got == content(2, 200_000));
+    assert!(v.check(true).unwrap().is_clean());
+}
+
+/// One bucket prefix, one vault: a second vault given the prefix another one claimed is refused
+/// before it writes anything (so it cannot, at its recovery, set the first one's blobs aside),
+/// and a bucket that went away is an error, never "no such blob".
+#[test]
+fn a_bucket_prefix_belongs_to_one_vault() {
+    let server = s3::S3Server::start("vault-claim");
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let open = |d: &std::path::Path, prefix: &str| {
+        let meta = SledMeta::open(&d.join("meta")).unwrap();
+        Vault::open_with(Box::new(meta), Box::new(server.blobs(prefix, d.join("spool"))), &master(), None)
+    };
+    let a = open(da.path(), "shared").unwrap();
+    let o = owner(1);
+    let doc = put_doc(&a, &o, &content(1, 100_000), "cccd");
+    let e = open(db.path(), "shared").map(|_| ()).unwrap_err();
+    assert!(e.to_string().contains("claimed by another vault"), "{e}");
+    // Nothing was written for the refused vault: it can be created on its own prefix.
+    let b = open(db.path(), "its-own").unwrap();
+    drop(b);
+    // The first vault still reads its blob; it reopens over its own prefix.
+    drop(a);
+    let a = open(da.path(), "shared").unwrap();
+    assert!(a.open_document_content(&o, &doc.id).is_ok());
+    // The bucket gone: reads are errors of the store, not a missing blob.
+    std::fs::remove_dir_all(server.root().join("vault-claim")).unwrap();
+    let e = a.open_document_content(&o, &doc.id).map(|_| ()).unwrap_err();
+    assert_eq!(e.code(), "unavailable", "{e}");
+}

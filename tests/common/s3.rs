@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub struct S3Server {
     child: Child,
     _root: Option<tempfile::TempDir>,
+    root: PathBuf,
     pub port: u16,
     pub bucket: String,
 }
@@ -44,6 +45,28 @@ impl S3Server {
         // s3s-fs keeps a bucket as a folder of its root.
         std::fs::create_dir_all(root.join(bucket)).unwrap();
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Self::spawn(root, port);
+        Self { child, _root: None, root: root.to_path_buf(), port, bucket: bucket.to_owned() }
+    }
+
+    /// Stops the server (SIGKILL): its clients see connections refused.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and folder.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(&self.root, self.port);
+    }
+
+    /// The folder where the server keeps its buckets.
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
+    fn spawn(root: &std::path::Path, port: u16) -> Child {
         let child = Command::new(server_binary())
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
@@ -57,7 +80,7 @@ impl S3Server {
             assert!(Instant::now() < deadline, "the S3 server did not listen within 20 s");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { child, _root: None, port, bucket: bucket.to_owned() }
+        child
     }
 
     pub fn endpoint(&self) -> String {

@@ -131,7 +131,9 @@ impl Error {
             Error::GrantRequired => "grant_required",
             Error::PurposeRequired => "purpose_required",
             Error::Gone => "gone",
-            Error::FailStopped { .. } | Error::Store(StoreError::Stopped(_)) | Error::WouldBlock => "unavailable",
+            Error::FailStopped { .. }
+            | Error::Store(StoreError::Stopped(_) | StoreError::Unavailable(_))
+            | Error::WouldBlock => "unavailable",
             Error::TooManyPending(_) => "too_many_requests",
             Error::Key(_)
             | Error::WrongMasterKey

@@ -128,6 +128,8 @@ pub(crate) mod ctx {
     pub const OWNER_TYPE_TAGS: &str = "vault 2026-11-27 owner type tags v1";
     pub const AUDIT_REFS: &str = "vault 2026-11-27 audit leaf references v1";
     pub const VAULT_RECORDS: &str = "vault 2026-11-27 vault record sealing v1";
+    /// The id a vault claims its blob store with (SPEC.md §9b), derived from the index key.
+    pub const BLOB_STORE_CLAIM: &str = "vault 2026-12-03 blob store claim v1";
     /// The webhook signing key, derived from the vault's signing seed (SPEC.md §24).
     pub const WEBHOOK_SIGNING: &str = "vault 2026-12-03 webhook signing v1";
 }

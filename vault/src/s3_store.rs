@@ -39,9 +39,46 @@ pub const READ_AHEAD: usize = 1024 * 1024;
 /// Spool files end so; anything else in the spool folder is left alone.
 const SPOOL_SUFFIX: &str = ".spool";
 
+/// A failed request: the store is unavailable (or refused), the call changed nothing. The text
+/// names the request; the server logs it and tells its client only that the store is unavailable.
 fn s3_err(what: impl fmt::Display) -> impl FnOnce(object_store::Error) -> StoreError {
-    move |e| StoreError::Io { what: format!("object storage: {what}"), source: io::Error::other(e.to_string()) }
+    move |e| StoreError::Unavailable(format!("object storage: {what}: {e}"))
 }
+
+/// Uploads at once, for all writers together: each holds up to about two parts in memory.
+pub const MAX_CONCURRENT_UPLOADS: usize = 16;
+
+/// A counting semaphore for the uploads (blocking callers).
+#[derive(Default)]
+struct Slots {
+    used: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl Slots {
+    fn take(self: &Arc<Self>) -> SlotGuard {
+        // A poisoned count is still a count: the guard below only adds and subtracts one.
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        while *used >= MAX_CONCURRENT_UPLOADS {
+            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+        }
+        *used += 1;
+        SlotGuard(self.clone())
+    }
+}
+
+struct SlotGuard(Arc<Slots>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut used = self.0.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
+/// The object that claims a prefix for one vault (SPEC.md §9b).
+const CLAIM: &str = "vault-id";
 
 fn io_err(what: impl fmt::Display) -> impl FnOnce(io::Error) -> StoreError {
     move |source| StoreError::Io { what: what.to_string(), source }
@@ -106,7 +143,21 @@ pub struct S3Blobs {
     store: Arc<dyn ObjectStore>,
     loc: S3Location,
     spool: PathBuf,
-    rt: tokio::runtime::Runtime,
+    /// Always `Some` until dropped (taken by `Drop` to shut it down without blocking).
+    rt: Option<tokio::runtime::Runtime>,
+    /// `rt`'s handle.
+    handle: tokio::runtime::Handle,
+    slots: Arc<Slots>,
+}
+
+impl Drop for S3Blobs {
+    fn drop(&mut self) {
+        // Dropping a runtime waits for its tasks, which tokio forbids inside async code (the
+        // store may be dropped there); every request was awaited already, so nothing is lost.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl fmt::Debug for S3Blobs {
@@ -146,7 +197,8 @@ impl S3Blobs {
             .enable_all()
             .build()
             .map_err(io_err("starting the object-storage runtime"))?;
-        let s = Self { store, loc, spool, rt };
+        let handle = rt.handle().clone();
+        let s = Self { store, loc, spool, rt: Some(rt), handle, slots: Arc::default() };
         // One listing request: a wrong endpoint, bucket or key fails here, not at the first upload.
         let probe = s.path("blobs");
         let store = s.store.clone();
@@ -160,7 +212,26 @@ impl S3Blobs {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        wait(self.rt.handle(), fut)
+        wait(&self.handle(), fut)
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.handle.clone()
+    }
+
+    /// The blob `name` is absent: is it, or is the bucket gone? A `HEAD` in a missing bucket is
+    /// a bare 404 too, which must not read as "no such blob": a listing of the blob's own key
+    /// answers (empty) only if the bucket is there.
+    fn confirm_absent(&self, name: &BlobName) -> Result<(), StoreError> {
+        let (store, p) = (self.store.clone(), self.blob_path(name));
+        match self.run(async move { store.list(Some(&p)).next().await.transpose() })? {
+            Ok(_) => Ok(()),
+            Err(e) => Err(StoreError::Unavailable(format!(
+                "object storage: {} is missing and its bucket does not answer a listing: the bucket is gone or \
+                 misrouted ({e})",
+                self.describe(name)
+            ))),
+        }
     }
 
     fn path(&self, rest: &str) -> ObjPath {
@@ -225,6 +296,7 @@ struct S3NewBlob {
     store: Arc<dyn ObjectStore>,
     target: Box<dyn Fn(&BlobName) -> ObjPath + Send>,
     rt: tokio::runtime::Handle,
+    slots: Arc<Slots>,
 }
 
 impl Write for S3NewBlob {
@@ -264,6 +336,7 @@ impl NewBlob for S3NewBlob {
         }
         let dest = (self.target)(name);
         let what = format!("uploading {dest}");
+        let _slot = self.slots.take();
         let len = self.file.seek(SeekFrom::End(0)).map_err(io_err(format_args!("reading {}", self.path.display())))?;
         self.file.seek(SeekFrom::Start(0)).map_err(io_err(format_args!("reading {}", self.path.display())))?;
         let store = self.store.clone();
@@ -410,7 +483,8 @@ impl BlobStore for S3Blobs {
             owner: *owner,
             store: self.store.clone(),
             target,
-            rt: self.rt.handle().clone(),
+            rt: self.handle(),
+            slots: self.slots.clone(),
         }))
     }
 
@@ -426,13 +500,13 @@ impl BlobStore for S3Blobs {
             Ok(meta) => Ok(Some(Box::new(S3Read {
                 store: self.store.clone(),
                 path,
-                rt: self.rt.handle().clone(),
+                rt: self.handle(),
                 size: meta.size,
                 pos: 0,
                 buf: Vec::new(),
                 buf_start: 0,
             }))),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(object_store::Error::NotFound { .. }) => self.confirm_absent(name).map(|()| None),
             Err(e) => Err(s3_err(format_args!("opening {path}"))(e)),
         }
     }
@@ -442,7 +516,7 @@ impl BlobStore for S3Blobs {
         let (store, p) = (self.store.clone(), path.clone());
         match self.run(async move { store.head(&p).await })? {
             Ok(meta) => Ok(Some(meta.size)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(object_store::Error::NotFound { .. }) => self.confirm_absent(name).map(|()| None),
             Err(e) => Err(s3_err(format_args!("reading the size of {path}"))(e)),
         }
     }
@@ -497,6 +571,34 @@ impl BlobStore for S3Blobs {
 
     fn kind(&self) -> String {
         format!("{:?}", self.loc).trim_end_matches('/').to_owned()
+    }
+
+    fn claim(&self, id: &str, create: bool) -> Result<(), StoreError> {
+        let path = self.path(CLAIM);
+        let read = |s: &Self| -> Result<Option<Vec<u8>>, StoreError> {
+            let (store, p) = (s.store.clone(), path.clone());
+            match s.run(async move { store.get(&p).await?.bytes().await })? {
+                Ok(b) => Ok(Some(b.to_vec())),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(s3_err(format_args!("reading {path}"))(e)),
+            }
+        };
+        match read(self)? {
+            None if !create => return Ok(()),
+            Some(b) if b != id.as_bytes() => return Err(StoreError::ClaimedByAnother(self.kind())),
+            _ => {}
+        }
+        if read(self)?.is_none() {
+            // Two vaults claiming at once: both write, the last write stays, and the read
+            // below tells the other one.
+            let (store, p, body) = (self.store.clone(), path.clone(), id.as_bytes().to_vec());
+            self.run(async move { store.put(&p, PutPayload::from(body)).await })?
+                .map_err(s3_err(format_args!("writing {path}")))?;
+        }
+        match read(self)? {
+            Some(b) if b == id.as_bytes() => Ok(()),
+            _ => Err(StoreError::ClaimedByAnother(self.kind())),
+        }
     }
 
     fn set_aside(&self, name: &BlobName) -> Result<bool, StoreError> {

@@ -38,6 +38,16 @@ pub enum StoreError {
         /// The store given now.
         given: String,
     },
+    /// The blob store belongs to another vault (its claim marker names another vault, §9b).
+    #[error(
+        "the blob store {0} is claimed by another vault: nothing was opened (give each vault its own bucket prefix)"
+    )]
+    ClaimedByAnother(String),
+    /// A remote store could not be reached or refused the request (object storage down, a
+    /// throttle, a credential refused); nothing was changed by the failed call. The request
+    /// fails; the vault goes on (unlike [`StoreError::Stopped`]).
+    #[error("the blob store is unavailable: {0}")]
+    Unavailable(String),
     /// Another process holds the data folder.
     #[error("the data folder {0} is in use by another process")]
     Locked(String),
@@ -621,6 +631,12 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// for the embedded store (wherever its folder is), `"s3://bucket/prefix"` for object
     /// storage (whatever the endpoint).
     fn kind(&self) -> String;
+    /// Claims the store for the vault `id` ([`StoreError::ClaimedByAnother`] if another vault
+    /// did; with `create` false, only checks that no other vault did): a store that others
+    /// could share (a bucket prefix) keeps a marker; a folder inside the data folder needs none.
+    fn claim(&self, _id: &str, _create: bool) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Moves a blob that no record points at out of the blob folder, keeping it until an
     /// operator decides (SPEC.md §10); false if this store cannot (the blob stays in place).
     fn set_aside(&self, _name: &BlobName) -> Result<bool, StoreError> {

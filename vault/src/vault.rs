@@ -125,6 +125,12 @@ impl Seek for Spill<'_> {
 const KEY_FORMAT: &[u8] = b"Mformat";
 const KEY_INDEX_KEY: &[u8] = b"Mindex-key";
 const KEY_SIGNING: &[u8] = b"Msigning-key";
+/// The id this vault claims its blob store with ([`BlobStore::claim`]): 16 bytes of a key
+/// derived from the index key, in hex (it tells nothing of the key).
+fn claim_id(index_key: &SecretKey) -> String {
+    hex::encode(&index_key.derive(crate::keys::ctx::BLOB_STORE_CLAIM).expose()[..16])
+}
+
 /// Which blob store the vault was created over ([`BlobStore::kind`], plain UTF-8).
 const KEY_BLOB_STORE: &[u8] = b"Mblob-store";
 /// The key name of the vault's signing key in signed notes.
@@ -379,6 +385,9 @@ impl Vault {
                         describe_key(&k)
                     )));
                 }
+                // A blob store another vault claimed is refused before anything is written.
+                let key = SecretKey::generate();
+                blobs.claim(&claim_id(&key), false)?;
                 // An empty database over existing blobs is a lost database, not a new vault: a
                 // new vault key would silently replace the old one.
                 let listing = blobs.list()?;
@@ -394,10 +403,14 @@ impl Vault {
                     }
                     .into());
                 }
-                let key = SecretKey::generate();
+                // Claimed before anything is written: if another vault claimed it meanwhile, this
+                // database stays empty.
+                blobs.claim(&claim_id(&key), true)?;
+                // The blob store is recorded in the same batch as the key (no vault without it).
                 meta.apply(vec![
                     Op::Put(KEY_FORMAT.to_vec(), FORMAT.as_bytes().to_vec()),
                     Op::Put(KEY_INDEX_KEY.to_vec(), seal::seal(&master_wrap, &aad(KEY_INDEX_KEY), key.expose())),
+                    Op::Put(KEY_BLOB_STORE.to_vec(), blobs.kind().into_bytes()),
                 ])?;
                 meta.sync()?;
                 key
@@ -406,8 +419,8 @@ impl Vault {
         // A vault is opened only over the blob store it was created with: over another, every
         // content would be "missing" (or, worse, a later upload would mix two stores).
         let given = blobs.kind();
-        match meta.get(KEY_BLOB_STORE)? {
-            Some(recorded) if recorded == given.as_bytes() => {}
+        let claimed = match meta.get(KEY_BLOB_STORE)? {
+            Some(recorded) if recorded == given.as_bytes() => existed,
             Some(recorded) => {
                 return Err(crate::store::StoreError::WrongBlobStore {
                     recorded: String::from_utf8_lossy(&recorded).into_owned(),
@@ -422,7 +435,12 @@ impl Vault {
                 }
                 meta.apply(vec![Op::Put(KEY_BLOB_STORE.to_vec(), given.into_bytes())])?;
                 meta.sync()?;
+                true
             }
+        };
+        // An existing vault checks its claim at every open (and makes it, if it predates claims).
+        if claimed {
+            blobs.claim(&claim_id(&index_key), true)?;
         }
         let seed: Zeroizing<[u8; 32]> = match meta.get(KEY_SIGNING)? {
             Some(sealed) => {
@@ -1033,7 +1051,13 @@ impl Vault {
                     }
                     Spill::File(pending) => {
                         self.fail.check()?;
-                        pending.commit(&name).map_err(|e| self.fail.trip("writing a blob", e))?;
+                        pending.commit(&name).map_err(|e| match e {
+                            // The store could not take the blob (object storage unreachable,
+                            // refused): nothing points at it, so the request fails and the vault
+                            // goes on; a failed local write still stops writes (SPEC.md §8).
+                            e @ crate::store::StoreError::Unavailable(_) => Error::Store(e),
+                            e => self.fail.trip("writing a blob", e),
+                        })?;
                         // The blob must be durable before the record that points at it can be.
                         let blob_ticket = self.blob_commit.written();
                         self.blob_commit
