@@ -127,7 +127,18 @@ fn blob_suite(name: &str, b: &dyn BlobStore) {
     b.remove(&n(2, owner)).unwrap();
     b.remove(&n(2, owner)).unwrap(); // absent is fine
     assert!(b.open(&n(2, owner)).unwrap().is_none(), "{name}: removed");
+    // A blob of the owner set aside (§10): the erasure takes it too.
+    let mut w = b.create(&owner).unwrap();
+    w.write_all(b"set aside").unwrap();
+    w.commit(&n(4, owner)).unwrap();
+    b.sync().unwrap();
+    assert!(b.set_aside(&n(4, owner)).unwrap(), "{name}: set aside");
+    let owner_hex: String = owner.iter().map(|x| format!("{x:02x}")).collect();
+    let aside_of_owner =
+        |b: &dyn BlobStore| b.set_aside_list().unwrap().iter().filter(|p| p.contains(&owner_hex)).count();
+    assert_eq!(aside_of_owner(b), 1, "{name}: listed as set aside");
     assert_eq!(b.remove_owner(&owner).unwrap(), 1, "{name}: remove_owner counts");
+    assert_eq!(aside_of_owner(b), 0, "{name}: the owner's set-aside blobs are erased too");
     assert!(b.open(&n(1, owner)).unwrap().is_none(), "{name}: owner removed");
     assert!(b.open(&n(3, other)).unwrap().is_some(), "{name}: other owners untouched");
     b.sync().unwrap();

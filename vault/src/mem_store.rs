@@ -249,6 +249,8 @@ impl BlobStore for MemBlobs {
         let mut st = lock(&self.state);
         let before = st.live.len();
         st.live.retain(|n, _| &n.owner != owner);
+        // Set-aside blobs of the owner go too (as in the other stores).
+        st.aside.retain(|n, _| &n.owner != owner);
         Ok(before - st.live.len())
     }
 

@@ -527,11 +527,31 @@ impl BlobStore for S3Blobs {
 
     fn remove_owner(&self, owner: &[u8; 16]) -> Result<usize, StoreError> {
         let o = hex::encode(owner);
-        let mut n = 0;
-        for rel in self.list_under(&format!("blobs/{o}"))? {
-            self.delete(self.path(&format!("blobs/{o}/{rel}")))?;
-            n += 1;
-        }
+        // The owner's blobs, then any of theirs set aside: all encrypted under keys the erasure
+        // destroyed, all gone with it. One bulk request per thousand (DeleteObjects).
+        let blobs: Vec<ObjPath> = self
+            .list_under(&format!("blobs/{o}"))?
+            .into_iter()
+            .map(|rel| self.path(&format!("blobs/{o}/{rel}")))
+            .collect();
+        let aside =
+            self.list_under(&format!("orphans/{o}"))?.into_iter().map(|rel| self.path(&format!("orphans/{o}/{rel}")));
+        let n = blobs.len();
+        let all: Vec<ObjPath> = blobs.into_iter().chain(aside).collect();
+        let store = self.store.clone();
+        let what = format!("erasing the blobs of {}", self.describe_base(&format!("blobs/{o}")));
+        self.run(async move {
+            let locations = futures_util::stream::iter(all.into_iter().map(Ok)).boxed();
+            let mut deleted = store.delete_stream(locations);
+            while let Some(r) = deleted.next().await {
+                match r {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })?
+        .map_err(s3_err(what))?;
         Ok(n)
     }
 

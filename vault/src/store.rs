@@ -866,6 +866,14 @@ impl BlobStore for FsBlobs {
     }
 
     fn remove_owner(&self, owner: &[u8; 16]) -> Result<usize, StoreError> {
+        // Blobs of the owner set aside (§10) go too: encrypted under the keys the erasure
+        // destroyed, they are the owner's all the same.
+        let aside = self.orphans().join(hex::encode(owner));
+        match fs::remove_dir_all(&aside) {
+            Ok(()) => sync_dir(&self.orphans())?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing", &aside)(e)),
+        }
         let dir = Self::owner_dir(&self.root, owner);
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
