@@ -349,7 +349,7 @@ impl From<vault::Error> for ApiError {
             "sealed" | "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
             _ => return Self::internal(&e),
         };
-        if let Error::Store(vault::StoreError::Unavailable(_)) = &e {
+        if let vault::Error::Store(vault::StoreError::Unavailable(_)) = &e {
             // The store's own message names endpoints, buckets and keyed names: logged, not sent.
             tracing::warn!(error = %e, "blob store unavailable");
             return Self::new(status, e.code(), "the blob store is unavailable; retry later".to_owned());

@@ -388,6 +388,13 @@ pub async fn deliver_forever(vault: Arc<Vault>, cfg: WebhookConfig) {
             let (vault, client, in_flight, poll) = (vault.clone(), client.clone(), in_flight.clone(), poll.clone());
             attempts.spawn(async move {
                 if let Ok(_permit) = sem.acquire_owned().await {
+                    // Still waiting? The copy was read at the poll; an erasure, a deletion of the
+                    // subscription or a redelivery since then may have taken it away.
+                    let (v, k) = (vault.clone(), key.clone());
+                    if !matches!(tokio::task::spawn_blocking(move || v.delivery_waiting(&k)).await, Ok(Ok(true))) {
+                        in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(key, Some(poll.load(Ordering::SeqCst)));
+                        return;
+                    }
                     let outcome = attempt(&vault, &client, &cfg, &d).await;
                     let id = d.event.id;
                     let v = vault.clone();

@@ -48,6 +48,8 @@ use crate::{seal, Error};
 pub const MAX_URL: usize = 2048;
 /// Most subscriptions one agency may have.
 pub const MAX_WEBHOOKS_PER_AGENCY: usize = 16;
+/// Present once the outbox records of versions before the indexes were indexed (plain `1`).
+const KEY_OUTBOX_INDEXED: &[u8] = b"Moutbox-indexed";
 /// Longest `last_error` kept with a delivery.
 const MAX_ERROR: usize = 300;
 /// Most events waiting (in `Q`: first attempt or retrying) per subscription. An event for a
@@ -612,11 +614,14 @@ impl Vault {
     }
 
     /// Writes the missing index entries (`Y`, `Z`) of outbox and parked records written before
-    /// the indexes existed (once per start, when the subscriptions are first read; nothing to
-    /// write after the first time).
+    /// the indexes existed, once in the vault's life: the batch records it (`Moutbox-indexed`),
+    /// so later a missing entry is damage that `check` reports, not something repaired quietly.
     fn index_outbox(&self) -> Result<(), Error> {
         let _outbox = self.outbox_lock();
-        let mut ops = Vec::new();
+        if self.meta().get(KEY_OUTBOX_INDEXED)?.is_some() {
+            return Ok(());
+        }
+        let mut ops = vec![Op::Put(KEY_OUTBOX_INDEXED.to_vec(), b"1".to_vec())];
         for (p, index) in [(prefix::OUTBOX, due_key as fn(&Delivery) -> Vec<u8>), (prefix::PARKED, parked_key)] {
             for item in self.meta().scan(&[p]) {
                 let (k, v) = item?;
@@ -628,9 +633,7 @@ impl Vault {
                 }
             }
         }
-        if !ops.is_empty() {
-            self.apply_durable(ops)?;
-        }
+        self.apply_durable(ops)?;
         Ok(())
     }
 
@@ -682,6 +685,19 @@ impl Vault {
         data: Value,
         at: Timestamp,
     ) -> Result<Vec<Op>, Error> {
+        self.event_ops_at(agency, kind, data, at, Timestamp::now())
+    }
+
+    /// [`Vault::event_ops`] of a change made at `now` (the sweep's time), which is when an
+    /// event parked at once (full outbox) is parked.
+    fn event_ops_at(
+        &self,
+        agency: &AgencyId,
+        kind: EventType,
+        data: Value,
+        at: Timestamp,
+        now: Timestamp,
+    ) -> Result<Vec<Op>, Error> {
         let subs = self.subs()?;
         let Some(subs) = subs.as_ref() else { return Ok(Vec::new()) };
         let id = EventId::fresh();
@@ -714,7 +730,9 @@ impl Vault {
             // A full outbox parks the event at once rather than fail or hold up the change:
             // the operator sees it in `/failed` (and the metric) and can redeliver it.
             if self.waiting_for(a, wid)? >= MAX_WAITING_PER_WEBHOOK {
-                d.parked_at = Some(at);
+                // Parked now (not at the event's time, which for `grant.expired` is the expiry,
+                // perhaps long past): the retention counts from here.
+                d.parked_at = Some(now.max(at));
                 d.last_error = Some(OUTBOX_FULL.to_owned());
                 ops.extend(self.park_ops(&d));
                 self.events.outbox_full.fetch_add(1, Ordering::Relaxed);
@@ -777,8 +795,7 @@ impl Vault {
     /// `check` reports it). Hold the returned guard until the ops are applied: no failed
     /// attempt or redelivery moves one of these records meanwhile. Call after computing the
     /// erasure's own events (the guard is taken after the subscriptions' lock, never before).
-    pub(crate) fn owner_outbox_purge(&self, owner: &OwnerId) -> Result<(Vec<Op>, MutexGuard<'_, ()>), Error> {
-        let guard = self.outbox_lock();
+    pub(crate) fn owner_outbox_purge_locked(&self, owner: &OwnerId) -> Result<Vec<Op>, Error> {
         let owner_value = json!(owner);
         let mut ops = Vec::new();
         for (p, index) in [(prefix::OUTBOX, due_key as fn(&Delivery) -> Vec<u8>), (prefix::PARKED, parked_key)] {
@@ -791,7 +808,7 @@ impl Vault {
                 }
             }
         }
-        Ok((ops, guard))
+        Ok(ops)
     }
 
     /// The ops of a document event (`document.deposited` or `document.revoked`): to its issuer,
@@ -848,11 +865,12 @@ impl Vault {
                 self.grant_for_change(&pending, &o, &gid)?
             };
             if let Some(g) = g.filter(|g| g.revoked_at.is_none()) {
-                ops.extend(self.event_ops(
+                ops.extend(self.event_ops_at(
                     &g.terms.grantee,
                     EventType::GrantExpired,
                     grant_data(&g),
                     g.terms.expires_at,
+                    now,
                 )?);
                 emitted += 1;
             }
@@ -1096,6 +1114,13 @@ impl Vault {
             }
         }
         Ok(out)
+    }
+
+    /// Whether the delivery is still in the outbox: the worker asks just before an attempt,
+    /// so a copy read before an erasure, a subscription's deletion or another outcome is not
+    /// sent (SPEC.md §24).
+    pub fn delivery_waiting(&self, key: &DeliveryKey) -> Result<bool, Error> {
+        Ok(self.meta().get(&key.q)?.is_some())
     }
 
     /// A delivery succeeded: it leaves the outbox (durably). Also for a delivery whose
@@ -1654,6 +1679,67 @@ mod tests {
         assert_eq!((seen, pages), (ids, 3), "every parked event once, oldest first, in pages of 2");
     }
 
+    /// A grant use queued before an erasure (the owner's lock released, as `queue_grant_use`
+    /// does for async reads) and applied at the erasure's turn: its `grant.exhausted`, which
+    /// names the erased owner, is purged with the rest (the purge is listed at the turn).
+    #[test]
+    fn an_event_queued_before_an_erasure_is_purged_with_it() {
+        let (_dir, v, a, owner) = setup();
+        subscribe(&v, &a, "main", &[EventType::GrantExhausted, EventType::OwnerErased]);
+        let me = Caller::owner(owner.clone());
+        let mut t = terms(&a, 3600);
+        t.max_uses = Some(1);
+        let mut g = v.grant_as(&me, &owner, t).unwrap();
+        g.uses = 1;
+        let d = v.draft_for(&Caller::agency(a.clone(), None), Some(&owner), "document.content");
+        let ops = v.grant_exhausted_ops(&g, d.time).unwrap();
+        let queued = v.enqueue_audited(ops, &d);
+        v.erase_as(&me, &owner).unwrap();
+        v.await_audited(queued).unwrap();
+        let due = v.due_deliveries(Timestamp::now().plus_seconds(1), 100).unwrap();
+        let kinds: Vec<(EventType, Value)> =
+            due.iter().map(|(_, d)| (d.event.kind, d.event.data["owner"].clone())).collect();
+        assert!(
+            !kinds.contains(&(EventType::GrantExhausted, json!(owner))),
+            "erased owner's event survived: {kinds:?}"
+        );
+    }
+
+    /// A `grant.expired` swept long after the expiry and parked at once (outbox full) is
+    /// parked now: the retention counts from the parking, so the next sweep keeps it.
+    #[test]
+    fn an_event_parked_long_after_its_time_is_kept_for_the_whole_retention() {
+        let (_dir, v, a, owner) = setup();
+        subscribe(&v, &a, "main", &[EventType::GrantExpired]);
+        let w = WebhookId::parse("main").unwrap();
+        v.grant_as(&Caller::owner(owner.clone()), &owner, terms(&a, 60)).unwrap();
+        v.waiting().insert((a.clone(), w.clone()), MAX_WAITING_PER_WEBHOOK);
+        let later = Timestamp::now().plus_seconds(31 * 24 * 3600);
+        assert_eq!(v.sweep_grant_expiry(later).unwrap(), 1);
+        let (f, _) = v.failed_events_as(&Caller::operator(), &a, &w, None, 10).unwrap();
+        assert_eq!(f[0].parked_at, Some(later));
+        let r = v.sweep_outbox(later).unwrap();
+        assert_eq!(r.expired, 0, "parked at `later`, not deleted by the sweep of the same moment");
+        let r = v.sweep_outbox(later.plus_seconds(PARKED_RETENTION_SECS + 1)).unwrap();
+        assert_eq!(r.expired, 1, "deleted once its retention from the parking is over");
+    }
+
+    /// A missing index entry is reported by the `check` of a fresh process (the one-time
+    /// indexing of older records does not repair it quietly).
+    #[test]
+    fn check_of_a_fresh_process_reports_a_missing_index_entry() {
+        let (dir, v, a, owner) = setup();
+        subscribe(&v, &a, "main", &[EventType::GrantCreated]);
+        v.grant_as(&Caller::owner(owner.clone()), &owner, terms(&a, 3600)).unwrap();
+        let y: Vec<Vec<u8>> = v.meta().scan(&[prefix::OUTBOX_DUE]).map(|i| i.unwrap().0).collect();
+        assert_eq!(y.len(), 1);
+        v.apply_durable(vec![Op::Delete(y[0].clone())]).unwrap();
+        drop(v);
+        let v = Vault::open(dir.path(), &MasterKey::from_bytes([3; 32])).unwrap();
+        let r = v.check(false).unwrap();
+        assert!(!r.is_clean(), "the missing index entry was not reported");
+    }
+
     fn count(v: &Vault, p: u8) -> usize {
         v.meta().scan(&[p]).count()
     }
@@ -1760,7 +1846,8 @@ mod tests {
         subscribe(&v, &a, "main", &[EventType::GrantCreated]);
         v.grant_as(&Caller::owner(owner.clone()), &owner, terms(&a, 3600)).unwrap();
         let (key, _) = v.due_deliveries(Timestamp::now(), 10).unwrap().remove(0);
-        v.apply_durable(vec![Op::Delete(key.due.clone())]).unwrap();
+        // An older version: no index entry, and no record of the one-time indexing.
+        v.apply_durable(vec![Op::Delete(key.due.clone()), Op::Delete(KEY_OUTBOX_INDEXED.to_vec())]).unwrap();
         drop(v);
         let v = Vault::open(dir.path(), &MasterKey::from_bytes([3; 32])).unwrap();
         assert_eq!(v.due_deliveries(Timestamp::now(), 10).unwrap().len(), 1);

@@ -100,16 +100,17 @@ impl Vault {
         }
         // Access-log entries are appended without the owner's lock (reads are logged too): they
         // are listed while no entry can be appended, so every entry before the erasure's goes.
+        let outbox = self.outbox_lock();
         let entries = || -> Result<Vec<Op>, Error> {
             let mut ops = Vec::new();
             for item in self.meta().scan(&key_of(prefix::OWNER_ENTRY, &[&op])) {
                 ops.push(Op::Delete(item?.0));
             }
+            // The owner's events too, at the turn: a change queued before the erasure (a grant
+            // use's `grant.exhausted`) is applied by then, and its event goes with the rest.
+            ops.extend(self.owner_outbox_purge_locked(owner)?);
             Ok(ops)
         };
-        // Last, after the erasure's own events (the outbox lock comes after the subscriptions').
-        let (purge, outbox) = self.owner_outbox_purge(owner)?;
-        ops.extend(purge);
         let applied = self.apply_audited_with(ops, &draft, entries);
         drop(outbox);
         // The deleted events are no longer waiting: counted again when next needed.

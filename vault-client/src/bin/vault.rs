@@ -276,8 +276,8 @@ enum WebhooksCommand {
         #[arg(long, value_parser = EventId::parse)]
         after: Option<EventId>,
         /// At most this many (1 to 1000; the server's default 100).
-        #[arg(long)]
-        limit: Option<usize>,
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: Option<u16>,
     },
     /// Put a parked event back in the outbox (same event id, fresh retry window).
     Redeliver {
@@ -844,7 +844,7 @@ async fn webhooks(g: &Global, json: bool, command: WebhooksCommand) -> Result<()
             out(json, json!({"deleted": {"agency": agency, "id": id}}), || format!("deleted webhook {agency}/{id}"));
         }
         WebhooksCommand::Failed { agency, id, after, limit } => {
-            let (events, next) = c.failed_events(&agency, &id, after.as_ref(), limit).await?;
+            let (events, next) = c.failed_events(&agency, &id, after.as_ref(), limit.map(usize::from)).await?;
             out(json, json!({"events": events, "next": next}), || {
                 let mut t: String = events.iter().map(delivery_line).collect();
                 if events.is_empty() {
