@@ -2,13 +2,15 @@
 # Every test: README's second command, and what `.ci/run` runs after fmt and clippy.
 #   tests/all.sh
 # Installs and starts what the tests need (Debian's Chromium and chromedriver for the citizen
-# page's browser tests, an OpenID provider from npm for the sign-in interop test), then runs the
-# workspace's tests (unit, property, crash, end-to-end), the schema-driven fuzzer against the
-# server (tests/schemathesis.sh, 2 minutes) and every cargo-fuzz target for 10 s (fuzz/run.sh,
-# when nightly is present).
+# page's browser tests, Debian's PostgreSQL server binaries for the PostgreSQL metadata tests,
+# which start their own throwaway cluster, an OpenID provider from npm for the sign-in interop
+# test), then runs the workspace's tests (unit, property, crash, end-to-end), the schema-driven
+# fuzzer against the server (tests/schemathesis.sh, 2 minutes) and every cargo-fuzz target for
+# 10 s (fuzz/run.sh, when nightly is present).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== browser"; bash tests/browser-setup.sh   # Chromium + chromedriver (Debian), oidc-provider (npm)
+echo "== postgresql"; bash tests/pg-setup.sh     # PostgreSQL server binaries (Debian), the user postgres
 echo "== cargo test"; cargo test --workspace
 echo "== schemathesis"   # tests/schemathesis.sh: the server against its own /openapi.json, 2 min
 if command -v python3 >/dev/null 2>&1; then
