@@ -1,0 +1,133 @@
+//! The real `vault-server` binary with its metadata in PostgreSQL (`--metadata postgres://...`,
+//! SPEC.md §9a) on a throwaway cluster (tests/common/pg.rs): deposits and reads over HTTP, a
+//! restart after SIGKILL, and the refusals (a second server on the same database, a data folder
+//! whose metadata is in sled).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde_json::json;
+use vault::Digest;
+
+use common::http::*;
+use common::pg;
+
+/// Runs the server binary on `data` with `extra` flags, expecting it to exit on its own
+/// without becoming ready; returns what it printed on stderr.
+fn fails_to_start(data: &std::path::Path, extra: &[&str]) -> String {
+    let key = data.with_extension("key");
+    std::fs::write(&key, format!("{}\n", B64.encode([5u8; 32]))).unwrap();
+    let mut child = Command::new(binary())
+        .arg("--data")
+        .arg(data)
+        .arg("--master-key-file")
+        .arg(&key)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server neither started nor exited");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    err
+}
+
+/// Waits until no session holds an advisory lock in `db` (a killed server's connection is
+/// closed by the kernel; PostgreSQL lets go of its locks once it sees that).
+fn wait_unlocked(db: &pg::PgDb) {
+    let mut admin = pg::admin().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+                 WHERE l.locktype = 'advisory' AND d.datname = $1",
+                &[&db.name],
+            )
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the killed server's lock was never released");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_server_keeps_its_metadata_in_postgres() {
+    let db = pg::database();
+    let s = Server::start(&["--metadata", &db.url]);
+    let (iss_key, iss) = register_agency(&s, "ubnd-xa", 21);
+    let citizen = s.owner(CITIZEN);
+    let base = format!("/v1/owners/{CITIZEN}");
+    // A small content (kept in the metadata: its reads may start on the async side) and a
+    // large one (a blob file).
+    let small = b"%PDF-1.7 giay khai sinh".to_vec();
+    let large: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let mut ids = Vec::new();
+    for data in [&small, &large] {
+        let digest = Digest::of(data);
+        let r = call("PUT", &s.url(&format!("{base}/contents/{digest}")), Some(&iss), &[], Some(data));
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        let r = post_json(
+            &s.url(&format!("{base}/documents")),
+            &iss,
+            None,
+            &signed_deposit(CITIZEN, data, "ubnd-xa", &iss_key),
+        );
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["verified"], json!(true));
+        ids.push(r.json()["id"].as_str().unwrap().to_owned());
+    }
+    let read_back = |s: &Server| {
+        let citizen = s.owner(CITIZEN);
+        for (id, data) in ids.iter().zip([&small, &large]) {
+            let r = call("GET", &s.url(&format!("{base}/documents/{id}/content")), Some(&citizen), &[], None);
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            assert!(r.body == *data, "{id} differs");
+        }
+        let r = call("GET", &s.url(&format!("{base}/documents")), Some(&citizen), &[], None);
+        assert_eq!(r.json()["documents"].as_array().unwrap().len(), 2);
+    };
+    read_back(&s);
+    let r = call("GET", &s.url(&format!("{base}/access-log")), Some(&citizen), &[], None);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    // A second server on the same database is refused, with the reason.
+    let other = tempfile::tempdir().unwrap();
+    let err = fails_to_start(&other.path().join("data"), &["--metadata", &db.url]);
+    assert!(err.contains("in use by another vault instance"), "{err}");
+    // So is a data folder whose metadata is embedded.
+    let sled_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(sled_dir.path().join("data/meta")).unwrap();
+    let err = fails_to_start(&sled_dir.path().join("data"), &["--metadata", &db.url]);
+    assert!(err.contains("holds embedded (sled) metadata"), "{err}");
+
+    // Killed and started again (recovery runs): everything acknowledged is there.
+    let port = s.port;
+    let dir = s.stop();
+    wait_unlocked(&db);
+    let s = Server::start_at(dir, port, &["--metadata", &db.url]);
+    read_back(&s);
+    drop(citizen);
+}
