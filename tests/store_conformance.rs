@@ -192,8 +192,8 @@ fn cas_race_suite(name: &str, m: &dyn MetaStore) {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    for step in 0..(2 * ROUNDS as usize) {
-        let winners: Vec<u8> = (0..THREADS).filter(|&t| wins[usize::from(t)][step]).collect();
+    let winners_at = |step: usize| -> Vec<u8> { (0..THREADS).filter(|&t| wins[usize::from(t)][step]).collect() };
+    for (step, winners) in (0..2 * ROUNDS as usize).map(|step| (step, winners_at(step))) {
         assert_eq!(winners.len(), 1, "{name}: step {step}: exactly one winner, not {winners:?}");
         let round = (step / 2) as u32;
         let value = m.get(&[b"Wrace-".as_slice(), &round.to_be_bytes()].concat()).unwrap().unwrap();
@@ -471,7 +471,10 @@ fn a_whole_vault_on_postgres() {
     let note = v.checkpoint().unwrap();
     let size = v.audit_size().unwrap();
     assert!(v.check(true).unwrap().is_clean());
-    Arc::try_unwrap(v).ok().expect("the only handle").close().unwrap();
+    match Arc::try_unwrap(v) {
+        Ok(v) => v.close().unwrap(),
+        Err(_) => panic!("a handle of the vault is still held"),
+    }
     assert!(!dir.path().join("OPEN").exists(), "a clean close");
 
     let v = open();
@@ -486,4 +489,46 @@ fn a_whole_vault_on_postgres() {
     assert!(note.contains(&size.to_string()), "{note}");
     assert!(v.check(true).unwrap().is_clean());
     v.close().unwrap();
+}
+
+/// Not a test: prints throughput figures of small deposits (inline contents, each one
+/// metadata batch) with 4 writers, on sled and on PostgreSQL, and a long scan of each.
+/// `cargo test --test store_conformance -- --ignored --nocapture measure`.
+#[test]
+#[ignore]
+fn measure_small_deposits_on_sled_and_postgres() {
+    let db = pg::database();
+    let dir = tempfile::tempdir().unwrap();
+    let backends: [(&str, Box<dyn MetaStore>); 2] = [
+        ("sled", Box::new(SledMeta::open(&dir.path().join("meta")).unwrap())),
+        ("postgres", Box::new(PgMeta::open(&db.url).unwrap())),
+    ];
+    for (i, (name, meta)) in backends.into_iter().enumerate() {
+        let blobs = FsBlobs::open(dir.path().join(format!("blobs-{i}"))).unwrap();
+        let v = Arc::new(Vault::open_with(meta, Box::new(blobs), &master(), None).unwrap());
+        const WRITERS: u32 = 4;
+        const EACH: u64 = 250;
+        let start = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for t in 0..WRITERS {
+                let v = &v;
+                s.spawn(move || {
+                    for n in 0..EACH {
+                        let data = content(u64::from(t) << 32 | n, 200);
+                        v.put_document(&owner(t), data.as_slice(), new_doc(Digest::of(&data), "cccd")).unwrap();
+                    }
+                });
+            }
+        });
+        let secs = start.elapsed().as_secs_f64();
+        let docs = f64::from(WRITERS) * EACH as f64;
+        let start = std::time::Instant::now();
+        let listed: usize = (0..WRITERS).map(|t| v.documents(&owner(t), None).unwrap().len()).sum();
+        let list_secs = start.elapsed().as_secs_f64();
+        println!(
+            "{name}: {docs} small deposits by {WRITERS} writers in {secs:.2} s = {:.0}/s; listing {listed} in {:.0} ms",
+            docs / secs,
+            list_secs * 1e3
+        );
+    }
 }

@@ -386,7 +386,7 @@ impl PgMeta {
         Ok(())
     }
 
-    fn page(&self, from: &[u8], inclusive: bool, upper: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn page(&self, from: &[u8], inclusive: bool, upper: Option<&[u8]>) -> Result<Vec<Pair>, StoreError> {
         Self::refuse_if_nonblocking()?;
         let limit = self.page_rows;
         self.run("scanning", |c| {
@@ -416,6 +416,9 @@ impl Drop for PgMeta {
     }
 }
 
+/// A key and its value.
+type Pair = (Vec<u8>, Vec<u8>);
+
 /// A scan in pages: each query reads the next `page_rows` keys after the last one returned.
 struct PgScan<'a> {
     meta: &'a PgMeta,
@@ -424,12 +427,12 @@ struct PgScan<'a> {
     /// Whether `from` itself belongs to the range (only before the first page).
     inclusive: bool,
     upper: Option<Vec<u8>>,
-    page: std::vec::IntoIter<(Vec<u8>, Vec<u8>)>,
+    page: std::vec::IntoIter<Pair>,
     done: bool,
 }
 
 impl Iterator for PgScan<'_> {
-    type Item = Result<(Vec<u8>, Vec<u8>), StoreError>;
+    type Item = Result<Pair, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if let Some(item) = self.page.next() {
