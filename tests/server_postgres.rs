@@ -18,22 +18,21 @@ use vault::Digest;
 use common::http::*;
 use common::pg;
 
-/// Runs the server binary on `data` with `extra` flags, expecting it to exit on its own
-/// without becoming ready; returns what it printed on stderr.
-fn fails_to_start(data: &std::path::Path, extra: &[&str]) -> String {
-    let key = data.with_extension("key");
-    std::fs::write(&key, format!("{}\n", B64.encode([5u8; 32]))).unwrap();
-    let mut child = Command::new(binary())
-        .arg("--data")
-        .arg(data)
-        .arg("--master-key-file")
-        .arg(&key)
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// Runs the server binary with `args` (bounded: it must exit on its own within a minute);
+/// returns whether it succeeded, and what it printed (stdout, then stderr).
+fn run(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let mut child = Command::new(binary()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let stdout = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut out, &mut s).unwrap();
+        s
+    });
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut err, &mut s).unwrap();
+        s
+    });
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -41,14 +40,25 @@ fn fails_to_start(data: &std::path::Path, extra: &[&str]) -> String {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("the server neither started nor exited");
+            panic!("vault-server {args:?} did not exit");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(!status.success(), "{err}");
-    err
+    (status.success(), stdout.join().unwrap() + &stderr.join().unwrap())
+}
+
+/// Runs the server on `data` with `extra` flags, expecting it to exit without becoming ready;
+/// returns what it printed.
+fn fails_to_start(data: &std::path::Path, extra: &[&str]) -> String {
+    let key = data.with_extension("key");
+    std::fs::write(&key, format!("{}\n", B64.encode([5u8; 32]))).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["--data".as_ref(), data.as_ref(), "--master-key-file".as_ref(), key.as_ref()];
+    args.extend(["--listen", listen.as_str()].into_iter().chain(extra.iter().copied()).map(std::ffi::OsStr::new));
+    let (ok, out) = run(&args);
+    assert!(!ok, "{out}");
+    out
 }
 
 /// Waits until no session holds an advisory lock in `db` (a killed server's connection is
@@ -129,5 +139,29 @@ fn the_server_keeps_its_metadata_in_postgres() {
     wait_unlocked(&db);
     let s = Server::start_at(dir, port, &["--metadata", &db.url]);
     read_back(&s);
+
+    // The operator commands on the same database (the server stopped): check, rotate the master
+    // key, check under the new key.
+    let dir = s.stop();
+    wait_unlocked(&db);
+    let data = dir.path().join("data");
+    let (old_key, new_key) = (dir.path().join("master.key"), dir.path().join("new.key"));
+    std::fs::write(&new_key, format!("{}\n", B64.encode([6u8; 32]))).unwrap();
+    let with = |cmd: &'static str, key: &std::path::Path, more: &[&std::path::Path]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![cmd.as_ref(), "--metadata".as_ref(), db.url.as_ref()];
+        args.extend(["--data".as_ref(), data.as_os_str(), "--master-key-file".as_ref(), key.as_os_str()]);
+        if let Some(p) = more.first() {
+            args.extend(["--new-master-key-file".as_ref(), p.as_os_str()]);
+        }
+        run(&args)
+    };
+    let (ok, out) = with("check", &old_key, &[]);
+    assert!(ok, "{out}");
+    let (ok, out) = with("rotate-master-key", &old_key, &[&new_key]);
+    assert!(ok && out.contains("rotated"), "{out}");
+    let (ok, out) = with("check", &old_key, &[]);
+    assert!(!ok && out.contains("master key"), "the old key no longer opens it: {out}");
+    let (ok, out) = with("check", &new_key, &[]);
+    assert!(ok, "{out}");
     drop(citizen);
 }
