@@ -170,7 +170,9 @@ fn cas_race_suite(name: &str, m: &dyn MetaStore) {
     const THREADS: u8 = 6;
     const ROUNDS: u32 = 40;
     let barrier = std::sync::Barrier::new(usize::from(THREADS));
-    let wins: Vec<Vec<bool>> = std::thread::scope(|s| {
+    // Each thread records its results and never panics, so that a failing store cannot leave the
+    // others waiting at the barrier: the failure is reported after the threads end.
+    let results: Vec<Vec<Result<bool, String>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..THREADS)
             .map(|t| {
                 let barrier = &barrier;
@@ -180,11 +182,11 @@ fn cas_race_suite(name: &str, m: &dyn MetaStore) {
                         let key = [b"Wrace-".as_slice(), &round.to_be_bytes()].concat();
                         // From absent, then from the value everyone saw: both kinds of swap.
                         barrier.wait();
-                        won.push(m.compare_and_swap(&key, None, Some(vec![t])).unwrap());
+                        won.push(m.compare_and_swap(&key, None, Some(vec![t])).map_err(|e| e.to_string()));
                         barrier.wait();
-                        let seen = m.get(&key).unwrap().unwrap();
+                        let seen = m.get(&key).ok().flatten().unwrap_or_default();
                         barrier.wait();
-                        won.push(m.compare_and_swap(&key, Some(&seen), Some(vec![t, 1])).unwrap());
+                        won.push(m.compare_and_swap(&key, Some(&seen), Some(vec![t, 1])).map_err(|e| e.to_string()));
                     }
                     won
                 })
@@ -192,6 +194,10 @@ fn cas_race_suite(name: &str, m: &dyn MetaStore) {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
+    let wins: Vec<Vec<bool>> = results
+        .into_iter()
+        .map(|r| r.into_iter().map(|w| w.unwrap_or_else(|e| panic!("{name}: a racing swap failed: {e}"))).collect())
+        .collect();
     let winners_at = |step: usize| -> Vec<u8> { (0..THREADS).filter(|&t| wins[usize::from(t)][step]).collect() };
     for (step, winners) in (0..2 * ROUNDS as usize).map(|step| (step, winners_at(step))) {
         assert_eq!(winners.len(), 1, "{name}: step {step}: exactly one winner, not {winners:?}");
@@ -386,6 +392,20 @@ fn postgres_scans_read_in_pages() {
     prefix_edges_suite("postgres, 7-row pages", &m);
     // Two connections for six racing threads: they wait for each other, nobody fails.
     cas_race_suite("postgres, 2 connections", &m);
+}
+
+/// A database whose default isolation is serializable: the store's connections use read
+/// committed all the same, so racing swaps still have one winner and no failure (under
+/// serializable, a swap that met a concurrent update would fail instead).
+#[test]
+fn postgres_compare_and_swap_ignores_the_databases_default_isolation() {
+    let db = pg::database();
+    pg::admin()
+        .unwrap()
+        .batch_execute(&format!("ALTER DATABASE \"{}\" SET default_transaction_isolation = 'serializable'", db.name))
+        .unwrap();
+    let m = PgMeta::open(&db.url).unwrap();
+    cas_race_suite("postgres, serializable by default", &m);
 }
 
 #[test]

@@ -92,8 +92,10 @@ struct Conn {
 impl Conn {
     fn connect(config: &postgres::Config) -> Result<Self, postgres::Error> {
         let mut client = config.connect(NoTls)?;
-        // Durability is PostgreSQL's: a commit returns once its WAL is flushed (SPEC.md §9a).
-        client.batch_execute("SET synchronous_commit = on")?;
+        // Durability is PostgreSQL's: a commit returns once its WAL is flushed. The
+        // compare-and-swap relies on read committed re-checking its condition on the row a
+        // concurrent writer committed (SPEC.md §9a), whatever the database's default.
+        client.batch_execute("SET synchronous_commit = on; SET default_transaction_isolation = 'read committed'")?;
         let st = Statements {
             get: client.prepare("SELECT v FROM vault_meta WHERE k = $1")?,
             put: client.prepare(
