@@ -2,7 +2,8 @@
 //! implementations: sled for metadata, a directory of write-once files for blobs.
 //!
 //! A scale-out backend (SQL for metadata, object storage for blobs) implements these two traits
-//! and nothing else. The core never holds plaintext in either: values reaching a [`MetaStore`]
+//! and nothing else: `pg_store::PgMeta` (cargo feature `postgres`) keeps the metadata in
+//! PostgreSQL. The core never holds plaintext in either: values reaching a [`MetaStore`]
 //! are sealed, blobs reaching a [`BlobStore`] are encrypted.
 
 use std::fmt;
