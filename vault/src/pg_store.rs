@@ -3,7 +3,8 @@
 //! `vault_meta(k bytea primary key, v bytea not null)`; values are the sealed bytes the vault
 //! hands over, never opened here.
 //!
-//! - [`MetaStore::apply`] is one transaction; [`MetaStore::compare_and_swap`] is one
+//! - [`MetaStore::apply`] is one statement (so one transaction): each key's last op of the
+//!   batch, the deletes and the puts together; [`MetaStore::compare_and_swap`] is one
 //!   conditional statement whose row count says whether it swapped (correct between processes:
 //!   PostgreSQL re-checks the condition on the row a concurrent writer committed).
 //! - Every commit is durable when it returns (`synchronous_commit = on` on every connection,
@@ -73,8 +74,6 @@ impl Default for PgOptions {
 /// The statements every pooled connection has prepared.
 struct Statements {
     get: Statement,
-    put: Statement,
-    delete: Statement,
     scan_ge: Statement,
     scan_gt: Statement,
     scan_ge_lt: Statement,
@@ -82,6 +81,7 @@ struct Statements {
     cas_insert: Statement,
     cas_update: Statement,
     cas_delete: Statement,
+    batch: Statement,
 }
 
 struct Conn {
@@ -98,10 +98,6 @@ impl Conn {
         client.batch_execute("SET synchronous_commit = on; SET default_transaction_isolation = 'read committed'")?;
         let st = Statements {
             get: client.prepare("SELECT v FROM vault_meta WHERE k = $1")?,
-            put: client.prepare(
-                "INSERT INTO vault_meta (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
-            )?,
-            delete: client.prepare("DELETE FROM vault_meta WHERE k = $1")?,
             scan_ge: client.prepare("SELECT k, v FROM vault_meta WHERE k >= $1 ORDER BY k LIMIT $2")?,
             scan_gt: client.prepare("SELECT k, v FROM vault_meta WHERE k > $1 ORDER BY k LIMIT $2")?,
             scan_ge_lt: client.prepare("SELECT k, v FROM vault_meta WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3")?,
@@ -109,6 +105,13 @@ impl Conn {
             cas_insert: client.prepare("INSERT INTO vault_meta (k, v) VALUES ($1, $2) ON CONFLICT (k) DO NOTHING")?,
             cas_update: client.prepare("UPDATE vault_meta SET v = $3 WHERE k = $1 AND v = $2")?,
             cas_delete: client.prepare("DELETE FROM vault_meta WHERE k = $1 AND v = $2")?,
+            // A whole batch in one statement (one round trip, its own transaction): the keys
+            // to delete and the pairs to put, which are disjoint (see `apply`).
+            batch: client.prepare(
+                "WITH gone AS (DELETE FROM vault_meta WHERE k = ANY($1::bytea[])) \
+                 INSERT INTO vault_meta (k, v) SELECT * FROM unnest($2::bytea[], $3::bytea[]) \
+                 ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
+            )?,
         };
         Ok(Self { client, st })
     }
@@ -216,6 +219,12 @@ fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
             Err(panic) => std::panic::resume_unwind(panic),
         }),
     }
+}
+
+/// A transaction PostgreSQL rolled back whole for a conflict with another one.
+fn retryable(e: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    e.code().is_some_and(|c| *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE)
 }
 
 fn pg_err(what: &str, e: &postgres::Error) -> StoreError {
@@ -522,15 +531,38 @@ impl MetaStore for PgMeta {
         if ops.is_empty() {
             return Ok(());
         }
-        self.run("applying a batch", |c| {
-            let mut tx = c.client.transaction()?;
-            for op in &ops {
-                match op {
-                    Op::Put(k, v) => tx.execute(&c.st.put, &[k, v])?,
-                    Op::Delete(k) => tx.execute(&c.st.delete, &[k])?,
-                };
+        // The batch's effect is each key's last op: keep only that, so the deletes and the puts
+        // touch disjoint keys and run as one statement (a put and a delete of one key, or two
+        // puts, cannot meet in it).
+        // In key order, so that concurrent batches lock the rows they share in one order.
+        let mut last: std::collections::BTreeMap<&[u8], Option<&[u8]>> = std::collections::BTreeMap::new();
+        for op in &ops {
+            match op {
+                Op::Put(k, v) => last.insert(k.as_slice(), Some(v.as_slice())),
+                Op::Delete(k) => last.insert(k.as_slice(), None),
+            };
+        }
+        let mut deletes: Vec<&[u8]> = Vec::new();
+        let (mut keys, mut values): (Vec<&[u8]>, Vec<&[u8]>) = (Vec::new(), Vec::new());
+        for (k, v) in last {
+            match v {
+                Some(v) => {
+                    keys.push(k);
+                    values.push(v);
+                }
+                None => deletes.push(k),
             }
-            tx.commit()
+        }
+        self.run("applying a batch", |c| {
+            // A deadlock victim or a serialization failure was rolled back whole (the outcome
+            // is known: nothing applied), so it is tried again, a few times.
+            let mut tries = 0;
+            loop {
+                match c.client.execute(&c.st.batch, &[&deletes, &keys, &values]) {
+                    Err(e) if tries < 3 && retryable(&e) => tries += 1,
+                    other => return other.map(drop),
+                }
+            }
         })
     }
 
