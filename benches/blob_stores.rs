@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
 #[path = "../tests/common/s3.rs"]
+#[allow(dead_code)] // the harness is shared with the tests, which use all of it
 mod s3;
 
 use std::io::Read;

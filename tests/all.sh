@@ -2,15 +2,16 @@
 # Every test: README's second command, and what `.ci/run` runs after fmt and clippy.
 #   tests/all.sh
 # Installs and starts what the tests need (Debian's Chromium and chromedriver for the citizen
-# page's browser tests, an OpenID provider from npm for the sign-in interop test, an S3 server
-# built once into a cache folder), then runs the workspace's tests (unit, property, crash,
-# end-to-end), the HTTP suites a second time with every server's blobs in S3, the schema-driven
-# fuzzer against the
-# server (tests/schemathesis.sh, 2 minutes) and every cargo-fuzz target for 10 s (fuzz/run.sh,
-# when nightly is present).
+# page's browser tests, Debian's PostgreSQL server binaries for the PostgreSQL metadata tests,
+# which start their own throwaway cluster, an OpenID provider from npm for the sign-in interop
+# test, an S3 server built once into a cache folder), then runs the workspace's tests (unit,
+# property, crash, end-to-end), the HTTP suites a second time with every server's blobs in S3,
+# the schema-driven fuzzer against the server (tests/schemathesis.sh, 2 minutes) and every
+# cargo-fuzz target for 10 s (fuzz/run.sh, when nightly is present).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== browser"; bash tests/browser-setup.sh   # Chromium + chromedriver (Debian), oidc-provider (npm)
+echo "== postgresql"; bash tests/pg-setup.sh     # PostgreSQL server binaries (Debian), the user postgres
 echo "== s3 server"; VAULT_S3_SERVER=$(tests/s3-setup.sh); export VAULT_S3_SERVER   # s3s-fs, cached
 echo "== cargo test"; cargo test --workspace
 echo "== cargo test, blobs in S3"   # the end-to-end HTTP suites again, each server on --blobs s3://

@@ -1,7 +1,9 @@
 //! One conformance suite for the storage traits, run against every backend: the in-memory
-//! reference (`vault::mem_store`, which keeps apart what was synced) and the embedded one
-//! (sled + journal, files). Then power loss of the whole vault on the in-memory backend: every
-//! acknowledged write survives, whichever prefix of the unsynced batches the "disk" kept.
+//! reference (`vault::mem_store`, which keeps apart what was synced), the embedded one
+//! (sled + journal, files) and the PostgreSQL metadata store (`vault::pg_store`, on a throwaway
+//! cluster: tests/common/pg.rs). Then power loss of the whole vault on the in-memory backend:
+//! every acknowledged write survives, whichever prefix of the unsynced batches the "disk" kept;
+//! and a whole vault on PostgreSQL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
@@ -10,10 +12,12 @@ mod common;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::{Arc, Mutex};
 
+use common::pg;
 use common::s3;
 use common::*;
 use vault::mem_store::{MemBlobs, MemMeta};
-use vault::store::{BlobName, BlobStore, FsBlobs, MetaStore, Op, SledMeta};
+use vault::pg_store::{PgMeta, PgOptions};
+use vault::store::{BlobName, BlobStore, FsBlobs, MetaStore, Op, SledMeta, StoreError};
 use vault::{Digest, Vault};
 
 fn put(k: &[u8], v: &[u8]) -> Op {
@@ -88,6 +92,132 @@ fn meta_suite(name: &str, m: &dyn MetaStore) {
     }
 }
 
+/// Prefix scans at the edges of the byte range: a prefix ending in 0xFF (its range ends at the
+/// next byte up, the key just past it is outside) and one of only 0xFF bytes (no upper bound).
+fn prefix_edges_suite(name: &str, m: &dyn MetaStore) {
+    let k = |b: &[u8]| b.to_vec();
+    m.apply(
+        [
+            k(&[b'Y', 0xff]),
+            k(&[b'Y', 0xff, 0x00]),
+            k(&[b'Y', 0xff, 0xff]),
+            k(&[b'Y', 0xff, 0xff, 0xff, 0x01]),
+            k(&[b'Y', 0xfe, 0xff]),
+            k(b"Z"),
+            k(&[0xff, 0xfe]),
+            k(&[0xff, 0xff]),
+            k(&[0xff, 0xff, 0x00]),
+            k(&[0xff, 0xff, 0xff, 0xff]),
+        ]
+        .into_iter()
+        .map(|key| Op::Put(key, b"v".to_vec()))
+        .collect(),
+    )
+    .unwrap();
+    assert_eq!(
+        keys(m.scan(&[b'Y', 0xff])),
+        vec![k(&[b'Y', 0xff]), k(&[b'Y', 0xff, 0x00]), k(&[b'Y', 0xff, 0xff]), k(&[b'Y', 0xff, 0xff, 0xff, 0x01])],
+        "{name}: a prefix ending in 0xFF"
+    );
+    assert_eq!(
+        keys(m.scan(&[b'Y', 0xff, 0xff])),
+        vec![k(&[b'Y', 0xff, 0xff]), k(&[b'Y', 0xff, 0xff, 0xff, 0x01])],
+        "{name}: a prefix ending in two 0xFF"
+    );
+    assert_eq!(
+        keys(m.scan_from(&[b'Y', 0xff], &[b'Y', 0xff, 0x01])),
+        vec![k(&[b'Y', 0xff, 0xff]), k(&[b'Y', 0xff, 0xff, 0xff, 0x01])],
+        "{name}: a range scan in a prefix ending in 0xFF"
+    );
+    assert_eq!(
+        keys(m.scan(&[0xff, 0xff])),
+        vec![k(&[0xff, 0xff]), k(&[0xff, 0xff, 0x00]), k(&[0xff, 0xff, 0xff, 0xff])],
+        "{name}: a prefix of only 0xFF bytes"
+    );
+    assert_eq!(keys(m.scan(&[0xff])).len(), 4, "{name}: the last prefix of all");
+    m.apply(
+        [k(&[b'Y', 0xff]), k(&[b'Y', 0xff, 0x00]), k(&[b'Y', 0xff, 0xff]), k(&[b'Y', 0xff, 0xff, 0xff, 0x01])]
+            .into_iter()
+            .chain([k(&[b'Y', 0xfe, 0xff]), k(b"Z"), k(&[0xff, 0xfe]), k(&[0xff, 0xff])])
+            .chain([k(&[0xff, 0xff, 0x00]), k(&[0xff, 0xff, 0xff, 0xff])])
+            .map(Op::Delete)
+            .collect(),
+    )
+    .unwrap();
+}
+
+/// A scan longer than any backend's page: every key once, in order, from the start or from the
+/// middle (across page boundaries).
+fn long_scan_suite(name: &str, m: &dyn MetaStore, rows: u32) {
+    let key = |i: u32| [b"Vlong-".as_slice(), &i.to_be_bytes()].concat();
+    for chunk in (0..rows).collect::<Vec<_>>().chunks(500) {
+        m.apply(chunk.iter().map(|&i| Op::Put(key(i), i.to_le_bytes().to_vec())).collect()).unwrap();
+    }
+    let all: Vec<_> = m.scan(b"Vlong-").map(|r| r.unwrap()).collect();
+    assert_eq!(all.len(), rows as usize, "{name}: every row of a long scan");
+    for (i, (k, v)) in all.iter().enumerate() {
+        assert_eq!((k, v), (&key(i as u32), &(i as u32).to_le_bytes().to_vec()), "{name}: row {i} of a long scan");
+    }
+    let from = rows / 2 + 1;
+    let tail = keys(m.scan_from(b"Vlong-", &key(from)));
+    assert_eq!(tail, (from..rows).map(key).collect::<Vec<_>>(), "{name}: a long range scan");
+    // The scan is lazy: the first rows of a long one come without the rest.
+    assert_eq!(keys(Box::new(m.scan(b"Vlong-").take(3))), (0..3).map(key).collect::<Vec<_>>());
+}
+
+/// Compare-and-swap races: several threads swap one key at the same moment, round after round;
+/// exactly one wins each round, and the value is the winner's.
+fn cas_race_suite(name: &str, m: &dyn MetaStore) {
+    const THREADS: u8 = 6;
+    const ROUNDS: u32 = 40;
+    let barrier = std::sync::Barrier::new(usize::from(THREADS));
+    // Each thread records its results and never panics, so that a failing store cannot leave the
+    // others waiting at the barrier: the failure is reported after the threads end.
+    let results: Vec<Vec<Result<bool, String>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    let mut won = Vec::new();
+                    for round in 0..ROUNDS {
+                        let key = [b"Wrace-".as_slice(), &round.to_be_bytes()].concat();
+                        // From absent, then from the value everyone saw: both kinds of swap.
+                        barrier.wait();
+                        won.push(m.compare_and_swap(&key, None, Some(vec![t])).map_err(|e| e.to_string()));
+                        barrier.wait();
+                        let seen = m.get(&key).ok().flatten().unwrap_or_default();
+                        barrier.wait();
+                        won.push(m.compare_and_swap(&key, Some(&seen), Some(vec![t, 1])).map_err(|e| e.to_string()));
+                    }
+                    won
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let wins: Vec<Vec<bool>> = results
+        .into_iter()
+        .map(|r| r.into_iter().map(|w| w.unwrap_or_else(|e| panic!("{name}: a racing swap failed: {e}"))).collect())
+        .collect();
+    let winners_at = |step: usize| -> Vec<u8> { (0..THREADS).filter(|&t| wins[usize::from(t)][step]).collect() };
+    for (step, winners) in (0..2 * ROUNDS as usize).map(|step| (step, winners_at(step))) {
+        assert_eq!(winners.len(), 1, "{name}: step {step}: exactly one winner, not {winners:?}");
+        let round = (step / 2) as u32;
+        let value = m.get(&[b"Wrace-".as_slice(), &round.to_be_bytes()].concat()).unwrap().unwrap();
+        if step % 2 == 1 {
+            assert_eq!(value, vec![winners[0], 1], "{name}: round {round}: the winner's value");
+        }
+    }
+}
+
+/// Every metadata suite.
+fn all_meta_suites(name: &str, m: &dyn MetaStore) {
+    meta_suite(name, m);
+    prefix_edges_suite(name, m);
+    long_scan_suite(name, m, 2_500);
+    cas_race_suite(name, m);
+}
+
 /// What every [`BlobStore`] must do.
 fn blob_suite(name: &str, b: &dyn BlobStore) {
     let owner = [7u8; 16];
@@ -147,7 +277,7 @@ fn blob_suite(name: &str, b: &dyn BlobStore) {
 
 #[test]
 fn the_in_memory_backend_conforms() {
-    meta_suite("memory", &MemMeta::new());
+    all_meta_suites("memory", &MemMeta::new());
     blob_suite("memory", &MemBlobs::new());
 }
 
@@ -156,7 +286,7 @@ fn the_embedded_backend_conforms() {
     let dir = tempfile::tempdir().unwrap();
     {
         let m = SledMeta::open(&dir.path().join("meta")).unwrap();
-        meta_suite("sled", &m);
+        all_meta_suites("sled", &m);
         m.close().unwrap();
     }
     // What was synced is there after a reopen.
@@ -414,4 +544,194 @@ fn a_bucket_prefix_belongs_to_one_vault() {
     std::fs::remove_dir_all(server.root().join("vault-claim")).unwrap();
     let e = a.open_document_content(&o, &doc.id).map(|_| ()).unwrap_err();
     assert_eq!(e.code(), "unavailable", "{e}");
+}
+
+#[test]
+fn the_postgres_backend_conforms() {
+    let db = pg::database();
+    {
+        let m = PgMeta::open(&db.url).unwrap();
+        all_meta_suites("postgres", &m);
+        m.close().unwrap();
+    }
+    // Every commit was durable: all of it is there after a reopen, the signed floor too.
+    let m = PgMeta::open(&db.url).unwrap();
+    assert_eq!(m.get(b"Ztest-ac").unwrap().as_deref(), Some(&b"44"[..]));
+    assert_eq!(m.scan(b"Zconc-").count(), 400);
+    assert_eq!(m.scan(b"Vlong-").count(), 2_500);
+    assert_eq!(m.signed_floor(), Some((10, [1; 32])));
+    m.raise_signed_floor(11, [3; 32]).unwrap();
+    drop(m);
+    assert_eq!(PgMeta::open(&db.url).unwrap().signed_floor(), Some((11, [3; 32])));
+}
+
+#[test]
+fn postgres_scans_read_in_pages() {
+    let db = pg::database();
+    let m = PgMeta::open_with(&db.url, PgOptions { pool_size: 2, page_rows: 7 }).unwrap();
+    // 98 rows: 14 full pages of 7, then an empty one; then 3 rows more (a partial last page).
+    long_scan_suite("postgres, 7-row pages", &m, 98);
+    long_scan_suite("postgres, 7-row pages", &m, 101);
+    prefix_edges_suite("postgres, 7-row pages", &m);
+    // Two connections for six racing threads: they wait for each other, nobody fails.
+    cas_race_suite("postgres, 2 connections", &m);
+}
+
+/// A database whose default isolation is serializable: the store's connections use read
+/// committed all the same, so racing swaps still have one winner and no failure (under
+/// serializable, a swap that met a concurrent update would fail instead).
+#[test]
+fn postgres_compare_and_swap_ignores_the_databases_default_isolation() {
+    let db = pg::database();
+    pg::admin()
+        .unwrap()
+        .batch_execute(&format!("ALTER DATABASE \"{}\" SET default_transaction_isolation = 'serializable'", db.name))
+        .unwrap();
+    let m = PgMeta::open(&db.url).unwrap();
+    cas_race_suite("postgres, serializable by default", &m);
+}
+
+#[test]
+fn a_second_instance_on_one_postgres_database_is_refused() {
+    let db = pg::database();
+    let m = PgMeta::open(&db.url).unwrap();
+    let err = PgMeta::open(&db.url).unwrap_err();
+    assert!(matches!(err, StoreError::InUse(_)), "{err}");
+    assert!(err.to_string().contains("in use by another vault instance"), "{err}");
+    // Other databases of the same server are not affected.
+    let other = pg::database();
+    drop(PgMeta::open(&other.url).unwrap());
+    // Released when the store is dropped.
+    drop(m);
+    PgMeta::open(&db.url).unwrap();
+    // A URL that is not one, and a server that is not there, are errors, not panics.
+    assert!(matches!(PgMeta::open("postgres://[::1"), Err(StoreError::Meta(_))));
+    let port = common::http::free_port();
+    let err = PgMeta::open(&format!("postgres://vault@127.0.0.1:{port}/none")).unwrap_err();
+    assert!(err.to_string().contains("connecting"), "{err}");
+}
+
+/// A whole vault with its metadata in PostgreSQL and its blobs in files: deposit, read (the
+/// started reads take the blocking way: a PostgreSQL read never runs in the non-blocking
+/// section), grant, agency read, erasure, checkpoint; then close, reopen and read it all back.
+#[test]
+fn a_whole_vault_on_postgres() {
+    use vault::access::{Caller, Started};
+    use vault::grants::NewGrant;
+    use vault::provenance::NewAgency;
+    use vault::{AgencyId, DocType, Error, Purpose, Timestamp};
+    let db = pg::database();
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let meta = PgMeta::open(&db.url).unwrap();
+        let blobs = FsBlobs::open(dir.path().join("blobs")).unwrap();
+        Vault::open_with(Box::new(meta), Box::new(blobs), &master(), Some(dir.path().join("OPEN"))).unwrap()
+    };
+    let v = Arc::new(open());
+    let (kept, erased) = (owner(1), owner(2));
+    let agency = AgencyId::parse("ubnd-hn").unwrap();
+    v.put_agency_as(&Caller::operator(), &agency, NewAgency { name: "UBND".into(), keys: vec![] }).unwrap();
+    let small = content(1, 300);
+    let big = content(2, 200_000);
+    let d_small = put_doc(&v, &kept, &small, "khai-sinh");
+    let d_big = put_doc(&v, &kept, &big, "cccd");
+    let d_gone = put_doc(&v, &erased, &small, "khai-sinh");
+    let read = |v: &Vault, o: &vault::OwnerId, id: &vault::DocumentId| {
+        let (_, mut r) = v.open_document_content(o, id).unwrap();
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        out
+    };
+    assert!(read(&v, &kept, &d_small.id) == small && read(&v, &kept, &d_big.id) == big);
+    assert!(read(&v, &erased, &d_gone.id) == small);
+    let me = Caller::owner(kept.clone());
+    // On sled a small content's audited read starts without blocking; here it may not.
+    assert!(matches!(v.start_content_as(&me, &kept, &d_small.id), Started::Blocking));
+    let (_, mut r) = v.content_as(&me, &kept, &d_small.id).unwrap();
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).unwrap();
+    assert!(out == small);
+    let grant = v
+        .grant_as(
+            &me,
+            &kept,
+            NewGrant {
+                grantee: agency.clone(),
+                purpose: Purpose::parse("1.1").unwrap(),
+                purpose_text: "Đăng ký kết hôn".into(),
+                doc_types: vec![DocType::parse("khai-sinh").unwrap()],
+                documents: vec![],
+                expires_at: Timestamp::now().plus_seconds(3600),
+                max_uses: Some(2),
+            },
+        )
+        .unwrap();
+    let a = Caller::agency(agency.clone(), Some(Purpose::parse("1.1").unwrap()));
+    v.content_as(&a, &kept, &d_small.id).unwrap();
+    assert!(matches!(v.content_as(&a, &kept, &d_big.id), Err(Error::GrantRequired)), "cccd is not granted");
+    v.erase_as(&Caller::owner(erased.clone()), &erased).unwrap();
+    assert!(v.open_document_content(&erased, &d_gone.id).is_err(), "erased");
+    let note = v.checkpoint().unwrap();
+    let size = v.audit_size().unwrap();
+    assert!(v.check(true).unwrap().is_clean());
+    match Arc::try_unwrap(v) {
+        Ok(v) => v.close().unwrap(),
+        Err(_) => panic!("a handle of the vault is still held"),
+    }
+    assert!(!dir.path().join("OPEN").exists(), "a clean close");
+
+    let v = open();
+    assert!(!v.recovery().unclean);
+    assert!(read(&v, &kept, &d_small.id) == small && read(&v, &kept, &d_big.id) == big);
+    assert!(v.open_document_content(&erased, &d_gone.id).is_err(), "still erased");
+    let g = v.grants_as(&me, &kept).unwrap().into_iter().find(|g| g.id == grant.id).unwrap();
+    assert_eq!(g.uses, 1, "the agency's counted read");
+    v.content_as(&a, &kept, &d_small.id).unwrap();
+    assert!(matches!(v.content_as(&a, &kept, &d_small.id), Err(Error::GrantRequired)), "max_uses 2");
+    assert!(v.audit_size().unwrap() > size);
+    assert!(note.contains(&size.to_string()), "{note}");
+    assert!(v.check(true).unwrap().is_clean());
+    v.close().unwrap();
+}
+
+/// Not a test: prints throughput figures of small deposits (inline contents, each one
+/// metadata batch) with 4 writers, on sled and on PostgreSQL, and a long scan of each.
+/// `cargo test --test store_conformance -- --ignored --nocapture measure`.
+#[test]
+#[ignore]
+fn measure_small_deposits_on_sled_and_postgres() {
+    let db = pg::database();
+    let dir = tempfile::tempdir().unwrap();
+    let backends: [(&str, Box<dyn MetaStore>); 2] = [
+        ("sled", Box::new(SledMeta::open(&dir.path().join("meta")).unwrap())),
+        ("postgres", Box::new(PgMeta::open(&db.url).unwrap())),
+    ];
+    for (i, (name, meta)) in backends.into_iter().enumerate() {
+        let blobs = FsBlobs::open(dir.path().join(format!("blobs-{i}"))).unwrap();
+        let v = Arc::new(Vault::open_with(meta, Box::new(blobs), &master(), None).unwrap());
+        const WRITERS: u32 = 4;
+        const EACH: u64 = 250;
+        let start = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for t in 0..WRITERS {
+                let v = &v;
+                s.spawn(move || {
+                    for n in 0..EACH {
+                        let data = content(u64::from(t) << 32 | n, 200);
+                        v.put_document(&owner(t), data.as_slice(), new_doc(Digest::of(&data), "cccd")).unwrap();
+                    }
+                });
+            }
+        });
+        let secs = start.elapsed().as_secs_f64();
+        let docs = f64::from(WRITERS) * EACH as f64;
+        let start = std::time::Instant::now();
+        let listed: usize = (0..WRITERS).map(|t| v.documents(&owner(t), None).unwrap().len()).sum();
+        let list_secs = start.elapsed().as_secs_f64();
+        println!(
+            "{name}: {docs} small deposits by {WRITERS} writers in {secs:.2} s = {:.0}/s; listing {listed} in {:.0} ms",
+            docs / secs,
+            list_secs * 1e3
+        );
+    }
 }

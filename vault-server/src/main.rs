@@ -37,6 +37,11 @@ struct Args {
     /// environment variables (SPEC.md §9b). Metadata stays in the data folder.
     #[arg(long, global = true, env = "VAULT_BLOBS")]
     blobs: Option<String>,
+    /// Where the metadata lives: `sled` (the default: embedded, in the data folder) or a
+    /// PostgreSQL URL `postgres://user@host:port/db` (SPEC.md §9a; blobs stay in the data
+    /// folder; one server per database).
+    #[arg(long, global = true, env = "VAULT_METADATA")]
+    metadata: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "VAULT_LISTEN", default_value = "127.0.0.1:8700")]
     listen: SocketAddr,
@@ -135,6 +140,7 @@ struct Args {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data: Option<PathBuf>,
+    metadata: Option<String>,
     listen: Option<SocketAddr>,
     master_key_file: Option<PathBuf>,
     operator_key: Option<String>,
@@ -174,7 +180,7 @@ fn apply_config(args: &mut Args, m: &clap::ArgMatches) -> Result<(), String> {
     let f: FileConfig = toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
     // Subcommand flags are marked global, so look in the subcommand's matches too.
     let sub = m.subcommand().map(|(_, s)| s);
-    const GLOBAL: [&str; 4] = ["data", "master_key_file", "dev", "blobs"];
+    const GLOBAL: [&str; 5] = ["data", "metadata", "blobs", "master_key_file", "dev"];
     let unset = |id: &str| {
         // Global flags are known to the subcommand's matches as well; the others only to the top.
         let in_sub = if GLOBAL.contains(&id) { sub.and_then(|s| s.value_source(id)) } else { None };
@@ -186,6 +192,9 @@ fn apply_config(args: &mut Args, m: &clap::ArgMatches) -> Result<(), String> {
     }
     if let (true, Some(v)) = (unset("blobs"), f.blobs) {
         args.blobs = Some(v);
+    }
+    if let (true, Some(v)) = (unset("metadata"), f.metadata) {
+        args.metadata = Some(v);
     }
     if let (true, Some(v)) = (unset("listen"), f.listen) {
         args.listen = v;
@@ -524,8 +533,12 @@ async fn run(args: Args) -> Result<(), String> {
     });
     let app = api::router(state.clone()).merge(page_router(&args, &state)?);
     let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).into_future());
-    let (data, blobs) = (args.data.clone(), args.blobs.clone());
-    let vault = tokio::task::spawn_blocking(move || open_vault(&data, blobs.as_deref(), &master))
+    let (data, meta, blobs) = (args.data.clone(), metadata(&args)?, args.blobs.clone());
+    let where_meta = match &meta {
+        Metadata::Embedded => "embedded".to_owned(),
+        Metadata::Postgres(url) => vault::pg_store::describe_url(url),
+    };
+    let vault = tokio::task::spawn_blocking(move || open_vault(&data, &meta, blobs.as_deref(), &master))
         .await
         .map_err(|e| e.to_string())??;
     let vault = Arc::new(vault);
@@ -553,7 +566,7 @@ async fn run(args: Args) -> Result<(), String> {
         dev_announce(&args, &vault, keys)?;
     }
     let _ = state.vault.set(vault.clone());
-    eprintln!("vault-server ready on http://{} (data: {})", args.listen, args.data.display());
+    eprintln!("vault-server ready on http://{} (data: {}, metadata: {where_meta})", args.listen, args.data.display());
     server.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     sweeper.abort();
     let _ = sweeper.await;
@@ -618,30 +631,64 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-/// Opens the vault in `data`, its blobs in the data folder or, with `blobs`, in object storage.
-fn open_vault(data: &Path, blobs: Option<&str>, master: &MasterKey) -> Result<Vault, String> {
-    let opened = match blobs {
-        None => Vault::open(data, master),
-        Some(loc) => (|| {
-            std::fs::create_dir_all(data).map_err(|source| vault::StoreError::Io {
-                what: format!("creating data folder {}", data.display()),
-                source,
-            })?;
-            let meta = vault::store::SledMeta::open(&data.join("meta"))?;
-            let blobs = vault::s3_store::S3Blobs::open(loc, data.join("spool"))?;
-            Vault::open_with(Box::new(meta), Box::new(blobs), master, Some(data.join("OPEN")))
-        })(),
-    };
-    opened.map_err(|e| match blobs {
+/// The metadata store `--metadata` names.
+#[derive(Debug, Clone)]
+enum Metadata {
+    /// sled in `<data>/meta` (the default).
+    Embedded,
+    /// PostgreSQL at this URL.
+    Postgres(String),
+}
+
+fn metadata(args: &Args) -> Result<Metadata, String> {
+    match args.metadata.as_deref().map(str::trim) {
+        None | Some("") | Some("sled") => Ok(Metadata::Embedded),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Metadata::Postgres(url.to_owned()))
+        }
+        Some(_) => Err("--metadata takes `sled` or a PostgreSQL URL postgres://user@host:port/db".into()),
+    }
+}
+
+/// Opens the vault of the data folder `data`: its metadata where `--metadata` says, its blobs
+/// in the data folder or, with `--blobs s3://...`, in object storage.
+fn open_vault(data: &Path, metadata: &Metadata, blobs: Option<&str>, master: &MasterKey) -> Result<Vault, String> {
+    let cannot = |e: &dyn std::fmt::Display| match blobs {
         None => format!("cannot open the vault in {}: {e}", data.display()),
         Some(loc) => format!("cannot open the vault in {} with blobs in {loc}: {e}", data.display()),
-    })
+    };
+    if let (Metadata::Embedded, None) = (metadata, blobs) {
+        return Vault::open(data, master).map_err(|e| cannot(&e));
+    }
+    let meta: Box<dyn vault::MetaStore> = match metadata {
+        Metadata::Embedded => {
+            std::fs::create_dir_all(data).map_err(|e| cannot(&e))?;
+            Box::new(vault::store::SledMeta::open(&data.join("meta")).map_err(|e| cannot(&e))?)
+        }
+        Metadata::Postgres(url) => {
+            // A folder whose metadata is in sled would come up as a new, empty vault.
+            if data.join("meta").exists() {
+                return Err(format!(
+                    "{} holds embedded (sled) metadata: it cannot be opened with --metadata postgres://... \
+                     (moving a vault's metadata to PostgreSQL is not supported yet)",
+                    data.display()
+                ));
+            }
+            std::fs::create_dir_all(data).map_err(|e| cannot(&e))?;
+            Box::new(vault::pg_store::PgMeta::open(url).map_err(|e| cannot(&e))?)
+        }
+    };
+    let store: Box<dyn vault::BlobStore> = match blobs {
+        None => Box::new(vault::store::FsBlobs::open(data.join("blobs")).map_err(|e| cannot(&e))?),
+        Some(loc) => Box::new(vault::s3_store::S3Blobs::open(loc, data.join("spool")).map_err(|e| cannot(&e))?),
+    };
+    Vault::open_with(meta, store, master, Some(data.join("OPEN"))).map_err(|e| cannot(&e))
 }
 
 /// `vault-server check`: exit 0 when clean, 1 when problems were found, 2 when it cannot run.
 fn check(args: &Args, read_data: bool) -> ExitCode {
     let result = master_key(args).and_then(|master| {
-        let vault = open_vault(&args.data, args.blobs.as_deref(), &master)?;
+        let vault = open_vault(&args.data, &metadata(args)?, args.blobs.as_deref(), &master)?;
         let report = vault.check(read_data).map_err(|e| format!("check failed: {e}"))?;
         vault.close().map_err(|e| e.to_string())?;
         Ok(report)
@@ -699,7 +746,13 @@ fn main() -> ExitCode {
         Some(Command::RotateMasterKey { ref new_master_key_file }) => {
             let result = master_key(&args).and_then(|old| {
                 let new = MasterKey::from_file(new_master_key_file).map_err(|e| e.to_string())?;
-                vault::rotation::rotate_master_key(&args.data, &old, &new).map_err(|e| e.to_string())
+                match metadata(&args)? {
+                    Metadata::Embedded => vault::rotation::rotate_master_key(&args.data, &old, &new),
+                    Metadata::Postgres(url) => vault::pg_store::PgMeta::open(&url)
+                        .map_err(vault::Error::from)
+                        .and_then(|meta| vault::rotation::rotate(&meta, &old, &new)),
+                }
+                .map_err(|e| e.to_string())
             });
             return match result {
                 Ok(r) => {

@@ -83,7 +83,7 @@ pub enum Error {
     Source(std::io::Error),
     /// The storage backend failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// A write or sync of the metadata journal or the blob store failed, so the vault refuses
     /// every write until it is restarted and recovery has run (SPEC.md §8, "Fail-stop").
     /// Reads go on.
@@ -143,6 +143,17 @@ impl Error {
             | Error::Corrupt(_)
             | Error::Store(_)
             | Error::AuditFailed(_) => "internal",
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    /// A backend's read that would block (in a non-blocking section) is the vault's
+    /// [`Error::WouldBlock`]: the caller takes its blocking path.
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::WouldBlock => Error::WouldBlock,
+            other => Error::Store(other),
         }
     }
 }

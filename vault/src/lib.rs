@@ -57,6 +57,8 @@ pub mod merkle;
 pub mod note;
 #[cfg(feature = "openapi")]
 pub mod openapi;
+#[cfg(feature = "postgres")]
+pub mod pg_store;
 pub mod provenance;
 mod record_cache;
 pub mod rights;

@@ -2,7 +2,8 @@
 //! implementations: sled for metadata, a directory of write-once files for blobs.
 //!
 //! A scale-out backend (SQL for metadata, object storage for blobs) implements these two traits
-//! and nothing else. The core never holds plaintext in either: values reaching a [`MetaStore`]
+//! and nothing else: `pg_store::PgMeta` (cargo feature `postgres`) keeps the metadata in
+//! PostgreSQL. The core never holds plaintext in either: values reaching a [`MetaStore`]
 //! are sealed, blobs reaching a [`BlobStore`] are encrypted.
 
 use std::fmt;
@@ -51,6 +52,16 @@ pub enum StoreError {
     /// Another process holds the data folder.
     #[error("the data folder {0} is in use by another process")]
     Locked(String),
+    /// Another vault instance holds the metadata database (PostgreSQL: SPEC.md §9a).
+    #[error(
+        "the metadata database {0} is in use by another vault instance (several instances on one database \
+         are not supported yet: SPEC.md §9a); stop the other one first"
+    )]
+    InUse(String),
+    /// The read would block and the caller asked not to (the vault's non-blocking section on
+    /// an async executor's thread); it becomes [`crate::Error::WouldBlock`].
+    #[error("the metadata read would block")]
+    WouldBlock,
     /// A file of the data folder is damaged, or the database is behind (or ahead of) the state
     /// its anchor and journal recorded. Nothing was changed (SPEC.md §10).
     #[error(

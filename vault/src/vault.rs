@@ -230,6 +230,13 @@ pub(crate) fn nonblocking<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Whether this thread runs a [`nonblocking`] section (a backend whose reads block on the
+/// network refuses them there with [`crate::store::StoreError::WouldBlock`]).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) fn in_nonblocking() -> bool {
+    NONBLOCKING.with(Cell::get)
+}
+
 /// An open vault. Share it between threads with `Arc`; every method takes `&self`.
 pub struct Vault {
     meta: Box<dyn MetaStore>,
