@@ -1232,12 +1232,17 @@ impl Vault {
                 if let Some(last) = past.last_mut() {
                     *last = 1;
                 }
-                if !subs.as_ref().is_some_and(|s| s.contains_key(&(a, w))) {
+                if !subs.as_ref().is_some_and(|s| s.contains_key(&(a.clone(), w.clone()))) {
+                    // Every record of the gone subscription, of all four kinds, under this one
+                    // hold of the lock: a subscription made again under the same id later finds
+                    // none of them (not a `Y` entry left behind by a pass over `Q` alone).
                     let mut ops = Vec::new();
-                    for item in self.meta().scan(&own) {
-                        ops.push(Op::Delete(item?.0));
-                        if ops.len() >= SWEEP_BATCH {
-                            break;
+                    'all: for q in [prefix::OUTBOX, prefix::PARKED, prefix::OUTBOX_DUE, prefix::PARKED_AT] {
+                        for item in self.meta().scan(&outbox_prefix(q, &a, &w)) {
+                            ops.push(Op::Delete(item?.0));
+                            if ops.len() >= SWEEP_BATCH {
+                                break 'all;
+                            }
                         }
                     }
                     r.orphans += ops.len() as u64;
