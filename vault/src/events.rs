@@ -1126,22 +1126,35 @@ impl Vault {
     /// A delivery succeeded: it leaves the outbox (durably). Also for a delivery whose
     /// subscription is gone.
     pub fn delivery_done(&self, key: &DeliveryKey) -> Result<(), Error> {
-        let _outbox = self.outbox_lock();
-        let was = self.meta().get(&key.q)?.is_some();
-        self.apply_durable(vec![Op::Delete(key.q.clone()), Op::Delete(key.due.clone())])?;
-        if was {
-            self.count_waiting(&key.agency, &key.webhook, -1);
-        }
-        Ok(())
+        // Applied under the outbox lock, waited for durability outside it: outcomes of many
+        // subscriptions share one sync instead of queueing behind each other's.
+        let ticket = {
+            let _outbox = self.outbox_lock();
+            let was = self.meta().get(&key.q)?.is_some();
+            let ticket = self.apply_visible(vec![Op::Delete(key.q.clone()), Op::Delete(key.due.clone())])?;
+            if was {
+                self.count_waiting(&key.agency, &key.webhook, -1);
+            }
+            ticket
+        };
+        self.durable_after(ticket)
     }
 
     /// A delivery failed: store its new state (`d`, with the attempt counted and the next time
     /// set); when `d.parked_at` is set it moves to the parked events. Nothing is written if
     /// the delivery is no longer in the outbox (its subscription was deleted, or its owner
     /// erased, meanwhile).
-    pub fn delivery_failed(&self, key: &DeliveryKey, mut d: Delivery) -> Result<(), Error> {
+    pub fn delivery_failed(&self, key: &DeliveryKey, d: Delivery) -> Result<(), Error> {
+        // As `delivery_done`: durability awaited outside the lock.
+        match self.delivery_failed_visible(key, d)? {
+            Some(ticket) => self.durable_after(ticket),
+            None => Ok(()),
+        }
+    }
+
+    fn delivery_failed_visible(&self, key: &DeliveryKey, mut d: Delivery) -> Result<Option<u64>, Error> {
         let _outbox = self.outbox_lock();
-        let Some(old) = self.meta().get(&key.q)? else { return Ok(()) };
+        let Some(old) = self.meta().get(&key.q)? else { return Ok(None) };
         // The index entry goes with the old state: the one read, and the one the record names
         // (the same, unless something else moved it).
         let mut stale = vec![key.due.clone()];
@@ -1172,11 +1185,11 @@ impl Vault {
             ops.push(Op::Put(key.q.clone(), self.seal_vault(&key.q, &d)));
             ops.extend(new_due.map(|k| self.index_put(k)));
         }
-        self.apply_durable(ops)?;
+        let ticket = self.apply_visible(ops)?;
         if parked {
             self.count_waiting(&key.agency, &key.webhook, -1);
         }
-        Ok(())
+        Ok(Some(ticket))
     }
 
     /// The outbox's housekeeping (the server runs it with the expiry sweep): deletes the parked

@@ -579,6 +579,17 @@ impl Vault {
         self.durable(ticket)
     }
 
+    /// [`Vault::apply_durable`] in two steps, so a caller can release its lock between them
+    /// (the change is visible at once, durable once [`Vault::durable_after`] returns).
+    pub(crate) fn apply_visible(&self, ops: Vec<Op>) -> Result<u64, Error> {
+        self.apply(ops)
+    }
+
+    /// Waits until the change of `ticket` ([`Vault::apply_visible`]) is durable.
+    pub(crate) fn durable_after(&self, ticket: u64) -> Result<(), Error> {
+        self.durable(ticket)
+    }
+
     /// [`Vault::stripe`] for other modules.
     pub(crate) fn stripe_of(&self, name: &BlobName) -> MutexGuard<'_, ()> {
         self.stripe(name)
