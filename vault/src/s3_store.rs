@@ -35,7 +35,7 @@ pub const MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
 /// The size of each part of a multipart upload (S3's minimum is 5 MiB, except the last).
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 /// How much a reader fetches per ranged `GET`.
-pub const READ_AHEAD: usize = 1024 * 1024;
+pub const READ_AHEAD: usize = 4 * 1024 * 1024;
 /// Spool files end so; anything else in the spool folder is left alone.
 const SPOOL_SUFFIX: &str = ".spool";
 
