@@ -546,6 +546,43 @@ fn a_bucket_prefix_belongs_to_one_vault() {
     assert_eq!(e.code(), "unavailable", "{e}");
 }
 
+/// On S3, orphans are collected by age, not by listing the bucket at an unclean open: a blob
+/// no record points at stays while it could be another writer's upload in flight, and is set
+/// aside once it is older than an hour; a blob with its record is never taken.
+#[test]
+fn s3_orphans_are_collected_by_age() {
+    let server = s3::S3Server::start("vault-orphans");
+    let dir = tempfile::tempdir().unwrap();
+    // No open marker: every open is unclean and runs recovery.
+    let open = || {
+        let meta = SledMeta::open(&dir.path().join("meta")).unwrap();
+        Vault::open_with(Box::new(meta), Box::new(server.blobs("v", dir.path().join("spool"))), &master(), None)
+            .unwrap()
+    };
+    let v = open();
+    let o = owner(1);
+    let kept = put_doc(&v, &o, &content(1, 100_000), "cccd");
+    // An upload whose record was never written (another instance's, in flight, or lost).
+    let raw = server.blobs("v", dir.path().join("spool2"));
+    let stray = BlobName { owner: [3; 16], name: [4; 32] };
+    let mut w = raw.create(&stray.owner).unwrap();
+    w.write_all(b"an upload without its record").unwrap();
+    w.commit(&stray).unwrap();
+    drop(v);
+    let v = open();
+    assert_eq!(v.recovery().orphans_set_aside, 0, "no listing of the bucket at open");
+    assert!(raw.open(&stray).unwrap().is_some());
+    let now = vault::Timestamp::now();
+    assert_eq!(v.collect_orphans(now).unwrap(), 0, "younger than an hour: perhaps in flight");
+    assert_eq!(v.collect_orphans(now.plus_seconds(vault::ORPHAN_AGE_SECS + 60)).unwrap(), 1);
+    assert!(raw.open(&stray).unwrap().is_none(), "set aside");
+    assert_eq!(raw.set_aside_list().unwrap().len(), 1);
+    let (_, mut r) = v.open_document_content(&o, &kept.id).unwrap();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).unwrap();
+    assert!(got == content(1, 100_000), "a blob with its record is never taken");
+}
+
 #[test]
 fn the_postgres_backend_conforms() {
     let db = pg::database();

@@ -597,6 +597,8 @@ async fn run(args: Args) -> Result<(), String> {
 /// Removes agency uploads no document used within 24 hours: at start, then every `every`
 /// seconds (SPEC.md §20).
 async fn sweep_pending(vault: Arc<Vault>, every: u64) {
+    // The first collection of orphans an hour after the start, like the ones after it.
+    let mut last_orphans = std::time::Instant::now();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(every));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -612,6 +614,18 @@ async fn sweep_pending(vault: Arc<Vault>, every: u64) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "sweep of pending uploads failed"),
             Err(e) => tracing::error!(error = %e, "sweep of pending uploads failed"),
+        }
+        // Hourly: blobs no record points at, for a store whose orphans are found by age
+        // (object storage; SPEC.md §9b). A no-op for the embedded store.
+        if last_orphans.elapsed() >= std::time::Duration::from_secs(3600) {
+            last_orphans = std::time::Instant::now();
+            let v = vault.clone();
+            match tokio::task::spawn_blocking(move || v.collect_orphans(vault::Timestamp::now())).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::warn!(blobs = n, "set aside blobs that no record points at (see check)"),
+                Ok(Err(e)) => tracing::error!(error = %e, "collecting orphan blobs failed"),
+                Err(e) => tracing::error!(error = %e, "collecting orphan blobs failed"),
+            }
         }
     }
 }

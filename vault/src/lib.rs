@@ -92,4 +92,4 @@ pub use store::{BlobStore, MetaStore, StoreError};
 pub use stream::DecryptError;
 pub use supply::{PendingLimits, PendingStats, SweepReport, PENDING_LIFETIME_SECS};
 pub use time::Timestamp;
-pub use vault::{ContentReader, OwnerRef, Put, RecoveryReport, Stored, Vault, FORMAT, INLINE_MAX};
+pub use vault::{ContentReader, OwnerRef, Put, RecoveryReport, Stored, Vault, FORMAT, INLINE_MAX, ORPHAN_AGE_SECS};

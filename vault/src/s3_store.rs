@@ -626,9 +626,40 @@ impl BlobStore for S3Blobs {
         let store = self.store.clone();
         let what = format!("setting aside {from}");
         let f = from.clone();
-        self.run(async move { store.copy(&f, &to).await })?.map_err(s3_err(&what))?;
+        match self.run(async move { store.copy(&f, &to).await })? {
+            Ok(()) => {}
+            // Gone meanwhile (deleted with its content): nothing to set aside.
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(s3_err(&what)(e)),
+        }
         self.delete(from)?;
         Ok(true)
+    }
+
+    fn orphans_by_age(&self) -> bool {
+        // A listing of a large bucket at every unclean open is slow and costly, and would take
+        // another writer's blob between its upload and its record.
+        true
+    }
+
+    fn written_before(&self, unix_secs: i64) -> Result<Vec<BlobName>, StoreError> {
+        let base = self.path("blobs");
+        let (store, b) = (self.store.clone(), base.clone());
+        let metas = self
+            .run(async move {
+                let mut out = Vec::new();
+                let mut s = store.list(Some(&b));
+                while let Some(m) = s.next().await {
+                    let m = m?;
+                    if m.last_modified.timestamp() < unix_secs {
+                        out.push(m.location);
+                    }
+                }
+                Ok::<_, object_store::Error>(out)
+            })?
+            .map_err(s3_err(format_args!("listing {base}")))?;
+        let strip = format!("{base}/");
+        Ok(metas.iter().filter_map(|p| p.as_ref().strip_prefix(&strip).and_then(parse_blob)).collect())
     }
 
     fn set_aside_list(&self) -> Result<Vec<String>, StoreError> {

@@ -648,6 +648,17 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     fn claim(&self, _id: &str, _create: bool) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Whether blobs that no record points at are found by age ([`BlobStore::written_before`],
+    /// `Vault::collect_orphans`) rather than by listing every blob at an unclean open: true for
+    /// a store that is large or shared while blobs are being written (object storage).
+    fn orphans_by_age(&self) -> bool {
+        false
+    }
+    /// The blobs last written before `unix_secs` (only for a store whose orphans are found by
+    /// age; others return none).
+    fn written_before(&self, _unix_secs: i64) -> Result<Vec<BlobName>, StoreError> {
+        Ok(Vec::new())
+    }
     /// Moves a blob that no record points at out of the blob folder, keeping it until an
     /// operator decides (SPEC.md §10); false if this store cannot (the blob stays in place).
     fn set_aside(&self, _name: &BlobName) -> Result<bool, StoreError> {

@@ -131,6 +131,9 @@ fn claim_id(index_key: &SecretKey) -> String {
     hex::encode(&index_key.derive(crate::keys::ctx::BLOB_STORE_CLAIM).expose()[..16])
 }
 
+/// How old a blob without a record must be before [`Vault::collect_orphans`] sets it aside.
+pub const ORPHAN_AGE_SECS: i64 = 3600;
+
 /// Which blob store the vault was created over ([`BlobStore::kind`], plain UTF-8).
 const KEY_BLOB_STORE: &[u8] = b"Mblob-store";
 /// The key name of the vault's signing key in signed notes.
@@ -510,7 +513,9 @@ impl Vault {
             // acknowledged, but a blob is never deleted because a record is missing (the record
             // may be what was lost): it is set aside for the operator.
             report.unfinished_removed = self.blobs.discard_unfinished()?;
-            for name in self.blobs.list()?.blobs {
+            // (A store whose orphans are found by age is not listed here: `collect_orphans`.)
+            let listed = if self.blobs.orphans_by_age() { Vec::new() } else { self.blobs.list()?.blobs };
+            for name in listed {
                 let key = key_of(prefix::CONTENT, &[&name.owner, &name.name]);
                 if self.meta.get(&key)?.is_none() && self.blobs.set_aside(&name)? {
                     report.orphans_set_aside += 1;
@@ -535,6 +540,28 @@ impl Vault {
     /// What opening had to recover.
     pub fn recovery(&self) -> RecoveryReport {
         self.recovered
+    }
+
+    /// Sets aside the blobs last written more than [`ORPHAN_AGE_SECS`] before `now` that no
+    /// content record points at, for a blob store whose orphans are found by age (object
+    /// storage, SPEC.md §9b); nothing for the others, whose orphans the recovery at an unclean
+    /// open finds. A blob is written before its record, within the same commit: one older than
+    /// the age without a record is an upload whose record was never written (a crash, a lost
+    /// answer). Returns how many were set aside. The server runs it hourly.
+    pub fn collect_orphans(&self, now: Timestamp) -> Result<usize, Error> {
+        if !self.blobs.orphans_by_age() {
+            return Ok(0);
+        }
+        let mut n = 0;
+        for name in self.blobs.written_before(now.unix() - ORPHAN_AGE_SECS)? {
+            // Under the name's stripe: no commit of the same content runs meanwhile.
+            let _stripe = self.stripe(&name);
+            let key = key_of(prefix::CONTENT, &[&name.owner, &name.name]);
+            if self.meta.get(&key)?.is_none() && self.blobs.set_aside(&name)? {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// The first storage failure, once the vault has stopped accepting writes (fail-stop,
