@@ -406,7 +406,11 @@ impl Drop for S3NewBlob {
     }
 }
 
-/// A blob read with ranged `GET`s.
+/// A range being fetched: where it starts and ends, and the task fetching it.
+type Fetch = (u64, u64, tokio::task::JoinHandle<Result<Vec<u8>, object_store::Error>>);
+
+/// A blob read with ranged `GET`s. Read in order, the next range is fetched while this one is
+/// consumed (two requests in flight at most, two ranges held at most).
 struct S3Read {
     store: Arc<dyn ObjectStore>,
     path: ObjPath,
@@ -415,6 +419,25 @@ struct S3Read {
     pos: u64,
     buf: Vec<u8>,
     buf_start: u64,
+    /// The read-ahead of the range after `buf`, once reads went on past one range.
+    next: Option<Fetch>,
+}
+
+impl S3Read {
+    fn fetch(&self, start: u64) -> Fetch {
+        let end = (start + READ_AHEAD as u64).min(self.size);
+        let (store, path) = (self.store.clone(), self.path.clone());
+        let task = self.rt.spawn(async move { store.get_range(&path, start..end).await.map(|b| b.to_vec()) });
+        (start, end, task)
+    }
+}
+
+impl Drop for S3Read {
+    fn drop(&mut self) {
+        if let Some((_, _, task)) = self.next.take() {
+            task.abort();
+        }
+    }
 }
 
 impl Read for S3Read {
@@ -422,21 +445,35 @@ impl Read for S3Read {
         if out.is_empty() || self.pos >= self.size {
             return Ok(0);
         }
-        let in_buf = self.pos >= self.buf_start && self.pos < self.buf_start + self.buf.len() as u64;
+        let buf_end = self.buf_start + self.buf.len() as u64;
+        let in_buf = self.pos >= self.buf_start && self.pos < buf_end;
         if !in_buf {
-            let end = (self.pos + READ_AHEAD as u64).min(self.size);
-            let (store, path, range) = (self.store.clone(), self.path.clone(), self.pos..end);
-            let bytes = wait(&self.rt, async move { store.get_range(&path, range).await })
+            // In order (this read starts where the last range ended): read ahead from now on.
+            let sequential = !self.buf.is_empty() && self.pos == buf_end;
+            let (start, end, task) = match self.next.take() {
+                Some(f) if f.0 == self.pos => f,
+                other => {
+                    if let Some((_, _, task)) = other {
+                        task.abort();
+                    }
+                    self.fetch(self.pos)
+                }
+            };
+            let bytes = wait(&self.rt, async move { task.await })
                 .map_err(|e| io::Error::other(e.to_string()))?
+                .map_err(|e| io::Error::other(format!("object storage: reading {}: {e}", self.path)))?
                 .map_err(|e| io::Error::other(format!("object storage: reading {}: {e}", self.path)))?;
-            if bytes.len() as u64 != end - self.pos {
+            if bytes.len() as u64 != end - start {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!("object storage: {} is shorter than it was", self.path),
                 ));
             }
-            self.buf = bytes.to_vec();
-            self.buf_start = self.pos;
+            self.buf = bytes;
+            self.buf_start = start;
+            if sequential && end < self.size {
+                self.next = Some(self.fetch(end));
+            }
         }
         let off = (self.pos - self.buf_start) as usize;
         let n = out.len().min(self.buf.len() - off);
@@ -505,6 +542,7 @@ impl BlobStore for S3Blobs {
                 pos: 0,
                 buf: Vec::new(),
                 buf_start: 0,
+                next: None,
             }))),
             Err(object_store::Error::NotFound { .. }) => self.confirm_absent(name).map(|()| None),
             Err(e) => Err(s3_err(format_args!("opening {path}"))(e)),
