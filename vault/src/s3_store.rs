@@ -459,7 +459,7 @@ impl Read for S3Read {
                     self.fetch(self.pos)
                 }
             };
-            let bytes = wait(&self.rt, async move { task.await })
+            let bytes = wait(&self.rt, task)
                 .map_err(|e| io::Error::other(e.to_string()))?
                 .map_err(|e| io::Error::other(format!("object storage: reading {}: {e}", self.path)))?
                 .map_err(|e| io::Error::other(format!("object storage: reading {}: {e}", self.path)))?;
