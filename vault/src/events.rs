@@ -448,6 +448,8 @@ pub struct OutboxSweep {
     pub expired: u64,
     /// Records (`Q`, `F`, `Y`, `Z`) of subscriptions that no longer exist, deleted.
     pub orphans: u64,
+    /// Events parked because their outbox was full, put back once it had room again.
+    pub requeued: u64,
 }
 
 /// The Ed25519 key that signs deliveries, derived from the vault's signing seed (never stored
@@ -1225,6 +1227,47 @@ impl Vault {
                 self.apply_durable(ops)?;
             }
         }
+        // Events parked only because their outbox was full go back, oldest first, once the
+        // outbox is below half its cap (never above it; at most one batch per subscription and
+        // sweep): an event the change acknowledged is not left for the operator alone to save.
+        for (a, w) in &subs {
+            let _outbox = self.outbox_lock();
+            let waiting = self.waiting_for(a, w)?;
+            let room = (MAX_WAITING_PER_WEBHOOK / 2).saturating_sub(waiting).min(SWEEP_BATCH as u64);
+            if room == 0 {
+                continue;
+            }
+            let mut ops = Vec::new();
+            let mut moved = 0u64;
+            for item in self.meta().scan(&outbox_prefix(prefix::PARKED_AT, a, w)) {
+                if moved >= room {
+                    break;
+                }
+                let (z, _) = item?;
+                let Some(rest) = split_outbox_key(&z).map(|(_, _, r)| r).filter(|r| r.len() == 24) else { continue };
+                let mut event = [0u8; 16];
+                event.copy_from_slice(&rest[8..]);
+                let f = outbox_key(prefix::PARKED, a, w, &EventId(event));
+                let Some(v) = self.meta().get(&f)? else { continue };
+                // A damaged record is left to `check`.
+                let Ok(mut d) = self.open_vault::<Delivery>(&f, &v) else { continue };
+                if d.last_error.as_deref() != Some(OUTBOX_FULL) || d.attempts != 0 {
+                    continue;
+                }
+                ops.push(Op::Delete(f));
+                ops.push(Op::Delete(z));
+                d.parked_at = None;
+                d.last_error = None;
+                d.next_attempt = now;
+                ops.extend(self.queue_ops(&d));
+                moved += 1;
+            }
+            if moved > 0 {
+                self.apply_durable(ops)?;
+                self.count_waiting(a, w, moved as i64);
+                r.requeued += moved;
+            }
+        }
         // Records of subscriptions that are gone: under the subscriptions' lock, so none is
         // created (or its events computed) while its records are judged orphans.
         for p in [prefix::OUTBOX, prefix::PARKED, prefix::OUTBOX_DUE, prefix::PARKED_AT] {
@@ -1798,6 +1841,31 @@ mod tests {
         assert!(v.check(false).unwrap().is_clean());
     }
 
+    /// An event parked because its outbox was full goes back by itself once the outbox is below
+    /// half its cap (the sweep), not only when the operator redelivers it; a full outbox keeps it.
+    #[test]
+    fn an_event_parked_for_a_full_outbox_is_put_back_when_there_is_room() {
+        let (_dir, v, a, owner) = setup();
+        subscribe(&v, &a, "main", &[EventType::GrantCreated]);
+        let w = WebhookId::parse("main").unwrap();
+        let me = Caller::owner(owner.clone());
+        v.waiting().insert((a.clone(), w.clone()), MAX_WAITING_PER_WEBHOOK);
+        let g = v.grant_as(&me, &owner, terms(&a, 3600)).unwrap();
+        assert_eq!((count(&v, prefix::OUTBOX), count(&v, prefix::PARKED)), (0, 1));
+        // Still full (as the count says): the sweep leaves it parked.
+        v.waiting().insert((a.clone(), w.clone()), MAX_WAITING_PER_WEBHOOK);
+        assert_eq!(v.sweep_outbox(Timestamp::now()).unwrap().requeued, 0);
+        // The count forgotten by that sweep is counted again: nothing waits, so it goes back.
+        let swept = v.sweep_outbox(Timestamp::now()).unwrap();
+        assert_eq!(swept.requeued, 1);
+        assert_eq!((count(&v, prefix::OUTBOX), count(&v, prefix::PARKED)), (1, 0));
+        let due = v.due_deliveries(Timestamp::now(), 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].1.event.data["grant"], g.id.to_string());
+        assert_eq!((due[0].1.last_error.as_deref(), due[0].1.parked_at), (None, None));
+        assert!(v.check(false).unwrap().is_clean());
+    }
+
     /// Review finding: each poll decrypted every subscription's whole backlog. The due-time
     /// index follows every move of a delivery, and a poll reads it only up to `now`.
     #[test]
@@ -1890,7 +1958,7 @@ mod tests {
         assert_eq!(v.sweep_outbox(keep).unwrap(), OutboxSweep::default());
         assert_eq!(count(&v, prefix::PARKED), 2);
         let first = v.sweep_outbox(t0.plus_seconds(PARKED_RETENTION_SECS)).unwrap();
-        assert_eq!(first, OutboxSweep { expired: 1, orphans: 0 });
+        assert_eq!(first, OutboxSweep { expired: 1, orphans: 0, requeued: 0 });
         let (left, _) =
             v.failed_events_as(&Caller::operator(), &a, &WebhookId::parse("main").unwrap(), None, 10).unwrap();
         assert_eq!(left.iter().map(|d| d.parked_at).collect::<Vec<_>>(), [Some(t0.plus_seconds(86_400))]);
