@@ -45,6 +45,10 @@ pub struct CheckReport {
     /// Blobs that no record pointed at, set aside by recovery (not a problem by themselves:
     /// crashes leave them; never deleted automatically).
     pub set_aside: Vec<String>,
+    /// On a store whose orphans are collected by age (object storage): blobs without a record
+    /// that are younger than [`crate::ORPHAN_AGE_SECS`], perhaps uploads in flight (not a
+    /// problem; set aside by `Vault::collect_orphans` once older).
+    pub young_unreferenced: u64,
 }
 
 impl CheckReport {
@@ -76,6 +80,14 @@ impl fmt::Display for CheckReport {
             for p in &self.set_aside {
                 writeln!(f, "  {p}")?;
             }
+        }
+        if self.young_unreferenced > 0 {
+            writeln!(
+                f,
+                "{} blobs without a record are younger than an hour: uploads in flight or cut short by a crash, \
+                 set aside by the hourly collection once older (SPEC.md §9b)",
+                self.young_unreferenced
+            )?;
         }
         if self.problems.is_empty() {
             return writeln!(f, "no problems found");
@@ -310,8 +322,20 @@ impl Vault {
         }
         let on_disk: HashSet<BlobName> = listing.blobs.iter().copied().collect();
         r.blobs = on_disk.len() as u64;
+        // Where orphans are collected by age, a young blob without a record may be an upload
+        // whose record is about to be written (or another instance's): not a problem yet.
+        let old: Option<HashSet<BlobName>> = if self.blobs().orphans_by_age() {
+            let cut = crate::Timestamp::now().unix() - crate::ORPHAN_AGE_SECS;
+            Some(self.blobs().written_before(cut)?.into_iter().collect())
+        } else {
+            None
+        };
         for name in &listing.blobs {
             if !contents.contains_key(&(name.owner, name.name)) {
+                if old.as_ref().is_some_and(|old| !old.contains(name)) {
+                    r.young_unreferenced += 1;
+                    continue;
+                }
                 r.problem(
                     self.blobs().describe(name),
                     "blob that no content record points at: its record may have been lost; it is kept (never \
