@@ -10,7 +10,8 @@
 //! whatever the size. An object store acknowledges a `PUT` (or the completion of a multipart
 //! upload) only once it is durable, so a committed blob is durable when `commit` returns and
 //! [`BlobStore::sync`] has nothing left to do. Reads are ranged `GET`s with a read-ahead buffer
-//! of [`READ_AHEAD`] bytes: a `Seek` costs nothing until the next read.
+//! of [`READ_AHEAD`] bytes (the first one also gives the size: no `HEAD`): a `Seek` costs
+//! nothing until the next read.
 //!
 //! The trait is blocking; the store runs its requests on a small runtime of its own and waits
 //! for them on a channel, so it may be called from any thread (the vault calls it from blocking
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use futures_util::StreamExt as _;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, PutPayload, WriteMultipart};
+use object_store::{GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
 
 use crate::store::{BlobListing, BlobName, BlobRead, BlobStore, NewBlob, StoreError};
 
@@ -91,9 +92,36 @@ pub struct S3Location {
     prefix: String,
 }
 
+impl fmt::Display for S3Location {
+    /// `s3://bucket` or `s3://bucket/prefix`: the form `--blobs` takes, and the store's
+    /// [`BlobStore::kind`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.prefix.as_str() {
+            "" => write!(f, "s3://{}", self.bucket),
+            p => write!(f, "s3://{}/{p}", self.bucket),
+        }
+    }
+}
+
 impl fmt::Debug for S3Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "s3://{}/{}", self.bucket, self.prefix)
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl S3Location {
+    /// The object path of `rest` under the prefix.
+    fn path(&self, rest: &str) -> ObjPath {
+        if self.prefix.is_empty() {
+            ObjPath::from(rest)
+        } else {
+            ObjPath::from(format!("{}/{rest}", self.prefix))
+        }
+    }
+
+    /// Where the blob `name` is.
+    fn blob_path(&self, name: &BlobName) -> ObjPath {
+        self.path(&format!("blobs/{}/{}", hex::encode(name.owner), hex::encode(name.name)))
     }
 }
 
@@ -235,15 +263,11 @@ impl S3Blobs {
     }
 
     fn path(&self, rest: &str) -> ObjPath {
-        if self.loc.prefix.is_empty() {
-            ObjPath::from(rest)
-        } else {
-            ObjPath::from(format!("{}/{rest}", self.loc.prefix))
-        }
+        self.loc.path(rest)
     }
 
     fn blob_path(&self, name: &BlobName) -> ObjPath {
-        self.path(&format!("blobs/{}/{}", hex::encode(name.owner), hex::encode(name.name)))
+        self.loc.blob_path(name)
     }
 
     fn orphan_path(&self, name: &BlobName) -> ObjPath {
@@ -294,7 +318,7 @@ struct S3NewBlob {
     path: PathBuf,
     owner: [u8; 16],
     store: Arc<dyn ObjectStore>,
-    target: Box<dyn Fn(&BlobName) -> ObjPath + Send>,
+    loc: S3Location,
     rt: tokio::runtime::Handle,
     slots: Arc<Slots>,
 }
@@ -334,7 +358,7 @@ impl NewBlob for S3NewBlob {
         if name.owner != self.owner {
             return Err(StoreError::Meta("a blob must be committed under the owner it was created for".into()));
         }
-        let dest = (self.target)(name);
+        let dest = self.loc.blob_path(name);
         let what = format!("uploading {dest}");
         let _slot = self.slots.take();
         let len = self.file.seek(SeekFrom::End(0)).map_err(io_err(format_args!("reading {}", self.path.display())))?;
@@ -350,9 +374,10 @@ impl NewBlob for S3NewBlob {
             // One part in flight at a time beside the one being read: memory stays at about two
             // parts whatever the blob's size.
             let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-            let mut buf = vec![0u8; PART_SIZE];
+            let mut buf = Vec::with_capacity(PART_SIZE);
             let outcome: Result<(), StoreError> = loop {
-                let n = match read_full(&mut self.file, &mut buf) {
+                buf.clear();
+                let n = match (&mut self.file).take(PART_SIZE as u64).read_to_end(&mut buf) {
                     Ok(n) => n,
                     Err(e) => break Err(io_err(format_args!("reading {}", self.path.display()))(e)),
                 };
@@ -383,19 +408,6 @@ impl NewBlob for S3NewBlob {
         }
         Ok(())
     }
-}
-
-fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 impl Drop for S3NewBlob {
@@ -505,21 +517,12 @@ impl BlobStore for S3Blobs {
             .create_new(true)
             .open(&path)
             .map_err(io_err(format_args!("creating {}", path.display())))?;
-        let prefix = self.loc.prefix.clone();
-        let target = Box::new(move |n: &BlobName| {
-            let rest = format!("blobs/{}/{}", hex::encode(n.owner), hex::encode(n.name));
-            if prefix.is_empty() {
-                ObjPath::from(rest)
-            } else {
-                ObjPath::from(format!("{prefix}/{rest}"))
-            }
-        });
         Ok(Box::new(S3NewBlob {
             file,
             path,
             owner: *owner,
             store: self.store.clone(),
-            target,
+            loc: self.loc.clone(),
             rt: self.handle(),
             slots: self.slots.clone(),
         }))
@@ -531,19 +534,36 @@ impl BlobStore for S3Blobs {
     }
 
     fn open(&self, name: &BlobName) -> Result<Option<Box<dyn BlobRead>>, StoreError> {
+        // One ranged GET of the first `READ_AHEAD` bytes: its answer gives the object's size
+        // too (Content-Range), so a blob that fits is read with one request, not a HEAD and a GET.
         let path = self.blob_path(name);
         let (store, p) = (self.store.clone(), path.clone());
-        match self.run(async move { store.head(&p).await })? {
-            Ok(meta) => Ok(Some(Box::new(S3Read {
-                store: self.store.clone(),
-                path,
-                rt: self.handle(),
-                size: meta.size,
-                pos: 0,
-                buf: Vec::new(),
-                buf_start: 0,
-                next: None,
-            }))),
+        let first = self.run(async move {
+            let opts = GetOptions { range: Some(GetRange::Bounded(0..READ_AHEAD as u64)), ..GetOptions::default() };
+            let got = store.get_opts(&p, opts).await?;
+            let (size, range) = (got.meta.size, got.range.clone());
+            let bytes = got.bytes().await?;
+            Ok::<_, object_store::Error>((size, range, bytes.to_vec()))
+        })?;
+        match first {
+            Ok((size, range, buf)) => {
+                if range.start != 0 || buf.len() as u64 != range.end - range.start {
+                    return Err(StoreError::Unavailable(format!(
+                        "object storage: {} answered bytes {range:?} for its first range",
+                        self.describe(name)
+                    )));
+                }
+                Ok(Some(Box::new(S3Read {
+                    store: self.store.clone(),
+                    path,
+                    rt: self.handle(),
+                    size,
+                    pos: 0,
+                    buf,
+                    buf_start: 0,
+                    next: None,
+                })))
+            }
             Err(object_store::Error::NotFound { .. }) => self.confirm_absent(name).map(|()| None),
             Err(e) => Err(s3_err(format_args!("opening {path}"))(e)),
         }
@@ -628,7 +648,7 @@ impl BlobStore for S3Blobs {
     }
 
     fn kind(&self) -> String {
-        format!("{:?}", self.loc).trim_end_matches('/').to_owned()
+        self.loc.to_string()
     }
 
     fn claim(&self, id: &str, create: bool) -> Result<(), StoreError> {

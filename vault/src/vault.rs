@@ -373,8 +373,9 @@ impl Vault {
         if meta.get(crate::rotation::KEY_ROTATION)?.is_some() {
             return Err(Error::RotationInProgress);
         }
-        let existed = meta.get(KEY_INDEX_KEY)?.is_some();
-        let index_key = match meta.get(KEY_INDEX_KEY)? {
+        let sealed_index = meta.get(KEY_INDEX_KEY)?;
+        let existed = sealed_index.is_some();
+        let index_key = match sealed_index {
             Some(sealed) => {
                 let format = meta.get(KEY_FORMAT)?.unwrap_or_default();
                 if format != FORMAT.as_bytes() {
