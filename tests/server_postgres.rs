@@ -1,7 +1,7 @@
 //! The real `vault-server` binary with its metadata in PostgreSQL (`--metadata postgres://...`,
 //! SPEC.md §9a) on a throwaway cluster (tests/common/pg.rs): deposits and reads over HTTP, a
-//! restart after SIGKILL, and the refusals (a second server on the same database, a data folder
-//! whose metadata is in sled).
+//! restart after SIGKILL, a data folder whose metadata is in sled refused, and two servers on one
+//! database and one bucket (SPEC.md §9a "Several instances"), one of them killed under load.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
@@ -123,11 +123,7 @@ fn the_server_keeps_its_metadata_in_postgres() {
     let r = call("GET", &s.url(&format!("{base}/access-log")), Some(&citizen), &[], None);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 
-    // A second server on the same database is refused, with the reason.
-    let other = tempfile::tempdir().unwrap();
-    let err = fails_to_start(&other.path().join("data"), &["--metadata", &db.url]);
-    assert!(err.contains("in use by another vault instance"), "{err}");
-    // So is a data folder whose metadata is embedded.
+    // A data folder whose metadata is embedded is refused with --metadata.
     let sled_dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(sled_dir.path().join("data/meta")).unwrap();
     let err = fails_to_start(&sled_dir.path().join("data"), &["--metadata", &db.url]);
@@ -224,4 +220,137 @@ fn the_server_runs_on_postgres_and_s3() {
         .unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     drop(s3);
+}
+
+/// Deposits a content and a document about it at `s`: the document's id, or None when the
+/// server did not acknowledge it (killed meanwhile).
+fn deposit_at(s: &Server, owner: &str, data: &[u8]) -> Option<String> {
+    let token = s.owner(owner);
+    let base = format!("/v1/owners/{owner}");
+    let digest = Digest::of(data);
+    let r = try_call("PUT", &s.url(&format!("{base}/contents/{digest}")), Some(&token), &[], Some(data)).ok()?;
+    if r.status != 201 && r.status != 200 {
+        return None;
+    }
+    let body = json!({"digest": digest, "doc_type": "giay-khai-sinh", "title": "t", "media_type": "application/pdf"});
+    let h = [("Content-Type", "application/json")];
+    let r = try_call("POST", &s.url(&format!("{base}/documents")), Some(&token), &h, Some(body.to_string().as_bytes()))
+        .ok()?;
+    (r.status == 201 || r.status == 200).then(|| r.json()["id"].as_str().unwrap().to_owned())
+}
+
+/// Two servers on one PostgreSQL database and one S3 bucket, requests alternating between
+/// them: a grant's `max_uses` is exact across both, a revocation at one is refused at the other
+/// on the very next call, both sign checkpoints of one log. Then one server is killed (SIGKILL)
+/// while four writers alternate between them: the other carries on (it takes the sequencer's
+/// lease and the background lease), every acknowledged deposit is readable there, and `check
+/// --read-data` over both stores is clean.
+#[test]
+fn two_servers_share_one_database_and_bucket() {
+    let db = pg::database();
+    let a = Server::start_s3(tempfile::tempdir().unwrap(), &["--metadata", &db.url]);
+    let b = Server::start_beside(&a, &["--metadata", &db.url]);
+    let (_, reader) = register_agency(&a, "so-gd", 31);
+    let citizen = a.owner(CITIZEN);
+    let base = format!("/v1/owners/{CITIZEN}");
+    let data = b"%PDF-1.7 giay khai sinh, hai may chu".to_vec();
+    let id = deposit_at(&b, CITIZEN, &data).expect("deposited at b");
+    let expires = vault::Timestamp::now().plus_seconds(3600).to_string();
+    let r = post_json(
+        &a.url(&format!("{base}/grants")),
+        &citizen,
+        None,
+        &json!({"grantee": "so-gd", "purpose": "1.000001", "purpose_text": "Tuyển sinh", "doc_types": ["giay-khai-sinh"], "expires_at": expires, "max_uses": 3}),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let gid = r.json()["id"].as_str().unwrap().to_owned();
+    let content = format!("{base}/documents/{id}/content");
+    let p = [("Vault-Purpose", "1.000001")];
+    // Alternating: 3 reads allowed, then refused at both.
+    let statuses: Vec<u16> =
+        (0..6).map(|i| call("GET", &[&a, &b][i % 2].url(&content), Some(&reader), &p, None).status).collect();
+    assert_eq!(statuses, [200, 200, 200, 403, 403, 403], "max_uses 3 across both servers");
+    let r = call("GET", &b.url("/v1/grants"), Some(&reader), &[], None);
+    assert_eq!(r.json()["grants"][0]["uses"], 3);
+    // A fresh grant, read at b (warm), revoked at a: refused at b on the next call.
+    let r = post_json(
+        &b.url(&format!("{base}/grants")),
+        &citizen,
+        None,
+        &json!({"grantee": "so-gd", "purpose": "1.000001", "purpose_text": "Tuyển sinh", "doc_types": ["giay-khai-sinh"], "expires_at": expires}),
+    );
+    assert_eq!(r.status, 201);
+    let g2 = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(call("GET", &b.url(&content), Some(&reader), &p, None).status, 200);
+    assert_eq!(call("DELETE", &a.url(&format!("{base}/grants/{g2}")), Some(&citizen), &[], None).status, 204);
+    let r = call("GET", &b.url(&content), Some(&reader), &p, None);
+    assert_eq!((r.status, r.code()), (403, "grant_required".into()), "revoked at a, refused at b");
+    assert_ne!(gid, g2);
+    // One log: a checkpoint at each, the later one at least as large, both verifiable.
+    let size = |s: &Server| {
+        let note = call("GET", &s.url("/v1/audit/checkpoint"), None, &[], None);
+        assert_eq!(note.status, 200);
+        String::from_utf8(note.body).unwrap().lines().nth(1).unwrap().parse::<u64>().unwrap()
+    };
+    let (at_a, at_b) = (size(&a), size(&b));
+    assert!(at_b >= at_a && at_a > 5, "{at_a} {at_b}");
+
+    // Four writers alternating between the servers; a is killed halfway.
+    let pid = a.child.id();
+    let acknowledged = std::sync::Mutex::new(Vec::new());
+    let killed = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for t in 0..4u32 {
+            let (a, b, acknowledged, killed) = (&a, &b, &acknowledged, &killed);
+            s.spawn(move || {
+                // Writers 0 and 1 share an owner: its change lock is taken at both servers.
+                let owner = format!("citizen:{:012}", if t < 2 { 500 } else { 500 + t });
+                for i in 0..24u32 {
+                    if t == 0 && i == 12 {
+                        Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+                        killed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    let data = format!("%PDF-1.7 writer {t} item {i}").into_bytes();
+                    let s = if (t + i) % 2 == 0 { a } else { b };
+                    if let Some(id) = deposit_at(s, &owner, &data) {
+                        acknowledged.lock().unwrap().push((owner.clone(), id, data));
+                    }
+                }
+            });
+        }
+    });
+    assert!(killed.into_inner());
+    let acknowledged = acknowledged.into_inner().unwrap();
+    assert!(acknowledged.len() >= 48, "b acknowledges its half at least: {}", acknowledged.len());
+    // After the kill, b carries on alone: the lease moved (a's open batch, if any, was rolled back).
+    let after = deposit_at(&b, CITIZEN, b"%PDF-1.7 after the kill").expect("b writes after a died");
+    for (owner, id, data) in &acknowledged {
+        let r = call(
+            "GET",
+            &b.url(&format!("/v1/owners/{owner}/documents/{id}/content")),
+            Some(&b.owner(owner)),
+            &[],
+            None,
+        );
+        assert!(r.status == 200 && r.body == *data, "{owner} {id}: {}", r.status);
+    }
+    assert!(size(&b) > at_b);
+    // Every acknowledged document is listed once at b's access log of its owner.
+    let r = call("GET", &b.url(&format!("{base}/documents")), Some(&b.owner(CITIZEN)), &[], None);
+    assert!(r.json()["documents"].as_array().unwrap().iter().any(|d| d["id"] == after.as_str()));
+    // check --read-data over both stores, with both servers gone.
+    let env = a.s3.as_ref().unwrap().env();
+    let (key, data_dir) = (b.dir.path().join("master.key"), b.dir.path().join("data"));
+    let b_dir = b.stop();
+    wait_unlocked(&db);
+    let out = Command::new(binary())
+        .args(["check", "--read-data", "--metadata", &db.url, "--blobs", "s3://vault-test/blobs", "--data"])
+        .arg(&data_dir)
+        .arg("--master-key-file")
+        .arg(&key)
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    drop((a, b_dir));
 }

@@ -100,12 +100,30 @@ impl Server {
         Self::start_full(dir, free_port(), extra, &[], true)
     }
 
+    /// Another instance of the vault `first` serves (same keys), in a folder of its own, on
+    /// the metadata `extra` names (`--metadata postgres://...`, the same as `first`'s) and, when
+    /// `first` keeps its blobs in S3, on the same bucket and prefix.
+    pub fn start_beside(first: &Server, extra: &[&str]) -> Server {
+        Self::start_inner(tempfile::tempdir().unwrap(), free_port(), extra, &[], false, first.s3.as_ref())
+    }
+
     fn start_full(
         dir: tempfile::TempDir,
         port: u16,
         extra: &[&str],
         env: &[(&str, &std::path::Path)],
         in_s3: bool,
+    ) -> Server {
+        Self::start_inner(dir, port, extra, env, in_s3, None)
+    }
+
+    fn start_inner(
+        dir: tempfile::TempDir,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &std::path::Path)],
+        in_s3: bool,
+        shared_s3: Option<&super::s3::S3Server>,
     ) -> Server {
         let key = dir.path().join("master.key");
         std::fs::write(&key, format!("{}\n", B64.encode([5u8; 32]))).unwrap();
@@ -114,7 +132,7 @@ impl Server {
         // The S3 server's folder is in the test's folder, so a restart finds its objects.
         let s3 = in_s3.then(|| super::s3::S3Server::start_in(&dir.path().join("s3"), "vault-test"));
         let mut cmd = Command::new(binary());
-        if let Some(s3) = &s3 {
+        if let Some(s3) = s3.as_ref().or(shared_s3) {
             cmd.args(["--blobs", "s3://vault-test/blobs"]).envs(s3.env());
         }
         let child = cmd
@@ -198,6 +216,18 @@ impl Resp {
 }
 
 pub fn call(method: &str, url: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+    try_call(method, url, token, headers, body).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// [`call`], with a transport failure (a refused or reset connection: a killed server) as an
+/// error rather than a panic; a body cut short is one too.
+pub fn try_call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Result<Resp, String> {
     let mut req = ureq::request(method, url).timeout(Duration::from_secs(30));
     if let Some(t) = token {
         req = req.set("Authorization", &format!("Bearer {t}"));
@@ -212,13 +242,13 @@ pub fn call(method: &str, url: &str, token: Option<&str>, headers: &[(&str, &str
     let resp = match result {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
+        Err(e) => return Err(e.to_string()),
     };
     let status = resp.status();
     let headers = resp.headers_names().iter().map(|n| (n.clone(), resp.header(n).unwrap_or("").to_owned())).collect();
     let mut body = Vec::new();
-    resp.into_reader().read_to_end(&mut body).unwrap();
-    Resp { status, body, headers }
+    resp.into_reader().read_to_end(&mut body).map_err(|e| e.to_string())?;
+    Ok(Resp { status, body, headers })
 }
 
 pub fn post_json(url: &str, token: &str, purpose: Option<&str>, v: &Value) -> Resp {

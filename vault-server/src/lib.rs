@@ -19,3 +19,24 @@ pub fn fuzz_batch(body: &[u8], max: u64) -> Result<usize, u16> {
         .map(|items| items.len())
         .map_err(|e| api::ApiError::from(e).into_response().status().as_u16())
 }
+
+/// Whether this instance runs the periodic work now (expiries, sweeps, statistics, webhook
+/// delivery): of the instances sharing one metadata store, the one holding the store's
+/// background lease; always, on the embedded store (SPEC.md §9a "Several instances").
+pub async fn runs_background_work(vault: &std::sync::Arc<vault::Vault>) -> bool {
+    if !vault.shared_store() {
+        return true;
+    }
+    let v = vault.clone();
+    match tokio::task::spawn_blocking(move || v.background_lease()).await {
+        Ok(Ok(held)) => held,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot check the background lease");
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot check the background lease");
+            false
+        }
+    }
+}

@@ -603,6 +603,9 @@ async fn sweep_pending(vault: Arc<Vault>, every: u64) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if !vault_server::runs_background_work(&vault).await {
+            continue;
+        }
         let v = vault.clone();
         match tokio::task::spawn_blocking(move || v.sweep_pending(vault::Timestamp::now())).await {
             Ok(Ok(r)) if r.claims_removed > 0 => tracing::info!(

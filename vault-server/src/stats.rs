@@ -116,6 +116,9 @@ pub async fn fold_every(vault: Arc<vault::Vault>, every: std::time::Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if !crate::runs_background_work(&vault).await {
+            continue;
+        }
         let v = vault.clone();
         match tokio::task::spawn_blocking(move || v.fold_reuse_stats()).await {
             Ok(Ok(())) => {}

@@ -359,6 +359,9 @@ pub async fn deliver_forever(vault: Arc<Vault>, cfg: WebhookConfig) {
     loop {
         tick.tick().await;
         while attempts.try_join_next().is_some() {}
+        if !crate::runs_background_work(&vault).await {
+            continue;
+        }
         let this = poll.fetch_add(1, Ordering::SeqCst) + 1;
         let v = vault.clone();
         let due = match tokio::task::spawn_blocking(move || v.due_deliveries(Timestamp::now(), 64)).await {
@@ -442,6 +445,9 @@ pub async fn sweep_expiry(vault: Arc<Vault>, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if !crate::runs_background_work(&vault).await {
+            continue;
+        }
         let v = vault.clone();
         match tokio::task::spawn_blocking(move || v.sweep_grant_expiry(Timestamp::now())).await {
             Ok(Ok(n)) if n > 0 => tracing::info!(events = n, "grant.expired events emitted"),

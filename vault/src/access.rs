@@ -160,13 +160,13 @@ pub struct QueuedRead<T> {
     result: Result<T, Error>,
     queued: crate::audit::Queued,
     /// The grant write queued with the entry (key, sequence), reported done at the finish.
-    grant: Option<(Vec<u8>, u64)>,
+    grant: Option<crate::grants::GrantWrite>,
     answer: Option<Result<(u64, u64), Error>>,
 }
 
 /// A read decided and its entry queued: the value, the queued call and the grant write it
 /// carries (key, sequence), if any.
-type DecidedRead<T> = Result<(T, crate::audit::Queued, Option<(Vec<u8>, u64)>), Error>;
+type DecidedRead<T> = Result<(T, crate::audit::Queued, Option<crate::grants::GrantWrite>), Error>;
 
 /// How a non-blocking start of an audited read went.
 #[derive(Debug)]
@@ -531,8 +531,8 @@ impl Vault {
         match (&d.grant, issued_by_caller) {
             (Some(gid), false) => {
                 let gid = GrantId::parse(gid).map_err(|_| Error::GrantRequired)?;
-                let (queued, key, seq) = self.queue_grant_use(&o, &gid, d, tally)?;
-                Ok(((doc, reader), queued, Some((key, seq))))
+                let (queued, write) = self.queue_grant_use(&o, &gid, d, tally)?;
+                Ok(((doc, reader), queued, Some(write)))
             }
             _ => Ok(((doc, reader), self.enqueue_audited(vec![tally], d), None)),
         }
@@ -547,7 +547,7 @@ impl Vault {
         id: &GrantId,
         d: &Draft,
         tally: Op,
-    ) -> Result<(crate::audit::Queued, Vec<u8>, u64), Error> {
+    ) -> Result<(crate::audit::Queued, crate::grants::GrantWrite), Error> {
         Ok({
             // The check and the count are one step under the lock, so max_uses is never
             // exceeded. The write is queued at the sequencer under the lock (writes of a grant
@@ -556,7 +556,7 @@ impl Vault {
             // with its current keys (an erasure since `o` was resolved took the grant with it;
             // one that starts later writes every queued call before its own changes).
             let decided = o;
-            let (_owner_guard, o) = self.owner_for_change(&decided.id, false)?;
+            let (mut owner_guard, o) = self.owner_for_change(&decided.id, false)?;
             let o = &*o.ok_or(Error::GrantRequired)?;
             // The read was decided, and its content opened, under `decided`: if the owner was
             // erased (and perhaps started afresh) since, that content is gone, and so is the grant.
@@ -579,7 +579,11 @@ impl Vault {
             let mut ops = vec![Op::Put(key.clone(), value), tally];
             ops.extend(exhausted);
             let seq = pending.queued(key.clone(), g);
-            (self.enqueue_audited(ops, d), key, seq)
+            // The in-process lock ends here (this instance's later changes of the grant are
+            // applied after this one, in queue order); the store's lock is held until it is
+            // applied, for the other instances'.
+            let write = crate::grants::GrantWrite { key, seq, _lock: owner_guard.take_remote() };
+            (self.enqueue_audited(ops, d), write)
         })
     }
 
@@ -664,8 +668,8 @@ impl Vault {
         match answer {
             Some(_) => {
                 drop(queued);
-                if let Some((key, seq)) = grant {
-                    self.grant_write_done(&key, seq);
+                if let Some(w) = grant {
+                    self.grant_done(w);
                 }
             }
             None => self.abandon_queued(queued, grant),
@@ -683,8 +687,8 @@ impl Vault {
             }
             None => self.await_audited(queued),
         };
-        if let Some((key, seq)) = &grant {
-            self.grant_write_done(key, *seq);
+        if let Some(w) = grant {
+            self.grant_done(w);
         }
         let (ticket, _) = answer.map_err(crate::audit::audit_failed)?;
         // The leader made the batch durable before answering: this does not wait.

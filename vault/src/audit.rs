@@ -89,10 +89,10 @@ struct Queue {
     turn_waiters: usize,
     /// Queued calls whose caller went away ([`Vault::abandon_queued`]): their answers are
     /// dropped, and the grant write each carries is reported done once applied.
-    abandoned: HashMap<u64, Option<(Vec<u8>, u64)>>,
+    abandoned: HashMap<u64, Option<crate::grants::GrantWrite>>,
     /// Grant writes of abandoned calls that are applied (or failed), to report done outside
     /// this lock (the grants lock is taken before it, never after).
-    done_grants: Vec<(Vec<u8>, u64)>,
+    done_grants: Vec<crate::grants::GrantWrite>,
     /// A leader waits on `arrived` for more entries.
     lingering: bool,
     /// The turn was given to an async caller ([`Polled::Lead`]) for [`Vault::lead_queue`].
@@ -330,6 +330,16 @@ pub(crate) fn audit_failed(e: Error) -> Error {
     }
 }
 
+/// The log's size as stored at `Maudit-size` (absent: empty).
+fn stored_size(v: Option<Vec<u8>>) -> Result<u64, Error> {
+    match v {
+        None => Ok(0),
+        Some(v) => {
+            Ok(u64::from_be_bytes(v.as_slice().try_into().map_err(|_| Error::Corrupt("audit log size".into()))?))
+        }
+    }
+}
+
 fn leaf_key(index: u64) -> Vec<u8> {
     key_of(prefix::LEAF, &[&index.to_be_bytes()])
 }
@@ -431,12 +441,7 @@ pub struct InclusionProof {
 
 impl Vault {
     pub(crate) fn load_audit(&self) -> Result<(), Error> {
-        let size = match self.meta().get(KEY_SIZE)? {
-            None => 0,
-            Some(v) => {
-                u64::from_be_bytes(v.as_slice().try_into().map_err(|_| Error::Corrupt("audit log size".into()))?)
-            }
-        };
+        let size = stored_size(self.meta().get(KEY_SIZE)?)?;
         if size > 0 && self.meta().get(&leaf_key(size - 1))?.is_none() {
             return Err(Error::Corrupt(format!("audit log: leaf {} is missing", size - 1)));
         }
@@ -688,8 +693,8 @@ impl Vault {
         }
         let done = std::mem::take(&mut q.done_grants);
         drop(q);
-        for (key, seq) in done {
-            self.grant_write_done(&key, seq);
+        for w in done {
+            self.grant_done(w);
         }
     }
 
@@ -697,14 +702,14 @@ impl Vault {
     /// with its batch (a queued change is never dropped), its answer is discarded, and `grant`,
     /// the grant write it carries, is reported done once it is applied. If this caller was the
     /// one to lead next, the next one is woken.
-    pub(crate) fn abandon_queued(&self, queued: Queued, grant: Option<(Vec<u8>, u64)>) {
+    pub(crate) fn abandon_queued(&self, queued: Queued, grant: Option<crate::grants::GrantWrite>) {
         let id = queued.0;
         let mut q = self.audit.queue();
         q.waiters.remove(&id);
         if q.answers.remove(&id).is_some() {
             drop(q);
-            if let Some((key, seq)) = grant {
-                self.grant_write_done(&key, seq);
+            if let Some(w) = grant {
+                self.grant_done(w);
             }
             return;
         }
@@ -716,9 +721,48 @@ impl Vault {
 
     /// Appends the batch's entries at the right edge and applies every change, leaf, index
     /// entry, tile and the new size as one atomic batch; returns its ticket and first index.
+    ///
+    /// On a shared store the batch is built inside the store's sequencer lock
+    /// ([`crate::store::MetaStore::sequenced`], the lease of SPEC.md §14): the stored size is
+    /// read first, and if another instance appended since this one's last batch, the edge is
+    /// rebuilt from the stored tiles before the entries are placed after it.
     fn write_batch(&self, batch: Vec<Request>) -> Result<(u64, u64), Error> {
         self.audit.lease.check().map_err(audit_failed)?;
         let mut edge = self.audit.edge();
+        if !self.meta().shared() {
+            let (ops, next, first) = self.batch_ops(&edge, batch);
+            let ticket = self.apply_ticket(ops).map_err(audit_failed)?;
+            self.audit.applied.store(next.size(), Ordering::SeqCst);
+            *edge = next;
+            return Ok((ticket, first));
+        }
+        let edge: &mut Edge = &mut edge;
+        let mut batch = Some(batch);
+        let mut placed: Option<(Edge, u64)> = None;
+        let ticket = self
+            .apply_sequenced(&mut |r| {
+                let size = stored_size(r.get(KEY_SIZE)?)?;
+                if size != edge.size() {
+                    *edge = Edge::rebuild(size, |l, n| r.get(&tile_key(l, n)))?
+                        .map_err(|e| Error::Corrupt(format!("audit log: {e}")))?;
+                }
+                let (ops, next, first) = self.batch_ops(edge, batch.take().unwrap_or_default());
+                placed = Some((next, first));
+                Ok(ops)
+            })
+            .map_err(audit_failed)?;
+        let Some((next, first)) = placed else {
+            return Err(audit_failed(Error::Corrupt("the sequenced batch was not built".into())));
+        };
+        self.audit.applied.fetch_max(next.size(), Ordering::SeqCst);
+        *edge = next;
+        Ok((ticket, first))
+    }
+
+    /// The changes that append `batch` after `edge`: each request's changes, its leaf and its
+    /// owner's index entry, the tiles that changed and the new size; with the new edge and the
+    /// first entry's index.
+    fn batch_ops(&self, edge: &Edge, batch: Vec<Request>) -> (Vec<Op>, Edge, u64) {
         let first = edge.size();
         let mut next = edge.clone();
         let mut ops = Vec::new();
@@ -753,10 +797,7 @@ impl Vault {
             ops.push(Op::Put(tile_key(l, n), bytes));
         }
         ops.push(Op::Put(KEY_SIZE.to_vec(), next.size().to_be_bytes().to_vec()));
-        let ticket = self.apply_ticket(ops).map_err(audit_failed)?;
-        self.audit.applied.store(next.size(), Ordering::SeqCst);
-        *edge = next;
-        Ok((ticket, first))
+        (ops, next, first)
     }
 
     /// [`Vault::apply_audited`], adding the changes `more` returns, computed while no other
@@ -816,6 +857,12 @@ impl Vault {
 
     /// The number of durable entries in the log.
     pub fn audit_size(&self) -> Result<u64, Error> {
+        if self.meta().shared() {
+            // Every instance's entries: the stored size (each batch commits durably), never
+            // below what this one applied.
+            let stored = stored_size(self.meta().get(KEY_SIZE)?)?;
+            return Ok(self.audit.applied.fetch_max(stored, Ordering::SeqCst).max(stored));
+        }
         let size = self.audit.applied.load(Ordering::SeqCst);
         self.wait_ticket(self.latest_ticket())?;
         Ok(size)

@@ -50,6 +50,14 @@ pub const MAX_URL: usize = 2048;
 pub const MAX_WEBHOOKS_PER_AGENCY: usize = 16;
 /// Present once the outbox records of versions before the indexes were indexed (plain `1`).
 const KEY_OUTBOX_INDEXED: &[u8] = b"Moutbox-indexed";
+/// Rewritten (16 random bytes) with every change of a subscription: on a shared store an
+/// instance reloads its subscriptions when it finds another value here (SPEC.md §9a).
+const KEY_WEBHOOKS_VERSION: &[u8] = b"Mwebhooks-version";
+
+/// The change of [`KEY_WEBHOOKS_VERSION`] that goes with a change of a subscription.
+fn webhooks_version_op() -> Op {
+    Op::Put(KEY_WEBHOOKS_VERSION.to_vec(), crate::ids::GrantId::random().as_bytes().to_vec())
+}
 /// Longest `last_error` kept with a delivery.
 const MAX_ERROR: usize = 300;
 /// Most events waiting (in `Q`: first attempt or retrying) per subscription. An event for a
@@ -481,6 +489,8 @@ pub fn signed_content(id: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
 #[derive(Debug, Default)]
 pub(crate) struct EventState {
     subs: Mutex<Option<Subs>>,
+    /// The value of [`KEY_WEBHOOKS_VERSION`] when `subs` was loaded (shared stores only).
+    subs_version: Mutex<Option<Vec<u8>>>,
     /// Serialises the rewrites of outbox records (failed attempts, redelivery, delivery, the
     /// sweep, an erasure's deletions) with the deletion of a subscription's records. Taken after
     /// `subs` when both are; never taken by a holder of the audit turn.
@@ -602,6 +612,15 @@ impl Vault {
 
     fn subs(&self) -> Result<MutexGuard<'_, Option<Subs>>, Error> {
         let mut g = self.events.subs.lock().unwrap_or_else(|p| p.into_inner());
+        if self.meta().shared() {
+            // Another instance may have changed a subscription since they were loaded.
+            let now = self.meta().get(KEY_WEBHOOKS_VERSION)?;
+            let mut seen = self.events.subs_version.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen != now {
+                *g = None;
+                *seen = now;
+            }
+        }
         if g.is_none() {
             let mut all = BTreeMap::new();
             for item in self.meta().scan(&[prefix::WEBHOOK]) {
@@ -858,6 +877,11 @@ impl Vault {
             // Under the owner's change lock: no erasure or revocation is between reading the
             // grant and writing the event.
             let (_guard, o) = self.owner_for_change(&o.id, false)?;
+            // Still due: another instance that held the background lease before may have
+            // emitted it since the scan (it deletes the record in the event's batch).
+            if self.meta().get(&k)?.is_none() {
+                continue;
+            }
             let Some(o) = o else {
                 self.apply_durable(ops)?;
                 continue;
@@ -939,7 +963,8 @@ impl Vault {
             };
             let k = sub_key(agency, id);
             // Under the subscriptions' lock: the cache and the records change together.
-            let (ticket, _) = self.apply_audited(vec![Op::Put(k.clone(), self.seal_vault(&k, &w))], &d)?;
+            let (ticket, _) =
+                self.apply_audited(vec![Op::Put(k.clone(), self.seal_vault(&k, &w)), webhooks_version_op()], &d)?;
             all.insert(key, w.clone());
             drop(subs);
             self.wait_ticket(ticket)?;
@@ -994,7 +1019,8 @@ impl Vault {
                 }
                 Ok(ops)
             };
-            let (ticket, _) = self.apply_audited_with(vec![Op::Delete(sub_key(agency, id))], &d, all)?;
+            let (ticket, _) =
+                self.apply_audited_with(vec![Op::Delete(sub_key(agency, id)), webhooks_version_op()], &d, all)?;
             if let Some(s) = subs.as_mut() {
                 s.remove(&key);
             }

@@ -164,6 +164,17 @@ impl PendingGrants {
     }
 }
 
+/// A grant write queued at the audit sequencer: its key and sequence number (for
+/// [`Vault::grant_write_done`]) and, on a shared store, the owner's lock in the store, held
+/// until the write is applied so that no other instance computes a change of the grant from
+/// the value before it (SPEC.md §9a "Several instances").
+#[derive(Debug)]
+pub(crate) struct GrantWrite {
+    pub(crate) key: Vec<u8>,
+    pub(crate) seq: u64,
+    pub(crate) _lock: Option<crate::store::RemoteLock>,
+}
+
 pub(crate) fn grant_key(op: &OwnerRef, id: &GrantId) -> Vec<u8> {
     key_of(prefix::GRANT, &[op, id.as_bytes()])
 }
@@ -250,6 +261,11 @@ impl Vault {
         if pending.by_key.get(key).is_some_and(|(s, _)| *s == seq) {
             pending.by_key.remove(key);
         }
+    }
+
+    /// [`Vault::grant_write_done`] for a [`GrantWrite`], then releases what it holds.
+    pub(crate) fn grant_done(&self, w: GrantWrite) {
+        self.grant_write_done(&w.key, w.seq);
     }
 
     /// Every grant of an owner, oldest first (revoked ones included).

@@ -17,8 +17,11 @@
 //!   refused with [`StoreError::WouldBlock`] (the caller takes its blocking path); any other
 //!   call made there hands the worker's other tasks to another thread first
 //!   (`tokio::task::block_in_place`), since the `postgres` client blocks.
-//! - One vault instance per database: the store holds a session advisory lock for its whole
-//!   life and refuses to open while another holds it ([`StoreError::InUse`]).
+//! - Several vault instances may share one database ([`MetaStore::shared`], SPEC.md §9a
+//!   "Several instances"): the audit sequencer's batches run in transactions that take
+//!   [`SEQUENCER_LOCK`] ([`MetaStore::sequenced`]), owners' change locks are session advisory
+//!   locks on connections of their own ([`MetaStore::lock`]), and one instance at a time holds
+//!   [`BACKGROUND_LOCK`] for the periodic work ([`MetaStore::background_lease`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -32,9 +35,22 @@ use crate::store::{MetaStore, Op, ScanIter, StoreError};
 /// The schema version this build writes and reads (`vault_schema_version.version`).
 pub const SCHEMA_VERSION: i32 = 1;
 
-/// The session advisory lock an open store holds (one instance per database): the bytes
-/// "vault" 0 0 1 as a big-endian integer. Advisory locks are per database.
-pub const INSTANCE_LOCK: i64 = 0x7661_756c_7400_0001;
+/// The advisory lock held while the schema is created or migrated (instances starting together
+/// migrate one at a time): the bytes "vault" 0 0 1 as a big-endian integer. Advisory locks are
+/// per database.
+pub const MIGRATION_LOCK: i64 = 0x7661_756c_7400_0001;
+/// The transaction-level advisory lock every audit batch takes first (the sequencer's lease,
+/// held for one batch: SPEC.md §14 "The lease"): "vault" 0 0 2.
+pub const SEQUENCER_LOCK: i64 = 0x7661_756c_7400_0002;
+/// The session advisory lock of the instance that runs the periodic work: "vault" 0 0 3.
+pub const BACKGROUND_LOCK: i64 = 0x7661_756c_7400_0003;
+/// The first key of the two-key advisory locks of owners' change locks ("vaul"; the second key
+/// is the first four bytes of the lock's name). The two-key space does not meet the one-key one.
+pub const OWNER_LOCK_CLASS: i32 = 0x7661_756c;
+/// Most connections that hold (or wait for) owners' change locks at once.
+const LOCK_CONNECTIONS: usize = 64;
+/// Longest wait for an owner's change lock held by another instance before the call fails.
+const LOCK_TIMEOUT: &str = "60s";
 
 /// How long a query waits for a free pooled connection before it fails.
 const POOL_WAIT: Duration = Duration::from_secs(30);
@@ -59,7 +75,8 @@ CREATE TABLE IF NOT EXISTS vault_signed_floor (
 /// Settings of a [`PgMeta`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PgOptions {
-    /// Most connections open at once for queries (besides the one holding the instance lock).
+    /// Most connections open at once for queries (besides the one holding the background
+    /// lease and those holding owners' change locks).
     pub pool_size: usize,
     /// Rows read per query of a scan.
     pub page_rows: usize,
@@ -82,6 +99,7 @@ struct Statements {
     cas_update: Statement,
     cas_delete: Statement,
     batch: Statement,
+    sequencer_lock: Statement,
 }
 
 struct Conn {
@@ -112,6 +130,7 @@ impl Conn {
                  INSERT INTO vault_meta (k, v) SELECT * FROM unnest($2::bytea[], $3::bytea[]) \
                  ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
             )?,
+            sequencer_lock: client.prepare("SELECT pg_advisory_xact_lock($1)")?,
         };
         Ok(Self { client, st })
     }
@@ -258,10 +277,13 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 /// A [`MetaStore`] in a PostgreSQL database (SPEC.md §9a).
 pub struct PgMeta {
     pool: Pool,
-    /// The connection holding [`INSTANCE_LOCK`] for the life of the store (released when it
-    /// closes, as the store drops).
-    instance: Mutex<Client>,
-    /// The signed floor as last read or raised (this instance is the only writer).
+    /// The connection that holds [`BACKGROUND_LOCK`] once this instance takes the lease, and
+    /// whether it does.
+    instance: Mutex<(Client, bool)>,
+    /// Connections for owners' change locks.
+    locks: std::sync::Arc<LockPool>,
+    /// The signed floor as last read or raised here (raises are monotonic in the database,
+    /// whichever instance raises).
     floor: Mutex<Option<(u64, [u8; 32])>>,
     /// Where, for messages: `postgres://user@host:port/db`, never a password.
     target: String,
@@ -322,13 +344,6 @@ impl PgMeta {
                 move |e: postgres::Error| pg_err(&what, &e)
             };
             let mut instance = config.connect(NoTls).map_err(err("connecting"))?;
-            let locked: bool = instance
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&INSTANCE_LOCK])
-                .and_then(|r| r.try_get(0))
-                .map_err(err("taking the instance lock"))?;
-            if !locked {
-                return Err(StoreError::InUse(target.clone()));
-            }
             let fsync: String =
                 instance.query_one("SHOW fsync", &[]).and_then(|r| r.try_get(0)).map_err(err("reading fsync"))?;
             if fsync != "on" {
@@ -337,7 +352,14 @@ impl PgMeta {
                      acknowledges a write only once it is durable; set fsync = on"
                 )));
             }
-            migrate(&mut instance).map_err(|e| match e {
+            instance
+                .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+                .map_err(err("taking the migration lock"))?;
+            let migrated = migrate(&mut instance);
+            instance
+                .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+                .map_err(err("releasing the migration lock"))?;
+            migrated.map_err(|e| match e {
                 Migration::Pg(e) => pg_err(&format!("creating the schema ({target})"), &e),
                 Migration::Newer(v) => StoreError::Meta(format!(
                     "the vault schema in {target} is version {v}, newer than this build's {SCHEMA_VERSION}: \
@@ -359,7 +381,13 @@ impl PgMeta {
                     freed: Condvar::new(),
                     max: options.pool_size.max(1),
                 },
-                instance: Mutex::new(instance),
+                instance: Mutex::new((instance, false)),
+                locks: std::sync::Arc::new(LockPool {
+                    config: config.clone(),
+                    idle: Mutex::default(),
+                    open: Mutex::new(0),
+                    freed: Condvar::new(),
+                }),
                 floor: Mutex::new(floor),
                 target: target.clone(),
                 page_rows: i64::try_from(options.page_rows.max(1)).unwrap_or(i64::MAX),
@@ -418,13 +446,143 @@ impl PgMeta {
 
 impl Drop for PgMeta {
     fn drop(&mut self) {
-        // Released at once, rather than when the server notices the connection closed, so the
-        // next instance can start right away. Best effort: a failure leaves it to the close.
-        let client = self.instance.get_mut().unwrap_or_else(|p| p.into_inner());
-        off_runtime(|| {
-            let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&INSTANCE_LOCK]);
-        });
+        // Released at once, rather than when the server notices the connection closed, so
+        // another instance can take the background lease right away. Best effort: a failure
+        // leaves it to the connection's close.
+        let (client, held) = self.instance.get_mut().unwrap_or_else(|p| p.into_inner());
+        if *held {
+            off_runtime(|| {
+                let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&BACKGROUND_LOCK]);
+            });
+        }
     }
+}
+
+/// Connections for owners' change locks, each lent for as long as its lock is held: a session
+/// advisory lock belongs to its connection, so it cannot share one with queries. Separate from
+/// the query pool, so that holders of locks waiting for a query connection never starve it.
+struct LockPool {
+    config: postgres::Config,
+    idle: Mutex<Vec<Client>>,
+    open: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl LockPool {
+    fn take(&self, target: &str) -> Result<Client, StoreError> {
+        if let Some(c) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(c);
+        }
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(c) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+                return Ok(c);
+            }
+            if *open < LOCK_CONNECTIONS {
+                *open += 1;
+                drop(open);
+                let connected = self.config.connect(NoTls).and_then(|mut c| {
+                    c.batch_execute(&format!("SET lock_timeout = '{LOCK_TIMEOUT}'"))?;
+                    Ok(c)
+                });
+                return connected.map_err(|e| {
+                    self.closed();
+                    pg_err(&format!("connecting for a change lock ({target})"), &e)
+                });
+            }
+            let (next, timeout) = self.freed.wait_timeout(open, POOL_WAIT).unwrap_or_else(|p| p.into_inner());
+            open = next;
+            if timeout.timed_out() && *open >= LOCK_CONNECTIONS {
+                return Err(StoreError::Meta(format!(
+                    "PostgreSQL ({target}): all {LOCK_CONNECTIONS} change-lock connections stayed busy for {} s",
+                    POOL_WAIT.as_secs()
+                )));
+            }
+        }
+    }
+
+    fn give_back(&self, c: Client) {
+        if c.is_closed() {
+            self.closed();
+            return;
+        }
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+        self.freed.notify_one();
+    }
+
+    fn closed(&self) {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        self.freed.notify_one();
+    }
+}
+
+/// An owner's change lock held on a connection of [`LockPool`].
+struct HeldLock {
+    pool: std::sync::Arc<LockPool>,
+    client: Option<Client>,
+    key: i32,
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        let Some(mut c) = self.client.take() else { return };
+        let key = self.key;
+        let released = off_runtime(|| {
+            c.query_one("SELECT pg_advisory_unlock($1, $2)", &[&OWNER_LOCK_CLASS, &key])
+                .and_then(|r| r.try_get::<_, bool>(0))
+                .unwrap_or(false)
+        });
+        if released {
+            self.pool.give_back(c);
+        } else {
+            // Closing the connection releases whatever it holds.
+            drop(c);
+            self.pool.closed();
+        }
+    }
+}
+
+/// Reads inside a sequenced transaction.
+struct TxRead<'a, 'b> {
+    tx: std::cell::RefCell<&'a mut postgres::Transaction<'b>>,
+    get: &'a Statement,
+}
+
+impl crate::store::MetaRead for TxRead<'_, '_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut tx = self.tx.borrow_mut();
+        tx.query_opt(self.get, &[&key])
+            .and_then(|r| r.map(|r| r.try_get(0)).transpose())
+            .map_err(|e| pg_err("reading in a sequenced batch", &e))
+    }
+}
+
+/// The keys to delete, and the keys and values to put, of a batch.
+type SplitBatch<'a> = (Vec<&'a [u8]>, Vec<&'a [u8]>, Vec<&'a [u8]>);
+
+/// A batch as its keys to delete and its pairs to put: each key's last op only, in key order
+/// (so that concurrent batches lock the rows they share in one order), so the deletes and the
+/// puts touch disjoint keys and run as one statement.
+fn split_ops(ops: &[Op]) -> SplitBatch<'_> {
+    let mut last: std::collections::BTreeMap<&[u8], Option<&[u8]>> = std::collections::BTreeMap::new();
+    for op in ops {
+        match op {
+            Op::Put(k, v) => last.insert(k.as_slice(), Some(v.as_slice())),
+            Op::Delete(k) => last.insert(k.as_slice(), None),
+        };
+    }
+    let mut deletes: Vec<&[u8]> = Vec::new();
+    let (mut keys, mut values): (Vec<&[u8]>, Vec<&[u8]>) = (Vec::new(), Vec::new());
+    for (k, v) in last {
+        match v {
+            Some(v) => {
+                keys.push(k);
+                values.push(v);
+            }
+            None => deletes.push(k),
+        }
+    }
+    (deletes, keys, values)
 }
 
 /// A key and its value.
@@ -531,28 +689,8 @@ impl MetaStore for PgMeta {
         if ops.is_empty() {
             return Ok(());
         }
-        // The batch's effect is each key's last op: keep only that, so the deletes and the puts
-        // touch disjoint keys and run as one statement (a put and a delete of one key, or two
-        // puts, cannot meet in it).
-        // In key order, so that concurrent batches lock the rows they share in one order.
-        let mut last: std::collections::BTreeMap<&[u8], Option<&[u8]>> = std::collections::BTreeMap::new();
-        for op in &ops {
-            match op {
-                Op::Put(k, v) => last.insert(k.as_slice(), Some(v.as_slice())),
-                Op::Delete(k) => last.insert(k.as_slice(), None),
-            };
-        }
-        let mut deletes: Vec<&[u8]> = Vec::new();
-        let (mut keys, mut values): (Vec<&[u8]>, Vec<&[u8]>) = (Vec::new(), Vec::new());
-        for (k, v) in last {
-            match v {
-                Some(v) => {
-                    keys.push(k);
-                    values.push(v);
-                }
-                None => deletes.push(k),
-            }
-        }
+        // The batch's effect is each key's last op (see `split_ops`).
+        let (deletes, keys, values) = split_ops(&ops);
         self.run("applying a batch", |c| {
             // A deadlock victim or a serialization failure was rolled back whole (the outcome
             // is known: nothing applied), so it is tried again, a few times.
@@ -607,8 +745,87 @@ impl MetaStore for PgMeta {
     }
 
     fn close(&self) -> Result<(), StoreError> {
-        // Nothing to flush; the instance lock goes with its connection when the store drops.
+        // Nothing to flush; the background lease goes with its connection when the store drops.
         Ok(())
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn sequenced(&self, build: &mut crate::store::SequencedBuild<'_>) -> Result<(), StoreError> {
+        off_runtime(|| {
+            let mut lent = self.pool.get(&self.target)?;
+            let conn = lent.conn()?;
+            // Err(Ok(e)): `build` failed (the connection is sound); Err(Err(e)): PostgreSQL did.
+            let result = (|| -> Result<(), Result<StoreError, postgres::Error>> {
+                let Conn { client, st } = conn;
+                let mut tx = client.transaction().map_err(Err)?;
+                // The lease for this batch: every other instance's batch waits until the commit,
+                // and one whose holder dies is rolled back with its connection.
+                tx.execute(&st.sequencer_lock, &[&SEQUENCER_LOCK]).map_err(Err)?;
+                let ops = {
+                    let reader = TxRead { tx: std::cell::RefCell::new(&mut tx), get: &st.get };
+                    build(&reader).map_err(Ok)?
+                };
+                if !ops.is_empty() {
+                    let (deletes, keys, values) = split_ops(&ops);
+                    tx.execute(&st.batch, &[&deletes, &keys, &values]).map_err(Err)?;
+                }
+                tx.commit().map_err(Err)
+            })();
+            match result {
+                Ok(()) => Ok(()),
+                Err(Ok(e)) => Err(e),
+                Err(Err(e)) => {
+                    lent.discard();
+                    Err(pg_err("writing a sequenced batch", &e))
+                }
+            }
+        })
+    }
+
+    fn lock(&self, name: &[u8; 16]) -> Result<Option<crate::store::RemoteLock>, StoreError> {
+        Self::refuse_if_nonblocking()?;
+        let key = i32::from_be_bytes([name[0], name[1], name[2], name[3]]);
+        off_runtime(|| {
+            let mut c = self.locks.take(&self.target)?;
+            match c.execute("SELECT pg_advisory_lock($1, $2)", &[&OWNER_LOCK_CLASS, &key]) {
+                Ok(_) => Ok(Some(crate::store::RemoteLock(Box::new(HeldLock {
+                    pool: self.locks.clone(),
+                    client: Some(c),
+                    key,
+                })))),
+                Err(e) => {
+                    drop(c);
+                    self.locks.closed();
+                    Err(pg_err("taking an owner's change lock", &e))
+                }
+            }
+        })
+    }
+
+    fn background_lease(&self) -> Result<bool, StoreError> {
+        let mut guard = self.instance.lock().unwrap_or_else(|p| p.into_inner());
+        let (client, held) = &mut *guard;
+        off_runtime(|| {
+            if *held {
+                // Still ours while its connection lives.
+                if client.simple_query("SELECT 1").is_ok() {
+                    return Ok(true);
+                }
+                *held = false;
+            }
+            if client.is_closed() || client.simple_query("SELECT 1").is_err() {
+                *client = self.pool.config.connect(NoTls).map_err(|e| pg_err("reconnecting", &e))?;
+            }
+            let got: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&BACKGROUND_LOCK])
+                .and_then(|r| r.try_get(0))
+                .map_err(|e| pg_err("taking the background lease", &e))?;
+            *held = got;
+            Ok(got)
+        })
     }
 }
 

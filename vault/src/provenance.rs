@@ -170,6 +170,9 @@ fn used_key(agency: &AgencyId, key: &KeyId) -> Vec<u8> {
     k
 }
 
+/// The name of the registry's change lock in a shared store ([`crate::store::MetaStore::lock`]).
+const REGISTRY_LOCK: [u8; 16] = *b"vault-registry\0\0";
+
 impl Vault {
     /// Creates (`true`) or replaces (`false`) an agency's registration. Dropping a key id that
     /// signed stored documents, or changing its public key, is a [`Error::Conflict`].
@@ -200,6 +203,8 @@ impl Vault {
             }
         }
         let _guard = self.registry_lock();
+        // Registry changes of every instance sharing the store, one at a time.
+        let _remote = self.meta().lock(&REGISTRY_LOCK)?;
         let old = self.agency_uncached(id)?;
         if let Some(old) = &old {
             for k in &old.keys {
@@ -250,6 +255,11 @@ impl Vault {
 
     /// A registered agency.
     pub fn agency(&self, id: &AgencyId) -> Result<Option<Agency>, Error> {
+        // On a shared store another instance may change the registration at any time: it is
+        // read every time (SPEC.md §9a "Several instances").
+        if self.shared_store() {
+            return self.agency_uncached(id);
+        }
         if let Some(hit) = self.agency_cache().get(id) {
             return Ok(hit.clone());
         }

@@ -57,7 +57,7 @@ impl Vault {
         let op = self.owner_ref(owner);
         // Exclusive: no change of this owner is between resolving its keys and applying its
         // batch, and none can start until the erasure is done, blobs included (SPEC.md §17).
-        let _exclusive = self.owner_exclusive(&op);
+        let _exclusive = self.owner_exclusive(&op)?;
         let o = self.owner_locked(owner, false)?;
         let (mut documents, mut contents, mut grants) = (0u64, 0u64, 0u64);
         let mut ops = vec![Op::Delete(key_of(prefix::OWNER, &[&op]))];

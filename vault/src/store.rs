@@ -132,6 +132,64 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
     fn raise_signed_floor(&self, _size: u64, _root: [u8; 32]) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Whether several processes may use this store at once (PostgreSQL, SPEC.md §9a "Several
+    /// instances"). The vault then takes its owners' change locks in the store as well
+    /// ([`MetaStore::lock`]), reads the audit log's head inside each batch
+    /// ([`MetaStore::sequenced`]) and keeps no record in memory that it does not check against
+    /// the store's bytes first.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Runs `build` while holding the store's sequencer lock, which excludes every other
+    /// sequenced call of every process sharing the store, and applies the changes it returns
+    /// atomically with that lock still held; `build` reads through the reader it is given
+    /// (which sees every earlier sequenced call's changes). An error from `build` applies
+    /// nothing. This default, for a store one process owns, runs `build` on the store itself
+    /// (the caller's own sequencer is the only one) and applies its changes as
+    /// [`MetaStore::apply`] does.
+    fn sequenced(&self, build: &mut SequencedBuild<'_>) -> Result<(), StoreError> {
+        let ops = build(&ReadThrough(self))?;
+        self.apply(ops)
+    }
+    /// Takes the lock named `name` in the store, excluding every process sharing it; held until
+    /// the guard drops. None from a store one process owns (its in-process locks suffice).
+    fn lock(&self, _name: &[u8; 16]) -> Result<Option<RemoteLock>, StoreError> {
+        Ok(None)
+    }
+    /// Whether this process holds (or has just taken) the background lease: of the processes
+    /// sharing a store, one runs the periodic work (expiries, sweeps, webhook delivery). A
+    /// holder that dies loses it, and the next call elsewhere takes it. Always true for a store
+    /// one process owns.
+    fn background_lease(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+}
+
+/// What a [`MetaStore::sequenced`] call runs under the sequencer lock: reads, then the changes.
+pub type SequencedBuild<'a> = dyn FnMut(&dyn MetaRead) -> Result<Vec<Op>, StoreError> + Send + 'a;
+
+/// Reads of a [`MetaStore::sequenced`] call.
+pub trait MetaRead {
+    /// The value of a key.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+/// Reads straight from a store.
+struct ReadThrough<'a, S: ?Sized>(&'a S);
+
+impl<S: MetaStore + ?Sized> MetaRead for ReadThrough<'_, S> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(key)
+    }
+}
+
+/// A lock held in a shared store ([`MetaStore::lock`]), released when dropped.
+pub struct RemoteLock(pub Box<dyn Send>);
+
+impl fmt::Debug for RemoteLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RemoteLock")
+    }
 }
 
 /// The embedded metadata store: one sled tree, made durable by a journal.

@@ -291,6 +291,30 @@ impl std::fmt::Debug for Vault {
     }
 }
 
+/// What [`Vault::apply_sequenced`] runs under the store's sequencer lock.
+pub(crate) type SequencedChanges<'a> = dyn FnMut(&dyn crate::store::MetaRead) -> Result<Vec<Op>, Error> + Send + 'a;
+
+/// An owner's change lock held by a change ([`Vault::owner_for_change`]): in-process, and on a
+/// shared store in the store too. The store's lock is released first.
+pub(crate) struct ChangeGuard<'a> {
+    remote: Option<crate::store::RemoteLock>,
+    _local: RwLockReadGuard<'a, ()>,
+}
+
+impl ChangeGuard<'_> {
+    /// Takes the store's lock out of the guard, for a caller that must hold it until its
+    /// change is applied after the in-process lock is released (a grant's counted use).
+    pub(crate) fn take_remote(&mut self) -> Option<crate::store::RemoteLock> {
+        self.remote.take()
+    }
+}
+
+/// An owner's change lock held exclusively (erasure), as [`ChangeGuard`].
+pub(crate) struct ExclusiveGuard<'a> {
+    _remote: Option<crate::store::RemoteLock>,
+    _local: RwLockWriteGuard<'a, ()>,
+}
+
 /// What opening the vault had to clean up after an unclean shutdown.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -695,6 +719,38 @@ impl Vault {
         Ok(self.commit.written())
     }
 
+    /// [`Vault::apply`] of the changes `build` computes under the store's sequencer lock
+    /// ([`MetaStore::sequenced`]; the audit log's batches on a shared store). An error of
+    /// `build` applies nothing and is returned as is; a failed write stops the vault as
+    /// [`Vault::apply`]'s does.
+    pub(crate) fn apply_sequenced(&self, build: &mut SequencedChanges<'_>) -> Result<u64, Error> {
+        self.fail.check()?;
+        let mut refused: Option<Error> = None;
+        let mut deleted: Vec<Vec<u8>> = Vec::new();
+        let applied = self.meta.sequenced(&mut |r| match build(r) {
+            Ok(ops) => {
+                deleted = ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        Op::Delete(k) => Some(k.clone()),
+                        Op::Put(..) => None,
+                    })
+                    .collect();
+                Ok(ops)
+            }
+            Err(e) => {
+                refused = Some(e);
+                Err(crate::store::StoreError::Meta("the batch was not built".into()))
+            }
+        });
+        if let Some(e) = refused {
+            return Err(e);
+        }
+        self.records.evict(deleted.iter().map(Vec::as_slice));
+        applied.map_err(|e| self.fail.trip("writing the metadata", e))?;
+        Ok(self.commit.written())
+    }
+
     /// [`Vault::apply`] for other modules.
     pub(crate) fn apply_ticket(&self, ops: Vec<Op>) -> Result<u64, Error> {
         self.apply(ops)
@@ -735,10 +791,18 @@ impl Vault {
         self.records.clear();
     }
 
+    /// The owner's keys as kept in memory (never on a shared store).
+    fn cached_owner(&self, op: &OwnerRef) -> Option<Arc<OwnerCtx>> {
+        if self.meta.shared() {
+            return None;
+        }
+        self.owners.read().unwrap_or_else(|p| p.into_inner()).get(op).cloned()
+    }
+
     /// The owner of a storage reference, if the owner key exists.
     pub(crate) fn owner_by_ref(&self, op: &OwnerRef) -> Result<Option<Arc<OwnerCtx>>, Error> {
-        if let Some(ctx) = self.owners.read().unwrap_or_else(|p| p.into_inner()).get(op) {
-            return Ok(Some(ctx.clone()));
+        if let Some(ctx) = self.cached_owner(op) {
+            return Ok(Some(ctx));
         }
         let key = key_of(prefix::OWNER, &[op]);
         let Some(sealed) = self.meta.get(&key)? else { return Ok(None) };
@@ -773,9 +837,23 @@ impl Vault {
         Ok(lock.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// The owner's change lock, exclusive (erasure).
-    pub(crate) fn owner_exclusive(&self, op: &OwnerRef) -> RwLockWriteGuard<'_, ()> {
-        self.owner_locks[usize::from(op[0])].write().unwrap_or_else(|p| p.into_inner())
+    /// The owner's change lock, exclusive (erasure); on a shared store with the owner's lock in
+    /// the store (see [`Vault::owner_for_change`]).
+    pub(crate) fn owner_exclusive(&self, op: &OwnerRef) -> Result<ExclusiveGuard<'_>, Error> {
+        let local = self.owner_locks[usize::from(op[0])].write().unwrap_or_else(|p| p.into_inner());
+        let remote = self.meta.lock(op)?;
+        Ok(ExclusiveGuard { _remote: remote, _local: local })
+    }
+
+    /// Whether several instances may share the metadata store ([`MetaStore::shared`]).
+    pub fn shared_store(&self) -> bool {
+        self.meta.shared()
+    }
+
+    /// Whether this instance runs the periodic work now ([`MetaStore::background_lease`]):
+    /// always on a store one process owns; on a shared one, at one instance at a time.
+    pub fn background_lease(&self) -> Result<bool, Error> {
+        Ok(self.meta.background_lease()?)
     }
 
     /// Starts a change of the owner's records: takes the owner's change lock (shared) and
@@ -783,21 +861,28 @@ impl Vault {
     /// an owner erased meanwhile; from here until the guard drops they cannot be, so a batch
     /// sealed with the returned keys and applied under the guard never outlives their key.
     /// After an erasure, `create` starts a fresh owner (new key).
+    ///
+    /// On a shared store the guard holds the owner's lock in the store too (taken after the
+    /// in-process one, so no two locks are ever taken in the other order), and every change
+    /// is applied before its guard drops, so changes of one owner made at several instances
+    /// are serialised as those of one instance are (SPEC.md §9a "Several instances").
     pub(crate) fn owner_for_change(
         &self,
         owner: &OwnerId,
         create: bool,
-    ) -> Result<(RwLockReadGuard<'_, ()>, Option<Arc<OwnerCtx>>), Error> {
-        let guard = self.owner_shared(&self.owner_ref(owner))?;
+    ) -> Result<(ChangeGuard<'_>, Option<Arc<OwnerCtx>>), Error> {
+        let op = self.owner_ref(owner);
+        let local = self.owner_shared(&op)?;
+        let remote = self.meta.lock(&op)?;
         let o = self.owner_locked(owner, create)?;
-        Ok((guard, o))
+        Ok((ChangeGuard { remote, _local: local }, o))
     }
 
     /// [`Vault::owner`] for a caller holding the owner's change lock (shared or exclusive).
     pub(crate) fn owner_locked(&self, owner: &OwnerId, create: bool) -> Result<Option<Arc<OwnerCtx>>, Error> {
         let op = self.owner_ref(owner);
-        if let Some(ctx) = self.owners.read().unwrap_or_else(|p| p.into_inner()).get(&op) {
-            return Ok(Some(ctx.clone()));
+        if let Some(ctx) = self.cached_owner(&op) {
+            return Ok(Some(ctx));
         }
         let key = key_of(prefix::OWNER, &[&op]);
         let owner_key = loop {
@@ -829,6 +914,11 @@ impl Vault {
             }
         };
         let ctx = Arc::new(OwnerCtx { op, id: owner.clone(), keys: OwnerKeys::derive(&owner_key) });
+        // On a shared store another instance may erase the owner at any time: its keys are
+        // read from the store every time, never kept (SPEC.md §9a "Several instances").
+        if self.meta.shared() {
+            return Ok(Some(ctx));
+        }
         // The map's values are immutable once inserted; a poisoned lock cannot hold a half-made entry.
         let mut map = self.owners.write().unwrap_or_else(|p| p.into_inner());
         Ok(Some(map.entry(op).or_insert(ctx).clone()))
@@ -933,6 +1023,9 @@ impl Vault {
     fn owner_keeps(&self, o: &OwnerCtx, digest: Digest, size: u64, audit: Option<&Draft>) -> Result<Stored, Error> {
         let name = o.blob(&digest);
         let key = Self::content_key(o, &name);
+        // On a shared store the owner's lock in the store first (then the stripe, the order of
+        // every change): a deposit at another instance may change the record meanwhile.
+        let _remote = self.meta.lock(&o.op)?;
         let guard = self.stripe(&name);
         match self.get_sealed::<ContentRecord>(&o.keys, &key)? {
             Some(mut rec) if rec.agency_only => {
