@@ -5,7 +5,8 @@
 # page's browser tests, Debian's PostgreSQL server binaries for the PostgreSQL metadata tests,
 # which start their own throwaway cluster, an OpenID provider from npm for the sign-in interop
 # test, an S3 server built once into a cache folder), then runs the workspace's tests (unit,
-# property, crash, end-to-end), the HTTP suites a second time with every server's blobs in S3,
+# property, crash, end-to-end), the HTTP suites a second time with every server's blobs in S3
+# and a third time with every server two instances on one PostgreSQL database and S3 bucket,
 # the schema-driven fuzzer against the server (tests/schemathesis.sh, 2 minutes) and every
 # cargo-fuzz target for 10 s (fuzz/run.sh, when nightly is present).
 set -euo pipefail
@@ -16,6 +17,10 @@ echo "== s3 server"; VAULT_S3_SERVER=$(tests/s3-setup.sh); export VAULT_S3_SERVE
 echo "== cargo test"; cargo test --workspace
 echo "== cargo test, blobs in S3"   # the end-to-end HTTP suites again, each server on --blobs s3://
 VAULT_TEST_BLOBS=s3 cargo test --test server --test server_limits --test server_matrix --test client \
+  --test audit_log --test events --test races --test server_durability --test tlog_tiles --test page --test webhooks
+echo "== cargo test, two instances"   # the same suites, each server two instances on one PostgreSQL
+# database and one S3 bucket, requests alternating between them (SPEC.md §9a "Several instances")
+VAULT_TEST_INSTANCES=2 cargo test --test server --test server_limits --test server_matrix --test client \
   --test audit_log --test events --test races --test server_durability --test tlog_tiles --test page --test webhooks
 echo "== schemathesis"   # tests/schemathesis.sh: the server against its own /openapi.json, 2 min
 if command -v python3 >/dev/null 2>&1; then

@@ -431,6 +431,9 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn a_rolled_back_or_forked_log_is_detected() {
+    if one_process_only("rolls a server's data folder back") {
+        return;
+    }
     let s = Server::start(&[]);
     let port = s.port;
     let work = tempfile::tempdir().unwrap();
@@ -634,6 +637,9 @@ fn route_count(s: &Server, method: &str, route: &str, status: u16) -> u64 {
 
 #[test]
 fn item_9_4_vault_log_pages_and_proves_in_batches() {
+    if one_process_only("counts one server's requests") {
+        return;
+    }
     let s = Server::start(&[]);
     let work = tempfile::tempdir().unwrap();
     let cli = Cli::new(&s.base, work.path());
@@ -707,6 +713,9 @@ fn proxy_without_proofs_extension(upstream: &str) -> String {
 
 #[test]
 fn vault_log_falls_back_to_single_proofs_on_a_server_without_the_extension() {
+    if one_process_only("counts one server's requests") {
+        return;
+    }
     let s = Server::start(&[]);
     let work = tempfile::tempdir().unwrap();
     let proxy = proxy_without_proofs_extension(&s.base);

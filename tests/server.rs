@@ -171,13 +171,13 @@ fn the_whole_story_over_http() {
     assert_eq!(r.status, 404);
     let r = call("GET", &s.url(&format!("{base}/documents")), Some(&citizen), &[], None);
     assert_eq!(r.json()["documents"], json!([]));
-    let r = call("GET", &s.url("/metrics"), None, &[], None);
-    let m = String::from_utf8_lossy(&r.body).into_owned();
+    let m = s.metrics();
     assert!(m.contains("vault_http_requests_total{class=\"2xx\"}"), "{m}");
     assert!(m.contains("vault_http_route_requests_total{route=\"/v1/owners/{owner}/documents/{id}/content\",method=\"GET\",status=\"206\"}"), "{m}");
     assert!(m.contains("vault_http_request_duration_seconds_bucket{route=\"/v1/owners/{owner}/reuse\",method=\"POST\",le=\"+Inf\"}"), "{m}");
     assert!(m.contains("vault_metadata_syncs_total"), "{m}");
     assert!(m.contains("vault_audit_batches_total") && m.contains("vault_audit_entries_total"), "{m}");
+    let r = call("GET", &s.url("/metrics"), None, &[], None);
     assert!(r.header("x-request-id").is_some());
     let r = call("GET", &s.url("/healthz"), None, &[("X-Request-Id", "abc-123")], None);
     assert_eq!(r.header("x-request-id"), Some("abc-123"));
@@ -419,6 +419,9 @@ fn openapi_covers_the_contract() {
 
 #[test]
 fn logs_are_structured_and_never_hold_tokens() {
+    if one_process_only("one server's log file") {
+        return;
+    }
     let s = Server::start(&["--log-json"]);
     let t = s.owner(CITIZEN);
     let (_, agency) = register_agency(&s, "ubnd", 61);
@@ -623,6 +626,9 @@ fn batch_deposits_keep_the_content_limit_and_the_item_limit() {
 
 #[test]
 fn item_9_2_agency_deposit_refusals_are_one_answer_over_http() {
+    if one_process_only("the pending-upload bound is per instance (SPEC.md §9a)") {
+        return;
+    }
     let s = Server::start(&["--max-pending-uploads", "2"]);
     let (sk, agency) = register_agency(&s, "ubnd", 41);
     let owner = s.owner(CITIZEN);

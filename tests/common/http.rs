@@ -23,12 +23,33 @@ pub struct Server {
     pub port: u16,
     /// With `VAULT_TEST_BLOBS=s3`: the S3 server holding this server's blobs.
     pub s3: Option<super::s3::S3Server>,
+    /// With `VAULT_TEST_INSTANCES=2`: the second instance (same PostgreSQL database and S3
+    /// bucket), and the database's URL; [`Server::url`] alternates between the two.
+    pub pair: Option<Box<(Server, String)>>,
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 /// Whether the servers of these tests keep their blobs in S3 (`VAULT_TEST_BLOBS=s3`: tests/all.sh
 /// runs the HTTP suites a second time so).
 pub fn blobs_in_s3() -> bool {
     std::env::var("VAULT_TEST_BLOBS").is_ok_and(|v| v == "s3")
+}
+
+/// True, after saying so, when the calling test checks what one process does by itself
+/// (its logs, its counters and limits, its data folder, its restarts) and so does not run with
+/// two instances (`VAULT_TEST_INSTANCES=2`).
+pub fn one_process_only(what: &str) -> bool {
+    if two_instances() {
+        eprintln!("skipped with two instances: {what}");
+    }
+    two_instances()
+}
+
+/// Whether every server of these tests is two instances on one PostgreSQL database and one S3
+/// bucket, requests alternating between them (`VAULT_TEST_INSTANCES=2`: tests/all.sh runs the
+/// HTTP suites a third time so; SPEC.md §9a "Several instances").
+pub fn two_instances() -> bool {
+    std::env::var("VAULT_TEST_INSTANCES").is_ok_and(|v| v == "2")
 }
 
 impl Drop for Server {
@@ -46,6 +67,29 @@ pub fn binary() -> std::path::PathBuf {
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until no session holds an advisory lock in the database of `url` (a killed server's
+/// connections are closed by the kernel; PostgreSQL lets go of their locks once it sees that).
+pub fn wait_unlocked(url: &str) {
+    let name = url.rsplit('/').next().unwrap_or("").to_owned();
+    let mut admin = super::pg::admin().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+                 WHERE l.locktype = 'advisory' AND d.datname = $1",
+                &[&name],
+            )
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "a killed server's lock was never released");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 pub fn now() -> i64 {
@@ -81,6 +125,12 @@ impl Server {
             .arg(self.dir.path().join("master.key"));
         if let Some(s3) = &self.s3 {
             cmd.args(["--blobs", "s3://vault-test/blobs"]).envs(s3.env());
+        }
+        if let Some(pair) = self.pair.take() {
+            let (second, url) = *pair;
+            drop(second);
+            wait_unlocked(&url);
+            cmd.args(["--metadata", &url]);
         }
         cmd.output().unwrap()
     }
@@ -125,6 +175,41 @@ impl Server {
         in_s3: bool,
         shared_s3: Option<&super::s3::S3Server>,
     ) -> Server {
+        if shared_s3.is_none() && two_instances() && !extra.contains(&"--metadata") {
+            return Self::start_pair(dir, port, extra, env);
+        }
+        Self::start_one(dir, port, extra, env, in_s3, shared_s3)
+    }
+
+    /// Two instances on one new PostgreSQL database (kept with the folder, for a restart in
+    /// it) and the first one's S3 bucket.
+    fn start_pair(dir: tempfile::TempDir, port: u16, extra: &[&str], env: &[(&str, &std::path::Path)]) -> Server {
+        let url_file = dir.path().join("pair-metadata-url");
+        let url = match std::fs::read_to_string(&url_file) {
+            Ok(url) => url,
+            Err(_) => {
+                // Kept until the test binary ends (its cluster goes then), so a restart finds it.
+                let db = std::mem::ManuallyDrop::new(super::pg::database());
+                std::fs::write(&url_file, &db.url).unwrap();
+                db.url.clone()
+            }
+        };
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend(["--metadata", url.as_str()]);
+        let mut first = Self::start_one(dir, port, &args, env, true, None);
+        let second = Self::start_one(tempfile::tempdir().unwrap(), free_port(), &args, env, false, first.s3.as_ref());
+        first.pair = Some(Box::new((second, url)));
+        first
+    }
+
+    fn start_one(
+        dir: tempfile::TempDir,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &std::path::Path)],
+        in_s3: bool,
+        shared_s3: Option<&super::s3::S3Server>,
+    ) -> Server {
         let key = dir.path().join("master.key");
         std::fs::write(&key, format!("{}\n", B64.encode([5u8; 32]))).unwrap();
         let op = SigningKey::from_bytes(&[11; 32]);
@@ -149,7 +234,17 @@ impl Server {
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("server.log")).unwrap())
             .spawn()
             .unwrap();
-        let s = Server { child, base: format!("http://127.0.0.1:{port}"), dir, op, idp, port, s3 };
+        let s = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+            op,
+            idp,
+            port,
+            s3,
+            pair: None,
+            turn: Default::default(),
+        };
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
             if ureq::get(&format!("{}/readyz", s.base)).timeout(Duration::from_secs(2)).call().is_ok() {
@@ -169,8 +264,30 @@ impl Server {
         }
     }
 
+    /// The URL of `path` at every instance (one, or two with `VAULT_TEST_INSTANCES=2`): for
+    /// what each process keeps apart, such as `/metrics`.
+    pub fn each_url(&self, path: &str) -> Vec<String> {
+        let mut out = vec![format!("{}{path}", self.base)];
+        out.extend(self.pair.iter().map(|p| format!("{}{path}", p.0.base)));
+        out
+    }
+
+    /// `/metrics` of every instance, one after the other.
+    pub fn metrics(&self) -> String {
+        self.each_url("/metrics")
+            .iter()
+            .map(|u| String::from_utf8(call("GET", u, None, &[], None).body).unwrap())
+            .collect()
+    }
+
+    /// The URL of `path` at this server; with two instances, at each in turn.
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        match &self.pair {
+            Some(pair) if self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 1 => {
+                format!("{}{path}", pair.0.base)
+            }
+            _ => format!("{}{path}", self.base),
+        }
     }
 
     pub fn operator(&self) -> String {

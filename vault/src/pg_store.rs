@@ -326,8 +326,8 @@ impl PgMeta {
     }
 
     /// [`PgMeta::open`] with `options`. Creates the schema if the database has none, refuses a
-    /// schema of a newer version, a server with `fsync = off`, and a database another instance
-    /// holds ([`StoreError::InUse`]).
+    /// schema of a newer version and a server with `fsync = off`. Other instances may have the
+    /// same database open (SPEC.md §9a "Several instances").
     pub fn open_with(url: &str, options: PgOptions) -> Result<Self, StoreError> {
         let mut config = postgres::Config::from_str(url)
             .map_err(|e| StoreError::Meta(format!("the metadata URL is not a PostgreSQL connection string: {e}")))?;

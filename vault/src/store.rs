@@ -1,10 +1,14 @@
 //! The two narrow storage interfaces the vault core is written against, and the embedded
 //! implementations: sled for metadata, a directory of write-once files for blobs.
 //!
-//! A scale-out backend (SQL for metadata, object storage for blobs) implements these two traits
-//! and nothing else: `pg_store::PgMeta` (cargo feature `postgres`) keeps the metadata in
-//! PostgreSQL. The core never holds plaintext in either: values reaching a [`MetaStore`]
-//! are sealed, blobs reaching a [`BlobStore`] are encrypted.
+//! A scale-out backend implements these two traits: `pg_store::PgMeta` (cargo feature
+//! `postgres`) keeps the metadata in PostgreSQL, `s3_store::S3Blobs` (feature `s3`) the blobs in
+//! object storage. A metadata store that several processes share says so
+//! ([`MetaStore::shared`]) and provides what one process otherwise keeps in memory: the audit
+//! sequencer's lock ([`MetaStore::sequenced`]), owners' change locks ([`MetaStore::lock`]) and
+//! the background lease ([`MetaStore::background_lease`]) (SPEC.md §9a "Several instances").
+//! The core never holds plaintext in either: values reaching a [`MetaStore`] are sealed, blobs
+//! reaching a [`BlobStore`] are encrypted.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -52,12 +56,6 @@ pub enum StoreError {
     /// Another process holds the data folder.
     #[error("the data folder {0} is in use by another process")]
     Locked(String),
-    /// Another vault instance holds the metadata database (PostgreSQL: SPEC.md §9a).
-    #[error(
-        "the metadata database {0} is in use by another vault instance (several instances on one database \
-         are not supported yet: SPEC.md §9a); stop the other one first"
-    )]
-    InUse(String),
     /// The read would block and the caller asked not to (the vault's non-blocking section on
     /// an async executor's thread); it becomes [`crate::Error::WouldBlock`].
     #[error("the metadata read would block")]
