@@ -17,7 +17,7 @@ use common::s3;
 use common::*;
 use vault::mem_store::{MemBlobs, MemMeta};
 use vault::pg_store::{PgMeta, PgOptions};
-use vault::store::{BlobName, BlobStore, FsBlobs, MetaStore, Op, SledMeta, StoreError};
+use vault::store::{BlobName, BlobStore, FsBlobs, LockName, MetaStore, Op, SledMeta, StoreError};
 use vault::{Digest, Vault};
 
 fn put(k: &[u8], v: &[u8]) -> Op {
@@ -659,11 +659,11 @@ fn several_instances_share_one_postgres_database() {
     let err = a.sequenced(&mut |_| Err(StoreError::Meta("refused".into()))).unwrap_err();
     assert!(err.to_string().contains("refused"), "{err}");
     // A change lock held by `a` keeps `b` waiting until it is released.
-    let held = a.lock(&[7; 16]).unwrap().expect("a shared store locks");
+    let held = a.lock(LockName::Owner(&[7; 16])).unwrap().expect("a shared store locks");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
         s.spawn(|| {
-            let got = b.lock(&[7; 16]).unwrap();
+            let got = b.lock(LockName::Owner(&[7; 16])).unwrap();
             tx.send(()).unwrap();
             drop(got);
         });
@@ -672,7 +672,7 @@ fn several_instances_share_one_postgres_database() {
         rx.recv_timeout(std::time::Duration::from_secs(10)).expect("b takes it once a releases it");
     });
     // Another name is not held.
-    drop(b.lock(&[8; 16]).unwrap());
+    drop(b.lock(LockName::Owner(&[8; 16])).unwrap());
     // The background lease: one holder, and it moves when the holder goes.
     assert!(a.background_lease().unwrap());
     assert!(a.background_lease().unwrap(), "kept");

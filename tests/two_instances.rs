@@ -201,3 +201,37 @@ fn two_instances_append_to_one_audit_log() {
         assert!(v.check(true).unwrap().is_clean());
     }
 }
+
+/// An erasure at one instance while the owner's reads are logged at the other: no entry from
+/// before the erasure survives it (the erasure lists the owner's entries under the sequencer's
+/// lease), so the first of the owner's entries afterwards is the erasure's own, at both.
+#[test]
+fn an_erasure_leaves_no_earlier_entry_written_at_the_other_instance() {
+    let p = two_instances("two-erase-race");
+    for round in 0..3u32 {
+        let citizen = owner(40 + round);
+        let me = Caller::owner(citizen.clone());
+        let doc = put_doc(&p.a, &citizen, &content(40 + u64::from(round), 120), "khai-sinh");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                let (stop, me, citizen, doc, a) = (&stop, &me, &citizen, &doc, &p.a);
+                s.spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        // Allowed before the erasure, refused after it: logged either way.
+                        let _ = a.document_as(me, citizen, &doc.id);
+                    }
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            p.b.erase_as(&me, &citizen).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        for v in [&p.a, &p.b] {
+            let entries = v.owner_entries(&citizen).unwrap();
+            assert_eq!(entries.first().map(|e| e.action.as_str()), Some("owner.erase"), "round {round}");
+        }
+    }
+    assert!(p.a.check(true).unwrap().is_clean());
+}

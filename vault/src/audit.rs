@@ -29,6 +29,9 @@ use crate::time::Timestamp;
 use crate::vault::{aad, key_of, prefix, OwnerRef, Vault};
 use crate::{seal, Error};
 
+/// Changes computed while no entry can be appended ([`Vault::apply_audited_with`]).
+type More<'a> = Box<dyn FnOnce() -> Result<Vec<Op>, Error> + Send + 'a>;
+
 /// The first line of every leaf.
 pub const LEAF_VERSION: &str = "vault-audit-v1";
 const KEY_SIZE: &[u8] = b"Maudit-size";
@@ -727,9 +730,20 @@ impl Vault {
     /// read first, and if another instance appended since this one's last batch, the edge is
     /// rebuilt from the stored tiles before the entries are placed after it.
     fn write_batch(&self, batch: Vec<Request>) -> Result<(u64, u64), Error> {
+        self.write_batch_with(batch, None)
+    }
+
+    /// [`Vault::write_batch`], adding to its first request the changes `more` computes while no
+    /// other entry can be appended, by any instance: on a shared store inside the sequencer
+    /// lock, so that what `more` lists (an owner's entries and events, for an erasure) cannot
+    /// gain an entry another instance commits meanwhile.
+    fn write_batch_with(&self, mut batch: Vec<Request>, more: Option<More<'_>>) -> Result<(u64, u64), Error> {
         self.audit.lease.check().map_err(audit_failed)?;
         let mut edge = self.audit.edge();
         if !self.meta().shared() {
+            if let (Some(more), Some(first)) = (more, batch.first_mut()) {
+                first.ops.extend(more()?);
+            }
             let (ops, next, first) = self.batch_ops(&edge, batch);
             let ticket = self.apply_ticket(ops).map_err(audit_failed)?;
             self.audit.applied.store(next.size(), Ordering::SeqCst);
@@ -738,19 +752,36 @@ impl Vault {
         }
         let edge: &mut Edge = &mut edge;
         let mut batch = Some(batch);
+        let mut more = more;
+        let mut refused: Option<Error> = None;
         let mut placed: Option<(Edge, u64)> = None;
-        let ticket = self
-            .apply_sequenced(&mut |r| {
-                let size = stored_size(r.get(KEY_SIZE)?)?;
-                if size != edge.size() {
-                    *edge = Edge::rebuild(size, |l, n| r.get(&tile_key(l, n)))?
-                        .map_err(|e| Error::Corrupt(format!("audit log: {e}")))?;
+        let written = self.apply_sequenced(&mut |r| {
+            let size = stored_size(r.get(KEY_SIZE)?)?;
+            if size != edge.size() {
+                *edge = Edge::rebuild(size, |l, n| r.get(&tile_key(l, n)))?
+                    .map_err(|e| Error::Corrupt(format!("audit log: {e}")))?;
+            }
+            let mut batch = batch.take().unwrap_or_default();
+            // Under the lock: every other instance's entries so far are committed, and no
+            // more can be until this batch is.
+            if let (Some(more), Some(first)) = (more.take(), batch.first_mut()) {
+                match more() {
+                    Ok(extra) => first.ops.extend(extra),
+                    Err(e) => {
+                        refused = Some(e);
+                        return Err(Error::InvalidRequest("not written".into()));
+                    }
                 }
-                let (ops, next, first) = self.batch_ops(edge, batch.take().unwrap_or_default());
-                placed = Some((next, first));
-                Ok(ops)
-            })
-            .map_err(audit_failed)?;
+            }
+            let (ops, next, first) = self.batch_ops(edge, batch);
+            placed = Some((next, first));
+            Ok(ops)
+        });
+        // A failure of `more` is its own (nothing was written), as without a shared store.
+        if let Some(e) = refused {
+            return Err(e);
+        }
+        let ticket = written.map_err(audit_failed)?;
         let Some((next, first)) = placed else {
             return Err(audit_failed(Error::Corrupt("the sequenced batch was not built".into())));
         };
@@ -805,9 +836,9 @@ impl Vault {
     /// caller leads: it writes what is queued first, then itself alone.
     pub(crate) fn apply_audited_with(
         &self,
-        mut ops: Vec<Op>,
+        ops: Vec<Op>,
         draft: &Draft,
-        more: impl FnOnce() -> Result<Vec<Op>, Error>,
+        more: impl FnOnce() -> Result<Vec<Op>, Error> + Send,
     ) -> Result<(u64, u64), Error> {
         let st = &self.audit;
         let mut q = st.queue();
@@ -828,10 +859,8 @@ impl Vault {
             self.write_and_answer(chunk);
             turn.ids.drain(..n);
         }
-        let result = more().and_then(|extra| {
-            ops.extend(extra);
-            self.write_batch(vec![Request { id: u64::MAX, ops, draft: draft.clone() }])
-        });
+        let result =
+            self.write_batch_with(vec![Request { id: u64::MAX, ops, draft: draft.clone() }], Some(Box::new(more)));
         let mut q = st.queue();
         q.last_batch = 1;
         if result.is_ok() {

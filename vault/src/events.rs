@@ -504,6 +504,15 @@ pub(crate) struct EventState {
     outbox_full: AtomicU64,
 }
 
+/// The name of the outbox's lock in a shared store.
+const OUTBOX_LOCK: &str = "vault-outbox";
+
+/// The outbox's lock ([`Vault::outbox_lock`]); the store's part is released first.
+pub(crate) struct OutboxGuard<'a> {
+    _remote: Option<crate::store::RemoteLock>,
+    _local: MutexGuard<'a, ()>,
+}
+
 /// Every subscription, by agency and id.
 type Subs = BTreeMap<(AgencyId, WebhookId), Webhook>;
 
@@ -584,8 +593,14 @@ impl Vault {
         serde_json::from_slice(&plain).map_err(|_| corrupt(key))
     }
 
-    pub(crate) fn outbox_lock(&self) -> MutexGuard<'_, ()> {
-        self.events.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    ///
+    /// On a shared store it is taken in the store too (the lock `vault-outbox`), so that
+    /// the deliverer at one instance never rewrites a record an erasure or a subscription's
+    /// deletion at another removed (SPEC.md §9a "Several instances").
+    pub(crate) fn outbox_lock(&self) -> Result<OutboxGuard<'_>, Error> {
+        let local = self.events.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        let remote = self.meta().lock(crate::store::LockName::Named(OUTBOX_LOCK))?;
+        Ok(OutboxGuard { _remote: remote, _local: local })
     }
 
     /// The counts of waiting events (the guarded map holds no invariant a panic could break).
@@ -638,7 +653,7 @@ impl Vault {
     /// the indexes existed, once in the vault's life: the batch records it (`Moutbox-indexed`),
     /// so later a missing entry is damage that `check` reports, not something repaired quietly.
     fn index_outbox(&self) -> Result<(), Error> {
-        let _outbox = self.outbox_lock();
+        let _outbox = self.outbox_lock()?;
         if self.meta().get(KEY_OUTBOX_INDEXED)?.is_some() {
             return Ok(());
         }
@@ -1009,7 +1024,7 @@ impl Vault {
             // are listed under the audit turn, after every change queued before: an event
             // queued with an earlier change is applied, and deleted here. (One computed before
             // this but queued after is deleted by the next sweep, see `sweep_outbox`.)
-            let _outbox = self.outbox_lock();
+            let _outbox = self.outbox_lock()?;
             let all = || -> Result<Vec<Op>, Error> {
                 let mut ops = Vec::new();
                 for p in [prefix::OUTBOX, prefix::PARKED, prefix::OUTBOX_DUE, prefix::PARKED_AT] {
@@ -1078,7 +1093,7 @@ impl Vault {
     ) -> Result<Delivery, Error> {
         let d = self.require_operator(caller, "webhook.redeliver")?;
         let r = (|| {
-            let _outbox = self.outbox_lock();
+            let _outbox = self.outbox_lock()?;
             let from = outbox_key(prefix::PARKED, agency, id, event);
             let v = self.meta().get(&from)?.ok_or(Error::NotFound("parked event"))?;
             let mut del: Delivery = self.open_vault(&from, &v)?;
@@ -1157,7 +1172,7 @@ impl Vault {
         // Applied under the outbox lock, waited for durability outside it: outcomes of many
         // subscriptions share one sync instead of queueing behind each other's.
         let ticket = {
-            let _outbox = self.outbox_lock();
+            let _outbox = self.outbox_lock()?;
             let was = self.meta().get(&key.q)?.is_some();
             let ticket = self.apply_visible(vec![Op::Delete(key.q.clone()), Op::Delete(key.due.clone())])?;
             if was {
@@ -1181,7 +1196,7 @@ impl Vault {
     }
 
     fn delivery_failed_visible(&self, key: &DeliveryKey, mut d: Delivery) -> Result<Option<u64>, Error> {
-        let _outbox = self.outbox_lock();
+        let _outbox = self.outbox_lock()?;
         let Some(old) = self.meta().get(&key.q)? else { return Ok(None) };
         // The index entry goes with the old state: the one read, and the one the record names
         // (the same, unless something else moved it).
@@ -1232,7 +1247,7 @@ impl Vault {
             self.subs()?.as_ref().map(|s| s.keys().cloned().collect()).unwrap_or_default();
         for (a, w) in &subs {
             loop {
-                let _outbox = self.outbox_lock();
+                let _outbox = self.outbox_lock()?;
                 let start = outbox_prefix(prefix::PARKED_AT, a, w);
                 let mut ops = Vec::new();
                 for item in self.meta().scan(&start) {
@@ -1257,7 +1272,7 @@ impl Vault {
         // outbox is below half its cap (never above it; at most one batch per subscription and
         // sweep): an event the change acknowledged is not left for the operator alone to save.
         for (a, w) in &subs {
-            let _outbox = self.outbox_lock();
+            let _outbox = self.outbox_lock()?;
             let waiting = self.waiting_for(a, w)?;
             let room = (MAX_WAITING_PER_WEBHOOK / 2).saturating_sub(waiting).min(SWEEP_BATCH as u64);
             if room == 0 {
@@ -1300,7 +1315,7 @@ impl Vault {
             let mut from = vec![p];
             loop {
                 let subs = self.subs()?;
-                let _outbox = self.outbox_lock();
+                let _outbox = self.outbox_lock()?;
                 let Some(item) = self.meta().scan_from(&[p], &from).next() else { break };
                 let (k, _) = item?;
                 let Some((a, w, _)) = split_outbox_key(&k) else {

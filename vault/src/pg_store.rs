@@ -45,8 +45,12 @@ pub const SEQUENCER_LOCK: i64 = 0x7661_756c_7400_0002;
 /// The session advisory lock of the instance that runs the periodic work: "vault" 0 0 3.
 pub const BACKGROUND_LOCK: i64 = 0x7661_756c_7400_0003;
 /// The first key of the two-key advisory locks of owners' change locks ("vaul"; the second key
-/// is the first four bytes of the lock's name). The two-key space does not meet the one-key one.
+/// is the first four bytes of the owner's storage reference). The two-key space does not meet
+/// the one-key one.
 pub const OWNER_LOCK_CLASS: i32 = 0x7661_756c;
+/// The first key of the vault's own two-key advisory locks ("vauL"; the second key is the first
+/// four bytes of the BLAKE3 hash of the lock's name: `vault-registry`, `vault-outbox`).
+pub const NAMED_LOCK_CLASS: i32 = 0x7661_754c;
 /// Most connections that hold (or wait for) owners' change locks at once.
 const LOCK_CONNECTIONS: usize = 64;
 /// Longest wait for an owner's change lock held by another instance before the call fails.
@@ -520,15 +524,16 @@ impl LockPool {
 struct HeldLock {
     pool: std::sync::Arc<LockPool>,
     client: Option<Client>,
+    class: i32,
     key: i32,
 }
 
 impl Drop for HeldLock {
     fn drop(&mut self) {
         let Some(mut c) = self.client.take() else { return };
-        let key = self.key;
+        let (class, key) = (self.class, self.key);
         let released = off_runtime(|| {
-            c.query_one("SELECT pg_advisory_unlock($1, $2)", &[&OWNER_LOCK_CLASS, &key])
+            c.query_one("SELECT pg_advisory_unlock($1, $2)", &[&class, &key])
                 .and_then(|r| r.try_get::<_, bool>(0))
                 .unwrap_or(false)
         });
@@ -785,15 +790,25 @@ impl MetaStore for PgMeta {
         })
     }
 
-    fn lock(&self, name: &[u8; 16]) -> Result<Option<crate::store::RemoteLock>, StoreError> {
+    fn lock(&self, name: crate::store::LockName<'_>) -> Result<Option<crate::store::RemoteLock>, StoreError> {
         Self::refuse_if_nonblocking()?;
-        let key = i32::from_be_bytes([name[0], name[1], name[2], name[3]]);
+        // Owners' references are keyed hashes already; the vault's own locks have a class of
+        // their own, so that no owner's lock is ever one of them.
+        let (class, key) = match name {
+            crate::store::LockName::Owner(r) => (OWNER_LOCK_CLASS, i32::from_be_bytes([r[0], r[1], r[2], r[3]])),
+            crate::store::LockName::Named(n) => {
+                let h = blake3::hash(n.as_bytes());
+                let h = h.as_bytes();
+                (NAMED_LOCK_CLASS, i32::from_be_bytes([h[0], h[1], h[2], h[3]]))
+            }
+        };
         off_runtime(|| {
             let mut c = self.locks.take(&self.target)?;
-            match c.execute("SELECT pg_advisory_lock($1, $2)", &[&OWNER_LOCK_CLASS, &key]) {
+            match c.execute("SELECT pg_advisory_lock($1, $2)", &[&class, &key]) {
                 Ok(_) => Ok(Some(crate::store::RemoteLock(Box::new(HeldLock {
                     pool: self.locks.clone(),
                     client: Some(c),
+                    class,
                     key,
                 })))),
                 Err(e) => {

@@ -171,7 +171,7 @@ fn used_key(agency: &AgencyId, key: &KeyId) -> Vec<u8> {
 }
 
 /// The name of the registry's change lock in a shared store ([`crate::store::MetaStore::lock`]).
-const REGISTRY_LOCK: [u8; 16] = *b"vault-registry\0\0";
+const REGISTRY_LOCK: &str = "vault-registry";
 
 impl Vault {
     /// Creates (`true`) or replaces (`false`) an agency's registration. Dropping a key id that
@@ -204,7 +204,7 @@ impl Vault {
         }
         let _guard = self.registry_lock();
         // Registry changes of every instance sharing the store, one at a time.
-        let _remote = self.meta().lock(&REGISTRY_LOCK)?;
+        let _remote = self.meta().lock(crate::store::LockName::Named(REGISTRY_LOCK))?;
         let old = self.agency_uncached(id)?;
         if let Some(old) = &old {
             for k in &old.keys {

@@ -100,7 +100,7 @@ impl Vault {
         }
         // Access-log entries are appended without the owner's lock (reads are logged too): they
         // are listed while no entry can be appended, so every entry before the erasure's goes.
-        let outbox = self.outbox_lock();
+        let outbox = self.outbox_lock()?;
         let entries = || -> Result<Vec<Op>, Error> {
             let mut ops = Vec::new();
             for item in self.meta().scan(&key_of(prefix::OWNER_ENTRY, &[&op])) {

@@ -149,9 +149,9 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
         let ops = build(&ReadThrough(self))?;
         self.apply(ops)
     }
-    /// Takes the lock named `name` in the store, excluding every process sharing it; held until
-    /// the guard drops. None from a store one process owns (its in-process locks suffice).
-    fn lock(&self, _name: &[u8; 16]) -> Result<Option<RemoteLock>, StoreError> {
+    /// Takes the lock `name` in the store, excluding every process sharing it; held until the
+    /// guard drops. None from a store one process owns (its in-process locks suffice).
+    fn lock(&self, _name: LockName<'_>) -> Result<Option<RemoteLock>, StoreError> {
         Ok(None)
     }
     /// Whether this process holds (or has just taken) the background lease: of the processes
@@ -179,6 +179,15 @@ impl<S: MetaStore + ?Sized> MetaRead for ReadThrough<'_, S> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.0.get(key)
     }
+}
+
+/// The name of a lock in a shared store ([`MetaStore::lock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockName<'a> {
+    /// An owner's change lock, by the owner's storage reference.
+    Owner(&'a [u8; 16]),
+    /// A lock of the vault's own (the agency registry, the event outbox).
+    Named(&'static str),
 }
 
 /// A lock held in a shared store ([`MetaStore::lock`]), released when dropped.

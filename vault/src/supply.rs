@@ -308,7 +308,7 @@ impl Vault {
         let name = o.blob(&seen.digest);
         // On a shared store the owner's lock in the store first, as every change takes it: a
         // deposit at another instance may use the content meanwhile.
-        let _remote = self.meta().lock(&o.op)?;
+        let _remote = self.meta().lock(crate::store::LockName::Owner(&o.op))?;
         let _guard = self.stripe_of(&name);
         let current: Option<Supply> = self.get_sealed(&o.keys, key)?;
         if current.as_ref() != Some(seen) {

@@ -841,7 +841,7 @@ impl Vault {
     /// the store (see [`Vault::owner_for_change`]).
     pub(crate) fn owner_exclusive(&self, op: &OwnerRef) -> Result<ExclusiveGuard<'_>, Error> {
         let local = self.owner_locks[usize::from(op[0])].write().unwrap_or_else(|p| p.into_inner());
-        let remote = self.meta.lock(op)?;
+        let remote = self.meta.lock(crate::store::LockName::Owner(op))?;
         Ok(ExclusiveGuard { _remote: remote, _local: local })
     }
 
@@ -873,7 +873,7 @@ impl Vault {
     ) -> Result<(ChangeGuard<'_>, Option<Arc<OwnerCtx>>), Error> {
         let op = self.owner_ref(owner);
         let local = self.owner_shared(&op)?;
-        let remote = self.meta.lock(&op)?;
+        let remote = self.meta.lock(crate::store::LockName::Owner(&op))?;
         let o = self.owner_locked(owner, create)?;
         Ok((ChangeGuard { remote, _local: local }, o))
     }
@@ -1025,7 +1025,7 @@ impl Vault {
         let key = Self::content_key(o, &name);
         // On a shared store the owner's lock in the store first (then the stripe, the order of
         // every change): a deposit at another instance may change the record meanwhile.
-        let _remote = self.meta.lock(&o.op)?;
+        let _remote = self.meta.lock(crate::store::LockName::Owner(&o.op))?;
         let guard = self.stripe(&name);
         match self.get_sealed::<ContentRecord>(&o.keys, &key)? {
             Some(mut rec) if rec.agency_only => {
