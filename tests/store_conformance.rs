@@ -679,6 +679,18 @@ fn several_instances_share_one_postgres_database() {
     assert!(!b.background_lease().unwrap(), "held by a");
     drop(a);
     assert!(b.background_lease().unwrap(), "taken over");
+    // An older build (one instance per database) takes 0x7661756c74000001 exclusively: it
+    // cannot while an instance of this build is open, and this build refuses to open while it
+    // holds it.
+    let mut old = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    let take = "SELECT pg_try_advisory_lock(x'7661756c74000001'::bigint)";
+    assert!(!old.query_one(take, &[]).unwrap().get::<_, bool>(0), "an older build refused beside this one");
+    drop(b);
+    assert!(old.query_one(take, &[]).unwrap().get::<_, bool>(0), "alone, the older build starts");
+    let err = PgMeta::open(&db.url).unwrap_err();
+    assert!(err.to_string().contains("older vault-server"), "{err}");
+    drop(old);
+    drop(PgMeta::open(&db.url).unwrap());
     // A URL that is not one, and a server that is not there, are errors, not panics.
     assert!(matches!(PgMeta::open("postgres://[::1"), Err(StoreError::Meta(_))));
     let port = common::http::free_port();

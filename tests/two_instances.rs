@@ -235,3 +235,76 @@ fn an_erasure_leaves_no_earlier_entry_written_at_the_other_instance() {
     }
     assert!(p.a.check(true).unwrap().is_clean());
 }
+
+/// The reuse statistics (SPEC.md §23) fold tallies into a day's rollup, a read and a rewrite:
+/// folds running in two processes at once while reads are counted at both instances still
+/// count every read exactly once (the fold takes `vault-stats-rollup` in the database). The
+/// second folding process is this test binary again (`fold_until_killed`), since two `Vault`s
+/// in one process would share its in-process lock.
+#[test]
+fn reuse_statistics_fold_exactly_with_folds_in_two_processes() {
+    let p = two_instances("two-stats");
+    let citizen = owner(60);
+    let me = Caller::owner(citizen.clone());
+    let doc = put_doc(&p.a, &citizen, &content(60, 120), "khai-sinh");
+    let before = p.a.reuse_totals().unwrap().content_reads;
+    let settings: Vec<String> = p._s3.settings().iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "fold_until_killed", "--ignored", "--nocapture"])
+        .env("FOLD_PG_URL", &p._db.url)
+        .env("FOLD_S3_URL", format!("s3://{}/shared", p._s3.bucket))
+        .env("FOLD_S3_SETTINGS", settings.join("\n"))
+        .spawn()
+        .unwrap();
+    let reads = 400u64;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (stop, a) = (&stop, &p.a);
+        let folder = s.spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                a.fold_reuse_stats().unwrap();
+            }
+        });
+        let readers: Vec<_> = [&p.a, &p.b, &p.a, &p.b]
+            .into_iter()
+            .map(|v| {
+                let (me, citizen, doc) = (&me, &citizen, &doc);
+                s.spawn(move || {
+                    for _ in 0..reads / 4 {
+                        read_all(v, me, citizen, &doc.id).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for r in readers {
+            r.join().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        folder.join().unwrap();
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let after = p.b.reuse_totals().unwrap().content_reads;
+    assert_eq!(after as i64 - before as i64, reads as i64, "every content read counted exactly once");
+}
+
+/// The other process of `reuse_statistics_fold_exactly_with_folds_in_two_processes`: opens the
+/// vault its parent names and folds until it is killed.
+#[test]
+#[ignore]
+fn fold_until_killed() {
+    let Ok(url) = std::env::var("FOLD_PG_URL") else { return };
+    let settings = std::env::var("FOLD_S3_SETTINGS").unwrap();
+    let settings: Vec<(&str, &str)> = settings.lines().filter_map(|l| l.split_once('=')).collect();
+    let spool = tempfile::tempdir().unwrap();
+    let blobs = vault::s3_store::S3Blobs::open_with(
+        &std::env::var("FOLD_S3_URL").unwrap(),
+        spool.path().join("spool"),
+        &settings,
+    )
+    .unwrap();
+    let v = Vault::open_with(Box::new(PgMeta::open(&url).unwrap()), Box::new(blobs), &master(), None).unwrap();
+    loop {
+        v.fold_reuse_stats().unwrap();
+    }
+}

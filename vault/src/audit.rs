@@ -30,7 +30,7 @@ use crate::vault::{aad, key_of, prefix, OwnerRef, Vault};
 use crate::{seal, Error};
 
 /// Changes computed while no entry can be appended ([`Vault::apply_audited_with`]).
-type More<'a> = Box<dyn FnOnce() -> Result<Vec<Op>, Error> + Send + 'a>;
+type More<'a> = Box<dyn FnMut() -> Result<Vec<Op>, Error> + Send + 'a>;
 
 /// The first line of every leaf.
 pub const LEAF_VERSION: &str = "vault-audit-v1";
@@ -70,6 +70,7 @@ pub struct SequencerStats {
 }
 
 /// A change and its entry, waiting for the sequencer.
+#[derive(Clone)]
 struct Request {
     id: u64,
     ops: Vec<Op>,
@@ -741,7 +742,7 @@ impl Vault {
         self.audit.lease.check().map_err(audit_failed)?;
         let mut edge = self.audit.edge();
         if !self.meta().shared() {
-            if let (Some(more), Some(first)) = (more, batch.first_mut()) {
+            if let (Some(mut more), Some(first)) = (more, batch.first_mut()) {
                 first.ops.extend(more()?);
             }
             let (ops, next, first) = self.batch_ops(&edge, batch);
@@ -751,20 +752,21 @@ impl Vault {
             return Ok((ticket, first));
         }
         let edge: &mut Edge = &mut edge;
-        let mut batch = Some(batch);
         let mut more = more;
         let mut refused: Option<Error> = None;
         let mut placed: Option<(Edge, u64)> = None;
+        // The store may run this more than once (a transaction it retried after a deadlock):
+        // each run builds the whole batch afresh from what it reads.
         let written = self.apply_sequenced(&mut |r| {
             let size = stored_size(r.get(KEY_SIZE)?)?;
             if size != edge.size() {
                 *edge = Edge::rebuild(size, |l, n| r.get(&tile_key(l, n)))?
                     .map_err(|e| Error::Corrupt(format!("audit log: {e}")))?;
             }
-            let mut batch = batch.take().unwrap_or_default();
+            let mut batch = batch.clone();
             // Under the lock: every other instance's entries so far are committed, and no
             // more can be until this batch is.
-            if let (Some(more), Some(first)) = (more.take(), batch.first_mut()) {
+            if let (Some(more), Some(first)) = (more.as_mut(), batch.first_mut()) {
                 match more() {
                     Ok(extra) => first.ops.extend(extra),
                     Err(e) => {
@@ -838,7 +840,7 @@ impl Vault {
         &self,
         ops: Vec<Op>,
         draft: &Draft,
-        more: impl FnOnce() -> Result<Vec<Op>, Error> + Send,
+        more: impl FnMut() -> Result<Vec<Op>, Error> + Send,
     ) -> Result<(u64, u64), Error> {
         let st = &self.audit;
         let mut q = st.queue();

@@ -35,21 +35,26 @@ use crate::store::{MetaStore, Op, ScanIter, StoreError};
 /// The schema version this build writes and reads (`vault_schema_version.version`).
 pub const SCHEMA_VERSION: i32 = 1;
 
+/// The lock that builds allowing one instance per database held exclusively for their whole
+/// life: the bytes "vault" 0 0 1 as a big-endian integer (advisory locks are per database).
+/// Every instance of this build holds it *shared* for its life, so an older build still running
+/// makes it refuse to open, and an older build refuses to start beside it.
+pub const LEGACY_INSTANCE_LOCK: i64 = 0x7661_756c_7400_0001;
 /// The advisory lock held while the schema is created or migrated (instances starting together
-/// migrate one at a time): the bytes "vault" 0 0 1 as a big-endian integer. Advisory locks are
-/// per database.
-pub const MIGRATION_LOCK: i64 = 0x7661_756c_7400_0001;
+/// migrate one at a time): "vault" 0 0 4.
+pub const MIGRATION_LOCK: i64 = 0x7661_756c_7400_0004;
+/// How long a statement on the background lease's connection may take, and how soon a dead peer
+/// is noticed on it (TCP keepalives), so a half-open connection does not keep the lease.
+const LEASE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The transaction-level advisory lock every audit batch takes first (the sequencer's lease,
 /// held for one batch: SPEC.md §14 "The lease"): "vault" 0 0 2.
 pub const SEQUENCER_LOCK: i64 = 0x7661_756c_7400_0002;
 /// The session advisory lock of the instance that runs the periodic work: "vault" 0 0 3.
 pub const BACKGROUND_LOCK: i64 = 0x7661_756c_7400_0003;
-/// The first key of the two-key advisory locks of owners' change locks ("vaul"; the second key
-/// is the first four bytes of the owner's storage reference). The two-key space does not meet
-/// the one-key one.
-pub const OWNER_LOCK_CLASS: i32 = 0x7661_756c;
 /// The first key of the vault's own two-key advisory locks ("vauL"; the second key is the first
-/// four bytes of the BLAKE3 hash of the lock's name: `vault-registry`, `vault-outbox`).
+/// four bytes of the BLAKE3 hash of the lock's name: `vault-registry`, `vault-outbox`,
+/// `vault-stats-rollup`). The two-key space does not meet the one-key one, where owners' change
+/// locks are (the first eight bytes of the owner's storage reference).
 pub const NAMED_LOCK_CLASS: i32 = 0x7661_754c;
 /// Most connections that hold (or wait for) owners' change locks at once.
 const LOCK_CONNECTIONS: usize = 64;
@@ -347,7 +352,17 @@ impl PgMeta {
                 let what = format!("{what} ({target})");
                 move |e: postgres::Error| pg_err(&what, &e)
             };
-            let mut instance = config.connect(NoTls).map_err(err("connecting"))?;
+            let mut instance = connect_instance(&config).map_err(err("connecting"))?;
+            let beside: bool = instance
+                .query_one("SELECT pg_try_advisory_lock_shared($1)", &[&LEGACY_INSTANCE_LOCK])
+                .and_then(|r| r.try_get(0))
+                .map_err(err("checking for an older vault-server"))?;
+            if !beside {
+                return Err(StoreError::Meta(format!(
+                    "the metadata database {target} is held by an older vault-server that allows one instance \
+                     per database: stop it (or upgrade it) first"
+                )));
+            }
             let fsync: String =
                 instance.query_one("SHOW fsync", &[]).and_then(|r| r.try_get(0)).map_err(err("reading fsync"))?;
             if fsync != "on" {
@@ -462,6 +477,16 @@ impl Drop for PgMeta {
     }
 }
 
+/// The connection of the background lease (and of the shared [`LEGACY_INSTANCE_LOCK`]): with
+/// TCP keepalives and a statement timeout, so a dead peer loses the lease within seconds.
+fn connect_instance(config: &postgres::Config) -> Result<Client, postgres::Error> {
+    let mut config = config.clone();
+    config.keepalives(true).keepalives_idle(LEASE_TIMEOUT);
+    let mut c = config.connect(NoTls)?;
+    c.batch_execute(&format!("SET statement_timeout = {}", LEASE_TIMEOUT.as_millis()))?;
+    Ok(c)
+}
+
 /// Connections for owners' change locks, each lent for as long as its lock is held: a session
 /// advisory lock belongs to its connection, so it cannot share one with queries. Separate from
 /// the query pool, so that holders of locks waiting for a query connection never starve it.
@@ -524,18 +549,28 @@ impl LockPool {
 struct HeldLock {
     pool: std::sync::Arc<LockPool>,
     client: Option<Client>,
-    class: i32,
-    key: i32,
+    key: LockKey,
+}
+
+/// The advisory lock of a [`crate::store::LockName`]: an owner's is the one-key lock of the first
+/// eight bytes of its storage reference (a keyed hash); the vault's own are two-key locks in
+/// [`NAMED_LOCK_CLASS`], apart from every owner's.
+#[derive(Clone, Copy)]
+enum LockKey {
+    Owner(i64),
+    Named(i32),
 }
 
 impl Drop for HeldLock {
     fn drop(&mut self) {
         let Some(mut c) = self.client.take() else { return };
-        let (class, key) = (self.class, self.key);
+        let key = self.key;
         let released = off_runtime(|| {
-            c.query_one("SELECT pg_advisory_unlock($1, $2)", &[&class, &key])
-                .and_then(|r| r.try_get::<_, bool>(0))
-                .unwrap_or(false)
+            let r = match key {
+                LockKey::Owner(k) => c.query_one("SELECT pg_advisory_unlock($1)", &[&k]),
+                LockKey::Named(k) => c.query_one("SELECT pg_advisory_unlock($1, $2)", &[&NAMED_LOCK_CLASS, &k]),
+            };
+            r.and_then(|r| r.try_get::<_, bool>(0)).unwrap_or(false)
         });
         if released {
             self.pool.give_back(c);
@@ -761,30 +796,36 @@ impl MetaStore for PgMeta {
     fn sequenced(&self, build: &mut crate::store::SequencedBuild<'_>) -> Result<(), StoreError> {
         off_runtime(|| {
             let mut lent = self.pool.get(&self.target)?;
-            let conn = lent.conn()?;
-            // Err(Ok(e)): `build` failed (the connection is sound); Err(Err(e)): PostgreSQL did.
-            let result = (|| -> Result<(), Result<StoreError, postgres::Error>> {
-                let Conn { client, st } = conn;
-                let mut tx = client.transaction().map_err(Err)?;
-                // The lease for this batch: every other instance's batch waits until the commit,
-                // and one whose holder dies is rolled back with its connection.
-                tx.execute(&st.sequencer_lock, &[&SEQUENCER_LOCK]).map_err(Err)?;
-                let ops = {
-                    let reader = TxRead { tx: std::cell::RefCell::new(&mut tx), get: &st.get };
-                    build(&reader).map_err(Ok)?
-                };
-                if !ops.is_empty() {
-                    let (deletes, keys, values) = split_ops(&ops);
-                    tx.execute(&st.batch, &[&deletes, &keys, &values]).map_err(Err)?;
-                }
-                tx.commit().map_err(Err)
-            })();
-            match result {
-                Ok(()) => Ok(()),
-                Err(Ok(e)) => Err(e),
-                Err(Err(e)) => {
-                    lent.discard();
-                    Err(pg_err("writing a sequenced batch", &e))
+            // A deadlock victim or a serialization failure was rolled back whole (nothing was
+            // applied), so the transaction is run again, `build` included, a few times.
+            let mut tries = 0;
+            loop {
+                let conn = lent.conn()?;
+                // Err(Ok(e)): `build` failed (the connection is sound); Err(Err(e)): PostgreSQL did.
+                let result = (|| -> Result<(), Result<StoreError, postgres::Error>> {
+                    let Conn { client, st } = conn;
+                    let mut tx = client.transaction().map_err(Err)?;
+                    // The lease for this batch: every other instance's batch waits until the commit,
+                    // and one whose holder dies is rolled back with its connection.
+                    tx.execute(&st.sequencer_lock, &[&SEQUENCER_LOCK]).map_err(Err)?;
+                    let ops = {
+                        let reader = TxRead { tx: std::cell::RefCell::new(&mut tx), get: &st.get };
+                        build(&reader).map_err(Ok)?
+                    };
+                    if !ops.is_empty() {
+                        let (deletes, keys, values) = split_ops(&ops);
+                        tx.execute(&st.batch, &[&deletes, &keys, &values]).map_err(Err)?;
+                    }
+                    tx.commit().map_err(Err)
+                })();
+                match result {
+                    Ok(()) => return Ok(()),
+                    Err(Ok(e)) => return Err(e),
+                    Err(Err(e)) if tries < 3 && retryable(&e) => tries += 1,
+                    Err(Err(e)) => {
+                        lent.discard();
+                        return Err(pg_err("writing a sequenced batch", &e));
+                    }
                 }
             }
         })
@@ -794,21 +835,26 @@ impl MetaStore for PgMeta {
         Self::refuse_if_nonblocking()?;
         // Owners' references are keyed hashes already; the vault's own locks have a class of
         // their own, so that no owner's lock is ever one of them.
-        let (class, key) = match name {
-            crate::store::LockName::Owner(r) => (OWNER_LOCK_CLASS, i32::from_be_bytes([r[0], r[1], r[2], r[3]])),
+        let key = match name {
+            crate::store::LockName::Owner(r) => {
+                LockKey::Owner(i64::from_be_bytes([r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]]))
+            }
             crate::store::LockName::Named(n) => {
                 let h = blake3::hash(n.as_bytes());
                 let h = h.as_bytes();
-                (NAMED_LOCK_CLASS, i32::from_be_bytes([h[0], h[1], h[2], h[3]]))
+                LockKey::Named(i32::from_be_bytes([h[0], h[1], h[2], h[3]]))
             }
         };
         off_runtime(|| {
             let mut c = self.locks.take(&self.target)?;
-            match c.execute("SELECT pg_advisory_lock($1, $2)", &[&class, &key]) {
+            let taken = match key {
+                LockKey::Owner(k) => c.execute("SELECT pg_advisory_lock($1)", &[&k]),
+                LockKey::Named(k) => c.execute("SELECT pg_advisory_lock($1, $2)", &[&NAMED_LOCK_CLASS, &k]),
+            };
+            match taken {
                 Ok(_) => Ok(Some(crate::store::RemoteLock(Box::new(HeldLock {
                     pool: self.locks.clone(),
                     client: Some(c),
-                    class,
                     key,
                 })))),
                 Err(e) => {
@@ -832,7 +878,14 @@ impl MetaStore for PgMeta {
                 *held = false;
             }
             if client.is_closed() || client.simple_query("SELECT 1").is_err() {
-                *client = self.pool.config.connect(NoTls).map_err(|e| pg_err("reconnecting", &e))?;
+                *client = connect_instance(&self.pool.config).map_err(|e| pg_err("reconnecting", &e))?;
+                let beside: bool = client
+                    .query_one("SELECT pg_try_advisory_lock_shared($1)", &[&LEGACY_INSTANCE_LOCK])
+                    .and_then(|r| r.try_get(0))
+                    .map_err(|e| pg_err("checking for an older vault-server", &e))?;
+                if !beside {
+                    return Ok(false);
+                }
             }
             let got: bool = client
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&BACKGROUND_LOCK])

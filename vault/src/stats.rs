@@ -28,6 +28,9 @@ use crate::{seal, Error};
 /// Serialises rollups with queries (one writer of `R` keys at a time; tallies are never
 /// rewritten, so changes do not take it).
 static ROLLUP: Mutex<()> = Mutex::new(());
+/// `ROLLUP` across the processes sharing a store (SPEC.md §9a "Several instances"): a fold reads
+/// a rollup and rewrites it, so two at once would count tallies twice or lose them.
+const ROLLUP_LOCK: &str = "vault-stats-rollup";
 
 /// Most tallies one fold batch deletes.
 const FOLD_BATCH: usize = 10_000;
@@ -374,6 +377,7 @@ impl Vault {
         let today = Day::of(Timestamp::now());
         let to = q.to.unwrap_or(today);
         let _g = ROLLUP.lock().unwrap_or_else(|p| p.into_inner());
+        let _remote = self.meta().lock(crate::store::LockName::Named(ROLLUP_LOCK))?;
         self.roll_up()?;
         let mut groups: BTreeMap<Option<String>, Counters> = BTreeMap::new();
         let mut first: Option<Day> = None;
@@ -436,6 +440,7 @@ impl Vault {
     /// only rollups (the server runs it every minute; every query does it too).
     pub fn fold_reuse_stats(&self) -> Result<(), Error> {
         let _g = ROLLUP.lock().unwrap_or_else(|p| p.into_inner());
+        let _remote = self.meta().lock(crate::store::LockName::Named(ROLLUP_LOCK))?;
         self.roll_up()
     }
 

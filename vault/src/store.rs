@@ -142,7 +142,8 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
     /// sequenced call of every process sharing the store, and applies the changes it returns
     /// atomically with that lock still held; `build` reads through the reader it is given
     /// (which sees every earlier sequenced call's changes). An error from `build` applies
-    /// nothing. This default, for a store one process owns, runs `build` on the store itself
+    /// nothing. `build` may be run more than once (a store may retry a transaction the
+    /// database rolled back whole); each run must return the whole change for what it read. This default, for a store one process owns, runs `build` on the store itself
     /// (the caller's own sequencer is the only one) and applies its changes as
     /// [`MetaStore::apply`] does.
     fn sequenced(&self, build: &mut SequencedBuild<'_>) -> Result<(), StoreError> {
