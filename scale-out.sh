@@ -21,6 +21,7 @@ as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
   as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -m fast -w stop >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
@@ -33,7 +34,7 @@ mkdir -p "$WORK/pg"
 as_pg "$PG_BIN/initdb" -D "$WORK/pg" -U vault --auth=trust -E UTF8 --locale=C >/dev/null
 as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/server.log" -w \
   -o "-c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories=$WORK/pg -c max_connections=300" \
-  start >/dev/null
+  start >/dev/null || { cat "$WORK/pg/server.log"; exit 1; }
 psql -q -h 127.0.0.1 -p "$PG_PORT" -U vault -d postgres -c 'CREATE DATABASE vault'
 METADATA="postgres://vault@127.0.0.1:$PG_PORT/vault"
 
