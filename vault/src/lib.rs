@@ -50,6 +50,7 @@ pub mod events;
 pub mod failstop;
 pub mod grants;
 pub mod ids;
+#[cfg(feature = "embedded")]
 pub mod journal;
 pub mod keys;
 pub mod mem_store;

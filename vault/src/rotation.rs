@@ -4,10 +4,8 @@
 //! is finished by running the rotation again with the same two keys. The old key is retired
 //! only after every wrapped key has been verified to open under the new one.
 
-use std::path::Path;
-
 use crate::keys::MasterKey;
-use crate::store::{MetaStore, Op, SledMeta};
+use crate::store::{MetaStore, Op};
 use crate::vault::{aad, prefix};
 use crate::{seal, Error};
 
@@ -29,8 +27,9 @@ pub struct RotationReport {
 }
 
 /// Rotates the master key of the (closed) vault in `dir` from `old` to `new`.
-pub fn rotate_master_key(dir: &Path, old: &MasterKey, new: &MasterKey) -> Result<RotationReport, Error> {
-    let meta = SledMeta::open(&dir.join("meta"))?;
+#[cfg(feature = "embedded")]
+pub fn rotate_master_key(dir: &std::path::Path, old: &MasterKey, new: &MasterKey) -> Result<RotationReport, Error> {
+    let meta = crate::store::SledMeta::open(&dir.join("meta"))?;
     rotate(&meta, old, new)
 }
 

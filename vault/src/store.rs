@@ -209,6 +209,7 @@ impl fmt::Debug for RemoteLock {
 /// emptied; it is also emptied after a sled flush whenever it outgrows
 /// [`crate::journal::CHECKPOINT_BYTES`]. Every value is sealed besides, so corruption is
 /// detected rather than served (SPEC.md §9).
+#[cfg(feature = "embedded")]
 pub struct SledMeta {
     db: sled::Db,
     dir: PathBuf,
@@ -224,12 +225,14 @@ pub struct SledMeta {
     faults: Faults,
 }
 
+#[cfg(feature = "embedded")]
 impl fmt::Debug for SledMeta {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SledMeta")
     }
 }
 
+#[cfg(feature = "embedded")]
 fn sled_err(e: sled::Error) -> StoreError {
     match e {
         sled::Error::Corruption { .. } => StoreError::Damaged {
@@ -241,6 +244,7 @@ fn sled_err(e: sled::Error) -> StoreError {
     }
 }
 
+#[cfg(feature = "embedded")]
 fn batch_of(ops: &[Op]) -> sled::Batch {
     let mut batch = sled::Batch::default();
     for op in ops {
@@ -253,19 +257,26 @@ fn batch_of(ops: &[Op]) -> sled::Batch {
 }
 
 /// sled's segment size for new databases.
+#[cfg(feature = "embedded")]
 const SEGMENT_SIZE: usize = 8 << 20;
 
 /// The name of the journal file inside the sled folder.
+#[cfg(feature = "embedded")]
 pub const JOURNAL_FILE: &str = "vault-journal";
 /// The name of the anchor file inside the sled folder.
+#[cfg(feature = "embedded")]
 pub const ANCHOR_FILE: &str = "vault-anchor";
 
+#[cfg(feature = "embedded")]
 const ANCHOR_MAGIC: &[u8; 8] = b"VLTANCH1";
+#[cfg(feature = "embedded")]
 const ANCHOR_LEN: usize = 112;
+#[cfg(feature = "embedded")]
 const STATE_CONTEXT: &str = "vault 2026-12-02 metadata state digest v1";
 
 /// What is kept outside the database to find it rolled back (SPEC.md §8, "The anchor"): the
 /// store's state at the last checkpoint, and the largest audit checkpoint ever signed.
+#[cfg(feature = "embedded")]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Anchor {
     /// Change sequence, key count and state digest at the last checkpoint.
@@ -276,6 +287,7 @@ pub struct Anchor {
     pub signed_root: [u8; 32],
 }
 
+#[cfg(feature = "embedded")]
 impl Anchor {
     /// The file's bytes: magic, sequence, count, digest, signed size, signed root, and the first
     /// 16 bytes of BLAKE3 of all of these (integers big-endian).
@@ -329,6 +341,7 @@ impl Anchor {
 }
 
 /// The hash of one key and value in the state digest.
+#[cfg(feature = "embedded")]
 fn pair_hash(key: &[u8], value: &[u8]) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key(STATE_CONTEXT);
     h.update(&(key.len() as u64).to_be_bytes());
@@ -337,6 +350,7 @@ fn pair_hash(key: &[u8], value: &[u8]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+#[cfg(feature = "embedded")]
 fn xor_into(d: &mut [u8; 32], h: &[u8; 32]) {
     for (a, b) in d.iter_mut().zip(h) {
         *a ^= b;
@@ -344,6 +358,7 @@ fn xor_into(d: &mut [u8; 32], h: &[u8; 32]) {
 }
 
 /// Key count and state digest of the whole database (a full scan).
+#[cfg(feature = "embedded")]
 fn scan_state(db: &sled::Db) -> Result<(u64, [u8; 32]), StoreError> {
     let mut count = 0u64;
     let mut digest = [0u8; 32];
@@ -355,6 +370,7 @@ fn scan_state(db: &sled::Db) -> Result<(u64, [u8; 32]), StoreError> {
     Ok((count, digest))
 }
 
+#[cfg(feature = "embedded")]
 impl SledMeta {
     /// Opens (or creates) the database in `dir`, replaying its journal and checking the result
     /// against the anchor and the journal's recorded state ([`StoreError::Damaged`] if the
@@ -580,6 +596,7 @@ impl SledMeta {
     }
 }
 
+#[cfg(feature = "embedded")]
 impl MetaStore for SledMeta {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.db.get(key).map_err(sled_err)?.map(|v| v.to_vec()))

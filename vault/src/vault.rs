@@ -18,7 +18,7 @@ use crate::ids::{Digest, DocType, DocumentId, OwnerId};
 use crate::keys::{MasterKey, OwnerKeys, SecretKey};
 use crate::note::VaultSigner;
 use crate::seal::{self, Unsealable};
-use crate::store::{BlobName, BlobRead, BlobStore, FsBlobs, MetaStore, NewBlob, Op, SledMeta};
+use crate::store::{BlobName, BlobRead, BlobStore, MetaStore, NewBlob, Op};
 use crate::stream::{BlobReader, BlobWriter, Finished};
 use crate::supply::By;
 use crate::time::Timestamp;
@@ -374,14 +374,15 @@ impl Vault {
     /// A wrong master key for an existing vault is [`Error::WrongMasterKey`], checked before
     /// anything is written. After an unclean shutdown, unfinished and unreferenced blob files
     /// (from puts that never returned) are removed; see [`Vault::recovery`].
+    #[cfg(feature = "embedded")]
     pub fn open(dir: &Path, master: &MasterKey) -> Result<Self, Error> {
         let io = |what: &str| {
             let what = format!("{what} {}", dir.display());
             move |source| crate::store::StoreError::Io { what, source }
         };
         fs::create_dir_all(dir).map_err(io("creating data folder"))?;
-        let meta = SledMeta::open(&dir.join("meta"))?;
-        let blobs = FsBlobs::open(dir.join("blobs"))?;
+        let meta = crate::store::SledMeta::open(&dir.join("meta"))?;
+        let blobs = crate::store::FsBlobs::open(dir.join("blobs"))?;
         Self::open_with(Box::new(meta), Box::new(blobs), master, Some(dir.join("OPEN")))
     }
 
