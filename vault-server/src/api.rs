@@ -1800,113 +1800,221 @@ async fn method_not_allowed(allow: HeaderValue) -> Response {
     resp
 }
 
-/// Every route: (method, path, summary), the source of both the router and `/openapi.json`.
-pub const ROUTES: &[(&str, &str, &str)] = &[
-    ("post", "/v1/owners/{owner}/contents/missing", "Which of these digests must be uploaded"),
-    (
-        "put",
-        "/v1/owners/{owner}/contents/{digest}",
-        "Upload a content (raw bytes, streamed); with Vault-Deposit, deposit it in the same step",
-    ),
-    (
-        "post",
-        "/v1/owners/{owner}/documents",
-        "Deposit a document about a held content (201; 200 with the existing document for a repeat)",
-    ),
-    ("get", "/v1/owners/{owner}/documents", "List documents (optionally ?doc_type=)"),
-    (
-        "post",
-        "/v1/owners/{owner}/deposits",
-        "Extension: many one-step deposits (a tar of deposit body + content pairs), one durable wait",
-    ),
-    ("get", "/v1/owners/{owner}/documents/{id}", "One document"),
-    ("delete", "/v1/owners/{owner}/documents/{id}", "Delete a document (the owner)"),
-    ("get", "/v1/owners/{owner}/documents/{id}/content", "A document's content (Range, ETag)"),
-    ("post", "/v1/owners/{owner}/documents/{id}/revocation", "Revoke a document (its issuer)"),
-    ("post", "/v1/owners/{owner}/reuse", "Reuse check for a procedure's document types"),
-    ("post", "/v1/owners/{owner}/grants", "Grant an agency access (the owner)"),
-    ("get", "/v1/owners/{owner}/grants", "The owner's grants"),
-    ("delete", "/v1/owners/{owner}/grants/{id}", "Revoke a grant (the owner)"),
-    ("get", "/v1/grants", "Grants given to the calling agency"),
-    ("get", "/v1/owners/{owner}/access-log", "Audit entries about the owner, paged (?after=&limit=; next)"),
-    ("get", "/v1/owners/{owner}/access-log/{index}/leaf", "The leaf bytes of one entry"),
-    (
-        "post",
-        "/v1/owners/{owner}/access-log/proofs",
-        "Extension: leaves and inclusion proofs of up to 1,000 of the owner's entries ({size, indexes})",
-    ),
-    ("get", "/v1/audit/checkpoint", "Signed checkpoint (C2SP signed note)"),
-    ("get", "/v1/audit/proof/inclusion", "RFC 9162 inclusion proof (?index=&size=)"),
-    ("get", "/v1/audit/proof/consistency", "RFC 9162 consistency proof (?from=&to=)"),
-    ("get", "/v1/audit/tile/{tile}", "A C2SP tlog-tiles hash tile (<L>/<N>[.p/<W>], no token)"),
-    ("get", "/v1/owners/{owner}/export", "Everything of the owner as a verifiable tar"),
-    ("delete", "/v1/owners/{owner}", "Erase the owner (crypto-shredding)"),
-    ("put", "/v1/agencies/{agency}", "Register or replace an agency (the operator)"),
-    ("get", "/v1/agencies", "Registered agencies"),
-    ("get", "/v1/agencies/{agency}", "One agency"),
-    ("put", "/v1/agencies/{agency}/webhooks/{id}", "Subscribe the agency to events (the operator)"),
-    ("get", "/v1/agencies/{agency}/webhooks/{id}", "One subscription, its verifying key and outbox counts"),
-    ("delete", "/v1/agencies/{agency}/webhooks/{id}", "Unsubscribe (waiting and parked events go too)"),
-    ("get", "/v1/agencies/{agency}/webhooks/{id}/failed", "Parked events of a subscription"),
-    (
-        "post",
-        "/v1/agencies/{agency}/webhooks/{id}/failed/{event}/redeliver",
-        "Queue a parked event again (same event id, fresh retry window)",
-    ),
-    ("get", "/v1/stats/reuse", "Reuse statistics (?from=&to=&by=procedure|agency|doc_type|month; CSV)"),
-    ("get", "/v1/vault-key", "The vault's signing key"),
-    ("get", "/healthz", "Liveness"),
-    ("get", "/readyz", "Readiness"),
-    ("get", "/metrics", "Prometheus metrics"),
-    ("get", "/openapi.json", "This document"),
+/// One route of the HTTP contract, declared once: the source of the router, of the summaries
+/// and the operation check of `/openapi.json` ([`crate::openapi`]) and of the `Allow` lists of
+/// 405 answers.
+#[derive(Clone, Copy)]
+pub struct Route {
+    /// The method, lower case (`get`, `put`, `post`, `delete`).
+    pub method: &'static str,
+    /// The path, with `{parameters}` as axum and OpenAPI write them.
+    pub path: &'static str,
+    /// A one-line summary (the OpenAPI operation's).
+    pub summary: &'static str,
+    /// The handler as a method router.
+    handler: fn() -> MethodRouter<Arc<AppState>>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method.to_ascii_uppercase(), self.path)
+    }
+}
+
+/// Every route (see [`Route`]).
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "post",
+        path: "/v1/owners/{owner}/contents/missing",
+        summary: "Which of these digests must be uploaded",
+        handler: || post(contents_missing),
+    },
+    Route {
+        method: "put",
+        path: "/v1/owners/{owner}/contents/{digest}",
+        summary: "Upload a content (raw bytes, streamed); with Vault-Deposit, deposit it in the same step",
+        handler: || put(put_content),
+    },
+    Route {
+        method: "post",
+        path: "/v1/owners/{owner}/documents",
+        summary: "Deposit a document about a held content (201; 200 with the existing document for a repeat)",
+        handler: || post(deposit),
+    },
+    Route {
+        method: "get",
+        path: "/v1/owners/{owner}/documents",
+        summary: "List documents (optionally ?doc_type=)",
+        handler: || get(list_documents),
+    },
+    Route {
+        method: "post",
+        path: "/v1/owners/{owner}/deposits",
+        summary: "Extension: many one-step deposits (a tar of deposit body + content pairs), one durable wait",
+        handler: || post(deposit_batch),
+    },
+    Route {
+        method: "get",
+        path: "/v1/owners/{owner}/documents/{id}",
+        summary: "One document",
+        handler: || get(get_document),
+    },
+    Route {
+        method: "delete",
+        path: "/v1/owners/{owner}/documents/{id}",
+        summary: "Delete a document (the owner)",
+        handler: || delete(delete_document),
+    },
+    Route {
+        method: "get",
+        path: "/v1/owners/{owner}/documents/{id}/content",
+        summary: "A document's content (Range, ETag)",
+        handler: || get(get_content),
+    },
+    Route {
+        method: "post",
+        path: "/v1/owners/{owner}/documents/{id}/revocation",
+        summary: "Revoke a document (its issuer)",
+        handler: || post(revoke_document),
+    },
+    Route {
+        method: "post",
+        path: "/v1/owners/{owner}/reuse",
+        summary: "Reuse check for a procedure's document types",
+        handler: || post(reuse),
+    },
+    Route {
+        method: "post",
+        path: "/v1/owners/{owner}/grants",
+        summary: "Grant an agency access (the owner)",
+        handler: || post(create_grant),
+    },
+    Route {
+        method: "get",
+        path: "/v1/owners/{owner}/grants",
+        summary: "The owner's grants",
+        handler: || get(list_grants),
+    },
+    Route {
+        method: "delete",
+        path: "/v1/owners/{owner}/grants/{id}",
+        summary: "Revoke a grant (the owner)",
+        handler: || delete(revoke_grant),
+    },
+    Route {
+        method: "get",
+        path: "/v1/grants",
+        summary: "Grants given to the calling agency",
+        handler: || get(agency_grants),
+    },
+    Route {
+        method: "get",
+        path: "/v1/owners/{owner}/access-log",
+        summary: "Audit entries about the owner, paged (?after=&limit=; next)",
+        handler: || get(access_log),
+    },
+    Route {
+        method: "get",
+        path: "/v1/owners/{owner}/access-log/{index}/leaf",
+        summary: "The leaf bytes of one entry",
+        handler: || get(access_log_leaf),
+    },
+    Route {
+        method: "post",
+        path: "/v1/owners/{owner}/access-log/proofs",
+        summary: "Extension: leaves and inclusion proofs of up to 1,000 of the owner's entries ({size, indexes})",
+        handler: || post(access_log_proofs),
+    },
+    Route {
+        method: "get",
+        path: "/v1/audit/checkpoint",
+        summary: "Signed checkpoint (C2SP signed note)",
+        handler: || get(checkpoint),
+    },
+    Route {
+        method: "get",
+        path: "/v1/audit/proof/inclusion",
+        summary: "RFC 9162 inclusion proof (?index=&size=)",
+        handler: || get(inclusion),
+    },
+    Route {
+        method: "get",
+        path: "/v1/audit/proof/consistency",
+        summary: "RFC 9162 consistency proof (?from=&to=)",
+        handler: || get(consistency),
+    },
+    Route {
+        method: "get",
+        path: "/v1/audit/tile/{tile}",
+        summary: "A C2SP tlog-tiles hash tile (<L>/<N>[.p/<W>], no token)",
+        handler: || get(tile),
+    },
+    Route {
+        method: "get",
+        path: "/v1/owners/{owner}/export",
+        summary: "Everything of the owner as a verifiable tar",
+        handler: || get(export),
+    },
+    Route {
+        method: "delete",
+        path: "/v1/owners/{owner}",
+        summary: "Erase the owner (crypto-shredding)",
+        handler: || delete(erase),
+    },
+    Route {
+        method: "put",
+        path: "/v1/agencies/{agency}",
+        summary: "Register or replace an agency (the operator)",
+        handler: || put(put_agency),
+    },
+    Route { method: "get", path: "/v1/agencies", summary: "Registered agencies", handler: || get(list_agencies) },
+    Route { method: "get", path: "/v1/agencies/{agency}", summary: "One agency", handler: || get(get_agency) },
+    Route {
+        method: "put",
+        path: "/v1/agencies/{agency}/webhooks/{id}",
+        summary: "Subscribe the agency to events (the operator)",
+        handler: || put(crate::webhooks::put_webhook),
+    },
+    Route {
+        method: "get",
+        path: "/v1/agencies/{agency}/webhooks/{id}",
+        summary: "One subscription, its verifying key and outbox counts",
+        handler: || get(crate::webhooks::get_webhook),
+    },
+    Route {
+        method: "delete",
+        path: "/v1/agencies/{agency}/webhooks/{id}",
+        summary: "Unsubscribe (waiting and parked events go too)",
+        handler: || delete(crate::webhooks::delete_webhook),
+    },
+    Route {
+        method: "get",
+        path: "/v1/agencies/{agency}/webhooks/{id}/failed",
+        summary: "Parked events of a subscription",
+        handler: || get(crate::webhooks::failed_events),
+    },
+    Route {
+        method: "post",
+        path: "/v1/agencies/{agency}/webhooks/{id}/failed/{event}/redeliver",
+        summary: "Queue a parked event again (same event id, fresh retry window)",
+        handler: || post(crate::webhooks::redeliver),
+    },
+    Route {
+        method: "get",
+        path: "/v1/stats/reuse",
+        summary: "Reuse statistics (?from=&to=&by=procedure|agency|doc_type|month; CSV)",
+        handler: || get(crate::stats::reuse_stats),
+    },
+    Route { method: "get", path: "/v1/vault-key", summary: "The vault's signing key", handler: || get(vault_key) },
+    Route { method: "get", path: "/healthz", summary: "Liveness", handler: || get(healthz) },
+    Route { method: "get", path: "/readyz", summary: "Readiness", handler: || get(readyz) },
+    Route { method: "get", path: "/metrics", summary: "Prometheus metrics", handler: || get(metrics) },
+    Route { method: "get", path: "/openapi.json", summary: "This document", handler: || get(openapi_json) },
 ];
 
 /// The OpenAPI 3.1 document, generated from the handlers' annotations (see [`crate::openapi`]).
 pub fn openapi() -> Value {
     crate::openapi::document()
-}
-
-fn handler_for(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
-    match (method, path) {
-        ("post", "/v1/owners/{owner}/contents/missing") => post(contents_missing),
-        ("put", "/v1/owners/{owner}/contents/{digest}") => put(put_content),
-        ("post", "/v1/owners/{owner}/documents") => post(deposit),
-        ("post", "/v1/owners/{owner}/deposits") => post(deposit_batch),
-        ("get", "/v1/owners/{owner}/documents") => get(list_documents),
-        ("get", "/v1/owners/{owner}/documents/{id}") => get(get_document),
-        ("delete", "/v1/owners/{owner}/documents/{id}") => delete(delete_document),
-        ("get", "/v1/owners/{owner}/documents/{id}/content") => get(get_content),
-        ("post", "/v1/owners/{owner}/documents/{id}/revocation") => post(revoke_document),
-        ("post", "/v1/owners/{owner}/reuse") => post(reuse),
-        ("post", "/v1/owners/{owner}/grants") => post(create_grant),
-        ("get", "/v1/owners/{owner}/grants") => get(list_grants),
-        ("delete", "/v1/owners/{owner}/grants/{id}") => delete(revoke_grant),
-        ("get", "/v1/grants") => get(agency_grants),
-        ("get", "/v1/owners/{owner}/access-log") => get(access_log),
-        ("get", "/v1/owners/{owner}/access-log/{index}/leaf") => get(access_log_leaf),
-        ("post", "/v1/owners/{owner}/access-log/proofs") => post(access_log_proofs),
-        ("get", "/v1/audit/checkpoint") => get(checkpoint),
-        ("get", "/v1/audit/proof/inclusion") => get(inclusion),
-        ("get", "/v1/audit/proof/consistency") => get(consistency),
-        ("get", "/v1/audit/tile/{tile}") => get(tile),
-        ("get", "/v1/owners/{owner}/export") => get(export),
-        ("delete", "/v1/owners/{owner}") => delete(erase),
-        ("put", "/v1/agencies/{agency}") => put(put_agency),
-        ("get", "/v1/agencies") => get(list_agencies),
-        ("get", "/v1/agencies/{agency}") => get(get_agency),
-        ("put", "/v1/agencies/{agency}/webhooks/{id}") => put(crate::webhooks::put_webhook),
-        ("get", "/v1/agencies/{agency}/webhooks/{id}") => get(crate::webhooks::get_webhook),
-        ("delete", "/v1/agencies/{agency}/webhooks/{id}") => delete(crate::webhooks::delete_webhook),
-        ("get", "/v1/agencies/{agency}/webhooks/{id}/failed") => get(crate::webhooks::failed_events),
-        ("post", "/v1/agencies/{agency}/webhooks/{id}/failed/{event}/redeliver") => post(crate::webhooks::redeliver),
-        ("get", "/v1/stats/reuse") => get(crate::stats::reuse_stats),
-        ("get", "/v1/vault-key") => get(vault_key),
-        ("get", "/healthz") => get(healthz),
-        ("get", "/readyz") => get(readyz),
-        ("get", "/metrics") => get(metrics),
-        ("get", "/openapi.json") => get(openapi_json),
-        _ => get(fallback),
-    }
 }
 
 /// The method as a metrics and log label: one of the standard methods, or `other` (so made-up
@@ -1972,9 +2080,9 @@ async fn observe(st: Arc<AppState>, req: axum::extract::Request, next: axum::mid
 /// The router: every route of [`ROUTES`], JSON errors for unknown routes and methods, metrics.
 pub fn router(state: Arc<AppState>) -> Router {
     let mut by_path: Vec<(&str, MethodRouter<Arc<AppState>>)> = Vec::new();
-    for (method, path, _) in ROUTES {
-        let h = handler_for(method, path);
-        match by_path.iter_mut().find(|(p, _)| p == path) {
+    for route in ROUTES {
+        let (path, h) = (route.path, (route.handler)());
+        match by_path.iter_mut().find(|(p, _)| *p == path) {
             Some((_, mr)) => {
                 let old = std::mem::replace(mr, MethodRouter::new());
                 *mr = old.merge(h);
@@ -1985,7 +2093,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut r = Router::new();
     for (path, mr) in by_path {
         let mut methods: Vec<String> =
-            ROUTES.iter().filter(|(_, p, _)| *p == path).map(|(m, _, _)| m.to_ascii_uppercase()).collect();
+            ROUTES.iter().filter(|r| r.path == path).map(|r| r.method.to_ascii_uppercase()).collect();
         if methods.iter().any(|m| m == "GET") {
             methods.push("HEAD".into());
         }

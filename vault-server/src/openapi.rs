@@ -549,7 +549,9 @@ impl Modify for Contract {
             ];
             for (method, op) in ops {
                 let Some(op) = op.as_mut() else { continue };
-                if let Some((_, _, summary)) = api::ROUTES.iter().find(|(m, p, _)| *m == method && p == path) {
+                if let Some(summary) =
+                    api::ROUTES.iter().find(|r| r.method == method && r.path == path).map(|r| r.summary)
+                {
                     op.summary = Some((*summary).to_owned());
                 }
                 if needs_token(path) {
@@ -636,7 +638,7 @@ mod tests {
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, op) in item.as_object().unwrap() {
                 assert!(
-                    api::ROUTES.iter().any(|(m, p, _)| m == method && p == path),
+                    api::ROUTES.iter().any(|r| r.method == method && r.path == path),
                     "{method} {path} is documented but not routed"
                 );
                 seen += 1;
