@@ -83,7 +83,7 @@ fn build_tree(store: &SledNodes, n: u64) {
 }
 
 fn benches(c: &mut Criterion) {
-    let base = std::env::var("VAULT_BENCH_DIR").unwrap_or_else(|_| ".".into());
+    let base = std::env::var("VAULT_BENCH_DIR").unwrap_or_else(|_| "target".into());
     let dir = tempfile::tempdir_in(base).unwrap();
     let v = Vault::open(&dir.path().join("vault"), &MasterKey::generate()).unwrap();
     let mut g = c.benchmark_group("audit");

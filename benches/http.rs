@@ -122,7 +122,7 @@ fn main() {
         eprintln!("build the server first: cargo build --release -p vault-server");
         std::process::exit(2);
     }
-    let dir = tempfile::tempdir_in(std::env::var("VAULT_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let dir = tempfile::tempdir_in(std::env::var("VAULT_BENCH_DIR").unwrap_or_else(|_| "target".into())).unwrap();
     std::fs::write(dir.path().join("master.key"), B64.encode([9u8; 32])).unwrap();
     let op = SigningKey::from_bytes(&[1; 32]);
     let idp = SigningKey::from_bytes(&[2; 32]);

@@ -98,7 +98,7 @@ fn bare_read(path: &Path, len: usize, cipher: &Aes256Gcm) {
 }
 
 fn benches(c: &mut Criterion) {
-    let dir = tempfile::tempdir_in(std::env::var("VAULT_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let dir = tempfile::tempdir_in(std::env::var("VAULT_BENCH_DIR").unwrap_or_else(|_| "target".into())).unwrap();
     let vault = Vault::open(&dir.path().join("vault"), &MasterKey::generate()).unwrap();
     let cipher = Aes256Gcm::new(&[7u8; 32].into());
     let o = owner();
@@ -247,7 +247,7 @@ fn memory_child() {
             Ok(n)
         }
     }
-    let dir = tempfile::tempdir_in(std::env::var("VAULT_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let dir = tempfile::tempdir_in(std::env::var("VAULT_BENCH_DIR").unwrap_or_else(|_| "target".into())).unwrap();
     let vault = Vault::open(dir.path(), &MasterKey::generate()).unwrap();
     let gen = Gen(1 << 30, blake3::Hasher::new().update(b"1GiB").finalize_xof());
     let t = Instant::now();
