@@ -691,6 +691,13 @@ fn several_instances_share_one_postgres_database() {
     assert!(err.to_string().contains("older vault-server"), "{err}");
     drop(old);
     drop(PgMeta::open(&db.url).unwrap());
+    // A database of a one-instance build (schema 1) is moved to 2, which such builds refuse.
+    let mut c = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    c.execute("UPDATE vault_schema_version SET version = 1", &[]).unwrap();
+    drop(PgMeta::open(&db.url).unwrap());
+    let v: i32 = c.query_one("SELECT version FROM vault_schema_version", &[]).unwrap().get(0);
+    assert_eq!(v, vault::pg_store::SCHEMA_VERSION);
+    assert_eq!(v, 2);
     // A URL that is not one, and a server that is not there, are errors, not panics.
     assert!(matches!(PgMeta::open("postgres://[::1"), Err(StoreError::Meta(_))));
     let port = common::http::free_port();

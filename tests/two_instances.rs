@@ -254,8 +254,16 @@ fn reuse_statistics_fold_exactly_with_folds_in_two_processes() {
         .env("FOLD_PG_URL", &p._db.url)
         .env("FOLD_S3_URL", format!("s3://{}/shared", p._s3.bucket))
         .env("FOLD_S3_SETTINGS", settings.join("\n"))
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // The child says when its vault is open and it folds.
+    let mut said = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    while !said.contains("FOLDING") {
+        said.clear();
+        assert!(std::io::BufRead::read_line(&mut out, &mut said).unwrap() > 0, "the second process ended");
+    }
     let reads = 400u64;
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -282,6 +290,7 @@ fn reuse_statistics_fold_exactly_with_folds_in_two_processes() {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         folder.join().unwrap();
     });
+    assert!(child.try_wait().unwrap().is_none(), "the second process was folding all along");
     child.kill().unwrap();
     child.wait().unwrap();
     let after = p.b.reuse_totals().unwrap().content_reads;
@@ -304,6 +313,8 @@ fn fold_until_killed() {
     )
     .unwrap();
     let v = Vault::open_with(Box::new(PgMeta::open(&url).unwrap()), Box::new(blobs), &master(), None).unwrap();
+    v.fold_reuse_stats().unwrap();
+    println!("FOLDING");
     loop {
         v.fold_reuse_stats().unwrap();
     }

@@ -2348,4 +2348,29 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(resp.headers()[header::ALLOW], "POST, GET, HEAD");
     }
+
+    /// Each route's declared method is the one its handler answers: a route whose `method` and
+    /// `handler` disagreed would answer its own method with 405 (and name a wrong one in
+    /// `Allow` and in `/openapi.json`).
+    #[tokio::test]
+    async fn every_route_answers_its_declared_method() {
+        for r in ROUTES {
+            let mut path = String::new();
+            let mut rest = r.path;
+            while let Some(open) = rest.find('{') {
+                path.push_str(&rest[..open]);
+                let close = open + rest[open..].find('}').unwrap();
+                path.push_str(if &rest[open..=close] == "{tile}" { "0/000" } else { "x" });
+                rest = &rest[close + 1..];
+            }
+            path.push_str(rest);
+            let req = axum::http::Request::builder()
+                .method(r.method.to_ascii_uppercase().as_str())
+                .uri(&path)
+                .body(Body::empty())
+                .unwrap();
+            let resp = router(sealed_state()).oneshot(req).await.unwrap();
+            assert_ne!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{r:?}");
+        }
+    }
 }

@@ -653,6 +653,10 @@ impl Vault {
     /// the indexes existed, once in the vault's life: the batch records it (`Moutbox-indexed`),
     /// so later a missing entry is damage that `check` reports, not something repaired quietly.
     fn index_outbox(&self) -> Result<(), Error> {
+        // Done once in the vault's life: no lock needed to see that it was.
+        if self.meta().get(KEY_OUTBOX_INDEXED)?.is_some() {
+            return Ok(());
+        }
         let _outbox = self.outbox_lock()?;
         if self.meta().get(KEY_OUTBOX_INDEXED)?.is_some() {
             return Ok(());

@@ -32,8 +32,11 @@ use postgres::{Client, NoTls, Statement};
 
 use crate::store::{MetaStore, Op, ScanIter, StoreError};
 
-/// The schema version this build writes and reads (`vault_schema_version.version`).
-pub const SCHEMA_VERSION: i32 = 1;
+/// The schema version this build writes and reads (`vault_schema_version.version`). Version 2
+/// (the tables of version 1) marks a database that instances sharing it use (SPEC.md §9a
+/// "Several instances"): builds of version 1, which allowed one instance per database, refuse
+/// to open it.
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The lock that builds allowing one instance per database held exclusively for their whole
 /// life: the bytes "vault" 0 0 1 as a big-endian integer (advisory locks are per database).
@@ -49,6 +52,10 @@ const LEASE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The transaction-level advisory lock every audit batch takes first (the sequencer's lease,
 /// held for one batch: SPEC.md §14 "The lease"): "vault" 0 0 2.
 pub const SEQUENCER_LOCK: i64 = 0x7661_756c_7400_0002;
+/// Longest wait for the sequencer's lock of a batch (another instance's batch holds it for a
+/// few milliseconds; a dead holder's session ends within about half a minute).
+const SEQUENCER_WAIT_SECS: u32 = 45;
+const SEQUENCER_WAIT: &str = "SET LOCAL lock_timeout = '45s'";
 /// The session advisory lock of the instance that runs the periodic work: "vault" 0 0 3.
 pub const BACKGROUND_LOCK: i64 = 0x7661_756c_7400_0003;
 /// The first key of the vault's own two-key advisory locks ("vauL"; the second key is the first
@@ -249,6 +256,11 @@ fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     }
 }
 
+/// A lock wait that ended at `lock_timeout` (SQLSTATE 55P03).
+fn lock_not_available(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|c| *c == postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+}
+
 /// A transaction PostgreSQL rolled back whole for a conflict with another one.
 fn retryable(e: &postgres::Error) -> bool {
     use postgres::error::SqlState;
@@ -346,6 +358,7 @@ impl PgMeta {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
+        dead_peer_detection(&mut config);
         let target = describe(&config);
         off_runtime(|| {
             let err = |what: &str| {
@@ -385,6 +398,7 @@ impl PgMeta {
                      use a newer vault-server"
                 )),
             })?;
+            bound_statements(&mut instance).map_err(err("setting the statement timeout"))?;
             let floor = read_floor(&mut instance).map_err(|e| match e {
                 Some(e) => pg_err(&format!("reading the signed floor ({target})"), &e),
                 None => StoreError::Damaged {
@@ -477,14 +491,34 @@ impl Drop for PgMeta {
     }
 }
 
-/// The connection of the background lease (and of the shared [`LEGACY_INSTANCE_LOCK`]): with
-/// TCP keepalives and a statement timeout, so a dead peer loses the lease within seconds.
+/// Every connection notices a dead peer within about half a minute, in both directions: the
+/// client's TCP keepalives and user timeout (a dead server), and the server's keepalives and
+/// idle-in-transaction timeout, passed as connection options (a dead client: its session, with
+/// its advisory locks and any open batch transaction, ends, so another instance takes over).
+fn dead_peer_detection(config: &mut postgres::Config) {
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(30));
+    let server = "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 \
+                  -c idle_in_transaction_session_timeout=60000";
+    let options = match config.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} {server}"),
+        _ => server.to_owned(),
+    };
+    config.options(&options);
+}
+
+/// The connection of the background lease (and of the shared [`LEGACY_INSTANCE_LOCK`]).
 fn connect_instance(config: &postgres::Config) -> Result<Client, postgres::Error> {
-    let mut config = config.clone();
-    config.keepalives(true).keepalives_idle(LEASE_TIMEOUT);
-    let mut c = config.connect(NoTls)?;
-    c.batch_execute(&format!("SET statement_timeout = {}", LEASE_TIMEOUT.as_millis()))?;
-    Ok(c)
+    config.connect(NoTls)
+}
+
+/// Bounds the statements of the lease's connection (set once the schema is migrated on it).
+fn bound_statements(c: &mut Client) -> Result<(), postgres::Error> {
+    c.batch_execute(&format!("SET statement_timeout = {}", LEASE_TIMEOUT.as_millis()))
 }
 
 /// Connections for owners' change locks, each lent for as long as its lock is held: a session
@@ -691,7 +725,10 @@ fn migrate(client: &mut Client) -> Result<(), Migration> {
             tx.execute("INSERT INTO vault_schema_version (version) VALUES ($1)", &[&SCHEMA_VERSION])?;
         }
         Some(v) if v > SCHEMA_VERSION => return Err(Migration::Newer(v)),
-        // Version 1 is the first: nothing older to migrate from.
+        // Version 1 to 2: the same tables; the number keeps version-1 builds out from now on.
+        Some(1) => {
+            tx.execute("UPDATE vault_schema_version SET version = $1", &[&SCHEMA_VERSION])?;
+        }
         Some(_) => {}
     }
     tx.commit()?;
@@ -807,6 +844,7 @@ impl MetaStore for PgMeta {
                     let mut tx = client.transaction().map_err(Err)?;
                     // The lease for this batch: every other instance's batch waits until the commit,
                     // and one whose holder dies is rolled back with its connection.
+                    tx.batch_execute(SEQUENCER_WAIT).map_err(Err)?;
                     tx.execute(&st.sequencer_lock, &[&SEQUENCER_LOCK]).map_err(Err)?;
                     let ops = {
                         let reader = TxRead { tx: std::cell::RefCell::new(&mut tx), get: &st.get };
@@ -822,6 +860,14 @@ impl MetaStore for PgMeta {
                     Ok(()) => return Ok(()),
                     Err(Ok(e)) => return Err(e),
                     Err(Err(e)) if tries < 3 && retryable(&e) => tries += 1,
+                    // No lock within the wait: nothing was written, and the call may be tried again.
+                    Err(Err(e)) if lock_not_available(&e) => {
+                        return Err(StoreError::Unavailable(format!(
+                            "PostgreSQL ({}): the audit sequencer's lock was held by another instance for longer than \
+                         {SEQUENCER_WAIT_SECS} s",
+                            self.target
+                        )));
+                    }
                     Err(Err(e)) => {
                         lent.discard();
                         return Err(pg_err("writing a sequenced batch", &e));
@@ -860,7 +906,18 @@ impl MetaStore for PgMeta {
                 Err(e) => {
                     drop(c);
                     self.locks.closed();
-                    Err(pg_err("taking an owner's change lock", &e))
+                    let what = match &name {
+                        crate::store::LockName::Owner(_) => "an owner's change lock",
+                        crate::store::LockName::Named(n) => n,
+                    };
+                    Err(match &name {
+                        _ if lock_not_available(&e) => StoreError::Unavailable(format!(
+                            "PostgreSQL ({}): {what} was held by another call for longer than {LOCK_TIMEOUT}",
+                            self.target
+                        )),
+                        crate::store::LockName::Owner(_) => pg_err("taking an owner's change lock", &e),
+                        crate::store::LockName::Named(n) => pg_err(&format!("taking the lock {n}"), &e),
+                    })
                 }
             }
         })
@@ -879,6 +936,7 @@ impl MetaStore for PgMeta {
             }
             if client.is_closed() || client.simple_query("SELECT 1").is_err() {
                 *client = connect_instance(&self.pool.config).map_err(|e| pg_err("reconnecting", &e))?;
+                bound_statements(client).map_err(|e| pg_err("reconnecting", &e))?;
                 let beside: bool = client
                     .query_one("SELECT pg_try_advisory_lock_shared($1)", &[&LEGACY_INSTANCE_LOCK])
                     .and_then(|r| r.try_get(0))

@@ -716,7 +716,12 @@ impl Vault {
         // After the change is applied: a reader that fetched a deleted record before it does
         // not put it back in the cache (the epoch moved on).
         self.records.evict(deleted.iter().map(Vec::as_slice));
-        applied.map_err(|e| self.fail.trip("writing the metadata", e))?;
+        applied.map_err(|e| match e {
+            // The sequencer's lock was not had in time: nothing was written (the outcome is
+            // known), so the call fails and the vault goes on.
+            e @ crate::store::StoreError::Unavailable(_) => Error::Store(e),
+            e => self.fail.trip("writing the metadata", e),
+        })?;
         Ok(self.commit.written())
     }
 
@@ -748,7 +753,12 @@ impl Vault {
             return Err(e);
         }
         self.records.evict(deleted.iter().map(Vec::as_slice));
-        applied.map_err(|e| self.fail.trip("writing the metadata", e))?;
+        applied.map_err(|e| match e {
+            // The sequencer's lock was not had in time: nothing was written (the outcome is
+            // known), so the call fails and the vault goes on.
+            e @ crate::store::StoreError::Unavailable(_) => Error::Store(e),
+            e => self.fail.trip("writing the metadata", e),
+        })?;
         Ok(self.commit.written())
     }
 
