@@ -3,10 +3,6 @@
 
 use axum::serve::ListenerExt;
 
-/// See the workspace's Cargo.toml for why.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
