@@ -860,6 +860,15 @@ impl MetaStore for PgMeta {
                     Ok(()) => return Ok(()),
                     Err(Ok(e)) => return Err(e),
                     Err(Err(e)) if tries < 3 && retryable(&e) => tries += 1,
+                    // Rolled back whole each time: nothing was applied, so the call fails and the
+                    // instance goes on.
+                    Err(Err(e)) if retryable(&e) => {
+                        return Err(StoreError::Unavailable(format!(
+                            "PostgreSQL ({}): a sequenced batch was rolled back {} times: {e}",
+                            self.target,
+                            tries + 1
+                        )));
+                    }
                     // No lock within the wait: nothing was written, and the call may be tried again.
                     Err(Err(e)) if lock_not_available(&e) => {
                         return Err(StoreError::Unavailable(format!(
