@@ -154,9 +154,11 @@ impl Server {
     /// the metadata `extra` names (`--metadata postgres://...`, the same as `first`'s) and, when
     /// `first` keeps its blobs in S3, on the same bucket and prefix.
     pub fn start_beside(first: &Server, extra: &[&str]) -> Server {
-        Self::start_inner(tempfile::tempdir().unwrap(), free_port(), extra, &[], false, first.s3.as_ref())
+        Self::start_one(tempfile::tempdir().unwrap(), free_port(), extra, &[], false, first.s3.as_ref())
     }
 
+    /// One server, or two instances with `VAULT_TEST_INSTANCES=2` unless `extra` names the
+    /// metadata itself.
     fn start_full(
         dir: tempfile::TempDir,
         port: u16,
@@ -164,21 +166,10 @@ impl Server {
         env: &[(&str, &std::path::Path)],
         in_s3: bool,
     ) -> Server {
-        Self::start_inner(dir, port, extra, env, in_s3, None)
-    }
-
-    fn start_inner(
-        dir: tempfile::TempDir,
-        port: u16,
-        extra: &[&str],
-        env: &[(&str, &std::path::Path)],
-        in_s3: bool,
-        shared_s3: Option<&super::s3::S3Server>,
-    ) -> Server {
-        if shared_s3.is_none() && two_instances() && !extra.contains(&"--metadata") {
+        if two_instances() && !extra.contains(&"--metadata") {
             return Self::start_pair(dir, port, extra, env);
         }
-        Self::start_one(dir, port, extra, env, in_s3, shared_s3)
+        Self::start_one(dir, port, extra, env, in_s3, None)
     }
 
     /// Two instances on one new PostgreSQL database (kept with the folder, for a restart in

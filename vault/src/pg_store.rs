@@ -365,7 +365,7 @@ impl PgMeta {
                 let what = format!("{what} ({target})");
                 move |e: postgres::Error| pg_err(&what, &e)
             };
-            let mut instance = connect_instance(&config).map_err(err("connecting"))?;
+            let mut instance = config.connect(NoTls).map_err(err("connecting"))?;
             let beside: bool = instance
                 .query_one("SELECT pg_try_advisory_lock_shared($1)", &[&LEGACY_INSTANCE_LOCK])
                 .and_then(|r| r.try_get(0))
@@ -509,11 +509,6 @@ fn dead_peer_detection(config: &mut postgres::Config) {
         _ => server.to_owned(),
     };
     config.options(&options);
-}
-
-/// The connection of the background lease (and of the shared [`LEGACY_INSTANCE_LOCK`]).
-fn connect_instance(config: &postgres::Config) -> Result<Client, postgres::Error> {
-    config.connect(NoTls)
 }
 
 /// Bounds the statements of the lease's connection (set once the schema is migrated on it).
@@ -944,7 +939,7 @@ impl MetaStore for PgMeta {
                 *held = false;
             }
             if client.is_closed() || client.simple_query("SELECT 1").is_err() {
-                *client = connect_instance(&self.pool.config).map_err(|e| pg_err("reconnecting", &e))?;
+                *client = self.pool.config.connect(NoTls).map_err(|e| pg_err("reconnecting", &e))?;
                 bound_statements(client).map_err(|e| pg_err("reconnecting", &e))?;
                 let beside: bool = client
                     .query_one("SELECT pg_try_advisory_lock_shared($1)", &[&LEGACY_INSTANCE_LOCK])

@@ -291,6 +291,16 @@ impl std::fmt::Debug for Vault {
     }
 }
 
+/// The keys a batch deletes (their records leave the record cache once it is applied).
+fn deleted_keys(ops: &[Op]) -> Vec<Vec<u8>> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::Delete(k) => Some(k.clone()),
+            Op::Put(..) => None,
+        })
+        .collect()
+}
+
 /// What [`Vault::apply_sequenced`] runs under the store's sequencer lock.
 pub(crate) type SequencedChanges<'a> = dyn FnMut(&dyn crate::store::MetaRead) -> Result<Vec<Op>, Error> + Send + 'a;
 
@@ -705,13 +715,7 @@ impl Vault {
         self.fail.check()?;
         // A failed apply may have been journaled (then the next open replays it): its outcome
         // is unknown, never "failed".
-        let deleted: Vec<Vec<u8>> = ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::Delete(k) => Some(k.clone()),
-                Op::Put(..) => None,
-            })
-            .collect();
+        let deleted = deleted_keys(&ops);
         let applied = self.meta.apply(ops);
         // After the change is applied: a reader that fetched a deleted record before it does
         // not put it back in the cache (the epoch moved on).
@@ -735,13 +739,7 @@ impl Vault {
         let mut deleted: Vec<Vec<u8>> = Vec::new();
         let applied = self.meta.sequenced(&mut |r| match build(r) {
             Ok(ops) => {
-                deleted = ops
-                    .iter()
-                    .filter_map(|op| match op {
-                        Op::Delete(k) => Some(k.clone()),
-                        Op::Put(..) => None,
-                    })
-                    .collect();
+                deleted = deleted_keys(&ops);
                 Ok(ops)
             }
             Err(e) => {
