@@ -5,7 +5,8 @@
 //! Run: `benches/ingest.sh` (installs Debian's restic if missing, builds the release binaries,
 //! runs this). Knobs: `VAULT_INGEST_BIG` (files in the large corpus, default 1000),
 //! `VAULT_INGEST_SMALL` (default 20000), `VAULT_BENCH_DIR` (scratch folder, default a temporary
-//! folder under `target/`), `VAULT_INGEST_CONCURRENCY` (the CLI's uploads in flight, default 16).
+//! folder under `target/`), `VAULT_INGEST_CONCURRENCY` (the CLI's uploads in flight, default 16),
+//! `VAULT_INGEST_ONLY` (a comma-separated subset of `library,cli,restic` to run; default all).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
@@ -198,66 +199,74 @@ fn run_corpus(c: &Corpus, scratch: &Path) -> Vec<Row> {
     let files = c.files.len();
     let row = |what: String, secs: f64, peak: Option<f64>| Row { what, secs, bytes: c.bytes, files, peak_mib: peak };
 
+    let only = std::env::var("VAULT_INGEST_ONLY").unwrap_or_default();
+    let runs = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
+
     // 1. The library.
-    let vdir = scratch.join(format!("lib-{}", c.name));
-    let _ = std::fs::remove_dir_all(&vdir);
-    let v = Vault::open(&vdir, &MasterKey::from_bytes([9; 32])).unwrap();
-    rows.push(row(format!("{}: library ingest", c.name), library_ingest(&v, c), None));
-    rows.push(row(format!("{}: library ingest again (all held)", c.name), library_ingest(&v, c), None));
-    v.close().unwrap();
-    let _ = std::fs::remove_dir_all(&vdir);
+    if runs("library") {
+        let vdir = scratch.join(format!("lib-{}", c.name));
+        let _ = std::fs::remove_dir_all(&vdir);
+        let v = Vault::open(&vdir, &MasterKey::from_bytes([9; 32])).unwrap();
+        rows.push(row(format!("{}: library ingest", c.name), library_ingest(&v, c), None));
+        rows.push(row(format!("{}: library ingest again (all held)", c.name), library_ingest(&v, c), None));
+        v.close().unwrap();
+        let _ = std::fs::remove_dir_all(&vdir);
+    }
 
     // 2. The CLI over HTTP against the release server.
-    let sdir = scratch.join(format!("server-{}", c.name));
-    let _ = std::fs::remove_dir_all(&sdir);
-    let port = free_port();
-    let server = Server(
-        Command::new(release_bin("vault-server"))
-            .args(["--dev", "--data"])
-            .arg(&sdir)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    let start = Instant::now();
-    while ureq::get(&format!("{base}/readyz")).call().is_err() {
-        assert!(start.elapsed() < Duration::from_secs(30), "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
+    if runs("cli") {
+        let sdir = scratch.join(format!("server-{}", c.name));
+        let _ = std::fs::remove_dir_all(&sdir);
+        let port = free_port();
+        let server = Server(
+            Command::new(release_bin("vault-server"))
+                .args(["--dev", "--data"])
+                .arg(&sdir)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let base = format!("http://127.0.0.1:{port}");
+        let start = Instant::now();
+        while ureq::get(&format!("{base}/readyz")).call().is_err() {
+            assert!(start.elapsed() < Duration::from_secs(30), "server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let concurrency = env_num("VAULT_INGEST_CONCURRENCY", 16).to_string();
+        let journal = scratch.join(format!("journal-{}", c.name));
+        let _ = std::fs::remove_file(&journal);
+        let cli = || {
+            let mut cmd = Command::new(release_bin("vault"));
+            cmd.env_clear()
+                .env("VAULT_SERVER", &base)
+                .env("VAULT_STATE", scratch.join("client-state.json"))
+                .env("VAULT_KEY_FILE", sdir.join("dev-agency.key"))
+                .env("VAULT_AGENCY", "demo-agency")
+                .env("VAULT_KEY_ID", "k1")
+                .env("VAULT_PURPOSE", "bench")
+                .args(["--json", "deposit", "--concurrency", &concurrency, "--journal"])
+                .arg(&journal)
+                .arg("--manifest")
+                .arg(c.dir.join("manifest.csv"));
+            cmd
+        };
+        let (secs, peak, out) = timed(&mut cli());
+        let sum: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(sum["deposited"].as_u64(), Some(files as u64), "{sum}");
+        rows.push(row(format!("{}: vault deposit over HTTP", c.name), secs, Some(peak)));
+        let (secs, peak, out) = timed(&mut cli());
+        let sum: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(sum["uploaded_files"].as_u64(), Some(0), "{sum}");
+        rows.push(row(format!("{}: vault deposit again (all held)", c.name), secs, Some(peak)));
+        drop(server);
+        let _ = std::fs::remove_dir_all(&sdir);
     }
-    let concurrency = env_num("VAULT_INGEST_CONCURRENCY", 16).to_string();
-    let journal = scratch.join(format!("journal-{}", c.name));
-    let _ = std::fs::remove_file(&journal);
-    let cli = || {
-        let mut cmd = Command::new(release_bin("vault"));
-        cmd.env_clear()
-            .env("VAULT_SERVER", &base)
-            .env("VAULT_STATE", scratch.join("client-state.json"))
-            .env("VAULT_KEY_FILE", sdir.join("dev-agency.key"))
-            .env("VAULT_AGENCY", "demo-agency")
-            .env("VAULT_KEY_ID", "k1")
-            .env("VAULT_PURPOSE", "bench")
-            .args(["--json", "deposit", "--concurrency", &concurrency, "--journal"])
-            .arg(&journal)
-            .arg("--manifest")
-            .arg(c.dir.join("manifest.csv"));
-        cmd
-    };
-    let (secs, peak, out) = timed(&mut cli());
-    let sum: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(sum["deposited"].as_u64(), Some(files as u64), "{sum}");
-    rows.push(row(format!("{}: vault deposit over HTTP", c.name), secs, Some(peak)));
-    let (secs, peak, out) = timed(&mut cli());
-    let sum: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(sum["uploaded_files"].as_u64(), Some(0), "{sum}");
-    rows.push(row(format!("{}: vault deposit again (all held)", c.name), secs, Some(peak)));
-    drop(server);
-    let _ = std::fs::remove_dir_all(&sdir);
 
     // 3. restic.
-    if Command::new("restic").arg("version").output().is_ok() {
+    let restic_here = Command::new("restic").arg("version").output().is_ok();
+    if runs("restic") && restic_here {
         let repo = scratch.join(format!("restic-{}", c.name));
         let _ = std::fs::remove_dir_all(&repo);
         let restic = || {
@@ -274,7 +283,7 @@ fn run_corpus(c: &Corpus, scratch: &Path) -> Vec<Row> {
         let (secs, peak, _) = timed(restic().args(["backup", "-q", "--force"]).arg(&c.dir));
         rows.push(row(format!("{}: restic backup --force", c.name), secs, Some(peak)));
         let _ = std::fs::remove_dir_all(&repo);
-    } else {
+    } else if runs("restic") {
         println!("restic is not installed: run benches/ingest.sh (apt-get install restic) for the comparison");
     }
     rows

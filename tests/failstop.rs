@@ -123,6 +123,13 @@ fn item_10_3_failed_blob_sync_fail_stops_and_no_record_points_at_the_blob() {
 }
 
 #[test]
+fn failed_pack_write_fail_stops_and_nothing_points_at_the_unwritten_value() {
+    // The small blob's write to its pack failed before its batch was journaled: the put is not
+    // found after recovery.
+    assert!(!scenario(Fault::PackWrite, 10), "a record of a small blob whose pack write failed");
+}
+
+#[test]
 fn item_10_3_a_failed_sync_stops_concurrent_writers_too() {
     let dir = tempfile::tempdir().unwrap();
     let faults = Faults::new();

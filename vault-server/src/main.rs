@@ -619,6 +619,14 @@ async fn sweep_pending(vault: Arc<Vault>, every: u64) {
             Ok(Err(e)) => tracing::error!(error = %e, "sweep of pending uploads failed"),
             Err(e) => tracing::error!(error = %e, "sweep of pending uploads failed"),
         }
+        // The space of deleted small contents (the embedded store's packs).
+        let v = vault.clone();
+        match tokio::task::spawn_blocking(move || v.compact_storage()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(values = n, "compacted the pack files"),
+            Ok(Err(e)) => tracing::error!(error = %e, "compacting the pack files failed"),
+            Err(e) => tracing::error!(error = %e, "compacting the pack files failed"),
+        }
         // Hourly: blobs no record points at, for a store whose orphans are found by age
         // (object storage; SPEC.md §9b). A no-op for the embedded store.
         if last_orphans.elapsed() >= std::time::Duration::from_secs(3600) {

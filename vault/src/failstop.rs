@@ -29,9 +29,11 @@ pub enum Fault {
     MetaApply,
     /// The blob store's sync (`syncfs` on Linux).
     BlobSync,
+    /// A small blob's write to a pack file (`pack.rs`).
+    PackWrite,
 }
 
-const POINTS: usize = 4;
+const POINTS: usize = 5;
 
 impl Fault {
     fn index(self) -> usize {
@@ -40,6 +42,7 @@ impl Fault {
             Fault::JournalSync => 1,
             Fault::MetaApply => 2,
             Fault::BlobSync => 3,
+            Fault::PackWrite => 4,
         }
     }
 }

@@ -10,8 +10,12 @@
 //!           | first 8 bytes of BLAKE3(payload) | payload
 //! payload = one or more ops: 0x01 | key length (u32) | key | value length (u32) | value   (put)
 //!                            0x02 | key length (u32) | key                               (delete)
+//!                            0x04 | pack id (u32) | offset (u64) | length (u32) | bytes  (pack data)
 //!           optionally ending with 0x03 | sequence (u64) | key count (u64) | state digest (32)
 //! ```
+//!
+//! A pack-data op carries the bytes of a small blob written to a pack (`pack.rs`) by the same
+//! batch, whose put op stores the blob's locator: replay writes the bytes at their place again.
 //!
 //! The length check makes a damaged length detectable, so replay can tell a *torn tail* (the
 //! last write, cut short by a crash: fewer bytes than a header, a header whose record runs past
@@ -45,6 +49,7 @@ const ZERO_TAIL: usize = 32;
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
 const STATE: u8 = 3;
+const PACK_DATA: u8 = 4;
 
 /// The metadata store's state after a batch: how many changes were ever applied, how many keys
 /// it holds and the digest of all its pairs (`store.rs`).
@@ -65,6 +70,8 @@ pub struct Batch {
     pub ops: Vec<Op>,
     /// The store's state after them (absent in format 1).
     pub state: Option<State>,
+    /// Bytes the batch wrote to packs, with where (pack-data ops).
+    pub packed: Vec<(crate::pack::Locator, Vec<u8>)>,
 }
 
 /// Where and how a journal is damaged.
@@ -98,7 +105,19 @@ fn length_check(len: u32) -> [u8; 4] {
 
 /// Encodes the ops of a batch (the payload without its state op).
 pub fn encode_ops(ops: &[Op]) -> Vec<u8> {
+    encode_packed(&[], ops)
+}
+
+/// Encodes the pack data a batch wrote, then its ops (the payload without its state op).
+pub fn encode_packed(packed: &[(crate::pack::Locator, &[u8])], ops: &[Op]) -> Vec<u8> {
     let mut payload = Vec::new();
+    for (loc, bytes) in packed {
+        payload.push(PACK_DATA);
+        payload.extend_from_slice(&loc.pack.to_be_bytes());
+        payload.extend_from_slice(&loc.offset.to_be_bytes());
+        payload.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        payload.extend_from_slice(bytes);
+    }
     for op in ops {
         match op {
             Op::Put(k, v) => {
@@ -243,8 +262,18 @@ fn decode_payload(mut p: &[u8]) -> Option<Batch> {
     }
     let mut ops = Vec::new();
     let mut state = None;
+    let mut packed = Vec::new();
     while !p.is_empty() {
         let tag = take(&mut p, 1)?[0];
+        if tag == PACK_DATA {
+            let pack = u32::from_be_bytes(take(&mut p, 4)?.try_into().ok()?);
+            let offset = u64_of(&mut p)?;
+            let n = len(&mut p)?;
+            let bytes = take(&mut p, n)?.to_vec();
+            offset.checked_add(n as u64)?;
+            packed.push((crate::pack::Locator::of(pack, offset, &bytes), bytes));
+            continue;
+        }
         if tag == STATE {
             let seq = u64_of(&mut p)?;
             let count = u64_of(&mut p)?;
@@ -267,7 +296,7 @@ fn decode_payload(mut p: &[u8]) -> Option<Batch> {
             _ => return None,
         }
     }
-    Some(Batch { ops, state })
+    Some(Batch { ops, state, packed })
 }
 
 /// The open journal file.
@@ -442,6 +471,22 @@ mod tests {
             let err = decode(&bad).unwrap_err();
             let record_start = ends.iter().rev().find(|&&e| e <= bit / 8).copied().unwrap_or(0);
             prop_assert!(err.offset as usize == record_start || err.offset == 0, "{:?} at bit {}", err, bit);
+        }
+
+        #[test]
+        fn pack_data_round_trips(ops in proptest::collection::vec(op(), 0..4), packed in proptest::collection::vec((any::<u32>(), 0..u64::MAX / 2, proptest::collection::vec(any::<u8>(), 0..64)), 0..4)) {
+            let locs: Vec<(crate::pack::Locator, &[u8])> =
+                packed.iter().map(|(p, o, b)| (crate::pack::Locator::of(*p, *o, b), b.as_slice())).collect();
+            let state = State { seq: 1, count: 2, digest: [3; 32] };
+            let mut data = MAGIC.to_vec();
+            data.extend(frame(encode_packed(&locs, &ops), Some(&state)));
+            let r = decode(&data).unwrap();
+            prop_assert_eq!(r.batches.len(), 1);
+            let b = &r.batches[0];
+            prop_assert_eq!(format!("{:?}", b.ops), format!("{ops:?}"));
+            prop_assert_eq!(b.state, Some(state));
+            let got: Vec<(crate::pack::Locator, &[u8])> = b.packed.iter().map(|(l, v)| (*l, v.as_slice())).collect();
+            prop_assert_eq!(got, locs);
         }
 
         #[test]

@@ -58,6 +58,8 @@ pub mod merkle;
 pub mod note;
 #[cfg(feature = "openapi")]
 pub mod openapi;
+#[cfg(feature = "embedded")]
+pub mod pack;
 #[cfg(feature = "postgres")]
 pub mod pg_store;
 pub mod provenance;

@@ -117,6 +117,11 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
     fn compare_and_swap(&self, key: &[u8], old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError>;
     /// Makes every change applied before this call durable.
     fn sync(&self) -> Result<(), StoreError>;
+    /// Reclaims space of deleted values where the store keeps dead space (the embedded store's
+    /// packs, SPEC.md §8 "Packs"); returns how many values it moved. Nothing by default.
+    fn compact(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
     /// Makes everything durable before the store is closed (a clean shutdown).
     fn close(&self) -> Result<(), StoreError> {
         self.sync()
@@ -223,6 +228,8 @@ pub struct SledMeta {
     /// refused (fail-stop, SPEC.md §8).
     stopped: std::sync::OnceLock<String>,
     faults: Faults,
+    /// The bytes of small blobs (`B` values): sled holds their locators (SPEC.md §8, "Packs").
+    packs: crate::pack::Packs,
 }
 
 #[cfg(feature = "embedded")]
@@ -445,10 +452,35 @@ impl SledMeta {
             }
         }
         let replayed = replay.batches.len();
+        let packs = crate::pack::Packs::open(dir)?;
+        // Values the replayed batches deleted: zeroed once the replay is checkpointed.
+        let mut dropped = Vec::new();
         for b in &replay.batches {
+            // The pack bytes first (a crash may have lost their pages), then the locators.
+            for (loc, bytes) in &b.packed {
+                packs.rewrite(loc, bytes)?;
+            }
+            for op in &b.ops {
+                let key = match op {
+                    Op::Put(k, _) | Op::Delete(k) => k,
+                };
+                if crate::pack::is_blob_key(key) {
+                    if let Some(old) = db.get(key).map_err(sled_err)?.and_then(|v| crate::pack::Locator::decode(&v)) {
+                        dropped.push(old);
+                    }
+                }
+            }
             db.apply_batch(batch_of(&b.ops)).map_err(sled_err)?;
         }
         let (count, digest) = scan_state(&db)?;
+        let mut live = Vec::new();
+        for item in db.scan_prefix([crate::pack::BLOB_KEY_PREFIX]) {
+            let (_, v) = item.map_err(sled_err)?;
+            live.extend(crate::pack::Locator::decode(&v));
+        }
+        // A value deleted and then written again at the same place is live, not dropped.
+        dropped.retain(|d| !live.contains(d));
+        packs.account(live.into_iter());
         if let Some(e) = expected {
             if (e.count, e.digest) != (count, digest) {
                 return Err(StoreError::Damaged {
@@ -476,10 +508,13 @@ impl SledMeta {
             anchor: std::sync::Mutex::new(anchor.unwrap_or_default()),
             stopped: std::sync::OnceLock::new(),
             faults: Faults::default(),
+            packs,
         };
         if replayed > 0 || anchor.is_none() {
             meta.checkpoint()?;
         }
+        // Deleted before the crash, durably (the checkpoint above): their bytes go now.
+        meta.packs.zero(&dropped)?;
         Ok(meta)
     }
 
@@ -578,6 +613,8 @@ impl SledMeta {
     /// between any two steps leaves a journal and an anchor that agree with the database).
     fn checkpoint_locked(&self, j: &mut crate::journal::Journal) -> Result<(), StoreError> {
         self.running()?;
+        // The packs first: once the journal is emptied they are the only copy of their bytes.
+        self.packs.sync().map_err(|e| self.stop(e))?;
         self.db.flush().map_err(|e| self.stop(sled_err(e)))?;
         let mut anchor = self.anchor_lock();
         let next = Anchor { state: j.state, ..*anchor };
@@ -585,7 +622,139 @@ impl SledMeta {
         *anchor = next;
         drop(anchor);
         let path = j.path().to_owned();
-        j.truncate().map_err(|e| self.stop(io_err("emptying journal", &path)(e)))
+        j.truncate().map_err(|e| self.stop(io_err("emptying journal", &path)(e)))?;
+        // No journal record can write into a retired pack any more.
+        self.packs.remove_retired().map_err(|e| self.stop(e))?;
+        Ok(())
+    }
+
+    /// The value of a blob key from its sled value: the pack's bytes for a locator (`None` if
+    /// its pack is gone), the value itself for one stored whole (before packs, or too large to
+    /// pack). Bytes that fail the locator's check are not returned: the locator itself is,
+    /// which no blob reader accepts, so the damage is reported as a blob failing
+    /// authentication and never served.
+    fn unpack(&self, v: Vec<u8>) -> Result<Option<Vec<u8>>, StoreError> {
+        match crate::pack::Locator::decode(&v) {
+            Some(loc) => Ok(self.packs.read(&loc)?.map(|bytes| if loc.matches(&bytes) { bytes } else { v })),
+            None => Ok(Some(v)),
+        }
+    }
+
+    fn unpack_pair(&self, r: Result<(sled::IVec, sled::IVec), sled::Error>) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        let (k, v) = r.map_err(sled_err)?;
+        if !crate::pack::is_blob_key(&k) {
+            return Ok((k.to_vec(), v.to_vec()));
+        }
+        // A locator whose pack is missing is returned as it is: it fails as a blob, and `check`
+        // reports it.
+        let v = self.unpack(v.to_vec())?.unwrap_or_else(|| v.to_vec());
+        Ok((k.to_vec(), v))
+    }
+
+    /// Applies `ops` under the journal lock: blob values are appended to the current pack and
+    /// replaced by their locators, the record carries their bytes, and the values they replace
+    /// or delete are released (zeroed after the next sync).
+    fn apply_locked(&self, j: &mut crate::journal::Journal, ops: Vec<Op>) -> Result<(), StoreError> {
+        use crate::pack::{is_blob_key, Locator};
+        self.running()?;
+        let mut packed: Vec<(Locator, Vec<u8>)> = Vec::new();
+        let mut released: Vec<Locator> = Vec::new();
+        let mut now: std::collections::HashMap<Vec<u8>, Option<Locator>> = std::collections::HashMap::new();
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            let key = match &op {
+                Op::Put(k, _) | Op::Delete(k) => k,
+            };
+            if !is_blob_key(key) {
+                out.push(op);
+                continue;
+            }
+            let prior = match now.get(key) {
+                Some(l) => *l,
+                None => self.db.get(key).map_err(sled_err)?.and_then(|v| Locator::decode(&v)),
+            };
+            released.extend(prior);
+            match op {
+                Op::Put(k, v) if v.len() > crate::pack::MAX_PACKED => {
+                    now.insert(k.clone(), None);
+                    out.push(Op::Put(k, v));
+                }
+                Op::Put(k, v) => {
+                    let loc = if self.faults.hit(Fault::PackWrite) {
+                        Err(StoreError::Io { what: "writing pack".into(), source: Faults::error(Fault::PackWrite) })
+                    } else {
+                        self.packs.append(&v)
+                    }
+                    .map_err(|e| self.stop(e))?;
+                    now.insert(k.clone(), Some(loc));
+                    out.push(Op::Put(k, loc.encode()));
+                    packed.push((loc, v));
+                }
+                Op::Delete(k) => {
+                    now.insert(k.clone(), None);
+                    out.push(Op::Delete(k));
+                }
+            }
+        }
+        let refs: Vec<(Locator, &[u8])> = packed.iter().map(|(l, v)| (*l, v.as_slice())).collect();
+        let payload = crate::journal::encode_packed(&refs, &out);
+        self.journaled(j, &out, payload, || self.db.apply_batch(batch_of(&out)).map_err(sled_err))?;
+        let seq = j.state.seq;
+        for l in released {
+            self.packs.release(l, seq);
+        }
+        Ok(())
+    }
+
+    /// Rewrites the live values of packs that hold less than half live bytes at the end of the
+    /// current pack (journaled like any put); the emptied packs are zeroed after the next sync
+    /// and removed at the checkpoint this runs at the end. Returns the values moved.
+    pub fn compact_packs(&self) -> Result<u64, StoreError> {
+        let sparse = self.packs.sparse()?;
+        if sparse.is_empty() {
+            if self.packs.has_retired() {
+                self.checkpoint()?;
+            }
+            return Ok(0);
+        }
+        let mut keys = Vec::new();
+        for item in self.db.scan_prefix([crate::pack::BLOB_KEY_PREFIX]) {
+            let (k, v) = item.map_err(sled_err)?;
+            if crate::pack::Locator::decode(&v).is_some_and(|l| sparse.contains(&l.pack)) {
+                keys.push(k);
+            }
+        }
+        let mut moved = 0;
+        for chunk in keys.chunks(64) {
+            let mut j = self.journal();
+            let mut ops = Vec::new();
+            for k in chunk {
+                // Under the journal lock: a value deleted or replaced meanwhile is left alone.
+                let Some(v) = self.db.get(k).map_err(sled_err)? else { continue };
+                let Some(loc) = crate::pack::Locator::decode(&v) else { continue };
+                if !sparse.contains(&loc.pack) {
+                    continue;
+                }
+                let Some(bytes) = self.packs.read(&loc)? else { continue };
+                if !loc.matches(&bytes) {
+                    // Damaged: moving it would hide the damage from `check` behind a new check.
+                    continue;
+                }
+                ops.push(Op::Put(k.to_vec(), bytes));
+            }
+            moved += ops.len() as u64;
+            if !ops.is_empty() {
+                self.apply_locked(&mut j, ops)?;
+            }
+        }
+        self.sync()?;
+        self.checkpoint()?;
+        Ok(moved)
+    }
+
+    /// The packs' files, bytes and live bytes.
+    pub fn pack_stats(&self) -> Result<crate::pack::PackStats, StoreError> {
+        self.packs.stats()
     }
 
     /// Flushes sled and empties the journal (used at a clean close). Refused once the store
@@ -599,11 +768,14 @@ impl SledMeta {
 #[cfg(feature = "embedded")]
 impl MetaStore for SledMeta {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(key).map_err(sled_err)?.map(|v| v.to_vec()))
+        match self.db.get(key).map_err(sled_err)? {
+            Some(v) if crate::pack::is_blob_key(key) => self.unpack(v.to_vec()),
+            v => Ok(v.map(|v| v.to_vec())),
+        }
     }
 
     fn scan(&self, prefix: &[u8]) -> ScanIter<'_> {
-        Box::new(self.db.scan_prefix(prefix).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(sled_err)))
+        Box::new(self.db.scan_prefix(prefix).map(|r| self.unpack_pair(r)))
     }
 
     fn scan_from(&self, prefix: &[u8], start: &[u8]) -> ScanIter<'_> {
@@ -611,21 +783,24 @@ impl MetaStore for SledMeta {
         Box::new(
             self.db
                 .range(start.to_vec()..)
-                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(sled_err))
+                .map(|r| self.unpack_pair(r))
                 .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))),
         )
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
-        let payload = crate::journal::encode_ops(&ops);
         let mut j = self.journal();
-        self.journaled(&mut j, &ops, payload, || self.db.apply_batch(batch_of(&ops)).map_err(sled_err))
+        self.apply_locked(&mut j, ops)
     }
 
     fn compare_and_swap(&self, key: &[u8], old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError> {
         // Under the journal lock, which every write holds: the value cannot change between this
         // read and the write, and the record is journaled before sled sees the change (so sled
         // is never ahead of its journal).
+        if crate::pack::is_blob_key(key) {
+            // Blob values are written by batches only (their stored form is a locator).
+            return Err(StoreError::Meta("compare-and-swap of a packed blob value".into()));
+        }
         let mut j = self.journal();
         self.running()?;
         if self.db.get(key).map_err(sled_err)?.as_deref() != old {
@@ -645,15 +820,23 @@ impl MetaStore for SledMeta {
         self.checkpoint()
     }
 
+    fn compact(&self) -> Result<u64, StoreError> {
+        self.compact_packs()
+    }
+
     fn sync(&self) -> Result<(), StoreError> {
         // Never retried after a failure: the pages it could not write may be gone.
         self.running()?;
+        // Every record up to this change is in the file before the sync starts.
+        let covered = self.journal().state.seq;
         let synced = if self.faults.hit(Fault::JournalSync) {
             Err(Faults::error(Fault::JournalSync))
         } else {
             self.sync_file.sync_data()
         };
-        synced.map_err(|source| self.stop(StoreError::Io { what: "syncing the metadata journal".into(), source }))
+        synced.map_err(|source| self.stop(StoreError::Io { what: "syncing the metadata journal".into(), source }))?;
+        // Deletions are durable now: the deleted values' bytes go before anyone is told.
+        self.packs.after_sync(covered).map_err(|e| self.stop(e))
     }
 
     fn signed_floor(&self) -> Option<(u64, [u8; 32])> {
