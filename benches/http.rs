@@ -2,6 +2,7 @@
 //! generator, beside a minimal axum "hello" server measured in the same run.
 //!
 //! Run: `cargo build --release -p vault-server && cargo bench --bench http`.
+//! `VAULT_HTTP_ONLY` keeps the wrk workloads whose name contains it (and hello).
 //! `VAULT_HTTP_SECONDS` sets each measurement's length (default 5), `VAULT_HTTP_CONNECTIONS` the
 //! concurrent connections (default 64), `VAULT_HTTP_UPLOAD_MIB` the upload size (default 1024).
 //! With `VAULT_HTTP_WRK=wrk` the read workloads of issue #11 are measured instead by `wrk` from a
@@ -207,7 +208,10 @@ fn main() {
         println!("| workload | req/s | vs hello | p50 ms | p99 ms | non-2xx |");
         println!("|---|---|---|---|---|---|");
         let mut hello_rps = 0.0;
-        for (name, url, headers) in runs {
+        // `VAULT_HTTP_ONLY=agency` (a part of a workload's name): hello and that workload only,
+        // e.g. to profile the server meanwhile.
+        let only = std::env::var("VAULT_HTTP_ONLY").unwrap_or_default();
+        for (name, url, headers) in runs.into_iter().filter(|(n, _, _)| n.contains("hello") || n.contains(&only)) {
             let w = wrk_run(&wrk, conns, secs, &url, headers);
             if hello_rps == 0.0 {
                 hello_rps = w.0;

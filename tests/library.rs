@@ -451,7 +451,7 @@ fn small_contents_are_kept_inline_and_checked_like_files() {
     let report = v.check(true).unwrap();
     assert_eq!(report.problems.len(), 1, "{report}");
     let what = &report.problems[0].what;
-    assert!(what.contains("fails authentication") || what.contains("blob is 40 bytes"), "{report}");
+    assert!(what.contains("fails authentication") || what.contains("blob is "), "{report}");
     let read = v.read_content(&a, &doc.meta.digest);
     let other = v.read_content(&a, &Digest::of(&content(41, 32 * 1024)));
     assert!(matches!(read, Err(Error::Decrypt(_))) || matches!(other, Err(Error::Decrypt(_))), "{read:?} {other:?}");

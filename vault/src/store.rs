@@ -629,13 +629,13 @@ impl SledMeta {
     }
 
     /// The value of a blob key from its sled value: the pack's bytes for a locator (`None` if
-    /// its pack is gone), the value itself for one stored whole (before packs, or too large to
-    /// pack). Bytes that fail the locator's check are not returned: the locator itself is,
-    /// which no blob reader accepts, so the damage is reported as a blob failing
-    /// authentication and never served.
+    /// its pack is gone; as far as they go if it is cut short), the value itself for one stored
+    /// whole (before packs, or too large to pack). The bytes are not hashed here: every blob
+    /// authenticates itself, bound to its owner and digest (§7), so damaged or misplaced bytes
+    /// fail as a blob and are never served.
     fn unpack(&self, v: Vec<u8>) -> Result<Option<Vec<u8>>, StoreError> {
         match crate::pack::Locator::decode(&v) {
-            Some(loc) => Ok(self.packs.read(&loc)?.map(|bytes| if loc.matches(&bytes) { bytes } else { v })),
+            Some(loc) => self.packs.read(&loc),
             None => Ok(Some(v)),
         }
     }
