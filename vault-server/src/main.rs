@@ -18,7 +18,7 @@ use vault::access::Caller;
 use vault::provenance::{AgencyKey, NewAgency, PublicKey};
 use vault::token::{mint, Claims};
 use vault::{AgencyId, KeyId, MasterKey, Timestamp, Vault};
-use vault_server::{api, auth};
+use vault_server::http::{self, auth};
 
 /// Flags as in api.md, "Starting the server"; each also as `VAULT_<FLAG>`.
 #[derive(Debug, Parser)]
@@ -423,7 +423,7 @@ fn dev_announce(args: &Args, vault: &Vault, keys: &DevKeys) -> Result<(), String
 
 /// The citizen's page (SPEC.md §22) with its OpenID relying party, and under `--dev` without
 /// `--oidc-issuer` the built-in development provider; empty when neither is configured.
-fn page_router(args: &Args, state: &Arc<api::AppState>) -> Result<axum::Router, String> {
+fn page_router(args: &Args, state: &Arc<http::AppState>) -> Result<axum::Router, String> {
     use vault_server::page;
     let public = args.public_url.clone().unwrap_or_else(|| format!("http://{}", args.listen));
     let public = public.trim_end_matches('/').to_owned();
@@ -477,10 +477,10 @@ async fn run(args: Args) -> Result<(), String> {
             "--max-uploads-per-caller, --max-downloads-per-caller and --stream-idle-timeout must be at least 1".into(),
         );
     }
-    if args.max_streams == 0 || args.max_streams > api::BLOCKING_THREADS - 64 {
+    if args.max_streams == 0 || args.max_streams > http::BLOCKING_THREADS - 64 {
         return Err(format!(
             "--max-streams must be 1 to {} (the rest of the threads serve other calls)",
-            api::BLOCKING_THREADS - 64
+            http::BLOCKING_THREADS - 64
         ));
     }
     if !(1..=4).contains(&args.webhook_concurrency) {
@@ -519,12 +519,12 @@ async fn run(args: Args) -> Result<(), String> {
                 tracing::debug!("cannot set TCP_NODELAY: {e}");
             }
         });
-    let state = Arc::new(api::AppState {
+    let state = Arc::new(http::AppState {
         vault: std::sync::OnceLock::new(),
         auth,
         max_content: args.max_content_size,
         metrics: Default::default(),
-        limits: api::Limits::new(
+        limits: http::Limits::new(
             args.max_uploads_per_caller,
             args.max_downloads_per_caller,
             args.max_streams,
@@ -532,7 +532,7 @@ async fn run(args: Args) -> Result<(), String> {
         ),
         webhooks,
     });
-    let app = api::router(state.clone()).merge(page_router(&args, &state)?);
+    let app = http::router(state.clone()).merge(page_router(&args, &state)?);
     let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).into_future());
     let (data, meta, blobs) = (args.data.clone(), metadata(&args)?, args.blobs.clone());
     let where_meta = match &meta {
@@ -556,7 +556,8 @@ async fn run(args: Args) -> Result<(), String> {
         max_bytes: args.max_pending_bytes,
     });
     let sweeper = tokio::spawn(sweep_pending(vault.clone(), args.sweep_interval.max(1)));
-    let folder = tokio::spawn(vault_server::stats::fold_every(vault.clone(), std::time::Duration::from_secs(60)));
+    let folder =
+        tokio::spawn(vault_server::routes::stats::fold_every(vault.clone(), std::time::Duration::from_secs(60)));
     // Events (SPEC.md §24): grant.expired at most a minute late; the outbox's delivery worker.
     let expiry = tokio::spawn(vault_server::webhooks::sweep_expiry(
         vault.clone(),
@@ -796,7 +797,7 @@ fn main() -> ExitCode {
         tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .max_blocking_threads(api::BLOCKING_THREADS)
+        .max_blocking_threads(http::BLOCKING_THREADS)
         .enable_all()
         .build()
     {
