@@ -1,6 +1,6 @@
 //! Contents: which digests must be uploaded, and streamed uploads (with a one-step deposit).
 
-use std::io::{self};
+use std::io;
 use std::sync::atomic::Ordering;
 
 use axum::body::{Body, Bytes};
