@@ -2,7 +2,6 @@
 //! [`http::auth`]) and the HTTP contract, one file per resource ([`routes`]), used by the
 //! `vault-server` binary and by the fuzz targets (`fuzz/`).
 
-pub mod batch;
 pub mod http;
 pub mod openapi;
 pub mod page;
@@ -15,7 +14,7 @@ pub mod webhooks;
 #[doc(hidden)]
 pub fn fuzz_batch(body: &[u8], max: u64) -> Result<usize, u16> {
     use axum::response::IntoResponse as _;
-    batch::items(body, max, routes::documents::MAX_BATCH_ITEMS)
+    http::batch::items(body, max, routes::documents::MAX_BATCH_ITEMS)
         .map(|items| items.len())
         .map_err(|e| http::ApiError::from(e).into_response().status().as_u16())
 }

@@ -80,9 +80,9 @@ impl From<vault::Error> for ApiError {
     }
 }
 
-impl From<crate::batch::BatchError> for ApiError {
-    fn from(e: crate::batch::BatchError) -> Self {
-        use crate::batch::BatchError as E;
+impl From<crate::http::batch::BatchError> for ApiError {
+    fn from(e: crate::http::batch::BatchError) -> Self {
+        use crate::http::batch::BatchError as E;
         match &e {
             E::Malformed(_) => Self::invalid(e.to_string()),
             E::TooLarge(_) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string()),

@@ -1,9 +1,10 @@
 //! The transport layer: the service's state, the one mapping from errors to HTTP status codes
-//! and bodies ([`ApiError`]), extractors (tokens, bodies), stream limits, metrics, the
-//! middleware around every request, and the router built from the [`Route`]s that
-//! [`crate::routes`] declares.
+//! and bodies ([`ApiError`]), extractors (tokens, bodies, the batch-deposit reader), stream
+//! limits, metrics, the middleware around every request, and the router built from the
+//! [`Route`]s that [`crate::routes`] declares.
 
 pub mod auth;
+pub mod batch;
 pub(crate) mod body;
 pub(crate) mod error;
 pub(crate) mod extract;

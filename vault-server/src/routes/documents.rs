@@ -60,7 +60,7 @@ pub const MAX_BATCH_ITEMS: usize = 1000;
 
 /// Extension: many one-step deposits (upload + deposit) in one request and one durable wait.
 /// The caller is authorised before the body is read; the body (at most 64 MiB) is held once and
-/// the strict reader of [`crate::batch`] hands out ranges of it, never allocating from a size a
+/// the strict reader of [`crate::http::batch`] hands out ranges of it, never allocating from a size a
 /// header declares.
 #[utoipa::path(
     post,
@@ -129,7 +129,7 @@ async fn deposit_batch(OwnerCall { st, caller, owner }: OwnerCall, headers: Head
     let max = st.max_content;
     let results = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
         let (_slot, _held) = (slot, held);
-        let items: Vec<(io::Cursor<Bytes>, NewDocument)> = crate::batch::items(&bytes, max, MAX_BATCH_ITEMS)?
+        let items: Vec<(io::Cursor<Bytes>, NewDocument)> = crate::http::batch::items(&bytes, max, MAX_BATCH_ITEMS)?
             .into_iter()
             .map(|(range, new)| (io::Cursor::new(bytes.slice(range)), new))
             .collect();
