@@ -1,4 +1,4 @@
-//! `Authorization: Bearer <JWS>` as the server verifies it (vault-server/src/auth.rs).
+//! `Authorization: Bearer <JWS>` as the server verifies it (vault-server/src/http/auth.rs).
 //!
 //! Input: a mode byte, then either the whole header value (mode 0), or a token header JSON,
 //! a NUL byte and a claims JSON that the harness signs with the identity provider's (1), the
@@ -14,7 +14,7 @@ use base64::Engine as _;
 use ed25519_dalek::Signer as _;
 use libfuzzer_sys::fuzz_target;
 use vault_fuzz::{agency_key, auth_config, operator_key, provider_key, vault, NOW};
-use vault_server::auth::{authenticate, AuthConfig};
+use vault_server::http::auth::{authenticate, AuthConfig};
 
 fn cfg() -> &'static AuthConfig {
     static C: OnceLock<AuthConfig> = OnceLock::new();

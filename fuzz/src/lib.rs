@@ -10,7 +10,7 @@ use vault::keys::SecretKey;
 use vault::note::VaultSigner;
 use vault::provenance::{AgencyKey, NewAgency, PublicKey};
 use vault::{AgencyId, KeyId, MasterKey, Timestamp, Vault};
-use vault_server::auth::{AuthConfig, IdentityProvider};
+use vault_server::http::auth::{AuthConfig, IdentityProvider};
 
 /// The fixed "now" of the token checks (2027-01-15).
 pub const NOW: i64 = 1_800_000_000;

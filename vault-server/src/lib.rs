@@ -1,12 +1,11 @@
-//! `vault-server` as a library: the HTTP contract ([`api`]) and token verification ([`auth`]),
-//! used by the `vault-server` binary and by the fuzz targets (`fuzz/`).
+//! `vault-server` as a library: the transport layer ([`http`], with token verification in
+//! [`http::auth`]) and the HTTP contract, one file per resource ([`routes`]), used by the
+//! `vault-server` binary and by the fuzz targets (`fuzz/`).
 
-pub mod api;
-pub mod auth;
-pub mod batch;
+pub mod http;
 pub mod openapi;
 pub mod page;
-pub mod stats;
+pub mod routes;
 pub mod webhooks;
 
 /// Fuzzing entry point (`fuzz/fuzz_targets/batch_tar.rs`): reads a batch-deposit body exactly
@@ -15,9 +14,9 @@ pub mod webhooks;
 #[doc(hidden)]
 pub fn fuzz_batch(body: &[u8], max: u64) -> Result<usize, u16> {
     use axum::response::IntoResponse as _;
-    batch::items(body, max, api::MAX_BATCH_ITEMS)
+    http::batch::items(body, max, routes::documents::MAX_BATCH_ITEMS)
         .map(|items| items.len())
-        .map_err(|e| api::ApiError::from(e).into_response().status().as_u16())
+        .map_err(|e| http::ApiError::from(e).into_response().status().as_u16())
 }
 
 /// Whether this instance runs the periodic work now (expiries, sweeps, statistics, webhook

@@ -1,338 +1,26 @@
 //! `vault-server`: the HTTP service over a vault on embedded storage (api.md), and the
 //! operator subcommands `check`, `keygen` and `rotate-master-key`.
 
+mod config;
+mod dev;
+
 use axum::serve::ListenerExt;
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use clap::Parser;
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use vault::access::Caller;
-use vault::provenance::{AgencyKey, NewAgency, PublicKey};
-use vault::token::{mint, Claims};
-use vault::{AgencyId, KeyId, MasterKey, Timestamp, Vault};
-use vault_server::{api, auth};
+use vault::provenance::PublicKey;
+use vault::{MasterKey, Vault};
+use vault_server::http::{self, auth};
 
-/// Flags as in api.md, "Starting the server"; each also as `VAULT_<FLAG>`.
-#[derive(Debug, Parser)]
-#[command(name = "vault-server", version, about = "HTTP service for the vault")]
-struct Args {
-    #[command(subcommand)]
-    command: Option<Command>,
-    /// A TOML file of the same settings (names with `_`, `[identity_providers]` as a table of
-    /// name = key). A flag beats its environment variable, which beats the file.
-    #[arg(long, global = true, env = "VAULT_CONFIG")]
-    config: Option<PathBuf>,
-    /// Data folder (created if missing).
-    #[arg(long, global = true, env = "VAULT_DATA", default_value = "./vault-data")]
-    data: PathBuf,
-    /// Where blobs are kept: the data folder (default), or S3-compatible object storage
-    /// `s3://bucket/prefix`, with the endpoint, region and credentials from the usual `AWS_*`
-    /// environment variables (SPEC.md §9b). Metadata stays in the data folder.
-    #[arg(long, global = true, env = "VAULT_BLOBS")]
-    blobs: Option<String>,
-    /// Where the metadata lives: `sled` (the default: embedded, in the data folder) or a
-    /// PostgreSQL URL `postgres://user@host:port/db` (SPEC.md §9a; blobs stay in the data
-    /// folder; one server per database).
-    #[arg(long, global = true, env = "VAULT_METADATA")]
-    metadata: Option<String>,
-    /// Address to listen on.
-    #[arg(long, env = "VAULT_LISTEN", default_value = "127.0.0.1:8700")]
-    listen: SocketAddr,
-    /// File holding the 32-byte master key in standard base64.
-    #[arg(long, global = true, env = "VAULT_MASTER_KEY_FILE")]
-    master_key_file: Option<PathBuf>,
-    /// The operator's Ed25519 public key (standard base64 of 32 bytes).
-    #[arg(long, env = "VAULT_OPERATOR_KEY")]
-    operator_key: Option<String>,
-    /// A trusted identity provider: `<name>=<base64 public key>`, or with `@citizen` / `@org`
-    /// after the key to accept its tokens only about that kind of owner; repeatable
-    /// (comma-separated in the environment).
-    #[arg(long = "identity-provider", env = "VAULT_IDENTITY_PROVIDER", value_delimiter = ',')]
-    identity_providers: Vec<String>,
-    /// The audience tokens must name.
-    #[arg(long, env = "VAULT_AUDIENCE", default_value = "vault")]
-    audience: String,
-    /// Longest token lifetime accepted (exp − iat), seconds.
-    #[arg(long, env = "VAULT_MAX_TOKEN_LIFETIME", default_value_t = 3600)]
-    max_token_lifetime: i64,
-    /// Largest content accepted, bytes.
-    #[arg(long, env = "VAULT_MAX_CONTENT_SIZE", default_value_t = 1 << 30)]
-    max_content_size: u64,
-    /// Most uploads (content PUTs, batch deposits) one caller may have in flight; more → 429.
-    #[arg(long, env = "VAULT_MAX_UPLOADS_PER_CALLER", default_value_t = 16)]
-    max_uploads_per_caller: usize,
-    /// Most downloads (content GETs, exports) one caller may have in flight; more → 429.
-    #[arg(long, env = "VAULT_MAX_DOWNLOADS_PER_CALLER", default_value_t = 64)]
-    max_downloads_per_caller: usize,
-    /// Most uploads and downloads of all callers together (each holds a blocking thread); more → 429.
-    #[arg(long, env = "VAULT_MAX_STREAMS", default_value_t = 384)]
-    max_streams: usize,
-    /// Seconds a request body may send nothing, or a response go unread, before it is aborted.
-    #[arg(long, env = "VAULT_STREAM_IDLE_TIMEOUT", default_value_t = 30)]
-    stream_idle_timeout: u64,
-    /// Most uploads one agency may hold that no document uses yet (beyond: 429).
-    #[arg(long, env = "VAULT_MAX_PENDING_UPLOADS", default_value_t = 100_000)]
-    max_pending_uploads: u64,
-    /// Most bytes one agency may hold in uploads that no document uses yet (beyond: 429).
-    #[arg(long, env = "VAULT_MAX_PENDING_BYTES", default_value_t = 10 << 30)]
-    max_pending_bytes: u64,
-    /// Seconds between sweeps of expired agency uploads (one also runs at start).
-    #[arg(long, env = "VAULT_SWEEP_INTERVAL", default_value_t = 300)]
-    sweep_interval: u64,
-    /// Webhooks: allow targets at private, loopback, link-local and other non-public addresses
-    /// (refused by default, also after DNS resolution).
-    #[arg(long, env = "VAULT_WEBHOOK_ALLOW_PRIVATE")]
-    webhook_allow_private: bool,
-    /// Webhooks: time limit of one delivery attempt, seconds.
-    #[arg(long, env = "VAULT_WEBHOOK_TIMEOUT", default_value_t = 10)]
-    webhook_timeout: u64,
-    /// Webhooks: most delivery attempts in flight per subscription (1 to 4).
-    #[arg(long, env = "VAULT_WEBHOOK_CONCURRENCY", default_value_t = 2)]
-    webhook_concurrency: usize,
-    /// Webhooks: delay after the first failed attempt, seconds (doubled after each further
-    /// failure, with jitter).
-    #[arg(long, env = "VAULT_WEBHOOK_RETRY_BASE", default_value_t = 5)]
-    webhook_retry_base: u64,
-    /// Webhooks: longest delay between attempts, seconds.
-    #[arg(long, env = "VAULT_WEBHOOK_RETRY_MAX", default_value_t = 3600)]
-    webhook_retry_max: u64,
-    /// Webhooks: an event failing for this many seconds since its first failure is parked.
-    #[arg(long, env = "VAULT_WEBHOOK_PARK_AFTER", default_value_t = 86_400)]
-    webhook_park_after: u64,
-    /// Webhooks: milliseconds between looks at the event outbox (and seconds between sweeps
-    /// for `grant.expired` are `--sweep-interval`, at most 60).
-    #[arg(long, env = "VAULT_WEBHOOK_POLL_MS", default_value_t = 1000)]
-    webhook_poll_ms: u64,
-    /// Log one JSON object per line (default: human-readable text). `RUST_LOG`-style levels are
-    /// not configurable yet: requests are logged at info.
-    #[arg(long, env = "VAULT_LOG_JSON")]
-    log_json: bool,
-    /// The citizen's page: the OpenID provider to sign in with (its issuer URL). Without it (and
-    /// without --dev) the page is not served.
-    #[arg(long, env = "VAULT_OIDC_ISSUER")]
-    oidc_issuer: Option<String>,
-    /// The page's client id at the OpenID provider.
-    #[arg(long, env = "VAULT_OIDC_CLIENT_ID", default_value = "vault-page")]
-    oidc_client_id: String,
-    /// File holding the page's client secret at the OpenID provider.
-    #[arg(long, env = "VAULT_OIDC_CLIENT_SECRET_FILE")]
-    oidc_client_secret_file: Option<PathBuf>,
-    /// The address people open (behind a proxy: its https URL); the page's redirect URI is
-    /// `<public-url>/page/callback`, and its cookies are `Secure` when this is https.
-    /// Default: `http://<listen>`.
-    #[arg(long, env = "VAULT_PUBLIC_URL")]
-    public_url: Option<String>,
-    /// Development mode: create missing keys under the data folder and print tokens. For
-    /// trying it out only.
-    #[arg(long, global = true, env = "VAULT_DEV")]
-    dev: bool,
-}
-
-/// The `--config` file.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    data: Option<PathBuf>,
-    metadata: Option<String>,
-    listen: Option<SocketAddr>,
-    master_key_file: Option<PathBuf>,
-    operator_key: Option<String>,
-    identity_providers: Option<std::collections::BTreeMap<String, String>>,
-    audience: Option<String>,
-    max_token_lifetime: Option<i64>,
-    max_content_size: Option<u64>,
-    max_uploads_per_caller: Option<usize>,
-    max_downloads_per_caller: Option<usize>,
-    max_streams: Option<usize>,
-    stream_idle_timeout: Option<u64>,
-    max_pending_uploads: Option<u64>,
-    max_pending_bytes: Option<u64>,
-    sweep_interval: Option<u64>,
-    webhook_allow_private: Option<bool>,
-    webhook_timeout: Option<u64>,
-    webhook_concurrency: Option<usize>,
-    webhook_retry_base: Option<u64>,
-    webhook_retry_max: Option<u64>,
-    webhook_park_after: Option<u64>,
-    webhook_poll_ms: Option<u64>,
-    dev: Option<bool>,
-    blobs: Option<String>,
-    log_json: Option<bool>,
-    oidc_issuer: Option<String>,
-    oidc_client_id: Option<String>,
-    oidc_client_secret_file: Option<PathBuf>,
-    public_url: Option<String>,
-}
-
-/// Fills in, from the `--config` file, every setting that neither a flag nor the environment
-/// gave.
-fn apply_config(args: &mut Args, m: &clap::ArgMatches) -> Result<(), String> {
-    use clap::parser::ValueSource;
-    let Some(path) = &args.config else { return Ok(()) };
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    let f: FileConfig = toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
-    // Subcommand flags are marked global, so look in the subcommand's matches too.
-    let sub = m.subcommand().map(|(_, s)| s);
-    const GLOBAL: [&str; 5] = ["data", "metadata", "blobs", "master_key_file", "dev"];
-    let unset = |id: &str| {
-        // Global flags are known to the subcommand's matches as well; the others only to the top.
-        let in_sub = if GLOBAL.contains(&id) { sub.and_then(|s| s.value_source(id)) } else { None };
-        let src = in_sub.or_else(|| m.value_source(id));
-        matches!(src, None | Some(ValueSource::DefaultValue))
-    };
-    if let (true, Some(v)) = (unset("data"), f.data) {
-        args.data = v;
-    }
-    if let (true, Some(v)) = (unset("blobs"), f.blobs) {
-        args.blobs = Some(v);
-    }
-    if let (true, Some(v)) = (unset("metadata"), f.metadata) {
-        args.metadata = Some(v);
-    }
-    if let (true, Some(v)) = (unset("listen"), f.listen) {
-        args.listen = v;
-    }
-    if let (true, Some(v)) = (unset("master_key_file"), f.master_key_file) {
-        args.master_key_file = Some(v);
-    }
-    if let (true, Some(v)) = (unset("operator_key"), f.operator_key) {
-        args.operator_key = Some(v);
-    }
-    if let (true, Some(v)) = (unset("identity_providers"), f.identity_providers) {
-        args.identity_providers = v.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-    }
-    if let (true, Some(v)) = (unset("audience"), f.audience) {
-        args.audience = v;
-    }
-    if let (true, Some(v)) = (unset("max_token_lifetime"), f.max_token_lifetime) {
-        args.max_token_lifetime = v;
-    }
-    if let (true, Some(v)) = (unset("max_content_size"), f.max_content_size) {
-        args.max_content_size = v;
-    }
-    if let (true, Some(v)) = (unset("max_uploads_per_caller"), f.max_uploads_per_caller) {
-        args.max_uploads_per_caller = v;
-    }
-    if let (true, Some(v)) = (unset("max_downloads_per_caller"), f.max_downloads_per_caller) {
-        args.max_downloads_per_caller = v;
-    }
-    if let (true, Some(v)) = (unset("max_streams"), f.max_streams) {
-        args.max_streams = v;
-    }
-    if let (true, Some(v)) = (unset("stream_idle_timeout"), f.stream_idle_timeout) {
-        args.stream_idle_timeout = v;
-    }
-    if let (true, Some(v)) = (unset("max_pending_uploads"), f.max_pending_uploads) {
-        args.max_pending_uploads = v;
-    }
-    if let (true, Some(v)) = (unset("max_pending_bytes"), f.max_pending_bytes) {
-        args.max_pending_bytes = v;
-    }
-    if let (true, Some(v)) = (unset("sweep_interval"), f.sweep_interval) {
-        args.sweep_interval = v;
-    }
-    if let (true, Some(v)) = (unset("webhook_allow_private"), f.webhook_allow_private) {
-        args.webhook_allow_private = v;
-    }
-    if let (true, Some(v)) = (unset("webhook_timeout"), f.webhook_timeout) {
-        args.webhook_timeout = v;
-    }
-    if let (true, Some(v)) = (unset("webhook_concurrency"), f.webhook_concurrency) {
-        args.webhook_concurrency = v;
-    }
-    if let (true, Some(v)) = (unset("webhook_retry_base"), f.webhook_retry_base) {
-        args.webhook_retry_base = v;
-    }
-    if let (true, Some(v)) = (unset("webhook_retry_max"), f.webhook_retry_max) {
-        args.webhook_retry_max = v;
-    }
-    if let (true, Some(v)) = (unset("webhook_park_after"), f.webhook_park_after) {
-        args.webhook_park_after = v;
-    }
-    if let (true, Some(v)) = (unset("webhook_poll_ms"), f.webhook_poll_ms) {
-        args.webhook_poll_ms = v;
-    }
-    if let (true, Some(v)) = (unset("oidc_issuer"), f.oidc_issuer) {
-        args.oidc_issuer = Some(v);
-    }
-    if let (true, Some(v)) = (unset("oidc_client_id"), f.oidc_client_id) {
-        args.oidc_client_id = v;
-    }
-    if let (true, Some(v)) = (unset("oidc_client_secret_file"), f.oidc_client_secret_file) {
-        args.oidc_client_secret_file = Some(v);
-    }
-    if let (true, Some(v)) = (unset("public_url"), f.public_url) {
-        args.public_url = Some(v);
-    }
-    if let (true, Some(v)) = (unset("dev"), f.dev) {
-        args.dev = v;
-    }
-    if let (true, Some(v)) = (unset("log_json"), f.log_json) {
-        args.log_json = v;
-    }
-    Ok(())
-}
-
-/// Operator subcommands; without one, the server runs.
-#[derive(Debug, clap::Subcommand)]
-enum Command {
-    /// Verify the vault offline: records, blobs, reference counts, the audit tree (exit 0
-    /// clean, 1 problems found, 2 cannot run).
-    Check {
-        /// Also decrypt every blob and verify its digest.
-        #[arg(long)]
-        read_data: bool,
-    },
-    /// Print a new random master key (the form `--master-key-file` takes), or with `--ed25519`
-    /// a new Ed25519 key pair (private seed and public key, base64).
-    Keygen {
-        /// Make an Ed25519 key pair instead.
-        #[arg(long)]
-        ed25519: bool,
-    },
-    /// Re-wrap every key under a new master key (the server must be stopped). Resumes an
-    /// interrupted rotation when run again with the same two keys.
-    RotateMasterKey {
-        /// File holding the new master key (make one with `vault-server keygen`).
-        #[arg(long)]
-        new_master_key_file: PathBuf,
-    },
-}
-
-/// Reads a dev-mode seed file, creating it with a fresh random seed if missing.
-fn dev_seed(data: &Path, name: &str) -> Result<[u8; 32], String> {
-    let path = data.join(name);
-    if !path.exists() {
-        std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
-        let key = MasterKey::generate();
-        write_private(&path, format!("{}\n", key.to_base64().as_str()).as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let raw = B64.decode(text.trim()).map_err(|_| format!("{} is not base64", path.display()))?;
-    raw.try_into().map_err(|_| format!("{} is not 32 bytes", path.display()))
-}
-
-/// Creates a new file readable by its owner only (mode 0600 on Unix: key files must not be
-/// readable by other users, and `check` warns about one that is).
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    let mut f = o.open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
-}
+use crate::config::{apply_config, Args, Command};
+use crate::dev::{dev_announce, dev_keys, dev_seed};
 
 /// The master key from `--master-key-file`, or in `--dev` mode from (or into) the data folder.
 fn master_key(args: &Args) -> Result<MasterKey, String> {
@@ -365,65 +53,9 @@ fn verifying_key(text: &str, what: &str) -> Result<VerifyingKey, String> {
     VerifyingKey::from_bytes(pk.as_bytes()).map_err(|_| format!("{what}: not an Ed25519 key"))
 }
 
-/// The development keys (`--dev`): created under the data folder if missing.
-struct DevKeys {
-    op: SigningKey,
-    idp: SigningKey,
-    agency: SigningKey,
-}
-
-/// Loads the dev keys and trusts them, unless explicit keys were given.
-fn dev_keys(args: &Args, auth: &mut auth::AuthConfig) -> Result<DevKeys, String> {
-    let keys = DevKeys {
-        op: SigningKey::from_bytes(&dev_seed(&args.data, "dev-operator.key")?),
-        idp: SigningKey::from_bytes(&dev_seed(&args.data, "dev-idp.key")?),
-        agency: SigningKey::from_bytes(&dev_seed(&args.data, "dev-agency.key")?),
-    };
-    if auth.operator.is_none() {
-        auth.operator = Some(keys.op.verifying_key());
-    }
-    auth.providers
-        .entry("dev-idp".into())
-        .or_insert(auth::IdentityProvider { key: keys.idp.verifying_key(), only: None });
-    Ok(keys)
-}
-
-/// Registers the demo agency and prints what a developer needs: tokens and a working call.
-fn dev_announce(args: &Args, vault: &Vault, keys: &DevKeys) -> Result<(), String> {
-    let agency = AgencyId::parse("demo-agency").map_err(|e| e.to_string())?;
-    if vault.agency(&agency).map_err(|e| e.to_string())?.is_none() {
-        let key = AgencyKey {
-            id: KeyId::parse("k1").map_err(|e| e.to_string())?,
-            public_key: PublicKey::from_bytes(keys.agency.verifying_key().to_bytes()).map_err(|e| e.to_string())?,
-            not_before: Timestamp::parse("2020-01-01T00:00:00Z").map_err(|e| e.to_string())?,
-            not_after: None,
-        };
-        vault
-            .put_agency_as(&Caller::operator(), &agency, NewAgency { name: "Demo agency".into(), keys: vec![key] })
-            .map_err(|e| e.to_string())?;
-    }
-    let now = Timestamp::now().unix();
-    let aud = &args.audience;
-    let citizen = "citizen:001099012345";
-    let claims = |kid, iss, sub| Claims { kid, iss, sub, aud, iat: now, exp: now + 3600 };
-    let t_op = mint(&keys.op, &claims("operator", "operator", "operator"));
-    let t_cit = mint(&keys.idp, &claims("dev-idp", "dev-idp", citizen));
-    let t_ag = mint(&keys.agency, &claims("k1", "demo-agency", "demo-agency"));
-    let base = format!("http://{}", args.listen);
-    println!("# vault-server --dev: FOR TRYING IT OUT ONLY. Keys are stored in clear in {}.", args.data.display());
-    println!("# Tokens, valid 1 hour: the operator; the citizen {citizen} (identity provider dev-idp);");
-    println!("# the agency demo-agency (key k1, seed in {}).", args.data.join("dev-agency.key").display());
-    println!("export OPERATOR_TOKEN={t_op}");
-    println!("export CITIZEN_TOKEN={t_cit}");
-    println!("export AGENCY_TOKEN={t_ag}");
-    println!("# Try (after pasting the exports above):");
-    println!("curl -s -H \"Authorization: Bearer $CITIZEN_TOKEN\" {base}/v1/owners/{citizen}/documents");
-    Ok(())
-}
-
 /// The citizen's page (SPEC.md §22) with its OpenID relying party, and under `--dev` without
 /// `--oidc-issuer` the built-in development provider; empty when neither is configured.
-fn page_router(args: &Args, state: &Arc<api::AppState>) -> Result<axum::Router, String> {
+fn page_router(args: &Args, state: &Arc<http::AppState>) -> Result<axum::Router, String> {
     use vault_server::page;
     let public = args.public_url.clone().unwrap_or_else(|| format!("http://{}", args.listen));
     let public = public.trim_end_matches('/').to_owned();
@@ -477,10 +109,10 @@ async fn run(args: Args) -> Result<(), String> {
             "--max-uploads-per-caller, --max-downloads-per-caller and --stream-idle-timeout must be at least 1".into(),
         );
     }
-    if args.max_streams == 0 || args.max_streams > api::BLOCKING_THREADS - 64 {
+    if args.max_streams == 0 || args.max_streams > http::BLOCKING_THREADS - 64 {
         return Err(format!(
             "--max-streams must be 1 to {} (the rest of the threads serve other calls)",
-            api::BLOCKING_THREADS - 64
+            http::BLOCKING_THREADS - 64
         ));
     }
     if !(1..=4).contains(&args.webhook_concurrency) {
@@ -519,12 +151,12 @@ async fn run(args: Args) -> Result<(), String> {
                 tracing::debug!("cannot set TCP_NODELAY: {e}");
             }
         });
-    let state = Arc::new(api::AppState {
+    let state = Arc::new(http::AppState {
         vault: std::sync::OnceLock::new(),
         auth,
         max_content: args.max_content_size,
         metrics: Default::default(),
-        limits: api::Limits::new(
+        limits: http::Limits::new(
             args.max_uploads_per_caller,
             args.max_downloads_per_caller,
             args.max_streams,
@@ -532,7 +164,7 @@ async fn run(args: Args) -> Result<(), String> {
         ),
         webhooks,
     });
-    let app = api::router(state.clone()).merge(page_router(&args, &state)?);
+    let app = http::router(state.clone()).merge(page_router(&args, &state)?);
     let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).into_future());
     let (data, meta, blobs) = (args.data.clone(), metadata(&args)?, args.blobs.clone());
     let where_meta = match &meta {
@@ -556,7 +188,8 @@ async fn run(args: Args) -> Result<(), String> {
         max_bytes: args.max_pending_bytes,
     });
     let sweeper = tokio::spawn(sweep_pending(vault.clone(), args.sweep_interval.max(1)));
-    let folder = tokio::spawn(vault_server::stats::fold_every(vault.clone(), std::time::Duration::from_secs(60)));
+    let folder =
+        tokio::spawn(vault_server::routes::stats::fold_every(vault.clone(), std::time::Duration::from_secs(60)));
     // Events (SPEC.md §24): grant.expired at most a minute late; the outbox's delivery worker.
     let expiry = tokio::spawn(vault_server::webhooks::sweep_expiry(
         vault.clone(),
@@ -804,7 +437,7 @@ fn main() -> ExitCode {
         tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .max_blocking_threads(api::BLOCKING_THREADS)
+        .max_blocking_threads(http::BLOCKING_THREADS)
         .enable_all()
         .build()
     {
@@ -820,28 +453,5 @@ fn main() -> ExitCode {
             eprintln!("vault-server: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[cfg(unix)]
-    #[test]
-    fn item_10_7_dev_key_files_are_created_0600() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let seed = dev_seed(&data, "dev-master.key").unwrap();
-        let mode = std::fs::metadata(data.join("dev-master.key")).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
-        // Read back as the same key, and usable as a master key file.
-        assert_eq!(dev_seed(&data, "dev-master.key").unwrap(), seed);
-        MasterKey::from_file(&data.join("dev-master.key")).unwrap();
-        dev_seed(&data, "dev-operator.key").unwrap();
-        let mode = std::fs::metadata(data.join("dev-operator.key")).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
     }
 }

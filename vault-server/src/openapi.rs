@@ -1,8 +1,8 @@
 //! The served `/openapi.json` (OpenAPI 3.1), generated with utoipa from the handlers'
-//! `#[utoipa::path]` annotations in [`crate::api`], the request and response types, and the
+//! `#[utoipa::path]` annotations in [`crate::routes`], the request and response types, and the
 //! schemas of the identifier newtypes (vault feature `openapi`). Errors per operation are
 //! listed once here (`errors_of`); a test checks that the document and the router's
-//! [`ROUTES`](crate::api::ROUTES) name the same operations.
+//! routes ([`crate::routes::all`]) name the same operations.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -12,7 +12,7 @@ use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 use vault::{Digest, DocType, DocumentId, GrantId, OwnerId, Purpose};
 
-use crate::api;
+use crate::routes;
 
 /// The error body of every refusal: `{"error": {"code", "message"}}`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -549,9 +549,7 @@ impl Modify for Contract {
             ];
             for (method, op) in ops {
                 let Some(op) = op.as_mut() else { continue };
-                if let Some(summary) =
-                    api::ROUTES.iter().find(|r| r.method == method && r.path == path).map(|r| r.summary)
-                {
+                if let Some(summary) = routes::all().find(|r| r.method == method && r.path == path).map(|r| r.summary) {
                     op.summary = Some((*summary).to_owned());
                 }
                 if needs_token(path) {
@@ -572,43 +570,43 @@ impl Modify for Contract {
     info(title = "vault-server", description = "The HTTP contract of vault-server (api.md v1.1): an owner's \
           encrypted documents, consent grants, issuer provenance and a verifiable audit log."),
     paths(
-        api::contents_missing,
-        api::put_content,
-        api::deposit,
-        api::deposit_batch,
-        api::list_documents,
-        api::get_document,
-        api::get_content,
-        api::delete_document,
-        api::revoke_document,
-        api::reuse,
-        api::create_grant,
-        api::list_grants,
-        api::revoke_grant,
-        api::agency_grants,
-        api::access_log,
-        api::access_log_leaf,
-        api::access_log_proofs,
-        api::checkpoint,
-        api::inclusion,
-        api::consistency,
-        api::tile,
-        api::export,
-        api::erase,
-        api::put_agency,
-        api::list_agencies,
-        api::get_agency,
-        crate::webhooks::put_webhook,
-        crate::webhooks::get_webhook,
-        crate::webhooks::delete_webhook,
-        crate::webhooks::failed_events,
-        crate::webhooks::redeliver,
-        crate::stats::reuse_stats,
-        api::vault_key,
-        api::healthz,
-        api::readyz,
-        api::metrics,
-        api::openapi_json,
+        routes::contents::contents_missing,
+        routes::contents::put_content,
+        routes::documents::deposit,
+        routes::documents::deposit_batch,
+        routes::documents::list_documents,
+        routes::documents::get_document,
+        routes::documents::get_content,
+        routes::documents::delete_document,
+        routes::documents::revoke_document,
+        routes::reuse::reuse,
+        routes::grants::create_grant,
+        routes::grants::list_grants,
+        routes::grants::revoke_grant,
+        routes::grants::agency_grants,
+        routes::owners::access_log,
+        routes::owners::access_log_leaf,
+        routes::owners::access_log_proofs,
+        routes::audit::checkpoint,
+        routes::audit::inclusion,
+        routes::audit::consistency,
+        routes::audit::tile,
+        routes::owners::export,
+        routes::owners::erase,
+        routes::agencies::put_agency,
+        routes::agencies::list_agencies,
+        routes::agencies::get_agency,
+        routes::webhooks::put_webhook,
+        routes::webhooks::get_webhook,
+        routes::webhooks::delete_webhook,
+        routes::webhooks::failed_events,
+        routes::webhooks::redeliver,
+        routes::stats::reuse_stats,
+        routes::service::vault_key,
+        routes::service::healthz,
+        routes::service::readyz,
+        routes::service::metrics,
+        routes::service::openapi_json,
     ),
     components(schemas(ErrorBody, ErrorDetail, ErrorCode, TilePath)),
     modifiers(&Contract)
@@ -638,7 +636,7 @@ mod tests {
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, op) in item.as_object().unwrap() {
                 assert!(
-                    api::ROUTES.iter().any(|r| r.method == method && r.path == path),
+                    routes::all().any(|r| r.method == method && r.path == path),
                     "{method} {path} is documented but not routed"
                 );
                 seen += 1;
@@ -657,7 +655,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen, api::ROUTES.len(), "every routed operation is documented");
+        assert_eq!(seen, routes::all().count(), "every routed operation is documented");
         let schemas = doc["components"]["schemas"].as_object().unwrap();
         assert!(schemas["OwnerId"]["pattern"].as_str().unwrap().contains("citizen:"));
         assert_eq!(schemas["Digest"]["pattern"], "^[0-9a-f]{64}$");

@@ -1,9 +1,9 @@
-//! Webhooks (SPEC.md §24): the operator's subscription routes and the delivery worker that
-//! POSTs the outbox's events, signed per the Standard Webhooks specification (`v1a`, Ed25519),
+//! Webhooks (SPEC.md §24): the delivery worker that POSTs the outbox's events, signed per the Standard Webhooks specification (`v1a`, Ed25519),
 //! at least once, with exponential backoff and jitter, a per-subscription concurrency limit, a
 //! time limit per attempt, and parking after the retry window. No redirects are followed, no
 //! proxy is used, and every connection goes to an address the [`UrlPolicy`] allows, checked
-//! after DNS resolution (no server-side request forgery).
+//! after DNS resolution (no server-side request forgery). The operator's subscription routes
+//! are in `routes::webhooks` (see [`crate::routes`]).
 
 use std::collections::HashMap;
 use std::hash::BuildHasher as _;
@@ -12,16 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::Path;
-use axum::http::{HeaderMap, StatusCode};
-use serde_json::json;
 use tokio::sync::Semaphore;
-use vault::events::{Delivery, DeliveryKey, EventId, NewWebhook, UrlPolicy, WebhookId};
+use vault::events::{Delivery, DeliveryKey, UrlPolicy, WebhookId};
 use vault::{AgencyId, Timestamp, Vault};
-
-use crate::api::{blocking, json_body_limited, json_response, ApiError, ApiResult, Call};
-use crate::openapi as oa;
 
 /// Attempts by outcome since the start: delivered, failed (will be retried), parked, dropped.
 static OUTCOMES: [AtomicU64; 4] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
@@ -47,9 +40,6 @@ pub fn prometheus(outbox_full: u64) -> String {
     ));
     out
 }
-
-/// Largest subscription body accepted.
-pub const MAX_WEBHOOK_BODY: usize = 16 * 1024;
 
 /// Delivery settings (flags `--webhook-*`).
 #[derive(Debug, Clone, Copy)]
@@ -92,129 +82,6 @@ pub fn backoff(cfg: &WebhookConfig, failures: u32) -> Duration {
     let r = std::collections::hash_map::RandomState::new().hash_one((failures, std::time::Instant::now()));
     let factor = 0.5 + (r % 1000) as f64 / 2000.0;
     d.mul_f64(factor).max(Duration::from_secs(1))
-}
-
-fn ids(agency: &str, id: &str) -> Result<(AgencyId, WebhookId), ApiError> {
-    let a = AgencyId::parse(agency).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let w = WebhookId::parse(id).map_err(|e| ApiError::invalid(e.to_string()))?;
-    Ok((a, w))
-}
-
-/// Subscribe an agency (the operator).
-#[utoipa::path(
-    put,
-    path = "/v1/agencies/{agency}/webhooks/{id}",
-    tag = "webhooks",
-    params(oa::WebhookPath),
-    request_body(content = vault::events::NewWebhook, content_type = "application/json"),
-    responses(
-        (status = 201, description = "Subscribed", body = vault::events::WebhookView),
-        (status = 200, description = "Replaced", body = vault::events::WebhookView),
-    )
-)]
-pub(crate) async fn put_webhook(
-    Call { st, caller }: Call,
-    Path((agency, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
-    let (agency, id) = ids(&agency, &id)?;
-    let v = st.vault()?;
-    // Only the operator's body is read: anyone else gets 403 whatever they send.
-    let (w, c) = (v.clone(), caller.clone());
-    blocking(move || w.may_put_webhook_as(&c)).await?;
-    let new: NewWebhook = json_body_limited(&headers, body, MAX_WEBHOOK_BODY).await?;
-    let policy = st.webhooks.policy;
-    let (view, created) = blocking(move || {
-        let (_, created) = v.put_webhook_as(&caller, &agency, &id, new, &policy)?;
-        Ok((v.webhook_as(&caller, &agency, &id)?, created))
-    })
-    .await?;
-    Ok(json_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &view))
-}
-
-/// One subscription, its verifying key and outbox counts (the operator).
-#[utoipa::path(
-    get,
-    path = "/v1/agencies/{agency}/webhooks/{id}",
-    tag = "webhooks",
-    params(oa::WebhookPath),
-    responses((status = 200, description = "The subscription", body = vault::events::WebhookView))
-)]
-pub(crate) async fn get_webhook(Call { st, caller }: Call, Path((agency, id)): Path<(String, String)>) -> ApiResult {
-    let (agency, id) = ids(&agency, &id)?;
-    let v = st.vault()?;
-    let view = blocking(move || v.webhook_as(&caller, &agency, &id)).await?;
-    Ok(json_response(StatusCode::OK, &view))
-}
-
-/// Unsubscribe; waiting and parked events of the subscription go too (the operator).
-#[utoipa::path(
-    delete,
-    path = "/v1/agencies/{agency}/webhooks/{id}",
-    tag = "webhooks",
-    params(oa::WebhookPath),
-    responses((status = 204, description = "Deleted"))
-)]
-pub(crate) async fn delete_webhook(Call { st, caller }: Call, Path((agency, id)): Path<(String, String)>) -> ApiResult {
-    let (agency, id) = ids(&agency, &id)?;
-    let v = st.vault()?;
-    blocking(move || v.delete_webhook_as(&caller, &agency, &id)).await?;
-    Ok(axum::response::IntoResponse::into_response(StatusCode::NO_CONTENT))
-}
-
-/// Parked events: failed for the whole retry window (the operator).
-#[utoipa::path(
-    get,
-    path = "/v1/agencies/{agency}/webhooks/{id}/failed",
-    tag = "webhooks",
-    params(oa::WebhookPath, oa::FailedQuery),
-    responses((status = 200, description = "The parked events, oldest first, paged", body = oa::FailedEvents))
-)]
-pub(crate) async fn failed_events(
-    Call { st, caller }: Call,
-    Path((agency, id)): Path<(String, String)>,
-    q: Result<
-        axum::extract::Query<std::collections::HashMap<String, String>>,
-        axum::extract::rejection::QueryRejection,
-    >,
-) -> ApiResult {
-    let (agency, id) = ids(&agency, &id)?;
-    let axum::extract::Query(q) = q.map_err(|_| ApiError::invalid("a malformed query string"))?;
-    let after = match q.get("after") {
-        Some(a) => Some(vault::events::EventId::parse(a).map_err(|e| ApiError::invalid(format!("after: {e}")))?),
-        None => None,
-    };
-    let limit = match q.get("limit") {
-        Some(n) => n
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| ApiError::invalid("limit: a whole number from 1 to 1000"))?,
-        None => 100,
-    };
-    let v = st.vault()?;
-    let (events, next) = blocking(move || v.failed_events_as(&caller, &agency, &id, after.as_ref(), limit)).await?;
-    Ok(json_response(StatusCode::OK, &json!({"events": events, "next": next})))
-}
-
-/// Put a parked event back in the outbox for a fresh retry window, same event id (the operator).
-#[utoipa::path(
-    post,
-    path = "/v1/agencies/{agency}/webhooks/{id}/failed/{event}/redeliver",
-    tag = "webhooks",
-    params(oa::RedeliverPath),
-    responses((status = 202, description = "Queued again", body = vault::events::Delivery))
-)]
-pub(crate) async fn redeliver(
-    Call { st, caller }: Call,
-    Path((agency, id, event)): Path<(String, String, String)>,
-) -> ApiResult {
-    let (agency, id) = ids(&agency, &id)?;
-    let event = EventId::parse(&event).map_err(|_| ApiError::not_found())?;
-    let v = st.vault()?;
-    let d = blocking(move || v.redeliver_as(&caller, &agency, &id, &event)).await?;
-    Ok(json_response(StatusCode::ACCEPTED, &d))
 }
 
 /// Host name lookups of deliveries under way at once (each holds a blocking-pool thread).
@@ -473,6 +340,7 @@ pub async fn sweep_expiry(vault: Arc<Vault>, every: Duration) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use serde_json::json;
 
     #[tokio::test]
     async fn a_failed_attempt_never_records_the_url() {

@@ -22,7 +22,7 @@ use maud::{html, Markup, DOCTYPE};
 use vault::access::Caller;
 use vault::OwnerId;
 
-use crate::api::AppState;
+use crate::http::AppState;
 pub use i18n::Lang;
 use oidc::{Pending, RelyingParty};
 
@@ -277,7 +277,7 @@ impl Ctx {
     }
 
     /// Maps a library error to a page (the API's mapping decides the status).
-    pub fn vault_error(&self, e: crate::api::ApiError) -> Response {
+    pub fn vault_error(&self, e: crate::http::ApiError) -> Response {
         let status = e.status();
         let msg = match status {
             StatusCode::NOT_FOUND | StatusCode::GONE => self.t(i18n::K::NotFound),
@@ -461,7 +461,7 @@ mod tests {
     fn state(public: &str) -> Arc<PageState> {
         let app = Arc::new(AppState {
             vault: std::sync::OnceLock::new(),
-            auth: crate::auth::AuthConfig {
+            auth: crate::http::auth::AuthConfig {
                 audience: "vault".into(),
                 max_lifetime: 3600,
                 operator: None,
@@ -470,7 +470,7 @@ mod tests {
             },
             max_content: 1,
             metrics: Default::default(),
-            limits: crate::api::Limits::new(1, 1, 1, std::time::Duration::from_secs(1)),
+            limits: crate::http::Limits::new(1, 1, 1, std::time::Duration::from_secs(1)),
             webhooks: Default::default(),
         });
         let rp =

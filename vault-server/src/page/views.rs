@@ -17,7 +17,7 @@ use vault::{AgencyId, DocType, Document, DocumentId, GrantId, Purpose, Status, T
 
 use super::i18n::{end_of_local_day, start_of_local_day, K};
 use super::{Ctx, PageState};
-use crate::api::ApiError;
+use crate::http::ApiError;
 
 /// Access-log entries per page.
 const LOG_PAGE: u64 = 50;
@@ -227,7 +227,7 @@ async fn content(ctx: Ctx, Path(id): Path<String>, uri: axum::http::Uri) -> Resp
     let view = query(&uri).get("view") == Some("1");
     let Some((owner, caller)) = ctx.owner() else { return ctx.signed_out() };
     let Ok(id) = DocumentId::parse(&id) else { return ctx.error(StatusCode::NOT_FOUND, ctx.t(K::NotFound)) };
-    let (doc, body) = match crate::api::content_body(&ctx.st.app, caller, owner, id).await {
+    let (doc, body) = match crate::routes::documents::content_body(&ctx.st.app, caller, owner, id).await {
         Ok(x) => x,
         Err(e) => return ctx.vault_error(e),
     };
@@ -767,7 +767,7 @@ async fn export(ctx: Ctx, body: Bytes) -> Response {
     let Some((owner, caller)) = ctx.owner() else { return ctx.signed_out() };
     // Streamed as it is built, exactly as the API's export (the same bounded channel and the
     // same download slot per owner): nothing of it is held in memory whole.
-    let tar = match crate::api::export_body(&ctx.st.app, caller, owner).await {
+    let tar = match crate::routes::owners::export_body(&ctx.st.app, caller, owner).await {
         Ok(b) => b,
         Err(e) => return ctx.vault_error(e),
     };

@@ -7,9 +7,12 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse as _;
+use axum::routing::get;
 use vault::stats::{Counters, Day, GroupBy};
 
-use crate::api::{blocking, json_response, ApiError, ApiResult, AppState};
+use crate::http::error::{json_response, ApiError, ApiResult};
+use crate::http::routing::Route;
+use crate::http::state::{blocking, AppState};
 
 /// `?from=&to=&by=&format=` of the reuse statistics.
 #[derive(Debug, utoipa::IntoParams)]
@@ -44,7 +47,7 @@ fn day(q: &HashMap<String, String>, name: &str) -> Result<Option<Day>, ApiError>
          content_type = "application/json"),
     )
 )]
-pub(crate) async fn reuse_stats(
+async fn reuse_stats(
     State(st): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -127,3 +130,11 @@ pub async fn fold_every(vault: Arc<vault::Vault>, every: std::time::Duration) {
         }
     }
 }
+
+/// The routes of this resource (see [`Route`]).
+pub(crate) const ROUTES: &[Route] = &[Route {
+    method: "get",
+    path: "/v1/stats/reuse",
+    summary: "Reuse statistics (?from=&to=&by=procedure|agency|doc_type|month; CSV)",
+    handler: || get(reuse_stats),
+}];
