@@ -17,8 +17,8 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use vault::access::{Caller, Component, Principal};
-use vault::grants::{Grant, NewGrant};
-use vault::provenance::{Agency, NewAgency};
+use vault::engine::grants::{Grant, NewGrant};
+use vault::engine::provenance::{Agency, NewAgency};
 use vault::{
     AgencyId, Digest, DocType, Document, DocumentId, GrantId, NewDocument, OwnerId, Purpose, Timestamp, Vault,
 };
@@ -507,7 +507,7 @@ fn doc_out(doc: &Document) -> DocOut<'_> {
 struct GrantOut<'a> {
     #[serde(flatten)]
     grant: &'a Grant,
-    status: vault::grants::GrantStatus,
+    status: vault::engine::grants::GrantStatus,
 }
 
 fn grant_out(g: &Grant) -> GrantOut<'_> {
@@ -1229,7 +1229,7 @@ async fn reuse(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, b
     path = "/v1/owners/{owner}/grants",
     tag = "grants",
     params(oa::OwnerPath),
-    request_body(content = vault::grants::NewGrant, content_type = "application/json"),
+    request_body(content = vault::engine::grants::NewGrant, content_type = "application/json"),
     responses((status = 201, description = "The grant, with its signed receipt", body = oa::GrantOut))
 )]
 async fn create_grant(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {
@@ -1296,8 +1296,8 @@ async fn access_log(
     let Query(q) = q.map_err(|_| ApiError::invalid("a malformed query string"))?;
     let after = q.get("after").map(|_| u64_param(&q, "after")).transpose()?;
     let limit = match q.get("limit") {
-        None => vault::audit::PageLimit::default(),
-        Some(_) => vault::audit::PageLimit::new(u64_param(&q, "limit")?)?,
+        None => vault::log::audit::PageLimit::default(),
+        Some(_) => vault::log::audit::PageLimit::new(u64_param(&q, "limit")?)?,
     };
     let v = st.vault()?;
     let page = blocking(move || v.access_log_page_as(&caller, &owner, after, limit)).await?;
@@ -1378,7 +1378,7 @@ async fn checkpoint(State(st): State<Arc<AppState>>) -> ApiResult {
 )]
 async fn tile(State(st): State<Arc<AppState>>, Path(path): Path<String>) -> ApiResult {
     // C2SP tlog-tiles paths in their one canonical form; anything else is no tile.
-    let (level, index, width) = vault::tiles::parse_path(&path).ok_or_else(ApiError::not_found)?;
+    let (level, index, width) = vault::log::tiles::parse_path(&path).ok_or_else(ApiError::not_found)?;
     let v = st.vault()?;
     let bytes = blocking(move || v.tile(level, index, width)).await?;
     let mut resp = ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response();
@@ -1577,7 +1577,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
     path = "/v1/owners/{owner}",
     tag = "owners",
     params(oa::OwnerPath),
-    responses((status = 200, description = "The signed erasure receipt", body = vault::rights::SignedReceipt))
+    responses((status = 200, description = "The signed erasure receipt", body = vault::engine::rights::SignedReceipt))
 )]
 async fn erase(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
     let v = st.vault()?;
@@ -1592,8 +1592,8 @@ async fn erase(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
     path = "/v1/agencies/{agency}",
     tag = "agencies",
     params(oa::AgencyPath),
-    request_body(content = vault::provenance::NewAgency, content_type = "application/json"),
-    responses((status = 201, description = "Registered", body = vault::provenance::Agency), (status = 200, description = "Replaced", body = vault::provenance::Agency))
+    request_body(content = vault::engine::provenance::NewAgency, content_type = "application/json"),
+    responses((status = 201, description = "Registered", body = vault::engine::provenance::Agency), (status = 200, description = "Replaced", body = vault::engine::provenance::Agency))
 )]
 async fn put_agency(
     Call { st, caller }: Call,
@@ -1626,7 +1626,7 @@ async fn list_agencies(State(st): State<Arc<AppState>>, headers: HeaderMap) -> A
     path = "/v1/agencies/{agency}",
     tag = "agencies",
     params(oa::AgencyPath),
-    responses((status = 200, description = "The agency", body = vault::provenance::Agency))
+    responses((status = 200, description = "The agency", body = vault::engine::provenance::Agency))
 )]
 async fn get_agency(State(st): State<Arc<AppState>>, Path(agency): Path<String>, headers: HeaderMap) -> ApiResult {
     st.caller(&headers)?;
@@ -2233,7 +2233,7 @@ mod tests {
 
     #[tokio::test]
     async fn item_10_3_after_a_failed_sync_readyz_and_writes_answer_503() {
-        use vault::store::{FsBlobs, SledMeta};
+        use vault::storage::{FsBlobs, SledMeta};
         let dir = tempfile::tempdir().unwrap();
         let faults = vault::Faults::new();
         let meta = SledMeta::open(&dir.path().join("meta")).unwrap().with_faults(&faults);
@@ -2245,7 +2245,7 @@ mod tests {
         Arc::get_mut(&mut st).unwrap().auth.operator = Some(op.verifying_key());
         let _ = st.vault.set(Arc::new(v));
         let now = Timestamp::now().unix();
-        let claims = vault::token::Claims {
+        let claims = vault::crypto::token::Claims {
             kid: "operator",
             iss: "operator",
             sub: "operator",
@@ -2253,7 +2253,7 @@ mod tests {
             iat: now,
             exp: now + 600,
         };
-        let token = format!("Bearer {}", vault::token::mint(&op, &claims));
+        let token = format!("Bearer {}", vault::crypto::token::mint(&op, &claims));
         let call = |method: &str, uri: &str, body: Option<Value>| {
             let mut req = axum::http::Request::builder().method(method).uri(uri).header(header::AUTHORIZATION, &token);
             if body.is_some() {

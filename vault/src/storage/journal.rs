@@ -20,15 +20,15 @@
 //! wait for the `fdatasync` covering their record) and is cut off; damage refuses the open,
 //! naming the file and offset, because records after it, or the damaged one, may have been
 //! acknowledged. The state op carries the store's change sequence and its state digest after the
-//! batch (see `store.rs`), so a database behind its journal is found after replay. Format 1
+//! batch (see `storage/mod.rs`), so a database behind its journal is found after replay. Format 1
 //! (no file header, 12-byte record header without the length check, no state op) is still read.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::failstop::{Fault, Faults};
-use crate::store::{Op, StoreError};
+use crate::storage::failstop::{Fault, Faults};
+use crate::storage::{Op, StoreError};
 
 /// Journal size that triggers a checkpoint.
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
@@ -47,7 +47,7 @@ const DELETE: u8 = 2;
 const STATE: u8 = 3;
 
 /// The metadata store's state after a batch: how many changes were ever applied, how many keys
-/// it holds and the digest of all its pairs (`store.rs`).
+/// it holds and the digest of all its pairs (`storage/mod.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct State {
     /// Batches applied since the store was created.

@@ -35,14 +35,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::access::{Caller, Principal};
-use crate::audit::Draft;
-use crate::document::Document;
-use crate::grants::Grant;
+use crate::crypto::seal;
+use crate::engine::document::Document;
+use crate::engine::grants::Grant;
+use crate::engine::vault::{aad, key_of, prefix, OwnerRef, Vault};
 use crate::ids::{AgencyId, IdError, OwnerId};
-use crate::store::Op;
+use crate::log::audit::Draft;
+use crate::storage::Op;
 use crate::time::Timestamp;
-use crate::vault::{aad, key_of, prefix, OwnerRef, Vault};
-use crate::{seal, Error};
+use crate::Error;
 
 /// Longest subscription URL, in bytes.
 pub const MAX_URL: usize = 2048;
@@ -170,7 +171,7 @@ impl EventId {
         let micros = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&(micros as u64).to_be_bytes());
-        b[8..].copy_from_slice(&crate::keys::random_array::<8>());
+        b[8..].copy_from_slice(&crate::crypto::keys::random_array::<8>());
         Self(b)
     }
 
@@ -473,7 +474,7 @@ impl std::fmt::Debug for WebhookSigner {
 impl WebhookSigner {
     /// Derived from the vault's signing seed (BLAKE3 KDF with its own context).
     pub(crate) fn derive(seed: &[u8; 32]) -> Self {
-        let key = crate::keys::SecretKey::from_bytes(*seed).derive(crate::keys::ctx::WEBHOOK_SIGNING);
+        let key = crate::crypto::keys::SecretKey::from_bytes(*seed).derive(crate::crypto::keys::ctx::WEBHOOK_SIGNING);
         Self(SigningKey::from_bytes(key.expose()))
     }
 }
@@ -509,7 +510,7 @@ const OUTBOX_LOCK: &str = "vault-outbox";
 
 /// The outbox's lock ([`Vault::outbox_lock`]); the store's part is released first.
 pub(crate) struct OutboxGuard<'a> {
-    _remote: Option<crate::store::RemoteLock>,
+    _remote: Option<crate::storage::RemoteLock>,
     _local: MutexGuard<'a, ()>,
 }
 
@@ -570,7 +571,7 @@ fn split_outbox_key(k: &[u8]) -> Option<(AgencyId, WebhookId, &[u8])> {
 }
 
 fn corrupt(k: &[u8]) -> Error {
-    Error::Corrupt(crate::vault::describe_key(k))
+    Error::Corrupt(crate::engine::vault::describe_key(k))
 }
 
 /// The `data` of a grant event.
@@ -599,7 +600,7 @@ impl Vault {
     /// deletion at another removed (SPEC.md §9a "Several instances").
     pub(crate) fn outbox_lock(&self) -> Result<OutboxGuard<'_>, Error> {
         let local = self.events.outbox.lock().unwrap_or_else(|p| p.into_inner());
-        let remote = self.meta().lock(crate::store::LockName::Named(OUTBOX_LOCK))?;
+        let remote = self.meta().lock(crate::storage::LockName::Named(OUTBOX_LOCK))?;
         Ok(OutboxGuard { _remote: remote, _local: local })
     }
 
@@ -1379,7 +1380,7 @@ impl Vault {
         // below either way).
         drop(self.subs());
         let mut out = Vec::new();
-        let describe = crate::vault::describe_key;
+        let describe = crate::engine::vault::describe_key;
         for p in [
             prefix::WEBHOOK,
             prefix::OUTBOX,
@@ -1507,7 +1508,7 @@ mod tests {
         assert!(WebhookUrl::parse(&format!("https://x.vn/{}", "a".repeat(MAX_URL))).is_err());
     }
 
-    use crate::grants::NewGrant;
+    use crate::engine::grants::NewGrant;
     use crate::ids::{DocType, Purpose};
     use crate::{MasterKey, Vault};
 
@@ -1515,7 +1516,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let v = Vault::open(dir.path(), &MasterKey::from_bytes([3; 32])).unwrap();
         let a = AgencyId::parse("so-gd").unwrap();
-        let new = crate::provenance::NewAgency { name: "Sở GD".into(), keys: vec![] };
+        let new = crate::engine::provenance::NewAgency { name: "Sở GD".into(), keys: vec![] };
         v.put_agency_as(&Caller::operator(), &a, new).unwrap();
         (dir, v, a, OwnerId::parse("citizen:001099012345").unwrap())
     }
@@ -1603,7 +1604,7 @@ mod tests {
     fn erasure_tells_each_agency_once_and_leaves_no_expiry_behind() {
         let (_dir, v, a, owner) = setup();
         let b = AgencyId::parse("ubnd-xa").unwrap();
-        let new = crate::provenance::NewAgency { name: "UBND".into(), keys: vec![] };
+        let new = crate::engine::provenance::NewAgency { name: "UBND".into(), keys: vec![] };
         v.put_agency_as(&Caller::operator(), &b, new).unwrap();
         subscribe(&v, &a, "main", &[EventType::OwnerErased, EventType::GrantExpired]);
         subscribe(&v, &b, "main", &[EventType::OwnerErased]);

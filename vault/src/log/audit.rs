@@ -19,15 +19,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::keys::SecretKey;
+use crate::crypto::seal;
+use crate::engine::vault::{aad, key_of, prefix, OwnerRef, Vault};
 use crate::ids::{DocumentId, OwnerId, Purpose};
-use crate::keys::SecretKey;
-use crate::merkle::{self, Hash};
-use crate::note;
-use crate::store::Op;
-use crate::tiles::{self, Edge, TileNodes};
+use crate::log::merkle::{self, Hash};
+use crate::log::note;
+use crate::log::tiles::{self, Edge, TileNodes};
+use crate::storage::Op;
 use crate::time::Timestamp;
-use crate::vault::{aad, key_of, prefix, OwnerRef, Vault};
-use crate::{seal, Error};
+use crate::Error;
 
 /// Changes computed while no entry can be appended ([`Vault::apply_audited_with`]).
 type More<'a> = Box<dyn FnMut() -> Result<Vec<Op>, Error> + Send + 'a>;
@@ -93,10 +94,10 @@ struct Queue {
     turn_waiters: usize,
     /// Queued calls whose caller went away ([`Vault::abandon_queued`]): their answers are
     /// dropped, and the grant write each carries is reported done once applied.
-    abandoned: HashMap<u64, Option<crate::grants::GrantWrite>>,
+    abandoned: HashMap<u64, Option<crate::engine::grants::GrantWrite>>,
     /// Grant writes of abandoned calls that are applied (or failed), to report done outside
     /// this lock (the grants lock is taken before it, never after).
-    done_grants: Vec<crate::grants::GrantWrite>,
+    done_grants: Vec<crate::engine::grants::GrantWrite>,
     /// A leader waits on `arrived` for more entries.
     lingering: bool,
     /// The turn was given to an async caller ([`Polled::Lead`]) for [`Vault::lead_queue`].
@@ -458,7 +459,7 @@ impl Vault {
         self.audit.applied.store(size, Ordering::SeqCst);
         // The log never shrinks below, nor forks from, a checkpoint it signed.
         if let Some((signed, root)) = self.meta().signed_floor() {
-            let behind = |what: String| crate::store::StoreError::Damaged {
+            let behind = |what: String| crate::storage::StoreError::Damaged {
                 file: "the audit log in the metadata database".into(),
                 offset: None,
                 what,
@@ -706,7 +707,7 @@ impl Vault {
     /// with its batch (a queued change is never dropped), its answer is discarded, and `grant`,
     /// the grant write it carries, is reported done once it is applied. If this caller was the
     /// one to lead next, the next one is woken.
-    pub(crate) fn abandon_queued(&self, queued: Queued, grant: Option<crate::grants::GrantWrite>) {
+    pub(crate) fn abandon_queued(&self, queued: Queued, grant: Option<crate::engine::grants::GrantWrite>) {
         let id = queued.0;
         let mut q = self.audit.queue();
         q.waiters.remove(&id);
@@ -727,7 +728,7 @@ impl Vault {
     /// entry, tile and the new size as one atomic batch; returns its ticket and first index.
     ///
     /// On a shared store the batch is built inside the store's sequencer lock
-    /// ([`crate::store::MetaStore::sequenced`], the lease of SPEC.md §14): the stored size is
+    /// ([`crate::storage::MetaStore::sequenced`], the lease of SPEC.md §14): the stored size is
     /// read first, and if another instance appended since this one's last batch, the edge is
     /// rebuilt from the stored tiles before the entries are placed after it.
     fn write_batch(&self, batch: Vec<Request>) -> Result<(u64, u64), Error> {
@@ -1009,8 +1010,10 @@ impl Vault {
         for item in self.meta().scan(&key_of(prefix::OWNER_ENTRY, &[&op])) {
             let (k, v) = item?;
             let plain = seal::open(&self.vault_records, &aad(&k), &v)
-                .map_err(|_| Error::Corrupt(crate::vault::describe_key(&k)))?;
-            out.push(serde_json::from_slice(&plain).map_err(|_| Error::Corrupt(crate::vault::describe_key(&k)))?);
+                .map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(&k)))?;
+            out.push(
+                serde_json::from_slice(&plain).map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(&k)))?,
+            );
         }
         Ok(out)
     }
@@ -1036,8 +1039,10 @@ impl Vault {
                 break;
             }
             let plain = seal::open(&self.vault_records, &aad(&k), &v)
-                .map_err(|_| Error::Corrupt(crate::vault::describe_key(&k)))?;
-            entries.push(serde_json::from_slice(&plain).map_err(|_| Error::Corrupt(crate::vault::describe_key(&k)))?);
+                .map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(&k)))?;
+            entries.push(
+                serde_json::from_slice(&plain).map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(&k)))?,
+            );
         }
         let next = if more { entries.last().map(|e| e.index) } else { None };
         Ok(Page { entries, next })
@@ -1073,8 +1078,11 @@ impl Vault {
             None => Ok(None),
             Some(v) => {
                 let plain = seal::open(&self.vault_records, &aad(&key), &v)
-                    .map_err(|_| Error::Corrupt(crate::vault::describe_key(&key)))?;
-                Ok(Some(serde_json::from_slice(&plain).map_err(|_| Error::Corrupt(crate::vault::describe_key(&key)))?))
+                    .map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(&key)))?;
+                Ok(Some(
+                    serde_json::from_slice(&plain)
+                        .map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(&key)))?,
+                ))
             }
         }
     }
@@ -1109,7 +1117,9 @@ impl Vault {
                 Some(((l, n), _)) => {
                     problems.push((format!("audit tile {l}/{n}"), "does not match the leaves".to_owned()))
                 }
-                None => problems.push((crate::vault::describe_key(&k), "an audit tile beyond the tree".to_owned())),
+                None => {
+                    problems.push((crate::engine::vault::describe_key(&k), "an audit tile beyond the tree".to_owned()))
+                }
             }
         }
         for (l, n) in expected.into_keys() {
@@ -1143,7 +1153,7 @@ fn chunks(mut queued: Vec<Request>) -> Vec<Vec<Request>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::MasterKey;
+    use crate::crypto::keys::MasterKey;
     use std::time::Instant;
 
     fn draft(owner: &OwnerId) -> Draft {
@@ -1251,8 +1261,8 @@ mod tests {
     fn a_failed_batch_fails_every_caller_and_leaves_the_edge() {
         let dir = tempfile::tempdir().unwrap();
         let faults = crate::Faults::new();
-        let meta = crate::store::SledMeta::open(&dir.path().join("meta")).unwrap().with_faults(&faults);
-        let blobs = crate::store::FsBlobs::open(dir.path().join("blobs")).unwrap();
+        let meta = crate::storage::SledMeta::open(&dir.path().join("meta")).unwrap().with_faults(&faults);
+        let blobs = crate::storage::FsBlobs::open(dir.path().join("blobs")).unwrap();
         let v = Vault::open_with(Box::new(meta), Box::new(blobs), &MasterKey::from_bytes([5; 32]), None).unwrap();
         let owner = OwnerId::parse("citizen:001099012345").unwrap();
         v.audit_now(&draft(&owner)).unwrap();

@@ -8,16 +8,16 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::access::{Caller, Principal};
-use crate::audit::Entry;
-use crate::document::Document;
-use crate::grants::Grant;
+use crate::engine::document::Document;
+use crate::engine::grants::Grant;
+use crate::engine::provenance::{statement, Agency};
+use crate::engine::vault::{key_of, prefix, Vault};
 use crate::ids::{Digest, OwnerId};
-use crate::merkle;
-use crate::note::{parse_checkpoint, NoteVerifier};
-use crate::provenance::{statement, Agency};
-use crate::store::Op;
+use crate::log::audit::Entry;
+use crate::log::merkle;
+use crate::log::note::{parse_checkpoint, NoteVerifier};
+use crate::storage::Op;
 use crate::time::Timestamp;
-use crate::vault::{key_of, prefix, Vault};
 use crate::Error;
 
 /// The first line of an erasure receipt.
@@ -67,7 +67,7 @@ impl Vault {
             let mut docs: Vec<Document> = Vec::new();
             for item in self.meta().scan(&key_of(prefix::DOCUMENT, &[&op])) {
                 let (k, v) = item?;
-                if let Some(d) = crate::vault::open_record::<Document>(&o.keys, &k, &v) {
+                if let Some(d) = crate::engine::vault::open_record::<Document>(&o.keys, &k, &v) {
                     docs.push(d);
                 }
             }

@@ -10,17 +10,17 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::audit::Draft;
-use crate::commit::{CommitStats, GroupCommit};
-use crate::document::{Document, NewDocument, Revocation};
+use crate::crypto::keys::{MasterKey, OwnerKeys, SecretKey};
+use crate::crypto::seal::{self, Unsealable};
+use crate::crypto::stream::{BlobReader, BlobWriter, Finished};
+use crate::engine::document::{Document, NewDocument, Revocation};
+use crate::engine::supply::By;
 use crate::error::Error;
 use crate::ids::{Digest, DocType, DocumentId, OwnerId};
-use crate::keys::{MasterKey, OwnerKeys, SecretKey};
-use crate::note::VaultSigner;
-use crate::seal::{self, Unsealable};
-use crate::store::{BlobName, BlobRead, BlobStore, MetaStore, NewBlob, Op};
-use crate::stream::{BlobReader, BlobWriter, Finished};
-use crate::supply::By;
+use crate::log::audit::Draft;
+use crate::log::note::VaultSigner;
+use crate::storage::commit::{CommitStats, GroupCommit};
+use crate::storage::{BlobName, BlobRead, BlobStore, MetaStore, NewBlob, Op};
 use crate::time::Timestamp;
 
 /// The format this build writes and reads.
@@ -128,7 +128,7 @@ const KEY_SIGNING: &[u8] = b"Msigning-key";
 /// The id this vault claims its blob store with ([`BlobStore::claim`]): 16 bytes of a key
 /// derived from the index key, in hex (it tells nothing of the key).
 fn claim_id(index_key: &SecretKey) -> String {
-    hex::encode(&index_key.derive(crate::keys::ctx::BLOB_STORE_CLAIM).expose()[..16])
+    hex::encode(&index_key.derive(crate::crypto::keys::ctx::BLOB_STORE_CLAIM).expose()[..16])
 }
 
 /// How old a blob without a record must be before [`Vault::collect_orphans`] sets it aside.
@@ -234,7 +234,7 @@ pub(crate) fn nonblocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Whether this thread runs a [`nonblocking`] section (a backend whose reads block on the
-/// network refuses them there with [`crate::store::StoreError::WouldBlock`]).
+/// network refuses them there with [`crate::storage::StoreError::WouldBlock`]).
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn in_nonblocking() -> bool {
     NONBLOCKING.with(Cell::get)
@@ -253,14 +253,14 @@ pub struct Vault {
     /// The vault's Ed25519 key: checkpoints and receipts.
     pub(crate) signer: VaultSigner,
     /// Audit-log appends: the tree size, held while an index is assigned and its nodes written.
-    pub(crate) audit: crate::audit::AuditState,
+    pub(crate) audit: crate::log::audit::AuditState,
     /// Serialises registry changes.
     registry: Mutex<()>,
     /// Agency registrations read so far (and absences), dropped on change.
-    pub(crate) agency_cache: Mutex<HashMap<crate::ids::AgencyId, Option<crate::provenance::Agency>>>,
+    pub(crate) agency_cache: Mutex<HashMap<crate::ids::AgencyId, Option<crate::engine::provenance::Agency>>>,
     /// Serialises grant changes (use counts, revocations) and holds the grant writes queued at
     /// the audit sequencer but perhaps not applied yet (`grants::PendingGrants`).
-    pub(crate) grants_lock: Mutex<crate::grants::PendingGrants>,
+    pub(crate) grants_lock: Mutex<crate::engine::grants::PendingGrants>,
     commit: GroupCommit,
     /// Group commit of blob syncs (one `syncfs` for a batch of new blobs).
     blob_commit: GroupCommit,
@@ -274,15 +274,15 @@ pub struct Vault {
     open_marker: Option<PathBuf>,
     recovered: RecoveryReport,
     /// Set by the first failed write or sync of the journal or the blob store (SPEC.md §8).
-    fail: crate::failstop::FailStop,
+    fail: crate::storage::failstop::FailStop,
     /// Pending agency uploads: counts and limits.
-    pub(crate) supply: crate::supply::SupplyState,
+    pub(crate) supply: crate::engine::supply::SupplyState,
     /// Unsealed records by key and sealed bytes (exact: see `record_cache`).
-    records: crate::record_cache::RecordCache,
+    records: crate::engine::record_cache::RecordCache,
     /// Webhook subscriptions (cached).
-    pub(crate) events: crate::events::EventState,
+    pub(crate) events: crate::engine::events::EventState,
     /// Signs webhook deliveries.
-    pub(crate) webhook_signer: crate::events::WebhookSigner,
+    pub(crate) webhook_signer: crate::engine::events::WebhookSigner,
 }
 
 impl std::fmt::Debug for Vault {
@@ -302,26 +302,26 @@ fn deleted_keys(ops: &[Op]) -> Vec<Vec<u8>> {
 }
 
 /// What [`Vault::apply_sequenced`] runs under the store's sequencer lock.
-pub(crate) type SequencedChanges<'a> = dyn FnMut(&dyn crate::store::MetaRead) -> Result<Vec<Op>, Error> + Send + 'a;
+pub(crate) type SequencedChanges<'a> = dyn FnMut(&dyn crate::storage::MetaRead) -> Result<Vec<Op>, Error> + Send + 'a;
 
 /// An owner's change lock held by a change ([`Vault::owner_for_change`]): in-process, and on a
 /// shared store in the store too. The store's lock is released first.
 pub(crate) struct ChangeGuard<'a> {
-    remote: Option<crate::store::RemoteLock>,
+    remote: Option<crate::storage::RemoteLock>,
     _local: RwLockReadGuard<'a, ()>,
 }
 
 impl ChangeGuard<'_> {
     /// Takes the store's lock out of the guard, for a caller that must hold it until its
     /// change is applied after the in-process lock is released (a grant's counted use).
-    pub(crate) fn take_remote(&mut self) -> Option<crate::store::RemoteLock> {
+    pub(crate) fn take_remote(&mut self) -> Option<crate::storage::RemoteLock> {
         self.remote.take()
     }
 }
 
 /// An owner's change lock held exclusively (erasure), as [`ChangeGuard`].
 pub(crate) struct ExclusiveGuard<'a> {
-    _remote: Option<crate::store::RemoteLock>,
+    _remote: Option<crate::storage::RemoteLock>,
     _local: RwLockWriteGuard<'a, ()>,
 }
 
@@ -388,11 +388,11 @@ impl Vault {
     pub fn open(dir: &Path, master: &MasterKey) -> Result<Self, Error> {
         let io = |what: &str| {
             let what = format!("{what} {}", dir.display());
-            move |source| crate::store::StoreError::Io { what, source }
+            move |source| crate::storage::StoreError::Io { what, source }
         };
         fs::create_dir_all(dir).map_err(io("creating data folder"))?;
-        let meta = crate::store::SledMeta::open(&dir.join("meta"))?;
-        let blobs = crate::store::FsBlobs::open(dir.join("blobs"))?;
+        let meta = crate::storage::SledMeta::open(&dir.join("meta"))?;
+        let blobs = crate::storage::FsBlobs::open(dir.join("blobs"))?;
         Self::open_with(Box::new(meta), Box::new(blobs), master, Some(dir.join("OPEN")))
     }
 
@@ -405,7 +405,7 @@ impl Vault {
         open_marker: Option<PathBuf>,
     ) -> Result<Self, Error> {
         let master_wrap = master.wrap_key();
-        if meta.get(crate::rotation::KEY_ROTATION)?.is_some() {
+        if meta.get(crate::engine::rotation::KEY_ROTATION)?.is_some() {
             return Err(Error::RotationInProgress);
         }
         let sealed_index = meta.get(KEY_INDEX_KEY)?;
@@ -438,7 +438,7 @@ impl Vault {
                 // new vault key would silently replace the old one.
                 let listing = blobs.list()?;
                 if !listing.blobs.is_empty() || !blobs.set_aside_list()?.is_empty() {
-                    return Err(crate::store::StoreError::Damaged {
+                    return Err(crate::storage::StoreError::Damaged {
                         file: "the metadata database".into(),
                         offset: None,
                         what: format!(
@@ -468,7 +468,7 @@ impl Vault {
         let claimed = match meta.get(KEY_BLOB_STORE)? {
             Some(recorded) if recorded == given.as_bytes() => existed,
             Some(recorded) => {
-                return Err(crate::store::StoreError::WrongBlobStore {
+                return Err(crate::storage::StoreError::WrongBlobStore {
                     recorded: String::from_utf8_lossy(&recorded).into_owned(),
                     given,
                 }
@@ -477,7 +477,7 @@ impl Vault {
             None => {
                 // Vaults made before the record existed all kept their blobs in files.
                 if existed && given != "files" {
-                    return Err(crate::store::StoreError::WrongBlobStore { recorded: "files".into(), given }.into());
+                    return Err(crate::storage::StoreError::WrongBlobStore { recorded: "files".into(), given }.into());
                 }
                 meta.apply(vec![Op::Put(KEY_BLOB_STORE.to_vec(), given.into_bytes())])?;
                 meta.sync()?;
@@ -504,14 +504,14 @@ impl Vault {
             }
         };
         let signer = VaultSigner::new(VAULT_KEY_NAME, &seed);
-        let webhook_signer = crate::events::WebhookSigner::derive(&seed);
-        let vault_records = index_key.derive(crate::keys::ctx::VAULT_RECORDS);
-        let audit_refs = index_key.derive(crate::keys::ctx::AUDIT_REFS);
+        let webhook_signer = crate::engine::events::WebhookSigner::derive(&seed);
+        let vault_records = index_key.derive(crate::crypto::keys::ctx::VAULT_RECORDS);
+        let audit_refs = index_key.derive(crate::crypto::keys::ctx::AUDIT_REFS);
         let mut vault = Vault {
             vault_records,
             audit_refs,
             signer,
-            audit: crate::audit::AuditState::default(),
+            audit: crate::log::audit::AuditState::default(),
             registry: Mutex::new(()),
             agency_cache: Mutex::new(HashMap::new()),
             grants_lock: Mutex::default(),
@@ -559,11 +559,12 @@ impl Vault {
             }
         }
         if let Some(m) = &self.open_marker {
-            File::create(m)
-                .and_then(|f| f.sync_all())
-                .map_err(|source| crate::store::StoreError::Io { what: format!("writing {}", m.display()), source })?;
+            File::create(m).and_then(|f| f.sync_all()).map_err(|source| crate::storage::StoreError::Io {
+                what: format!("writing {}", m.display()),
+                source,
+            })?;
             if let Some(dir) = m.parent() {
-                File::open(dir).and_then(|d| d.sync_all()).map_err(|source| crate::store::StoreError::Io {
+                File::open(dir).and_then(|d| d.sync_all()).map_err(|source| crate::storage::StoreError::Io {
                     what: format!("syncing {}", dir.display()),
                     source,
                 })?;
@@ -723,7 +724,7 @@ impl Vault {
         applied.map_err(|e| match e {
             // The sequencer's lock was not had in time: nothing was written (the outcome is
             // known), so the call fails and the vault goes on.
-            e @ crate::store::StoreError::Unavailable(_) => Error::Store(e),
+            e @ crate::storage::StoreError::Unavailable(_) => Error::Store(e),
             e => self.fail.trip("writing the metadata", e),
         })?;
         Ok(self.commit.written())
@@ -744,7 +745,7 @@ impl Vault {
             }
             Err(e) => {
                 refused = Some(e);
-                Err(crate::store::StoreError::Meta("the batch was not built".into()))
+                Err(crate::storage::StoreError::Meta("the batch was not built".into()))
             }
         });
         if let Some(e) = refused {
@@ -754,7 +755,7 @@ impl Vault {
         applied.map_err(|e| match e {
             // The sequencer's lock was not had in time: nothing was written (the outcome is
             // known), so the call fails and the vault goes on.
-            e @ crate::store::StoreError::Unavailable(_) => Error::Store(e),
+            e @ crate::storage::StoreError::Unavailable(_) => Error::Store(e),
             e => self.fail.trip("writing the metadata", e),
         })?;
         Ok(self.commit.written())
@@ -850,7 +851,7 @@ impl Vault {
     /// the store (see [`Vault::owner_for_change`]).
     pub(crate) fn owner_exclusive(&self, op: &OwnerRef) -> Result<ExclusiveGuard<'_>, Error> {
         let local = self.owner_locks[usize::from(op[0])].write().unwrap_or_else(|p| p.into_inner());
-        let remote = self.meta.lock(crate::store::LockName::Owner(op))?;
+        let remote = self.meta.lock(crate::storage::LockName::Owner(op))?;
         Ok(ExclusiveGuard { _remote: remote, _local: local })
     }
 
@@ -882,7 +883,7 @@ impl Vault {
     ) -> Result<(ChangeGuard<'_>, Option<Arc<OwnerCtx>>), Error> {
         let op = self.owner_ref(owner);
         let local = self.owner_shared(&op)?;
-        let remote = self.meta.lock(crate::store::LockName::Owner(&op))?;
+        let remote = self.meta.lock(crate::storage::LockName::Owner(&op))?;
         let o = self.owner_locked(owner, create)?;
         Ok((ChangeGuard { remote, _local: local }, o))
     }
@@ -1034,7 +1035,7 @@ impl Vault {
         let key = Self::content_key(o, &name);
         // On a shared store the owner's lock in the store first (then the stripe, the order of
         // every change): a deposit at another instance may change the record meanwhile.
-        let _remote = self.meta.lock(crate::store::LockName::Owner(&o.op))?;
+        let _remote = self.meta.lock(crate::storage::LockName::Owner(&o.op))?;
         let guard = self.stripe(&name);
         match self.get_sealed::<ContentRecord>(&o.keys, &key)? {
             Some(mut rec) if rec.agency_only => {
@@ -1203,7 +1204,7 @@ impl Vault {
                             // The store could not take the blob (object storage unreachable,
                             // refused): nothing points at it, so the request fails and the vault
                             // goes on; a failed local write still stops writes (SPEC.md §8).
-                            e @ crate::store::StoreError::Unavailable(_) => Error::Store(e),
+                            e @ crate::storage::StoreError::Unavailable(_) => Error::Store(e),
                             e => self.fail.trip("writing a blob", e),
                         })?;
                         // The blob must be durable before the record that points at it can be.
@@ -1299,7 +1300,7 @@ impl Vault {
         let ikey = deposit_key(o, &doc.meta);
         ops.push(Op::Put(ikey.clone(), seal_record(&o.keys, &ikey, &doc.id)));
         // The issuer's `document.deposited` event, in the same batch (signed documents only).
-        ops.extend(self.document_event_ops(&doc, crate::events::EventType::DocumentDeposited, now)?);
+        ops.extend(self.document_event_ops(&doc, crate::engine::events::EventType::DocumentDeposited, now)?);
         Ok(doc)
     }
 
@@ -1412,7 +1413,7 @@ impl Vault {
             if supply.pending() {
                 let mut s = supply.clone();
                 s.used = true;
-                let skey = crate::supply::supply_key(o, &new.digest, a);
+                let skey = crate::engine::supply::supply_key(o, &new.digest, a);
                 used = Some((a, supply.size, Op::Put(skey.clone(), seal_record(&o.keys, &skey, &s))));
             }
         }
@@ -1541,13 +1542,13 @@ impl Vault {
         if last {
             let now = Timestamp::now();
             let mut supplies = Vec::new();
-            for item in self.meta.scan(&crate::supply::supply_prefix(o, &doc.meta.digest)) {
+            for item in self.meta.scan(&crate::engine::supply::supply_prefix(o, &doc.meta.digest)) {
                 let (k, v) = item?;
-                supplies.push((k.clone(), open_record::<crate::supply::Supply>(&o.keys, &k, &v)));
+                supplies.push((k.clone(), open_record::<crate::engine::supply::Supply>(&o.keys, &k, &v)));
             }
             let waiting = supplies.iter().any(|(_, s)| {
                 s.as_ref().is_some_and(|s| {
-                    s.pending() && now < s.supplied_at.plus_seconds(crate::supply::PENDING_LIFETIME_SECS)
+                    s.pending() && now < s.supplied_at.plus_seconds(crate::engine::supply::PENDING_LIFETIME_SECS)
                 })
             });
             if waiting {
@@ -1571,7 +1572,7 @@ impl Vault {
             ops.push(Op::Delete(ikey));
         }
         let ticket = self.apply_opt(ops, audit)?;
-        for s in dropped_supplies.into_iter().filter_map(|(_, s)| s).filter(crate::supply::Supply::pending) {
+        for s in dropped_supplies.into_iter().filter_map(|(_, s)| s).filter(crate::engine::supply::Supply::pending) {
             self.count_pending(&s.agency, s.size, false);
         }
         self.durable(ticket)?;
@@ -1601,7 +1602,7 @@ impl Vault {
         at: Timestamp,
         audit: Option<&Draft>,
     ) -> Result<Document, Error> {
-        crate::document::check_text("reason", reason, crate::document::MAX_TEXT)?;
+        crate::engine::document::check_text("reason", reason, crate::engine::document::MAX_TEXT)?;
         let (owner_guard, o) = self.owner_for_change(&o.id, false)?;
         let o = &*o.ok_or(Error::NotFound("document"))?;
         let key = key_of(prefix::DOCUMENT, &[&o.op, id.as_bytes()]);
@@ -1615,7 +1616,11 @@ impl Vault {
         doc.revocation = Some(Revocation { at, reason: reason.to_owned() });
         let mut ops = vec![Op::Put(key.clone(), seal_record(&o.keys, &key, &doc))];
         // The issuer's `document.revoked` event, in the same batch (signed documents only).
-        ops.extend(self.document_event_ops(&doc, crate::events::EventType::DocumentRevoked, Timestamp::now())?);
+        ops.extend(self.document_event_ops(
+            &doc,
+            crate::engine::events::EventType::DocumentRevoked,
+            Timestamp::now(),
+        )?);
         let ticket = self.apply_opt(ops, audit)?;
         drop(guard);
         drop(owner_guard);
@@ -1649,7 +1654,7 @@ impl Vault {
         };
         let reader = BlobReader::open(file, &o.keys.blob_wrap, &o.binding(digest), *digest)?;
         if reader.size() != rec.size {
-            return Err(Error::Decrypt(crate::stream::DecryptError));
+            return Err(Error::Decrypt(crate::crypto::stream::DecryptError));
         }
         Ok(reader)
     }
@@ -1681,8 +1686,10 @@ impl Vault {
         self.fail.check()?;
         self.meta.close()?;
         if let Some(m) = self.open_marker.take() {
-            fs::remove_file(&m)
-                .map_err(|source| crate::store::StoreError::Io { what: format!("removing {}", m.display()), source })?;
+            fs::remove_file(&m).map_err(|source| crate::storage::StoreError::Io {
+                what: format!("removing {}", m.display()),
+                source,
+            })?;
         }
         Ok(())
     }

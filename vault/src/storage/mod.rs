@@ -16,7 +16,17 @@ use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::failstop::{Fault, Faults};
+use crate::storage::failstop::{Fault, Faults};
+
+pub mod commit;
+pub mod failstop;
+#[cfg(feature = "embedded")]
+pub mod journal;
+pub mod mem_store;
+#[cfg(feature = "postgres")]
+pub mod pg_store;
+#[cfg(feature = "s3")]
+pub mod s3_store;
 
 /// A failure of a storage backend.
 #[derive(Debug, thiserror::Error)]
@@ -207,13 +217,13 @@ impl fmt::Debug for RemoteLock {
 /// folder) and then applied to sled, under one lock; [`MetaStore::sync`] is one `fdatasync` of
 /// the journal. At open the journal is replayed into sled, sled is flushed and the journal
 /// emptied; it is also emptied after a sled flush whenever it outgrows
-/// [`crate::journal::CHECKPOINT_BYTES`]. Every value is sealed besides, so corruption is
+/// [`crate::storage::journal::CHECKPOINT_BYTES`]. Every value is sealed besides, so corruption is
 /// detected rather than served (SPEC.md §9).
 #[cfg(feature = "embedded")]
 pub struct SledMeta {
     db: sled::Db,
     dir: PathBuf,
-    journal: std::sync::Mutex<crate::journal::Journal>,
+    journal: std::sync::Mutex<crate::storage::journal::Journal>,
     /// Handle used to sync the journal without holding its lock.
     sync_file: File,
     replayed: usize,
@@ -280,7 +290,7 @@ const STATE_CONTEXT: &str = "vault 2026-12-02 metadata state digest v1";
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Anchor {
     /// Change sequence, key count and state digest at the last checkpoint.
-    pub state: crate::journal::State,
+    pub state: crate::storage::journal::State,
     /// Size of the largest signed audit checkpoint.
     pub signed_size: u64,
     /// Its root.
@@ -312,7 +322,7 @@ impl Anchor {
         let u = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().unwrap_or_default());
         let arr = |i: usize| <[u8; 32]>::try_from(&b[i..i + 32]).unwrap_or_default();
         Some(Self {
-            state: crate::journal::State { seq: u(8), count: u(16), digest: arr(24) },
+            state: crate::storage::journal::State { seq: u(8), count: u(16), digest: arr(24) },
             signed_size: u(56),
             signed_root: arr(64),
         })
@@ -412,7 +422,7 @@ impl SledMeta {
         let anchor_path = dir.join(ANCHOR_FILE);
         let anchor = Anchor::read(&anchor_path)?;
         let path = dir.join(JOURNAL_FILE);
-        let (mut journal, replay) = crate::journal::Journal::open(&path)?;
+        let (mut journal, replay) = crate::storage::journal::Journal::open(&path)?;
         let damaged = |what: String| StoreError::Damaged { file: path.display().to_string(), offset: None, what };
         // The state the database must be in after replay: the last record's, or the anchor's.
         let mut expected = anchor.map(|a| a.state);
@@ -466,7 +476,7 @@ impl SledMeta {
                 });
             }
         }
-        journal.state = crate::journal::State { seq: expected.map_or(0, |e| e.seq), count, digest };
+        journal.state = crate::storage::journal::State { seq: expected.map_or(0, |e| e.seq), count, digest };
         let meta = Self {
             db,
             dir: dir.to_owned(),
@@ -508,7 +518,7 @@ impl SledMeta {
         self.replayed
     }
 
-    fn journal(&self) -> std::sync::MutexGuard<'_, crate::journal::Journal> {
+    fn journal(&self) -> std::sync::MutexGuard<'_, crate::storage::journal::Journal> {
         // A panic while appending leaves at worst a torn record, which replay ignores.
         self.journal.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -519,7 +529,11 @@ impl SledMeta {
     }
 
     /// The state after `ops` are applied to the current one (call under the journal lock).
-    fn next_state(&self, cur: &crate::journal::State, ops: &[Op]) -> Result<crate::journal::State, StoreError> {
+    fn next_state(
+        &self,
+        cur: &crate::storage::journal::State,
+        ops: &[Op],
+    ) -> Result<crate::storage::journal::State, StoreError> {
         let mut s = *cur;
         s.seq += 1;
         let mut seen: std::collections::HashMap<&[u8], Option<&[u8]>> = std::collections::HashMap::new();
@@ -551,7 +565,7 @@ impl SledMeta {
     /// open (durable once journaled).
     fn journaled<T>(
         &self,
-        j: &mut crate::journal::Journal,
+        j: &mut crate::storage::journal::Journal,
         ops: &[Op],
         payload: Vec<u8>,
         f: impl FnOnce() -> Result<T, StoreError>,
@@ -559,7 +573,7 @@ impl SledMeta {
         self.running()?;
         let state = self.next_state(&j.state, ops)?;
         let path = j.path().to_owned();
-        j.append(&crate::journal::frame(payload, Some(&state)), &self.faults)
+        j.append(&crate::storage::journal::frame(payload, Some(&state)), &self.faults)
             .map_err(|e| self.stop(io_err("writing journal", &path)(e)))?;
         j.state = state;
         let out = if self.faults.hit(Fault::MetaApply) {
@@ -568,7 +582,7 @@ impl SledMeta {
             f()
         };
         let out = out.map_err(|e| self.stop(e))?;
-        if j.len() > crate::journal::CHECKPOINT_BYTES {
+        if j.len() > crate::storage::journal::CHECKPOINT_BYTES {
             self.checkpoint_locked(j)?;
         }
         Ok(out)
@@ -576,7 +590,7 @@ impl SledMeta {
 
     /// Flushes sled, writes the anchor, then empties the journal (in that order, so a crash
     /// between any two steps leaves a journal and an anchor that agree with the database).
-    fn checkpoint_locked(&self, j: &mut crate::journal::Journal) -> Result<(), StoreError> {
+    fn checkpoint_locked(&self, j: &mut crate::storage::journal::Journal) -> Result<(), StoreError> {
         self.running()?;
         self.db.flush().map_err(|e| self.stop(sled_err(e)))?;
         let mut anchor = self.anchor_lock();
@@ -617,7 +631,7 @@ impl MetaStore for SledMeta {
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
-        let payload = crate::journal::encode_ops(&ops);
+        let payload = crate::storage::journal::encode_ops(&ops);
         let mut j = self.journal();
         self.journaled(&mut j, &ops, payload, || self.db.apply_batch(batch_of(&ops)).map_err(sled_err))
     }
@@ -636,7 +650,7 @@ impl MetaStore for SledMeta {
             None => Op::Delete(key.to_vec()),
         };
         let ops = [op];
-        let payload = crate::journal::encode_ops(&ops);
+        let payload = crate::storage::journal::encode_ops(&ops);
         self.journaled(&mut j, &ops, payload, || self.db.apply_batch(batch_of(&ops)).map_err(sled_err))?;
         Ok(true)
     }
@@ -923,7 +937,7 @@ impl BlobStore for FsBlobs {
                 fs::create_dir_all(&dir).map_err(io_err("creating directory", &dir))?;
             }
         }
-        let path = dir.join(format!("{}{TMP_SUFFIX}", hex::encode(crate::keys::random_array::<16>())));
+        let path = dir.join(format!("{}{TMP_SUFFIX}", hex::encode(crate::crypto::keys::random_array::<16>())));
         let open = || OpenOptions::new().write(true).read(true).create_new(true).open(&path);
         let file = match open() {
             // An erasure of the owner removed the (empty) folder meanwhile: make it again.

@@ -6,16 +6,16 @@ use std::fmt;
 use std::io::Read;
 use std::sync::Arc;
 
-use crate::document::Document;
-use crate::grants::Grant;
-use crate::ids::DocumentId;
-use crate::keys::OwnerKeys;
-use crate::seal;
-use crate::store::BlobName;
-use crate::stream::{blob_len, BlobReader};
-use crate::vault::{
+use crate::crypto::keys::OwnerKeys;
+use crate::crypto::seal;
+use crate::crypto::stream::{blob_len, BlobReader};
+use crate::engine::document::Document;
+use crate::engine::grants::Grant;
+use crate::engine::vault::{
     aad, describe_key, inline_key, key_of, open_record, prefix, ContentRecord, OwnerRef, Vault, FORMAT,
 };
+use crate::ids::DocumentId;
+use crate::storage::BlobName;
 use crate::Error;
 
 /// One thing `check` found wrong.
@@ -258,7 +258,7 @@ impl Vault {
             let (k, v) = item?;
             let ok = k.len() == 65
                 && owners.get(&split_ref::<16>(&k).0).is_some_and(|o| {
-                    open_record::<crate::supply::Supply>(&o.keys, &k, &v)
+                    open_record::<crate::engine::supply::Supply>(&o.keys, &k, &v)
                         .is_some_and(|s| o.keys.blob_name(&s.digest)[..] == k[17..49])
                 });
             if !ok {
@@ -356,7 +356,7 @@ impl Vault {
             if seen != rec.refs {
                 r.problem(loc(), format!("reference count {} but {} documents point at it", rec.refs, seen));
             }
-            let file: Option<Box<dyn crate::store::BlobRead>> = if rec.inline {
+            let file: Option<Box<dyn crate::storage::BlobRead>> = if rec.inline {
                 let ikey = inline_key(&name);
                 inline.remove(&ikey);
                 if on_disk.contains(&name) {
@@ -364,7 +364,7 @@ impl Vault {
                 }
                 match meta.get(&ikey)? {
                     Some(b) if b.len() as u64 == blob_len(rec.size) => {
-                        Some(Box::new(std::io::Cursor::new(b)) as Box<dyn crate::store::BlobRead>)
+                        Some(Box::new(std::io::Cursor::new(b)) as Box<dyn crate::storage::BlobRead>)
                     }
                     Some(b) => {
                         r.problem(
@@ -423,7 +423,7 @@ impl Vault {
                 match ok {
                     Ok((n, true)) if n == rec.size => r.bytes_verified += n,
                     Ok(_) => r.problem(self.blobs().describe(&name), "content does not match its record"),
-                    Err(e) if crate::stream::is_decrypt_error(&e) => {
+                    Err(e) if crate::crypto::stream::is_decrypt_error(&e) => {
                         r.problem(self.blobs().describe(&name), "content fails authentication (altered or damaged)")
                     }
                     Err(e) => r.problem(self.blobs().describe(&name), format!("cannot read: {e}")),
