@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use vault::access::Caller;
 use vault::log::merkle::{self, Hash, MerkleError, Nodes};
-use vault::storage::{MetaStore, Op, SledMeta};
+use vault::storage::{sled::SledMeta, MetaStore, Op};
 use vault::{Digest, DocType, MasterKey, NewDocument, OwnerId, Purpose, Vault};
 
 fn owner(n: u32) -> OwnerId {

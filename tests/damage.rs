@@ -128,7 +128,7 @@ fn offsets(path: &Path, data: &[u8], stride: Option<usize>) -> Vec<usize> {
         // Blob files authenticate every byte (SPEC.md §7): a sample of header and chunks.
         out = vec![0, 12, 40, 70, 100, data.len() / 2, data.len() - 1];
     }
-    if path.file_name().is_some_and(|n| n == vault::storage::JOURNAL_FILE)
+    if path.file_name().is_some_and(|n| n == vault::storage::sled::JOURNAL_FILE)
         && data.starts_with(vault::storage::journal::MAGIC)
     {
         let mut pos = vault::storage::journal::MAGIC.len();
@@ -258,7 +258,7 @@ fn item_10_6_flip_sweep_of_a_clean_and_a_crashed_data_folder_finds_no_silent_cha
         (before, after)
     };
     assert!(crashed.join("OPEN").exists());
-    let journal = std::fs::metadata(crashed.join("meta").join(vault::storage::JOURNAL_FILE)).unwrap().len();
+    let journal = std::fs::metadata(crashed.join("meta").join(vault::storage::sled::JOURNAL_FILE)).unwrap().len();
     assert!(journal > 1000, "the crashed folder's changes must be in its journal ({journal} bytes)");
     // Unflipped, both folders open to exactly the acknowledged state.
     for (folder, expected) in [(&clean, &expected_clean), (&crashed, &expected_crashed)] {
@@ -341,7 +341,7 @@ fn item_10_6_an_empty_database_over_existing_blobs_makes_no_new_vault_key() {
 fn item_10_6_a_damaged_journal_record_refuses_the_open_naming_file_and_offset() {
     let dir = tempfile::tempdir().unwrap();
     let other = tempfile::tempdir().unwrap();
-    let journal = dir.path().join("meta").join(vault::storage::JOURNAL_FILE);
+    let journal = dir.path().join("meta").join(vault::storage::sled::JOURNAL_FILE);
     let snapshot = other.path().join("crashed");
     {
         let v = Vault::open(dir.path(), &master()).unwrap();
@@ -350,7 +350,7 @@ fn item_10_6_a_damaged_journal_record_refuses_the_open_naming_file_and_offset() 
         }
         copy_dir(dir.path(), &snapshot);
     }
-    let snap_journal = snapshot.join("meta").join(vault::storage::JOURNAL_FILE);
+    let snap_journal = snapshot.join("meta").join(vault::storage::sled::JOURNAL_FILE);
     let mut bytes = std::fs::read(&snap_journal).unwrap();
     assert!(bytes.len() > 100, "the changes are in the journal");
     // The first record's length: format 1 took this for a torn tail and dropped everything.

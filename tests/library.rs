@@ -236,7 +236,7 @@ fn flip_meta_value(dir: &std::path::Path, prefix: u8) {
     let err = Vault::open(dir, &master()).unwrap_err();
     assert!(matches!(err, Error::Store(vault::storage::StoreError::Damaged { .. })), "{err}");
     // The operator accepts the database as it is (SPEC.md §10): then check finds the damage.
-    std::fs::remove_file(dir.join("meta").join(vault::storage::ANCHOR_FILE)).unwrap();
+    std::fs::remove_file(dir.join("meta").join(vault::storage::sled::ANCHOR_FILE)).unwrap();
 }
 
 #[test]

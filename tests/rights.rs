@@ -209,7 +209,7 @@ fn rotate_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else { return };
     let byte = |n: &str| MasterKey::from_bytes([std::env::var(n).unwrap().parse().unwrap(); 32]);
     use std::io::Write as _;
-    let meta = vault::storage::SledMeta::open(&std::path::Path::new(&dir).join("meta")).unwrap();
+    let meta = vault::storage::sled::SledMeta::open(&std::path::Path::new(&dir).join("meta")).unwrap();
     println!("START");
     std::io::stdout().flush().unwrap();
     vault::engine::rotation::rotate(&meta, &byte("VAULT_ROTATE_FROM"), &byte("VAULT_ROTATE_TO")).unwrap();

@@ -17,7 +17,7 @@ use common::s3;
 use common::*;
 use vault::storage::mem_store::{MemBlobs, MemMeta};
 use vault::storage::pg_store::{PgMeta, PgOptions};
-use vault::storage::{BlobName, BlobStore, FsBlobs, LockName, MetaStore, Op, SledMeta, StoreError};
+use vault::storage::{files::FsBlobs, sled::SledMeta, BlobName, BlobStore, LockName, MetaStore, Op, StoreError};
 use vault::{Digest, Vault};
 
 fn put(k: &[u8], v: &[u8]) -> Op {

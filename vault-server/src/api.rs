@@ -2233,7 +2233,7 @@ mod tests {
 
     #[tokio::test]
     async fn item_10_3_after_a_failed_sync_readyz_and_writes_answer_503() {
-        use vault::storage::{FsBlobs, SledMeta};
+        use vault::storage::{files::FsBlobs, sled::SledMeta};
         let dir = tempfile::tempdir().unwrap();
         let faults = vault::Faults::new();
         let meta = SledMeta::open(&dir.path().join("meta")).unwrap().with_faults(&faults);

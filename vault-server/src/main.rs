@@ -681,7 +681,7 @@ fn open_vault(data: &Path, metadata: &Metadata, blobs: Option<&str>, master: &Ma
     let meta: Box<dyn vault::MetaStore> = match metadata {
         Metadata::Embedded => {
             std::fs::create_dir_all(data).map_err(|e| cannot(&e))?;
-            Box::new(vault::storage::SledMeta::open(&data.join("meta")).map_err(|e| cannot(&e))?)
+            Box::new(vault::storage::sled::SledMeta::open(&data.join("meta")).map_err(|e| cannot(&e))?)
         }
         Metadata::Postgres(url) => {
             // A folder whose metadata is in sled would come up as a new, empty vault.
@@ -697,7 +697,7 @@ fn open_vault(data: &Path, metadata: &Metadata, blobs: Option<&str>, master: &Ma
         }
     };
     let store: Box<dyn vault::BlobStore> = match blobs {
-        None => Box::new(vault::storage::FsBlobs::open(data.join("blobs")).map_err(|e| cannot(&e))?),
+        None => Box::new(vault::storage::files::FsBlobs::open(data.join("blobs")).map_err(|e| cannot(&e))?),
         Some(loc) => {
             Box::new(vault::storage::s3_store::S3Blobs::open(loc, data.join("spool")).map_err(|e| cannot(&e))?)
         }

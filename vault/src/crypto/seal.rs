@@ -178,7 +178,7 @@ mod tests {
         }
         let wrap = master.wrap_key();
         {
-            let meta = crate::storage::SledMeta::open(&dir.path().join("meta")).unwrap();
+            let meta = crate::storage::sled::SledMeta::open(&dir.path().join("meta")).unwrap();
             let index_sealed = meta.get(b"Mindex-key").unwrap().unwrap();
             let index_raw = open(&wrap, &crate::engine::vault::aad(b"Mindex-key"), &index_sealed).unwrap();
             let index = SecretKey::from_bytes(index_raw.as_slice().try_into().unwrap());

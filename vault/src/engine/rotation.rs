@@ -30,7 +30,7 @@ pub struct RotationReport {
 /// Rotates the master key of the (closed) vault in `dir` from `old` to `new`.
 #[cfg(feature = "embedded")]
 pub fn rotate_master_key(dir: &std::path::Path, old: &MasterKey, new: &MasterKey) -> Result<RotationReport, Error> {
-    let meta = crate::storage::SledMeta::open(&dir.join("meta"))?;
+    let meta = crate::storage::sled::SledMeta::open(&dir.join("meta"))?;
     rotate(&meta, old, new)
 }
 

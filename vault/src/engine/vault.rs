@@ -391,8 +391,8 @@ impl Vault {
             move |source| crate::storage::StoreError::Io { what, source }
         };
         fs::create_dir_all(dir).map_err(io("creating data folder"))?;
-        let meta = crate::storage::SledMeta::open(&dir.join("meta"))?;
-        let blobs = crate::storage::FsBlobs::open(dir.join("blobs"))?;
+        let meta = crate::storage::sled::SledMeta::open(&dir.join("meta"))?;
+        let blobs = crate::storage::files::FsBlobs::open(dir.join("blobs"))?;
         Self::open_with(Box::new(meta), Box::new(blobs), master, Some(dir.join("OPEN")))
     }
 

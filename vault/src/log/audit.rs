@@ -1261,8 +1261,8 @@ mod tests {
     fn a_failed_batch_fails_every_caller_and_leaves_the_edge() {
         let dir = tempfile::tempdir().unwrap();
         let faults = crate::Faults::new();
-        let meta = crate::storage::SledMeta::open(&dir.path().join("meta")).unwrap().with_faults(&faults);
-        let blobs = crate::storage::FsBlobs::open(dir.path().join("blobs")).unwrap();
+        let meta = crate::storage::sled::SledMeta::open(&dir.path().join("meta")).unwrap().with_faults(&faults);
+        let blobs = crate::storage::files::FsBlobs::open(dir.path().join("blobs")).unwrap();
         let v = Vault::open_with(Box::new(meta), Box::new(blobs), &MasterKey::from_bytes([5; 32]), None).unwrap();
         let owner = OwnerId::parse("citizen:001099012345").unwrap();
         v.audit_now(&draft(&owner)).unwrap();

@@ -20,7 +20,7 @@
 //! wait for the `fdatasync` covering their record) and is cut off; damage refuses the open,
 //! naming the file and offset, because records after it, or the damaged one, may have been
 //! acknowledged. The state op carries the store's change sequence and its state digest after the
-//! batch (see `storage/mod.rs`), so a database behind its journal is found after replay. Format 1
+//! batch (see `storage/sled.rs`), so a database behind its journal is found after replay. Format 1
 //! (no file header, 12-byte record header without the length check, no state op) is still read.
 
 use std::fs::{File, OpenOptions};
@@ -47,7 +47,7 @@ const DELETE: u8 = 2;
 const STATE: u8 = 3;
 
 /// The metadata store's state after a batch: how many changes were ever applied, how many keys
-/// it holds and the digest of all its pairs (`storage/mod.rs`).
+/// it holds and the digest of all its pairs (`storage/sled.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct State {
     /// Batches applied since the store was created.
