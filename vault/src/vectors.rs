@@ -7,9 +7,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
 use crate::crypto::keys::{MasterKey, OwnerKeys, SecretKey};
-use crate::crypto::seal;
+use crate::crypto::seal::{self, aad};
 use crate::crypto::stream::BlobWriter;
-use crate::engine::vault::aad;
 use crate::{Digest, DocType};
 
 /// The content of api.md's statement vector: "Giấy khai sinh — bản điện tử\n".

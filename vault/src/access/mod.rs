@@ -10,13 +10,15 @@ use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::seal::aad;
 use crate::engine::document::{Document, NewDocument, Status};
 use crate::engine::grants::{Grant, GrantStatus, NewGrant};
 use crate::engine::provenance::{Agency, NewAgency};
 use crate::engine::supply::By;
-use crate::engine::vault::{aad, describe_key, key_of, prefix, seal_record, ContentReader, OwnerCtx, Stored, Vault};
+use crate::engine::vault::{describe_key, seal_record, ContentReader, OwnerCtx, Stored, Vault};
 use crate::ids::{AgencyId, Digest, DocType, DocumentId, GrantId, OwnerId, Purpose};
 use crate::log::audit::{Actor, Draft, Entry, LeafProof, Page, PageLimit};
+use crate::storage::layout::{key_of, prefix};
 use crate::storage::Op;
 use crate::time::Timestamp;
 use crate::Error;

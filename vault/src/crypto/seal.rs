@@ -18,6 +18,13 @@ use zeroize::Zeroizing;
 
 use crate::crypto::keys::{random_array, SecretKey};
 
+/// Associated data of a sealed value: binds it to its metadata key.
+pub(crate) fn aad(key: &[u8]) -> Vec<u8> {
+    let mut a = b"vault-v1/".to_vec();
+    a.extend_from_slice(key);
+    a
+}
+
 const V1: u8 = 1;
 const V2: u8 = 2;
 /// Nonce bytes of a version-2 sealed value.
@@ -155,12 +162,12 @@ mod tests {
         )
         .unwrap();
         let index: Vec<u8> = (0x80..=0x9f).collect();
-        assert_eq!(open(&wrap, &crate::engine::vault::aad(b"Mindex-key"), &old).unwrap().as_slice(), index.as_slice());
-        assert_eq!(seal_v1_with_nonce(&wrap, &crate::engine::vault::aad(b"Mindex-key"), &index, [1; 12]), old);
+        assert_eq!(open(&wrap, &aad(b"Mindex-key"), &old).unwrap().as_slice(), index.as_slice());
+        assert_eq!(seal_v1_with_nonce(&wrap, &aad(b"Mindex-key"), &index, [1; 12]), old);
         // Changing its version byte to 2 does not make it open as the new format.
         let mut as_v2 = old.clone();
         as_v2[0] = 2;
-        assert_eq!(open(&wrap, &crate::engine::vault::aad(b"Mindex-key"), &as_v2), Err(Unsealable));
+        assert_eq!(open(&wrap, &aad(b"Mindex-key"), &as_v2), Err(Unsealable));
     }
 
     #[test]
@@ -180,7 +187,7 @@ mod tests {
         {
             let meta = crate::storage::sled::SledMeta::open(&dir.path().join("meta")).unwrap();
             let index_sealed = meta.get(b"Mindex-key").unwrap().unwrap();
-            let index_raw = open(&wrap, &crate::engine::vault::aad(b"Mindex-key"), &index_sealed).unwrap();
+            let index_raw = open(&wrap, &aad(b"Mindex-key"), &index_sealed).unwrap();
             let index = SecretKey::from_bytes(index_raw.as_slice().try_into().unwrap());
             let mut rewritten = Vec::new();
             for item in meta.scan(b"") {
@@ -193,8 +200,7 @@ mod tests {
                     let mut c = vec![SecretKey::from_bytes(*wrap.expose())];
                     c.push(index.derive(crate::crypto::keys::ctx::VAULT_RECORDS));
                     if let Some(o) = meta.get(&[&b"O"[..], &k[1..17.min(k.len())]].concat()).unwrap() {
-                        let plain =
-                            open(&wrap, &crate::engine::vault::aad(&[&b"O"[..], &k[1..17]].concat()), &o).unwrap();
+                        let plain = open(&wrap, &aad(&[&b"O"[..], &k[1..17]].concat()), &o).unwrap();
                         let ok = crate::crypto::keys::OwnerKeys::derive(&SecretKey::from_bytes(
                             plain[..32].try_into().unwrap(),
                         ));
@@ -202,16 +208,12 @@ mod tests {
                     }
                     c
                 };
-                let Some((key, plain)) = candidates
-                    .iter()
-                    .find_map(|key| open(key, &crate::engine::vault::aad(&k), &v).ok().map(|p| (key, p)))
+                let Some((key, plain)) =
+                    candidates.iter().find_map(|key| open(key, &aad(&k), &v).ok().map(|p| (key, p)))
                 else {
                     continue;
                 };
-                rewritten.push(Op::Put(
-                    k.clone(),
-                    seal_v1_with_nonce(key, &crate::engine::vault::aad(&k), &plain, random_array()),
-                ));
+                rewritten.push(Op::Put(k.clone(), seal_v1_with_nonce(key, &aad(&k), &plain, random_array())));
             }
             assert!(rewritten.len() >= 3, "{} values rewritten", rewritten.len());
             meta.apply(rewritten).unwrap();

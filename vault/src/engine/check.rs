@@ -7,14 +7,13 @@ use std::io::Read;
 use std::sync::Arc;
 
 use crate::crypto::keys::OwnerKeys;
-use crate::crypto::seal;
+use crate::crypto::seal::{self, aad};
 use crate::crypto::stream::{blob_len, BlobReader};
 use crate::engine::document::Document;
 use crate::engine::grants::Grant;
-use crate::engine::vault::{
-    aad, describe_key, inline_key, key_of, open_record, prefix, ContentRecord, OwnerRef, Vault, FORMAT,
-};
+use crate::engine::vault::{describe_key, open_record, ContentRecord, OwnerRef, Vault, FORMAT};
 use crate::ids::DocumentId;
+use crate::storage::layout::{inline_key, key_of, prefix, KEY_FORMAT};
 use crate::storage::BlobName;
 use crate::Error;
 
@@ -121,7 +120,7 @@ impl Vault {
         let mut type_entries: Vec<(Vec<u8>, OwnerRef, [u8; 16], DocumentId)> = Vec::new();
         let mut doc_types: HashMap<(OwnerRef, DocumentId), [u8; 16]> = HashMap::new();
 
-        match meta.get(b"Mformat")? {
+        match meta.get(KEY_FORMAT)? {
             Some(f) if f == FORMAT.as_bytes() => {}
             _ => r.problem("vault record format", "missing or unknown format marker"),
         }

@@ -35,12 +35,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::access::{Caller, Principal};
-use crate::crypto::seal;
+use crate::crypto::seal::{self, aad};
 use crate::engine::document::Document;
 use crate::engine::grants::Grant;
-use crate::engine::vault::{aad, key_of, prefix, OwnerRef, Vault};
+use crate::engine::vault::{OwnerRef, Vault};
 use crate::ids::{AgencyId, IdError, OwnerId};
 use crate::log::audit::Draft;
+use crate::storage::layout::{key_of, prefix, KEY_OUTBOX_INDEXED, KEY_WEBHOOKS_VERSION};
 use crate::storage::Op;
 use crate::time::Timestamp;
 use crate::Error;
@@ -49,11 +50,6 @@ use crate::Error;
 pub const MAX_URL: usize = 2048;
 /// Most subscriptions one agency may have.
 pub const MAX_WEBHOOKS_PER_AGENCY: usize = 16;
-/// Present once the outbox records of versions before the indexes were indexed (plain `1`).
-const KEY_OUTBOX_INDEXED: &[u8] = b"Moutbox-indexed";
-/// Rewritten (16 random bytes) with every change of a subscription: on a shared store an
-/// instance reloads its subscriptions when it finds another value here (SPEC.md §9a).
-const KEY_WEBHOOKS_VERSION: &[u8] = b"Mwebhooks-version";
 
 /// The change of [`KEY_WEBHOOKS_VERSION`] that goes with a change of a subscription.
 fn webhooks_version_op() -> Op {

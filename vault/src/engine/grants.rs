@@ -6,10 +6,11 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::seal;
+use crate::crypto::seal::{self, aad};
 use crate::engine::document::{check_text, Document};
-use crate::engine::vault::{aad, key_of, prefix, seal_record, OwnerCtx, OwnerRef, Vault};
+use crate::engine::vault::{seal_record, OwnerCtx, OwnerRef, Vault};
 use crate::ids::{AgencyId, DocType, DocumentId, GrantId, OwnerId, Purpose};
+use crate::storage::layout::{key_of, prefix};
 use crate::storage::Op;
 use crate::time::Timestamp;
 use crate::Error;

@@ -10,10 +10,11 @@ use base64::Engine as _;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::crypto::seal;
+use crate::crypto::seal::{self, aad};
 use crate::engine::document::{check_text, NewDocument, Signature};
-use crate::engine::vault::{aad, prefix, Vault};
+use crate::engine::vault::Vault;
 use crate::ids::{AgencyId, IdError, KeyId, OwnerId};
+use crate::storage::layout::prefix;
 use crate::storage::Op;
 use crate::time::Timestamp;
 use crate::Error;

@@ -5,14 +5,12 @@
 //! only after every wrapped key has been verified to open under the new one.
 
 use crate::crypto::keys::MasterKey;
-use crate::crypto::seal;
-use crate::engine::vault::{aad, prefix};
+use crate::crypto::seal::{self, aad};
+use crate::storage::layout::{prefix, KEY_INDEX_KEY, KEY_ROTATION, KEY_SIGNING};
 use crate::storage::{MetaStore, Op};
 use crate::Error;
 
-/// Present while a rotation is under way (sealed under the new master wrap key).
-pub(crate) const KEY_ROTATION: &[u8] = b"Mrotation";
-const WRAPPED: [&[u8]; 2] = [b"Mindex-key", b"Msigning-key"];
+const WRAPPED: [&[u8]; 2] = [KEY_INDEX_KEY, KEY_SIGNING];
 /// Records re-wrapped per durable batch.
 const BATCH: usize = 16;
 

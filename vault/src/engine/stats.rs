@@ -18,10 +18,11 @@ use serde::{Deserialize, Serialize};
 use time::macros::format_description;
 
 use crate::access::{Caller, Component, Principal, ReuseStatus};
-use crate::crypto::seal;
-use crate::engine::vault::{aad, key_of, prefix, Vault};
+use crate::crypto::seal::{self, aad};
+use crate::engine::vault::Vault;
 use crate::ids::{AgencyId, DocType, Purpose};
 use crate::log::audit::{Actor, Draft};
+use crate::storage::layout::{key_of, prefix};
 use crate::storage::Op;
 use crate::time::Timestamp;
 use crate::Error;

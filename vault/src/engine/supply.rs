@@ -13,8 +13,9 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::vault::{inline_key, key_of, open_record, prefix, ContentRecord, OwnerCtx, Vault};
+use crate::engine::vault::{open_record, ContentRecord, OwnerCtx, Vault};
 use crate::ids::{AgencyId, Digest};
+use crate::storage::layout::{inline_key, key_of, prefix};
 use crate::storage::Op;
 use crate::time::Timestamp;
 use crate::Error;

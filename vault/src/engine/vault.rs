@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::crypto::keys::{MasterKey, OwnerKeys, SecretKey};
-use crate::crypto::seal::{self, Unsealable};
+use crate::crypto::seal::{self, aad, Unsealable};
 use crate::crypto::stream::{BlobReader, BlobWriter, Finished};
 use crate::engine::document::{Document, NewDocument, Revocation};
 use crate::engine::supply::By;
@@ -20,6 +20,9 @@ use crate::ids::{Digest, DocType, DocumentId, OwnerId};
 use crate::log::audit::Draft;
 use crate::log::note::VaultSigner;
 use crate::storage::commit::{CommitStats, GroupCommit};
+use crate::storage::layout::{
+    inline_key, key_of, prefix, KEY_BLOB_STORE, KEY_FORMAT, KEY_INDEX_KEY, KEY_ROTATION, KEY_SIGNING,
+};
 use crate::storage::{BlobName, BlobRead, BlobStore, MetaStore, NewBlob, Op};
 use crate::time::Timestamp;
 
@@ -28,44 +31,6 @@ pub const FORMAT: &str = "vault-format-1";
 const STRIPES: usize = 256;
 /// Read size for streaming puts.
 const READ_BUF: usize = 64 * 1024;
-
-/// Key prefixes of the metadata store (SPEC.md, "Metadata keys").
-pub(crate) mod prefix {
-    pub const META: u8 = b'M';
-    pub const OWNER: u8 = b'O';
-    pub const CONTENT: u8 = b'C';
-    pub const DOCUMENT: u8 = b'D';
-    pub const TYPE_INDEX: u8 = b'T';
-    pub const AGENCY: u8 = b'A';
-    pub const USED_KEY: u8 = b'U';
-    pub const GRANT: u8 = b'G';
-    pub const GRANT_BY_AGENCY: u8 = b'H';
-    pub const LEAF: u8 = b'L';
-    pub const NODE: u8 = b'N';
-    pub const TILE: u8 = b'X';
-    pub const OWNER_ENTRY: u8 = b'E';
-    pub const DEPOSIT_INDEX: u8 = b'I';
-    pub const INLINE_BLOB: u8 = b'B';
-    pub const SUPPLY: u8 = b'P';
-    /// Reuse-statistics tallies (`stats.rs`).
-    pub const STATS: u8 = b'S';
-    /// Reuse-statistics day rollups (`stats.rs`).
-    pub const STATS_DAY: u8 = b'R';
-    /// Webhook subscriptions (`events.rs`).
-    pub const WEBHOOK: u8 = b'W';
-    /// The event outbox: deliveries waiting or retrying (`events.rs`).
-    pub const OUTBOX: u8 = b'Q';
-    /// Parked deliveries (`events.rs`).
-    pub const PARKED: u8 = b'F';
-    /// Grants whose `grant.expired` event is still to be emitted (`events.rs`).
-    pub const GRANT_EXPIRY: u8 = b'K';
-    /// The outbox's due-time index: one entry per `Q` record, by subscription and
-    /// `next_attempt` (`events.rs`).
-    pub const OUTBOX_DUE: u8 = b'Y';
-    /// The parked deliveries' retention index: one entry per `F` record, by subscription and
-    /// `parked_at` (`events.rs`).
-    pub const PARKED_AT: u8 = b'Z';
-}
 
 /// One stored document of [`Vault::put_documents`]: the content, the document, and whether the
 /// document is new.
@@ -122,9 +87,6 @@ impl Seek for Spill<'_> {
         }
     }
 }
-const KEY_FORMAT: &[u8] = b"Mformat";
-const KEY_INDEX_KEY: &[u8] = b"Mindex-key";
-const KEY_SIGNING: &[u8] = b"Msigning-key";
 /// The id this vault claims its blob store with ([`BlobStore::claim`]): 16 bytes of a key
 /// derived from the index key, in hex (it tells nothing of the key).
 fn claim_id(index_key: &SecretKey) -> String {
@@ -134,25 +96,8 @@ fn claim_id(index_key: &SecretKey) -> String {
 /// How old a blob without a record must be before [`Vault::collect_orphans`] sets it aside.
 pub const ORPHAN_AGE_SECS: i64 = 3600;
 
-/// Which blob store the vault was created over ([`BlobStore::kind`], plain UTF-8).
-const KEY_BLOB_STORE: &[u8] = b"Mblob-store";
 /// The key name of the vault's signing key in signed notes.
 pub const VAULT_KEY_NAME: &str = "vault";
-
-/// Associated data of a sealed value: binds it to its metadata key.
-pub(crate) fn aad(key: &[u8]) -> Vec<u8> {
-    let mut a = b"vault-v1/".to_vec();
-    a.extend_from_slice(key);
-    a
-}
-
-pub(crate) fn key_of(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
-    let mut k = vec![prefix];
-    for p in parts {
-        k.extend_from_slice(p);
-    }
-    k
-}
 
 /// The pseudonymous 16-byte reference of an owner in storage.
 pub type OwnerRef = [u8; 16];
@@ -191,11 +136,6 @@ pub(crate) struct ContentRecord {
     /// upload needs it, the sweep removes it (SPEC.md §14, "Possession before deposit").
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub agency_only: bool,
-}
-
-/// The metadata key of an inline blob.
-pub(crate) fn inline_key(name: &BlobName) -> Vec<u8> {
-    key_of(prefix::INLINE_BLOB, &[&name.owner, &name.name])
 }
 
 /// The result of storing a content.
@@ -405,7 +345,7 @@ impl Vault {
         open_marker: Option<PathBuf>,
     ) -> Result<Self, Error> {
         let master_wrap = master.wrap_key();
-        if meta.get(crate::engine::rotation::KEY_ROTATION)?.is_some() {
+        if meta.get(KEY_ROTATION)?.is_some() {
             return Err(Error::RotationInProgress);
         }
         let sealed_index = meta.get(KEY_INDEX_KEY)?;

@@ -20,12 +20,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::keys::SecretKey;
-use crate::crypto::seal;
-use crate::engine::vault::{aad, key_of, prefix, OwnerRef, Vault};
+use crate::crypto::seal::{self, aad};
+use crate::engine::vault::{OwnerRef, Vault};
 use crate::ids::{DocumentId, OwnerId, Purpose};
 use crate::log::merkle::{self, Hash};
 use crate::log::note;
 use crate::log::tiles::{self, Edge, TileNodes};
+use crate::storage::layout::{key_of, prefix, KEY_AUDIT_SIZE};
 use crate::storage::Op;
 use crate::time::Timestamp;
 use crate::Error;
@@ -35,7 +36,6 @@ type More<'a> = Box<dyn FnMut() -> Result<Vec<Op>, Error> + Send + 'a>;
 
 /// The first line of every leaf.
 pub const LEAF_VERSION: &str = "vault-audit-v1";
-const KEY_SIZE: &[u8] = b"Maudit-size";
 
 /// Most entries the sequencer writes in one batch.
 pub const MAX_BATCH: usize = 256;
@@ -446,7 +446,7 @@ pub struct InclusionProof {
 
 impl Vault {
     pub(crate) fn load_audit(&self) -> Result<(), Error> {
-        let size = stored_size(self.meta().get(KEY_SIZE)?)?;
+        let size = stored_size(self.meta().get(KEY_AUDIT_SIZE)?)?;
         if size > 0 && self.meta().get(&leaf_key(size - 1))?.is_none() {
             return Err(Error::Corrupt(format!("audit log: leaf {} is missing", size - 1)));
         }
@@ -759,7 +759,7 @@ impl Vault {
         // The store may run this more than once (a transaction it retried after a deadlock):
         // each run builds the whole batch afresh from what it reads.
         let written = self.apply_sequenced(&mut |r| {
-            let size = stored_size(r.get(KEY_SIZE)?)?;
+            let size = stored_size(r.get(KEY_AUDIT_SIZE)?)?;
             if size != edge.size() {
                 *edge = Edge::rebuild(size, |l, n| r.get(&tile_key(l, n)))?
                     .map_err(|e| Error::Corrupt(format!("audit log: {e}")))?;
@@ -830,7 +830,7 @@ impl Vault {
         for (l, n, bytes) in full.into_iter().chain(next.partials(top)) {
             ops.push(Op::Put(tile_key(l, n), bytes));
         }
-        ops.push(Op::Put(KEY_SIZE.to_vec(), next.size().to_be_bytes().to_vec()));
+        ops.push(Op::Put(KEY_AUDIT_SIZE.to_vec(), next.size().to_be_bytes().to_vec()));
         (ops, next, first)
     }
 
@@ -892,7 +892,7 @@ impl Vault {
         if self.meta().shared() {
             // Every instance's entries: the stored size (each batch commits durably), never
             // below what this one applied.
-            let stored = stored_size(self.meta().get(KEY_SIZE)?)?;
+            let stored = stored_size(self.meta().get(KEY_AUDIT_SIZE)?)?;
             return Ok(self.audit.applied.fetch_max(stored, Ordering::SeqCst).max(stored));
         }
         let size = self.audit.applied.load(Ordering::SeqCst);

@@ -21,6 +21,7 @@ pub mod failstop;
 pub mod files;
 #[cfg(feature = "embedded")]
 pub mod journal;
+pub(crate) mod layout;
 pub mod mem_store;
 #[cfg(feature = "postgres")]
 pub mod pg_store;

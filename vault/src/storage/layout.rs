@@ -1,0 +1,75 @@
+//! The layout of the metadata store (SPEC.md §6, "Metadata keys"): the one-byte prefixes of
+//! its keys, the fixed keys of the vault's own records (prefix `M`), and the functions that
+//! build keys.
+
+use crate::storage::BlobName;
+
+/// Key prefixes of the metadata store (SPEC.md, "Metadata keys").
+pub(crate) mod prefix {
+    pub const META: u8 = b'M';
+    pub const OWNER: u8 = b'O';
+    pub const CONTENT: u8 = b'C';
+    pub const DOCUMENT: u8 = b'D';
+    pub const TYPE_INDEX: u8 = b'T';
+    pub const AGENCY: u8 = b'A';
+    pub const USED_KEY: u8 = b'U';
+    pub const GRANT: u8 = b'G';
+    pub const GRANT_BY_AGENCY: u8 = b'H';
+    pub const LEAF: u8 = b'L';
+    pub const NODE: u8 = b'N';
+    pub const TILE: u8 = b'X';
+    pub const OWNER_ENTRY: u8 = b'E';
+    pub const DEPOSIT_INDEX: u8 = b'I';
+    pub const INLINE_BLOB: u8 = b'B';
+    pub const SUPPLY: u8 = b'P';
+    /// Reuse-statistics tallies (`stats.rs`).
+    pub const STATS: u8 = b'S';
+    /// Reuse-statistics day rollups (`stats.rs`).
+    pub const STATS_DAY: u8 = b'R';
+    /// Webhook subscriptions (`events.rs`).
+    pub const WEBHOOK: u8 = b'W';
+    /// The event outbox: deliveries waiting or retrying (`events.rs`).
+    pub const OUTBOX: u8 = b'Q';
+    /// Parked deliveries (`events.rs`).
+    pub const PARKED: u8 = b'F';
+    /// Grants whose `grant.expired` event is still to be emitted (`events.rs`).
+    pub const GRANT_EXPIRY: u8 = b'K';
+    /// The outbox's due-time index: one entry per `Q` record, by subscription and
+    /// `next_attempt` (`events.rs`).
+    pub const OUTBOX_DUE: u8 = b'Y';
+    /// The parked deliveries' retention index: one entry per `F` record, by subscription and
+    /// `parked_at` (`events.rs`).
+    pub const PARKED_AT: u8 = b'Z';
+}
+
+/// The format this vault was created with ([`crate::FORMAT`]).
+pub(crate) const KEY_FORMAT: &[u8] = b"Mformat";
+/// The index key, wrapped by the master key.
+pub(crate) const KEY_INDEX_KEY: &[u8] = b"Mindex-key";
+/// The vault's signing key, wrapped by the master key.
+pub(crate) const KEY_SIGNING: &[u8] = b"Msigning-key";
+/// Which blob store the vault was created over ([`crate::storage::BlobStore::kind`], plain UTF-8).
+pub(crate) const KEY_BLOB_STORE: &[u8] = b"Mblob-store";
+/// The size of the audit log (big-endian `u64`).
+pub(crate) const KEY_AUDIT_SIZE: &[u8] = b"Maudit-size";
+/// Present once the outbox records of versions before the indexes were indexed (plain `1`).
+pub(crate) const KEY_OUTBOX_INDEXED: &[u8] = b"Moutbox-indexed";
+/// Rewritten (16 random bytes) with every change of a subscription: on a shared store an
+/// instance reloads its subscriptions when it finds another value here (SPEC.md §9a).
+pub(crate) const KEY_WEBHOOKS_VERSION: &[u8] = b"Mwebhooks-version";
+/// Present while a rotation is under way (sealed under the new master wrap key).
+pub(crate) const KEY_ROTATION: &[u8] = b"Mrotation";
+
+/// A metadata key: `prefix` followed by `parts`.
+pub(crate) fn key_of(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = vec![prefix];
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+/// The metadata key of an inline blob.
+pub(crate) fn inline_key(name: &BlobName) -> Vec<u8> {
+    key_of(prefix::INLINE_BLOB, &[&name.owner, &name.name])
+}
