@@ -18,7 +18,7 @@ use crate::engine::supply::By;
 use crate::engine::vault::{describe_key, seal_record, ContentReader, OwnerCtx, Stored, Vault};
 use crate::ids::{AgencyId, Digest, DocType, DocumentId, GrantId, OwnerId, Purpose};
 use crate::log::audit::{Actor, Draft, Entry, LeafProof, Page, PageLimit};
-use crate::storage::layout::{key_of, prefix};
+use crate::storage::layout;
 use crate::storage::Op;
 use crate::time::Timestamp;
 use crate::Error;
@@ -494,7 +494,7 @@ impl Vault {
     /// the erasure's own, which erasure keeps while it removes every earlier one.
     fn erased(&self, owner: &OwnerId) -> Result<bool, Error> {
         let op = self.owner_ref(owner);
-        let Some(item) = self.meta().scan(&key_of(prefix::OWNER_ENTRY, &[&op])).next() else { return Ok(false) };
+        let Some(item) = self.meta().scan(&layout::entries_of(&op)).next() else { return Ok(false) };
         let (k, v) = item?;
         let plain = crate::crypto::seal::open(&self.vault_records, &aad(&k), &v)
             .map_err(|_| Error::Corrupt(describe_key(&k)))?;

@@ -13,7 +13,7 @@ use crate::engine::document::Document;
 use crate::engine::grants::Grant;
 use crate::engine::vault::{describe_key, open_record, ContentRecord, OwnerRef, Vault, FORMAT};
 use crate::ids::DocumentId;
-use crate::storage::layout::{inline_key, key_of, prefix, KEY_FORMAT};
+use crate::storage::layout::{self, inline_key, prefix, KEY_FORMAT};
 use crate::storage::BlobName;
 use crate::Error;
 
@@ -224,7 +224,7 @@ impl Vault {
         for ((op, id), tag) in &doc_types {
             if !type_entries.iter().any(|(_, o, t, i)| o == op && t == tag && i == id) {
                 r.problem(
-                    describe_key(&key_of(prefix::DOCUMENT, &[op, id.as_bytes()])),
+                    describe_key(&layout::document_key(op, id.as_bytes())),
                     "document missing from the type index",
                 );
             }
@@ -351,7 +351,7 @@ impl Vault {
         sorted.sort_by_key(|a| a.0);
         for ((op, n), (rec, seen)) in sorted {
             let name = BlobName { owner: op, name: n };
-            let loc = || describe_key(&key_of(prefix::CONTENT, &[&op, &n]));
+            let loc = || describe_key(&layout::content_key(&op, &n));
             if seen != rec.refs {
                 r.problem(loc(), format!("reference count {} but {} documents point at it", rec.refs, seen));
             }

@@ -41,7 +41,7 @@ use crate::engine::grants::Grant;
 use crate::engine::vault::{OwnerRef, Vault};
 use crate::ids::{AgencyId, IdError, OwnerId};
 use crate::log::audit::Draft;
-use crate::storage::layout::{key_of, prefix, KEY_OUTBOX_INDEXED, KEY_WEBHOOKS_VERSION};
+use crate::storage::layout::{self, key_of, prefix, KEY_OUTBOX_INDEXED, KEY_WEBHOOKS_VERSION};
 use crate::storage::Op;
 use crate::time::Timestamp;
 use crate::Error;
@@ -514,7 +514,7 @@ pub(crate) struct OutboxGuard<'a> {
 type Subs = BTreeMap<(AgencyId, WebhookId), Webhook>;
 
 fn sub_key(agency: &AgencyId, id: &WebhookId) -> Vec<u8> {
-    key_of(prefix::WEBHOOK, &[agency.as_str().as_bytes(), &[0], id.as_str().as_bytes()])
+    layout::webhook_key(agency.as_str().as_bytes(), id.as_str().as_bytes())
 }
 
 fn outbox_prefix(p: u8, agency: &AgencyId, id: &WebhookId) -> Vec<u8> {
@@ -533,7 +533,7 @@ fn time_bytes(t: Timestamp) -> [u8; 8] {
 }
 
 fn expiry_key(op: &OwnerRef, g: &Grant) -> Vec<u8> {
-    key_of(prefix::GRANT_EXPIRY, &[&time_bytes(g.terms.expires_at), op, g.id.as_bytes()])
+    layout::grant_expiry_key(&time_bytes(g.terms.expires_at), op, g.id.as_bytes())
 }
 
 /// An index entry (`Y` or `Z`) of a subscription: its prefix, the time, the event id.

@@ -10,7 +10,7 @@ use crate::crypto::seal::{self, aad};
 use crate::engine::document::{check_text, Document};
 use crate::engine::vault::{seal_record, OwnerCtx, OwnerRef, Vault};
 use crate::ids::{AgencyId, DocType, DocumentId, GrantId, OwnerId, Purpose};
-use crate::storage::layout::{key_of, prefix};
+use crate::storage::layout;
 use crate::storage::Op;
 use crate::time::Timestamp;
 use crate::Error;
@@ -178,11 +178,11 @@ pub(crate) struct GrantWrite {
 }
 
 pub(crate) fn grant_key(op: &OwnerRef, id: &GrantId) -> Vec<u8> {
-    key_of(prefix::GRANT, &[op, id.as_bytes()])
+    layout::grant_key(op, id.as_bytes())
 }
 
 fn agency_index_key(agency: &AgencyId, id: &GrantId) -> Vec<u8> {
-    key_of(prefix::GRANT_BY_AGENCY, &[agency.as_str().as_bytes(), &[0], id.as_bytes()])
+    layout::agency_grant_key(agency.as_str().as_bytes(), id.as_bytes())
 }
 
 impl Vault {
@@ -274,7 +274,7 @@ impl Vault {
     pub(crate) fn grants_of(&self, o: &OwnerCtx) -> Result<Vec<Grant>, Error> {
         let mut out: Vec<Grant> = Vec::new();
         let epoch = self.records_epoch();
-        for item in self.meta().scan(&key_of(prefix::GRANT, &[&o.op])) {
+        for item in self.meta().scan(&layout::grants_of(&o.op)) {
             let (k, v) = item?;
             out.push(
                 self.open_cached(epoch, &o.keys, &k, &v)
@@ -288,7 +288,7 @@ impl Vault {
     /// Every grant given to `agency`, across owners.
     pub fn grants_to(&self, agency: &AgencyId) -> Result<Vec<Grant>, Error> {
         let mut out = Vec::new();
-        for item in self.meta().scan(&key_of(prefix::GRANT_BY_AGENCY, &[agency.as_str().as_bytes(), &[0]])) {
+        for item in self.meta().scan(&layout::agency_grants_of(agency.as_str().as_bytes())) {
             let (k, v) = item?;
             let op = seal::open(&self.vault_records, &aad(&k), &v)
                 .map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(&k)))?;

@@ -22,7 +22,7 @@ use crate::crypto::seal::{self, aad};
 use crate::engine::vault::Vault;
 use crate::ids::{AgencyId, DocType, Purpose};
 use crate::log::audit::{Actor, Draft};
-use crate::storage::layout::{key_of, prefix};
+use crate::storage::layout::{self, key_of, prefix};
 use crate::storage::Op;
 use crate::time::Timestamp;
 use crate::Error;
@@ -321,7 +321,7 @@ impl Vault {
         o: &crate::engine::vault::OwnerCtx,
         digest: &crate::Digest,
     ) -> Result<Option<u64>, Error> {
-        let key = key_of(prefix::CONTENT, &[&o.op, &o.blob(digest).name]);
+        let key = layout::content_key(&o.op, &o.blob(digest).name);
         Ok(self.get_sealed::<crate::engine::vault::ContentRecord>(&o.keys, &key)?.map(|r| r.size))
     }
 
@@ -347,7 +347,7 @@ impl Vault {
         let mut day: Option<(Day, Cells, Vec<Vec<u8>>)> = None;
         let flush = |this: &Self, day: Option<(Day, Cells, Vec<Vec<u8>>)>| -> Result<(), Error> {
             let Some((d, mut cells, keys)) = day else { return Ok(()) };
-            let rkey = key_of(prefix::STATS_DAY, &[&d.key_bytes()]);
+            let rkey = layout::stats_day_key(&d.key_bytes());
             if let Some(v) = this.meta().get(&rkey)? {
                 for (c, n) in this.open_cells(&rkey, &v)? {
                     cells.entry(c).or_default().add(&n);

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::vault::{open_record, ContentRecord, OwnerCtx, Vault};
 use crate::ids::{AgencyId, Digest};
-use crate::storage::layout::{inline_key, key_of, prefix};
+use crate::storage::layout::{self, inline_key, prefix};
 use crate::storage::Op;
 use crate::time::Timestamp;
 use crate::Error;
@@ -60,12 +60,12 @@ impl Supply {
 /// digest), and a keyed tag of the agency id (16). Neither id appears in clear; the records of
 /// one content are one prefix scan.
 pub(crate) fn supply_key(o: &OwnerCtx, digest: &Digest, agency: &AgencyId) -> Vec<u8> {
-    key_of(prefix::SUPPLY, &[&o.op, &o.keys.blob_name(digest), &agency_tag(o, agency)])
+    layout::supply_key(&o.op, &o.keys.blob_name(digest), &agency_tag(o, agency))
 }
 
 /// The prefix of every supply record of one content.
 pub(crate) fn supply_prefix(o: &OwnerCtx, digest: &Digest) -> Vec<u8> {
-    key_of(prefix::SUPPLY, &[&o.op, &o.keys.blob_name(digest)])
+    layout::supplies_of(&o.op, &o.keys.blob_name(digest))
 }
 
 fn agency_tag(o: &OwnerCtx, agency: &AgencyId) -> [u8; 16] {
@@ -292,7 +292,7 @@ impl Vault {
     }
 
     fn content_refs(&self, o: &OwnerCtx, digest: &Digest) -> Result<u64, Error> {
-        let ckey = key_of(prefix::CONTENT, &[&o.op, &o.keys.blob_name(digest)]);
+        let ckey = layout::content_key(&o.op, &o.keys.blob_name(digest));
         Ok(self.get_sealed::<ContentRecord>(&o.keys, &ckey)?.map_or(0, |r| r.refs))
     }
 
@@ -315,7 +315,7 @@ impl Vault {
         if current.as_ref() != Some(seen) {
             return Ok(false);
         }
-        let ckey = key_of(prefix::CONTENT, &[&o.op, &name.name]);
+        let ckey = layout::content_key(&o.op, &name.name);
         let rec: Option<ContentRecord> = self.get_sealed(&o.keys, &ckey)?;
         if rec.as_ref().is_some_and(|r| r.refs > 0) && seen.used && seen.expired(now) {
             // A document uses it again (deposited meanwhile): keep the record.

@@ -21,7 +21,7 @@ use crate::log::audit::Draft;
 use crate::log::note::VaultSigner;
 use crate::storage::commit::{CommitStats, GroupCommit};
 use crate::storage::layout::{
-    inline_key, key_of, prefix, KEY_BLOB_STORE, KEY_FORMAT, KEY_INDEX_KEY, KEY_ROTATION, KEY_SIGNING,
+    self, inline_key, prefix, KEY_BLOB_STORE, KEY_FORMAT, KEY_INDEX_KEY, KEY_ROTATION, KEY_SIGNING,
 };
 use crate::storage::{BlobName, BlobRead, BlobStore, MetaStore, NewBlob, Op};
 use crate::time::Timestamp;
@@ -492,7 +492,7 @@ impl Vault {
             // (A store whose orphans are found by age is not listed here: `collect_orphans`.)
             let listed = if self.blobs.orphans_by_age() { Vec::new() } else { self.blobs.list()?.blobs };
             for name in listed {
-                let key = key_of(prefix::CONTENT, &[&name.owner, &name.name]);
+                let key = layout::content_key(&name.owner, &name.name);
                 if self.meta.get(&key)?.is_none() && self.blobs.set_aside(&name)? {
                     report.orphans_set_aside += 1;
                 }
@@ -533,7 +533,7 @@ impl Vault {
         for name in self.blobs.written_before(now.unix() - ORPHAN_AGE_SECS)? {
             // Under the name's stripe: no commit of the same content runs meanwhile.
             let _stripe = self.stripe(&name);
-            let key = key_of(prefix::CONTENT, &[&name.owner, &name.name]);
+            let key = layout::content_key(&name.owner, &name.name);
             if self.meta.get(&key)?.is_none() && self.blobs.set_aside(&name)? {
                 n += 1;
             }
@@ -754,7 +754,7 @@ impl Vault {
         if let Some(ctx) = self.cached_owner(op) {
             return Ok(Some(ctx));
         }
-        let key = key_of(prefix::OWNER, &[op]);
+        let key = layout::owner_key(op);
         let Some(sealed) = self.meta.get(&key)? else { return Ok(None) };
         let (_, id) = self.unseal_owner(&key, &sealed).map_err(|_| corrupt(&key))?;
         self.owner(&id, false)
@@ -834,7 +834,7 @@ impl Vault {
         if let Some(ctx) = self.cached_owner(&op) {
             return Ok(Some(ctx));
         }
-        let key = key_of(prefix::OWNER, &[&op]);
+        let key = layout::owner_key(&op);
         let owner_key = loop {
             match self.meta.get(&key)? {
                 Some(sealed) => {
@@ -910,7 +910,7 @@ impl Vault {
     }
 
     fn content_key(o: &OwnerCtx, name: &BlobName) -> Vec<u8> {
-        key_of(prefix::CONTENT, &[&o.op, &name.name])
+        layout::content_key(&o.op, &name.name)
     }
 
     /// Whether the owner holds a content.
@@ -1233,8 +1233,8 @@ impl Vault {
             meta: new,
         };
         rec.refs += 1;
-        let dkey = key_of(prefix::DOCUMENT, &[&o.op, doc.id.as_bytes()]);
-        let tkey = key_of(prefix::TYPE_INDEX, &[&o.op, &o.keys.type_tag(&doc.meta.doc_type), doc.id.as_bytes()]);
+        let dkey = layout::document_key(&o.op, doc.id.as_bytes());
+        let tkey = layout::type_index_key(&o.op, &o.keys.type_tag(&doc.meta.doc_type), doc.id.as_bytes());
         ops.push(Op::Put(dkey.clone(), seal_record(&o.keys, &dkey, &doc)));
         ops.push(Op::Put(tkey.clone(), seal_record(&o.keys, &tkey, &())));
         let ikey = deposit_key(o, &doc.meta);
@@ -1412,7 +1412,7 @@ impl Vault {
     }
 
     pub(crate) fn document_of(&self, o: &OwnerCtx, id: &DocumentId) -> Result<Document, Error> {
-        let key = key_of(prefix::DOCUMENT, &[&o.op, id.as_bytes()]);
+        let key = layout::document_key(&o.op, id.as_bytes());
         let doc: Document = self.get_sealed(&o.keys, &key)?.ok_or(Error::NotFound("document"))?;
         if doc.owner != o.id || doc.id != *id {
             return Err(corrupt(&key));
@@ -1429,7 +1429,7 @@ impl Vault {
         match doc_type {
             None => {
                 let epoch = self.records_epoch();
-                for item in self.meta.scan(&key_of(prefix::DOCUMENT, &[&o.op])) {
+                for item in self.meta.scan(&layout::documents_of(&o.op)) {
                     let (k, v) = item?;
                     let doc: Document = self.open_cached(epoch, &o.keys, &k, &v).ok_or_else(|| corrupt(&k))?;
                     if doc.owner != o.id {
@@ -1439,7 +1439,7 @@ impl Vault {
                 }
             }
             Some(t) => {
-                for item in self.meta.scan(&key_of(prefix::TYPE_INDEX, &[&o.op, &o.keys.type_tag(t)])) {
+                for item in self.meta.scan(&layout::type_index_of(&o.op, &o.keys.type_tag(t))) {
                     let (k, _) = item?;
                     let id = DocumentId::from_bytes(k[33..].try_into().map_err(|_| corrupt(&k))?);
                     let doc = self.document_of(&o, &id)?;
@@ -1473,8 +1473,8 @@ impl Vault {
         self.document_of(o, id)?;
         let mut rec: ContentRecord = self.get_sealed(&o.keys, &ckey)?.ok_or_else(|| corrupt(&ckey))?;
         rec.refs = rec.refs.saturating_sub(1);
-        let dkey = key_of(prefix::DOCUMENT, &[&o.op, id.as_bytes()]);
-        let tkey = key_of(prefix::TYPE_INDEX, &[&o.op, &o.keys.type_tag(&doc.meta.doc_type), id.as_bytes()]);
+        let dkey = layout::document_key(&o.op, id.as_bytes());
+        let tkey = layout::type_index_key(&o.op, &o.keys.type_tag(&doc.meta.doc_type), id.as_bytes());
         let mut last = rec.refs == 0;
         // An agency's upload still waiting for its document keeps the content (the sweep
         // removes it later); otherwise the supply records go with the content.
@@ -1545,7 +1545,7 @@ impl Vault {
         crate::engine::document::check_text("reason", reason, crate::engine::document::MAX_TEXT)?;
         let (owner_guard, o) = self.owner_for_change(&o.id, false)?;
         let o = &*o.ok_or(Error::NotFound("document"))?;
-        let key = key_of(prefix::DOCUMENT, &[&o.op, id.as_bytes()]);
+        let key = layout::document_key(&o.op, id.as_bytes());
         let digest = self.document_of(o, id)?.meta.digest;
         // The same stripe as delete_document, so a revocation cannot resurrect a deleted record.
         let guard = self.stripe(&o.blob(&digest));
@@ -1667,7 +1667,7 @@ fn deposit_key(o: &OwnerCtx, m: &NewDocument) -> Vec<u8> {
     let reference = m.reference.as_deref().unwrap_or("");
     let parts: [&[u8]; 4] =
         [m.digest.as_bytes(), m.doc_type.as_str().as_bytes(), reference.as_bytes(), issuer.as_bytes()];
-    key_of(prefix::DEPOSIT_INDEX, &[&o.op, &o.keys.deposit_tag(&parts)])
+    layout::deposit_index_key(&o.op, &o.keys.deposit_tag(&parts))
 }
 
 pub(crate) fn seal_record<T: Serialize>(keys: &OwnerKeys, key: &[u8], value: &T) -> Vec<u8> {

@@ -26,7 +26,7 @@ use crate::ids::{DocumentId, OwnerId, Purpose};
 use crate::log::merkle::{self, Hash};
 use crate::log::note;
 use crate::log::tiles::{self, Edge, TileNodes};
-use crate::storage::layout::{key_of, prefix, KEY_AUDIT_SIZE};
+use crate::storage::layout::{self, entry_key, leaf_key, prefix, tile_key, KEY_AUDIT_SIZE};
 use crate::storage::Op;
 use crate::time::Timestamp;
 use crate::Error;
@@ -343,18 +343,6 @@ fn stored_size(v: Option<Vec<u8>>) -> Result<u64, Error> {
             Ok(u64::from_be_bytes(v.as_slice().try_into().map_err(|_| Error::Corrupt("audit log size".into()))?))
         }
     }
-}
-
-fn leaf_key(index: u64) -> Vec<u8> {
-    key_of(prefix::LEAF, &[&index.to_be_bytes()])
-}
-
-fn tile_key(level: u8, index: u64) -> Vec<u8> {
-    key_of(prefix::TILE, &[&[level], &index.to_be_bytes()])
-}
-
-fn entry_key(op: &OwnerRef, index: u64) -> Vec<u8> {
-    key_of(prefix::OWNER_ENTRY, &[op, &index.to_be_bytes()])
 }
 
 /// A reference to `what` in leaf `index`: keyed BLAKE3 under the vault's audit reference key.
@@ -1007,7 +995,7 @@ impl Vault {
     pub fn owner_entries(&self, owner: &OwnerId) -> Result<Vec<Entry>, Error> {
         let op = self.owner_ref(owner);
         let mut out = Vec::new();
-        for item in self.meta().scan(&key_of(prefix::OWNER_ENTRY, &[&op])) {
+        for item in self.meta().scan(&layout::entries_of(&op)) {
             let (k, v) = item?;
             let plain = seal::open(&self.vault_records, &aad(&k), &v)
                 .map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(&k)))?;
@@ -1032,7 +1020,7 @@ impl Vault {
         };
         let mut entries: Vec<Entry> = Vec::with_capacity(limit.get().min(64));
         let mut more = false;
-        for item in self.meta().scan_from(&key_of(prefix::OWNER_ENTRY, &[&op]), &entry_key(&op, first)) {
+        for item in self.meta().scan_from(&layout::entries_of(&op), &entry_key(&op, first)) {
             let (k, v) = item?;
             if entries.len() == limit.get() {
                 more = true;
@@ -1294,7 +1282,7 @@ mod tests {
                 let h = merkle::leaf_hash(&v.leaf(i).unwrap());
                 for (l, j, h) in merkle::append_nodes(i, h, |l, j| Ok(mem[&(l, j)])).unwrap() {
                     mem.insert((l, j), h);
-                    ops.push(Op::Put(key_of(prefix::NODE, &[&[l], &j.to_be_bytes()]), h.to_vec()));
+                    ops.push(Op::Put(layout::node_key(l, j), h.to_vec()));
                 }
             }
             let root = v.audit_root(size).unwrap();

@@ -73,3 +73,111 @@ pub(crate) fn key_of(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
 pub(crate) fn inline_key(name: &BlobName) -> Vec<u8> {
     key_of(prefix::INLINE_BLOB, &[&name.owner, &name.name])
 }
+
+/// `O` owner ref: an owner's wrapped keys.
+pub(crate) fn owner_key(op: &[u8]) -> Vec<u8> {
+    key_of(prefix::OWNER, &[op])
+}
+
+/// `C` owner ref, blob name: a content record.
+pub(crate) fn content_key(op: &[u8], name: &[u8]) -> Vec<u8> {
+    key_of(prefix::CONTENT, &[op, name])
+}
+
+/// `D` owner ref, document id: a document.
+pub(crate) fn document_key(op: &[u8], id: &[u8]) -> Vec<u8> {
+    key_of(prefix::DOCUMENT, &[op, id])
+}
+
+/// `D` owner ref: the prefix of an owner's documents.
+pub(crate) fn documents_of(op: &[u8]) -> Vec<u8> {
+    key_of(prefix::DOCUMENT, &[op])
+}
+
+/// `T` owner ref, type tag, document id: an entry of the type index.
+pub(crate) fn type_index_key(op: &[u8], tag: &[u8], id: &[u8]) -> Vec<u8> {
+    key_of(prefix::TYPE_INDEX, &[op, tag, id])
+}
+
+/// `T` owner ref, type tag: the prefix of an owner's documents of one type.
+pub(crate) fn type_index_of(op: &[u8], tag: &[u8]) -> Vec<u8> {
+    key_of(prefix::TYPE_INDEX, &[op, tag])
+}
+
+/// `I` owner ref, deposit tag: an entry of the deposit index.
+pub(crate) fn deposit_index_key(op: &[u8], tag: &[u8]) -> Vec<u8> {
+    key_of(prefix::DEPOSIT_INDEX, &[op, tag])
+}
+
+/// `L` index: a leaf of the audit log.
+pub(crate) fn leaf_key(index: u64) -> Vec<u8> {
+    key_of(prefix::LEAF, &[&index.to_be_bytes()])
+}
+
+/// `X` level, index: a tile of the audit log.
+pub(crate) fn tile_key(level: u8, index: u64) -> Vec<u8> {
+    key_of(prefix::TILE, &[&[level], &index.to_be_bytes()])
+}
+
+/// `N` level, index: a node of the audit log's tree (kept by earlier versions; only tests still
+/// write one).
+#[cfg(test)]
+pub(crate) fn node_key(level: u8, index: u64) -> Vec<u8> {
+    key_of(prefix::NODE, &[&[level], &index.to_be_bytes()])
+}
+
+/// `E` owner ref, index: an owner's entry of the audit log.
+pub(crate) fn entry_key(op: &[u8], index: u64) -> Vec<u8> {
+    key_of(prefix::OWNER_ENTRY, &[op, &index.to_be_bytes()])
+}
+
+/// `E` owner ref: the prefix of an owner's entries.
+pub(crate) fn entries_of(op: &[u8]) -> Vec<u8> {
+    key_of(prefix::OWNER_ENTRY, &[op])
+}
+
+/// `G` owner ref, grant id: a grant.
+pub(crate) fn grant_key(op: &[u8], id: &[u8]) -> Vec<u8> {
+    key_of(prefix::GRANT, &[op, id])
+}
+
+/// `G` owner ref: the prefix of an owner's grants.
+pub(crate) fn grants_of(op: &[u8]) -> Vec<u8> {
+    key_of(prefix::GRANT, &[op])
+}
+
+/// `H` agency id, 0, grant id: the grants-by-agency index.
+pub(crate) fn agency_grant_key(agency: &[u8], id: &[u8]) -> Vec<u8> {
+    key_of(prefix::GRANT_BY_AGENCY, &[agency, &[0], id])
+}
+
+/// `H` agency id, 0: the prefix of an agency's grants.
+pub(crate) fn agency_grants_of(agency: &[u8]) -> Vec<u8> {
+    key_of(prefix::GRANT_BY_AGENCY, &[agency, &[0]])
+}
+
+/// `P` owner ref, blob name, agency tag: a supply record.
+pub(crate) fn supply_key(op: &[u8], name: &[u8], agency_tag: &[u8]) -> Vec<u8> {
+    key_of(prefix::SUPPLY, &[op, name, agency_tag])
+}
+
+/// `P` owner ref, blob name: the prefix of every supply record of one content.
+pub(crate) fn supplies_of(op: &[u8], name: &[u8]) -> Vec<u8> {
+    key_of(prefix::SUPPLY, &[op, name])
+}
+
+/// `W` agency id, 0, subscription id: a webhook subscription.
+pub(crate) fn webhook_key(agency: &[u8], id: &[u8]) -> Vec<u8> {
+    key_of(prefix::WEBHOOK, &[agency, &[0], id])
+}
+
+/// `K` expiry time (8 bytes, in key order), owner ref, grant id: a grant whose expiry event is
+/// still to be emitted.
+pub(crate) fn grant_expiry_key(time: &[u8], op: &[u8], id: &[u8]) -> Vec<u8> {
+    key_of(prefix::GRANT_EXPIRY, &[time, op, id])
+}
+
+/// `R` day: a day's rollup of the reuse statistics.
+pub(crate) fn stats_day_key(day: &[u8]) -> Vec<u8> {
+    key_of(prefix::STATS_DAY, &[day])
+}
