@@ -618,7 +618,7 @@ impl Vault {
     /// Runs the decision `f` of an audited read in a non-blocking section (see
     /// [`Vault::queue_read`]); one that would wait is not started.
     fn start_read<T>(&self, draft: Draft, f: impl FnOnce(&mut Draft) -> DecidedRead<T>) -> Started<T> {
-        crate::engine::vault::nonblocking(|| match self.queue_read(draft, f) {
+        crate::storage::nonblocking(|| match self.queue_read(draft, f) {
             Ok(read) => Started::Queued(read),
             Err(_) => Started::Blocking,
         })

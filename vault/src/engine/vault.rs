@@ -1,6 +1,5 @@
 //! The vault: owners, contents and documents on top of the two storage traits.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -23,7 +22,7 @@ use crate::storage::commit::{CommitStats, GroupCommit};
 use crate::storage::layout::{
     self, inline_key, prefix, KEY_BLOB_STORE, KEY_FORMAT, KEY_INDEX_KEY, KEY_ROTATION, KEY_SIGNING,
 };
-use crate::storage::{BlobName, BlobRead, BlobStore, MetaStore, NewBlob, Op};
+use crate::storage::{in_nonblocking, BlobName, BlobRead, BlobStore, MetaStore, NewBlob, Op};
 use crate::time::Timestamp;
 
 /// The format this build writes and reads.
@@ -152,33 +151,6 @@ pub struct Stored {
 /// A content opened for reading: `Read` + `Seek` over the plaintext. Reading it whole, in
 /// order, also checks its BLAKE3 digest; any failure is the opaque decryption error.
 pub type ContentReader = BlobReader<Box<dyn BlobRead>>;
-
-thread_local! {
-    /// Set while this thread runs a [`nonblocking`] section.
-    static NONBLOCKING: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Runs `f` on this thread with waits refused: where the vault would wait for an owner's change
-/// lock held by an erasure, or read a blob file, it returns [`Error::WouldBlock`] instead. Used
-/// to decide an audited read on an async executor's thread (`Vault::start_content_as`); the
-/// metadata store's own reads and its short-held locks are not counted as waits.
-pub(crate) fn nonblocking<T>(f: impl FnOnce() -> T) -> T {
-    struct Reset(bool);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            NONBLOCKING.with(|n| n.set(self.0));
-        }
-    }
-    let _reset = Reset(NONBLOCKING.with(|n| n.replace(true)));
-    f()
-}
-
-/// Whether this thread runs a [`nonblocking`] section (a backend whose reads block on the
-/// network refuses them there with [`crate::storage::StoreError::WouldBlock`]).
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-pub(crate) fn in_nonblocking() -> bool {
-    NONBLOCKING.with(Cell::get)
-}
 
 /// An open vault. Share it between threads with `Arc`; every method takes `&self`.
 pub struct Vault {
@@ -773,10 +745,10 @@ impl Vault {
     /// (a waiting erasure would deadlock it): functions that hold it call
     /// [`Vault::owner_locked`], not [`Vault::owner`].
     ///
-    /// In a [`nonblocking`] section a lock held by an erasure is [`Error::WouldBlock`].
+    /// In a [`nonblocking`](crate::storage::nonblocking) section a lock held by an erasure is [`Error::WouldBlock`].
     fn owner_shared(&self, op: &OwnerRef) -> Result<RwLockReadGuard<'_, ()>, Error> {
         let lock = &self.owner_locks[usize::from(op[0])];
-        if NONBLOCKING.with(Cell::get) {
+        if in_nonblocking() {
             return match lock.try_read() {
                 Ok(g) => Ok(g),
                 // The guarded data is `()`: a poisoned lock has no state to be inconsistent.
@@ -1584,7 +1556,7 @@ impl Vault {
         let file: Box<dyn BlobRead> = if rec.inline {
             let ikey = inline_key(&name);
             Box::new(io::Cursor::new(self.meta.get(&ikey)?.ok_or_else(|| corrupt(&ikey))?))
-        } else if NONBLOCKING.with(Cell::get) {
+        } else if in_nonblocking() {
             // A blob file's header is read from disk: not in a non-blocking section.
             return Err(Error::WouldBlock);
         } else {

@@ -11,6 +11,7 @@
 //! The core never holds plaintext in either: values reaching a [`MetaStore`] are sealed, blobs
 //! reaching a [`BlobStore`] are encrypted.
 
+use std::cell::Cell;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
@@ -101,6 +102,33 @@ fn io_err(what: impl fmt::Display, path: &Path) -> impl FnOnce(io::Error) -> Sto
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("syncing directory", dir))
+}
+
+thread_local! {
+    /// Set while this thread runs a [`nonblocking`] section.
+    static NONBLOCKING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` on this thread with waits refused: where the vault would wait for an owner's change
+/// lock held by an erasure, or read a blob file, it returns [`crate::Error::WouldBlock`]
+/// instead. Used to decide an audited read on an async executor's thread
+/// (`Vault::start_content_as`); the metadata store's own reads and its short-held locks are not
+/// counted as waits.
+pub(crate) fn nonblocking<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            NONBLOCKING.with(|n| n.set(self.0));
+        }
+    }
+    let _reset = Reset(NONBLOCKING.with(|n| n.replace(true)));
+    f()
+}
+
+/// Whether this thread runs a [`nonblocking`] section (a backend whose reads block on the
+/// network refuses them there with [`StoreError::WouldBlock`]).
+pub(crate) fn in_nonblocking() -> bool {
+    NONBLOCKING.with(Cell::get)
 }
 
 /// An iterator over key-value pairs of a metadata scan.

@@ -452,7 +452,7 @@ impl PgMeta {
 
     /// A read refused in the vault's non-blocking section (see the module's documentation).
     fn refuse_if_nonblocking() -> Result<(), StoreError> {
-        if crate::engine::vault::in_nonblocking() {
+        if crate::storage::in_nonblocking() {
             return Err(StoreError::WouldBlock);
         }
         Ok(())
