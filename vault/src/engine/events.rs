@@ -41,7 +41,7 @@ use crate::engine::grants::Grant;
 use crate::engine::vault::{OwnerRef, Vault};
 use crate::ids::{AgencyId, IdError, OwnerId};
 use crate::log::audit::Draft;
-use crate::storage::layout::{self, key_of, prefix, KEY_OUTBOX_INDEXED, KEY_WEBHOOKS_VERSION};
+use crate::storage::layout::{self, prefix, KEY_OUTBOX_INDEXED, KEY_WEBHOOKS_VERSION};
 use crate::storage::Op;
 use crate::time::Timestamp;
 use crate::Error;
@@ -518,13 +518,11 @@ fn sub_key(agency: &AgencyId, id: &WebhookId) -> Vec<u8> {
 }
 
 fn outbox_prefix(p: u8, agency: &AgencyId, id: &WebhookId) -> Vec<u8> {
-    key_of(p, &[agency.as_str().as_bytes(), &[0], id.as_str().as_bytes(), &[0]])
+    layout::outbox_prefix(p, agency.as_str().as_bytes(), id.as_str().as_bytes())
 }
 
 fn outbox_key(p: u8, agency: &AgencyId, id: &WebhookId, event: &EventId) -> Vec<u8> {
-    let mut k = outbox_prefix(p, agency, id);
-    k.extend_from_slice(&event.0);
-    k
+    layout::outbox_key(p, agency.as_str().as_bytes(), id.as_str().as_bytes(), &event.0)
 }
 
 /// A time as 8 key bytes, offset so that key order is time order for every representable time.
@@ -538,10 +536,7 @@ fn expiry_key(op: &OwnerRef, g: &Grant) -> Vec<u8> {
 
 /// An index entry (`Y` or `Z`) of a subscription: its prefix, the time, the event id.
 fn index_key(p: u8, agency: &AgencyId, id: &WebhookId, t: Timestamp, event: &EventId) -> Vec<u8> {
-    let mut k = outbox_prefix(p, agency, id);
-    k.extend_from_slice(&time_bytes(t));
-    k.extend_from_slice(&event.0);
-    k
+    layout::outbox_index_key(p, agency.as_str().as_bytes(), id.as_str().as_bytes(), &time_bytes(t), &event.0)
 }
 
 /// The due-time index entry of a waiting delivery.

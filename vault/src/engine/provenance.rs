@@ -14,7 +14,7 @@ use crate::crypto::seal::{self, aad};
 use crate::engine::document::{check_text, NewDocument, Signature};
 use crate::engine::vault::Vault;
 use crate::ids::{AgencyId, IdError, KeyId, OwnerId};
-use crate::storage::layout::prefix;
+use crate::storage::layout::{self, prefix};
 use crate::storage::Op;
 use crate::time::Timestamp;
 use crate::Error;
@@ -158,18 +158,12 @@ impl Agency {
 pub const MAX_AGENCY_KEYS: usize = 100;
 
 fn agency_key(id: &AgencyId) -> Vec<u8> {
-    let mut k = vec![prefix::AGENCY];
-    k.extend_from_slice(id.as_str().as_bytes());
-    k
+    layout::agency_key(id.as_str().as_bytes())
 }
 
 /// Marks that a key id signed a stored document (so it cannot be dropped).
 fn used_key(agency: &AgencyId, key: &KeyId) -> Vec<u8> {
-    let mut k = vec![prefix::USED_KEY];
-    k.extend_from_slice(agency.as_str().as_bytes());
-    k.push(b'/');
-    k.extend_from_slice(key.as_str().as_bytes());
-    k
+    layout::used_key(agency.as_str().as_bytes(), key.as_str().as_bytes())
 }
 
 /// The name of the registry's change lock in a shared store ([`crate::storage::MetaStore::lock`]).

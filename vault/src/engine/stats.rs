@@ -272,9 +272,7 @@ fn cell_of(d: &Draft, procedure: Option<&Purpose>, doc_type: Option<&DocType>) -
 
 impl Vault {
     fn tally_op(&self, d: &Draft, cells: &Cells) -> Op {
-        let mut key = vec![prefix::STATS];
-        key.extend_from_slice(&Day::of(d.time).key_bytes());
-        key.extend_from_slice(&crate::crypto::keys::random_array::<16>());
+        let key = layout::stats_tally_key(&Day::of(d.time).key_bytes(), &crate::crypto::keys::random_array::<16>());
         let cells: Vec<(&Cell, &Counters)> = cells.iter().collect();
         let value = seal::seal(&self.vault_records, &aad(&key), &serde_json::to_vec(&cells).unwrap_or_default());
         Op::Put(key, value)

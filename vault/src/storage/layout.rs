@@ -181,3 +181,35 @@ pub(crate) fn grant_expiry_key(time: &[u8], op: &[u8], id: &[u8]) -> Vec<u8> {
 pub(crate) fn stats_day_key(day: &[u8]) -> Vec<u8> {
     key_of(prefix::STATS_DAY, &[day])
 }
+
+/// `A` agency id: an agency's registration.
+pub(crate) fn agency_key(agency: &[u8]) -> Vec<u8> {
+    key_of(prefix::AGENCY, &[agency])
+}
+
+/// `U` agency id, `/`, key id: marks that a key id signed a stored document.
+pub(crate) fn used_key(agency: &[u8], key: &[u8]) -> Vec<u8> {
+    key_of(prefix::USED_KEY, &[agency, b"/", key])
+}
+
+/// `S` day, 16 random bytes: one reuse-statistics tally.
+pub(crate) fn stats_tally_key(day: &[u8], random: &[u8]) -> Vec<u8> {
+    key_of(prefix::STATS, &[day, random])
+}
+
+/// `p` (`Q`, `F`, `Y` or `Z`) agency id, 0, subscription id, 0: the prefix of one subscription's
+/// records under `p`.
+pub(crate) fn outbox_prefix(p: u8, agency: &[u8], id: &[u8]) -> Vec<u8> {
+    key_of(p, &[agency, &[0], id, &[0]])
+}
+
+/// `p` (`Q` or `F`) agency id, 0, subscription id, 0, event id: a delivery.
+pub(crate) fn outbox_key(p: u8, agency: &[u8], id: &[u8], event: &[u8]) -> Vec<u8> {
+    key_of(p, &[agency, &[0], id, &[0], event])
+}
+
+/// `p` (`Y` or `Z`) agency id, 0, subscription id, 0, time (8 bytes, in key order), event id:
+/// an entry of a delivery index.
+pub(crate) fn outbox_index_key(p: u8, agency: &[u8], id: &[u8], time: &[u8], event: &[u8]) -> Vec<u8> {
+    key_of(p, &[agency, &[0], id, &[0], time, event])
+}
