@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use vault::access::Caller;
-use vault::merkle::{self, Hash, MerkleError, Nodes};
-use vault::store::{MetaStore, Op, SledMeta};
+use vault::log::merkle::{self, Hash, MerkleError, Nodes};
+use vault::storage::{sled::SledMeta, MetaStore, Op};
 use vault::{Digest, DocType, MasterKey, NewDocument, OwnerId, Purpose, Vault};
 
 fn owner(n: u32) -> OwnerId {

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
-use vault::store::{BlobStore, FsBlobs, SledMeta};
+use vault::storage::{files::FsBlobs, sled::SledMeta, BlobStore};
 use vault::{Digest, MasterKey, OwnerId, Vault};
 
 fn env_num(name: &str, default: usize) -> usize {

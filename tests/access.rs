@@ -9,8 +9,8 @@ use base64::Engine as _;
 use common::*;
 use ed25519_dalek::SigningKey;
 use vault::access::{Caller, ReuseStatus};
-use vault::grants::{verify_receipt, GrantStatus, NewGrant};
-use vault::provenance::{sign_statement, statement, AgencyKey, NewAgency, PublicKey};
+use vault::engine::grants::{verify_receipt, GrantStatus, NewGrant};
+use vault::engine::provenance::{sign_statement, statement, AgencyKey, NewAgency, PublicKey};
 use vault::{AgencyId, Digest, DocType, Error, KeyId, NewDocument, OwnerId, Purpose, Timestamp, Vault};
 
 fn agency(s: &str) -> AgencyId {
@@ -523,9 +523,9 @@ fn audit_log_proofs_and_privacy() {
     let v = Vault::open(dir.path(), &master()).unwrap();
     let o = owner(1);
     let c = Caller::owner(o.clone());
-    let note_key = vault::note::NoteVerifier::parse(&v.signer().verifier_key()).unwrap();
+    let note_key = vault::log::note::NoteVerifier::parse(&v.signer().verifier_key()).unwrap();
     let cp0 = v.checkpoint().unwrap();
-    let (_, size0, root0) = vault::note::parse_checkpoint(note_key.verify(&cp0).unwrap()).unwrap();
+    let (_, size0, root0) = vault::log::note::parse_checkpoint(note_key.verify(&cp0).unwrap()).unwrap();
     let data = content(3, 1000);
     v.upload_as(&c, &o, data.as_slice(), None).unwrap();
     let doc = v.deposit_as_caller(&c, &o, new_doc(Digest::of(&data), "cccd")).unwrap();
@@ -533,7 +533,7 @@ fn audit_log_proofs_and_privacy() {
     v.content_as(&c, &o, &doc.id).unwrap();
     let _ = v.document_as(&Caller::owner(owner(2)), &o, &doc.id);
     let cp = v.checkpoint().unwrap();
-    let (origin, size, root) = vault::note::parse_checkpoint(note_key.verify(&cp).unwrap()).unwrap();
+    let (origin, size, root) = vault::log::note::parse_checkpoint(note_key.verify(&cp).unwrap()).unwrap();
     assert_eq!(origin, v.log_origin());
     assert_eq!(size, size0 + 5);
     let entries = v.access_log_as(&c, &o).unwrap();
@@ -551,11 +551,11 @@ fn audit_log_proofs_and_privacy() {
         );
         assert!(text.starts_with("vault-audit-v1\n"));
         let proof = v.inclusion_proof(e.index, size).unwrap();
-        assert_eq!(proof.leaf_hash, vault::merkle::leaf_hash(&leaf));
-        assert!(vault::merkle::verify_inclusion(&proof.leaf_hash, e.index, size, &proof.hashes, &root));
+        assert_eq!(proof.leaf_hash, vault::log::merkle::leaf_hash(&leaf));
+        assert!(vault::log::merkle::verify_inclusion(&proof.leaf_hash, e.index, size, &proof.hashes, &root));
     }
     let cons = v.consistency_proof(size0, size).unwrap();
-    assert!(vault::merkle::verify_consistency(size0, size, &root0, &root, &cons));
+    assert!(vault::log::merkle::verify_consistency(size0, size, &root0, &root, &cons));
     // Out of range.
     assert!(matches!(v.inclusion_proof(size, size), Err(Error::InvalidRequest(_))));
     assert!(matches!(v.inclusion_proof(0, size + 1), Err(Error::InvalidRequest(_))));

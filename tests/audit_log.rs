@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::{json, Value};
 use vault::access::Caller;
-use vault::audit::{PageLimit, MAX_PAGE};
+use vault::log::audit::{PageLimit, MAX_PAGE};
 use vault::{Error, Vault};
 
 use common::http::*;
@@ -138,7 +138,13 @@ fn item_9_4_access_log_pages_in_the_library() {
     for (p, i) in proofs.iter().zip(&indexes) {
         assert_eq!(p.index, *i);
         assert_eq!(p.leaf, v.leaf(*i).unwrap());
-        assert!(vault::merkle::verify_inclusion(&vault::merkle::leaf_hash(&p.leaf), *i, size, &p.hashes, &root));
+        assert!(vault::log::merkle::verify_inclusion(
+            &vault::log::merkle::leaf_hash(&p.leaf),
+            *i,
+            size,
+            &p.hashes,
+            &root
+        ));
     }
     let too_many: Vec<u64> = all.iter().map(|e| e.index).collect();
     assert!(matches!(v.access_log_proofs_as(&mine, &me, size, &too_many), Err(Error::InvalidRequest(_))));
@@ -218,7 +224,7 @@ fn item_9_4_access_log_pages_over_http() {
             .iter()
             .map(|h| B64.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
             .collect();
-        assert!(vault::merkle::verify_inclusion(&vault::merkle::leaf_hash(&leaf), *i, size, &hashes, &root));
+        assert!(vault::log::merkle::verify_inclusion(&vault::log::merkle::leaf_hash(&leaf), *i, size, &hashes, &root));
     }
     let r = post_json(&proofs_url, &citizen, None, &json!({"size": size + 1000, "indexes": [all[0]]}));
     assert_eq!((r.status, r.code()), (400, "invalid_request".into()));

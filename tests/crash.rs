@@ -250,7 +250,7 @@ fn audit_crash_child() {
                         None
                     };
                     // The one new entry about this owner is this call's (one caller per owner).
-                    let page = v.owner_entries_page(&owner, last, vault::audit::PageLimit::MAX).unwrap();
+                    let page = v.owner_entries_page(&owner, last, vault::log::audit::PageLimit::MAX).unwrap();
                     assert_eq!(page.entries.len(), 1);
                     let e = &page.entries[0];
                     last = Some(e.index);
@@ -360,8 +360,8 @@ fn kill9_the_sequencer_never_loses_or_reuses_an_acknowledged_entry() {
                 v.document(&a.owner, &id).unwrap();
             }
             let p = v.inclusion_proof(a.index, size).unwrap();
-            assert_eq!(p.leaf_hash, vault::merkle::leaf_hash(&v.leaf(a.index).unwrap()));
-            assert!(vault::merkle::verify_inclusion(&p.leaf_hash, a.index, size, &p.hashes, &root));
+            assert_eq!(p.leaf_hash, vault::log::merkle::leaf_hash(&v.leaf(a.index).unwrap()));
+            assert!(vault::log::merkle::verify_inclusion(&p.leaf_hash, a.index, size, &p.hashes, &root));
         }
         // No index was given to two entries: each owner's entries are distinct leaves.
         let mut all = std::collections::HashSet::new();
@@ -376,7 +376,7 @@ fn kill9_the_sequencer_never_loses_or_reuses_an_acknowledged_entry() {
             assert!(*s <= size, "round {round}: checkpoint of {s} entries but only {size} left");
             assert_eq!(v.audit_root(*s).unwrap(), *r, "round {round}: the tree forks from checkpoint {s}");
             let c = v.consistency_proof(*s, size).unwrap();
-            assert!(vault::merkle::verify_consistency(*s, size, r, &root, &c), "round {round}: checkpoint {s}");
+            assert!(vault::log::merkle::verify_consistency(*s, size, r, &root, &c), "round {round}: checkpoint {s}");
         }
         last_checkpoint = checkpoints.into_iter().max_by_key(|(s, _)| *s).or(last_checkpoint);
         let report = v.check(false).unwrap();

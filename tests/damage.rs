@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use vault::access::Caller;
-use vault::grants::NewGrant;
-use vault::provenance::NewAgency;
+use vault::engine::grants::NewGrant;
+use vault::engine::provenance::NewAgency;
 use vault::{AgencyId, DocType, Error, OwnerId, Purpose, Timestamp, Vault};
 
 fn agency() -> AgencyId {
@@ -87,7 +87,7 @@ fn observe(v: &Vault) -> Result<String, Error> {
 fn open(dir: &Path) -> Result<Vault, Error> {
     for _ in 0..100 {
         match Vault::open(dir, &master()) {
-            Err(Error::Store(vault::store::StoreError::Locked(_))) => {
+            Err(Error::Store(vault::storage::StoreError::Locked(_))) => {
                 std::thread::sleep(std::time::Duration::from_millis(20))
             }
             other => return other,
@@ -128,8 +128,10 @@ fn offsets(path: &Path, data: &[u8], stride: Option<usize>) -> Vec<usize> {
         // Blob files authenticate every byte (SPEC.md §7): a sample of header and chunks.
         out = vec![0, 12, 40, 70, 100, data.len() / 2, data.len() - 1];
     }
-    if path.file_name().is_some_and(|n| n == vault::store::JOURNAL_FILE) && data.starts_with(vault::journal::MAGIC) {
-        let mut pos = vault::journal::MAGIC.len();
+    if path.file_name().is_some_and(|n| n == vault::storage::sled::JOURNAL_FILE)
+        && data.starts_with(vault::storage::journal::MAGIC)
+    {
+        let mut pos = vault::storage::journal::MAGIC.len();
         while pos + 16 <= data.len() {
             let len = u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
             // The length (format 1 took a damaged one for a torn tail), its check, the checksum,
@@ -256,7 +258,7 @@ fn item_10_6_flip_sweep_of_a_clean_and_a_crashed_data_folder_finds_no_silent_cha
         (before, after)
     };
     assert!(crashed.join("OPEN").exists());
-    let journal = std::fs::metadata(crashed.join("meta").join(vault::store::JOURNAL_FILE)).unwrap().len();
+    let journal = std::fs::metadata(crashed.join("meta").join(vault::storage::sled::JOURNAL_FILE)).unwrap().len();
     assert!(journal > 1000, "the crashed folder's changes must be in its journal ({journal} bytes)");
     // Unflipped, both folders open to exactly the acknowledged state.
     for (folder, expected) in [(&clean, &expected_clean), (&crashed, &expected_crashed)] {
@@ -277,7 +279,7 @@ fn item_10_6_flip_sweep_of_a_clean_and_a_crashed_data_folder_finds_no_silent_cha
 }
 
 fn is_damaged(e: &Error) -> bool {
-    matches!(e, Error::Store(vault::store::StoreError::Damaged { .. }))
+    matches!(e, Error::Store(vault::storage::StoreError::Damaged { .. }))
 }
 
 #[test]
@@ -339,7 +341,7 @@ fn item_10_6_an_empty_database_over_existing_blobs_makes_no_new_vault_key() {
 fn item_10_6_a_damaged_journal_record_refuses_the_open_naming_file_and_offset() {
     let dir = tempfile::tempdir().unwrap();
     let other = tempfile::tempdir().unwrap();
-    let journal = dir.path().join("meta").join(vault::store::JOURNAL_FILE);
+    let journal = dir.path().join("meta").join(vault::storage::sled::JOURNAL_FILE);
     let snapshot = other.path().join("crashed");
     {
         let v = Vault::open(dir.path(), &master()).unwrap();
@@ -348,11 +350,11 @@ fn item_10_6_a_damaged_journal_record_refuses_the_open_naming_file_and_offset() 
         }
         copy_dir(dir.path(), &snapshot);
     }
-    let snap_journal = snapshot.join("meta").join(vault::store::JOURNAL_FILE);
+    let snap_journal = snapshot.join("meta").join(vault::storage::sled::JOURNAL_FILE);
     let mut bytes = std::fs::read(&snap_journal).unwrap();
     assert!(bytes.len() > 100, "the changes are in the journal");
     // The first record's length: format 1 took this for a torn tail and dropped everything.
-    bytes[vault::journal::MAGIC.len()] ^= 0x10;
+    bytes[vault::storage::journal::MAGIC.len()] ^= 0x10;
     std::fs::write(&snap_journal, &bytes).unwrap();
     let err = Vault::open(&snapshot, &master()).unwrap_err();
     let msg = err.to_string();

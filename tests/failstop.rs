@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use vault::store::{FsBlobs, SledMeta};
+use vault::storage::{files::FsBlobs, sled::SledMeta};
 use vault::{Digest, Document, Error, Fault, Faults, OwnerId, Vault};
 
 /// The vault in `dir`, as `Vault::open` makes it, with `faults` injected into its backends.

@@ -177,7 +177,7 @@ fn a_flipped_byte_in_a_blob_is_reported_never_served() {
     let (_, mut r) = v.open_document_content(&a, &doc.id).unwrap();
     let mut got = Vec::new();
     let err = r.read_to_end(&mut got).unwrap_err();
-    assert!(vault::stream::is_decrypt_error(&err));
+    assert!(vault::crypto::stream::is_decrypt_error(&err));
     assert_eq!(got, data[..65536]);
     // A range inside the damaged chunk fails; one in an intact chunk is served.
     r.seek(SeekFrom::Start(65536 + 5)).unwrap();
@@ -234,9 +234,9 @@ fn flip_meta_value(dir: &std::path::Path, prefix: u8) {
     drop(db);
     // The changed database no longer matches its anchor: the vault refuses to open.
     let err = Vault::open(dir, &master()).unwrap_err();
-    assert!(matches!(err, Error::Store(vault::store::StoreError::Damaged { .. })), "{err}");
+    assert!(matches!(err, Error::Store(vault::storage::StoreError::Damaged { .. })), "{err}");
     // The operator accepts the database as it is (SPEC.md §10): then check finds the damage.
-    std::fs::remove_file(dir.join("meta").join(vault::store::ANCHOR_FILE)).unwrap();
+    std::fs::remove_file(dir.join("meta").join(vault::storage::sled::ANCHOR_FILE)).unwrap();
 }
 
 #[test]

@@ -14,7 +14,7 @@ use vault::access::Caller;
 use vault::{Digest, Error, Vault};
 
 fn packs_of(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("meta").join(vault::pack::PACK_DIR))
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("meta").join(vault::storage::pack::PACK_DIR))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "pack"))
@@ -54,8 +54,8 @@ fn small_contents_go_to_a_pack_and_sled_holds_only_locators() {
     let db = sled::Config::new().path(dir.path().join("meta")).segment_size(8 << 20).open().unwrap();
     for item in db.scan_prefix([b'B']) {
         let (_, v) = item.unwrap();
-        assert_eq!(v.len(), vault::pack::LOCATOR_LEN);
-        assert!(v.starts_with(vault::pack::LOCATOR_MAGIC));
+        assert_eq!(v.len(), vault::storage::pack::LOCATOR_LEN);
+        assert!(v.starts_with(vault::storage::pack::LOCATOR_MAGIC));
     }
     drop(db);
     let v = Vault::open(dir.path(), &master()).unwrap();
@@ -212,8 +212,8 @@ fn a_folder_of_format_1_opens_and_is_marked_format_2() {
     }
     // Rewrite the folder as format 1 left it: the blob whole under its key, the format mark 1.
     {
-        let meta = vault::store::SledMeta::open(&dir.path().join("meta")).unwrap();
-        use vault::store::MetaStore;
+        let meta = vault::storage::sled::SledMeta::open(&dir.path().join("meta")).unwrap();
+        use vault::storage::MetaStore;
         let (k, blob) = meta.scan(b"B").next().unwrap().unwrap();
         drop(meta);
         let db = sled::Config::new().path(dir.path().join("meta")).segment_size(8 << 20).open().unwrap();
@@ -221,7 +221,7 @@ fn a_folder_of_format_1_opens_and_is_marked_format_2() {
         db.insert(b"Mformat", &b"vault-format-1"[..]).unwrap();
         db.flush().unwrap();
         drop(db);
-        std::fs::remove_file(dir.path().join("meta").join(vault::store::ANCHOR_FILE)).unwrap();
+        std::fs::remove_file(dir.path().join("meta").join(vault::storage::sled::ANCHOR_FILE)).unwrap();
     }
     let v = Vault::open(dir.path(), &master()).unwrap();
     assert_eq!(v.read_content(&a, &Digest::of(&old)).unwrap(), old);

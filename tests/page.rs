@@ -374,7 +374,8 @@ fn export_then_erase_with_typed_confirmation() {
     // Streamed as it is built (no length known up front), and the tar verifies offline.
     assert_eq!((r.header("content-length"), r.header("transfer-encoding")), (None, Some("chunked")));
     let key = call("GET", &s.url("/v1/vault-key"), None, &[], None).json();
-    let summary = vault::rights::verify_export(r.body.as_slice(), key["note_verifier_key"].as_str().unwrap()).unwrap();
+    let summary =
+        vault::engine::rights::verify_export(r.body.as_slice(), key["note_verifier_key"].as_str().unwrap()).unwrap();
     assert_eq!((summary.owner.as_str(), summary.documents, summary.signed_documents), (CITIZEN, 1, 1));
     assert_eq!(b.post("/page/export", &[]).status, 403);
     // The wrong word erases nothing.

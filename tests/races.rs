@@ -15,9 +15,9 @@ use common::*;
 use ed25519_dalek::SigningKey;
 use serde_json::json;
 use vault::access::Caller;
-use vault::grants::NewGrant;
-use vault::provenance::{AgencyKey, NewAgency, PublicKey};
-use vault::rights::verify_export;
+use vault::engine::grants::NewGrant;
+use vault::engine::provenance::{AgencyKey, NewAgency, PublicKey};
+use vault::engine::rights::verify_export;
 use vault::{AgencyId, Digest, DocType, Error, KeyId, Purpose, Timestamp, Vault};
 
 const AGENCY: &str = "so-tu-phap";
@@ -460,7 +460,7 @@ fn erasure_racing_grant_reads_serves_nothing_after_it() {
         for i in [0, size / 2, size - 1] {
             let p = v.inclusion_proof(i, size).unwrap();
             assert!(
-                vault::merkle::verify_inclusion(&p.leaf_hash, i, size, &p.hashes, &root),
+                vault::log::merkle::verify_inclusion(&p.leaf_hash, i, size, &p.hashes, &root),
                 "round {round}: leaf {i}"
             );
         }

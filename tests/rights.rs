@@ -13,10 +13,10 @@ use base64::Engine as _;
 use common::*;
 use ed25519_dalek::SigningKey;
 use vault::access::Caller;
-use vault::grants::NewGrant;
-use vault::provenance::{sign_statement, statement, AgencyKey, NewAgency, PublicKey};
-use vault::rights::verify_export;
-use vault::rotation::rotate_master_key;
+use vault::engine::grants::NewGrant;
+use vault::engine::provenance::{sign_statement, statement, AgencyKey, NewAgency, PublicKey};
+use vault::engine::rights::verify_export;
+use vault::engine::rotation::rotate_master_key;
 use vault::{AgencyId, Digest, DocType, Error, KeyId, MasterKey, Purpose, Timestamp, Vault};
 
 fn setup_agency(v: &Vault) -> SigningKey {
@@ -127,7 +127,13 @@ fn erasure_shreds_the_owner_and_keeps_the_log_verifiable() {
     }
     let size = v.audit_size().unwrap();
     let proof = v.consistency_proof(before_size, size).unwrap();
-    assert!(vault::merkle::verify_consistency(before_size, size, &before_root, &v.audit_root(size).unwrap(), &proof));
+    assert!(vault::log::merkle::verify_consistency(
+        before_size,
+        size,
+        &before_root,
+        &v.audit_root(size).unwrap(),
+        &proof
+    ));
     assert!(v.check(true).unwrap().is_clean());
     // New uploads start a fresh vault for that owner.
     let fresh = put_doc(&v, &a, b"fresh start", "cccd");
@@ -203,10 +209,10 @@ fn rotate_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else { return };
     let byte = |n: &str| MasterKey::from_bytes([std::env::var(n).unwrap().parse().unwrap(); 32]);
     use std::io::Write as _;
-    let meta = vault::store::SledMeta::open(&std::path::Path::new(&dir).join("meta")).unwrap();
+    let meta = vault::storage::sled::SledMeta::open(&std::path::Path::new(&dir).join("meta")).unwrap();
     println!("START");
     std::io::stdout().flush().unwrap();
-    vault::rotation::rotate(&meta, &byte("VAULT_ROTATE_FROM"), &byte("VAULT_ROTATE_TO")).unwrap();
+    vault::engine::rotation::rotate(&meta, &byte("VAULT_ROTATE_FROM"), &byte("VAULT_ROTATE_TO")).unwrap();
     println!("DONE");
 }
 

@@ -137,9 +137,9 @@ fn the_whole_story_over_http() {
     assert!(entries.len() >= 15, "{}", entries.len());
     assert!(entries.iter().any(|e| e["outcome"] == "refused:grant_required" && e["actor"] == "agency:so-gd"));
     let key = call("GET", &s.url("/v1/vault-key"), None, &[], None).json();
-    let verifier = vault::note::NoteVerifier::parse(key["note_verifier_key"].as_str().unwrap()).unwrap();
+    let verifier = vault::log::note::NoteVerifier::parse(key["note_verifier_key"].as_str().unwrap()).unwrap();
     let note = String::from_utf8(call("GET", &s.url("/v1/audit/checkpoint"), None, &[], None).body).unwrap();
-    let (_, size, root) = vault::note::parse_checkpoint(verifier.verify(&note).unwrap()).unwrap();
+    let (_, size, root) = vault::log::note::parse_checkpoint(verifier.verify(&note).unwrap()).unwrap();
     let e = &entries[3];
     let index = e["index"].as_u64().unwrap();
     let leaf = call("GET", &s.url(&format!("{base}/access-log/{index}/leaf")), Some(&citizen), &[], None).json();
@@ -153,7 +153,7 @@ fn the_whole_story_over_http() {
         .iter()
         .map(|h| B64.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
         .collect();
-    assert!(vault::merkle::verify_inclusion(&vault::merkle::leaf_hash(&leaf), index, size, &hashes, &root));
+    assert!(vault::log::merkle::verify_inclusion(&vault::log::merkle::leaf_hash(&leaf), index, size, &hashes, &root));
     let r = call("GET", &s.url(&format!("/v1/audit/proof/inclusion?index={size}&size={size}")), None, &[], None);
     assert_eq!((r.status, r.code()), (400, "invalid_request".into()));
     let r = call("GET", &s.url(&format!("/v1/audit/proof/consistency?from=3&to={size}")), None, &[], None);
@@ -162,7 +162,8 @@ fn the_whole_story_over_http() {
     // Export, verified offline; then erasure.
     let r = call("GET", &s.url(&format!("{base}/export")), Some(&citizen), &[], None);
     assert_eq!((r.status, r.header("content-type")), (200, Some("application/x-tar")));
-    let summary = vault::rights::verify_export(r.body.as_slice(), key["note_verifier_key"].as_str().unwrap()).unwrap();
+    let summary =
+        vault::engine::rights::verify_export(r.body.as_slice(), key["note_verifier_key"].as_str().unwrap()).unwrap();
     assert_eq!((summary.documents, summary.signed_documents), (1, 1));
     let r = call("DELETE", &s.url(&base), Some(&citizen), &[], None);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));

@@ -206,7 +206,7 @@ fn sigterm_finishes_in_flight_uploads_and_exits_zero() {
     let v = match &s.s3 {
         None => vault::Vault::open(&data, &master).unwrap(),
         Some(s3) => {
-            let meta = vault::store::SledMeta::open(&data.join("meta")).unwrap();
+            let meta = vault::storage::sled::SledMeta::open(&data.join("meta")).unwrap();
             let blobs = s3.blobs("blobs", data.join("spool"));
             vault::Vault::open_with(Box::new(meta), Box::new(blobs), &master, Some(data.join("OPEN"))).unwrap()
         }

@@ -46,13 +46,13 @@ fn authorization_matrix_over_http() {
     assert_eq!(call("PUT", &s.url(&format!("{base}/contents/{d}")), Some(&iss), &[], Some(&data)).status, 201);
     let mut dep = signed_deposit(CITIZEN, &data, "iss", &iss_key);
     dep["doc_type"] = json!("cccd");
-    let st = vault::provenance::statement(
+    let st = vault::engine::provenance::statement(
         &vault::OwnerId::parse(CITIZEN).unwrap(),
         data.len() as u64,
         &serde_json::from_value::<vault::NewDocument>(dep.clone()).unwrap(),
     );
     dep["signature"]["value"] =
-        json!(vault::provenance::sign_statement(&iss_key, &vault::KeyId::parse("k1").unwrap(), &st).value);
+        json!(vault::engine::provenance::sign_statement(&iss_key, &vault::KeyId::parse("k1").unwrap(), &st).value);
     let r = post_json(&s.url(&format!("{base}/documents")), &iss, None, &dep);
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let id = r.json()["id"].as_str().unwrap().to_owned();

@@ -14,9 +14,9 @@ use std::io::Read;
 use common::*;
 use ed25519_dalek::SigningKey;
 use vault::access::Caller;
-use vault::grants::NewGrant;
-use vault::mem_store::{MemBlobs, MemMeta};
-use vault::provenance::{sign_statement, statement, AgencyKey, NewAgency, PublicKey};
+use vault::engine::grants::NewGrant;
+use vault::engine::provenance::{sign_statement, statement, AgencyKey, NewAgency, PublicKey};
+use vault::storage::mem_store::{MemBlobs, MemMeta};
 use vault::{AgencyId, BlobStore, DocType, KeyId, MetaStore, Purpose, Timestamp, Vault};
 
 const OWNERS: u32 = 200;

@@ -6,9 +6,9 @@ mod common;
 
 use common::*;
 use vault::access::Caller;
-use vault::grants::NewGrant;
-use vault::provenance::NewAgency;
-use vault::stats::{Counters, GroupBy, Query, Report};
+use vault::engine::grants::NewGrant;
+use vault::engine::provenance::NewAgency;
+use vault::engine::stats::{Counters, GroupBy, Query, Report};
 use vault::{AgencyId, DocType, Error, Purpose, Timestamp, Vault};
 
 fn agency(s: &str) -> AgencyId {
@@ -121,8 +121,8 @@ fn counts_are_exact_scoped_and_survive_erasure_and_restart() {
         assert!(matches!(v.reuse_stats_as(&oc, query(GroupBy::Procedure)), Err(Error::Forbidden)));
         // A range that ends before today holds nothing.
         let past = Query {
-            from: Some(vault::stats::Day::parse("2001-01-01").unwrap()),
-            to: Some(vault::stats::Day::parse("2001-12-31").unwrap()),
+            from: Some(vault::engine::stats::Day::parse("2001-01-01").unwrap()),
+            to: Some(vault::engine::stats::Day::parse("2001-12-31").unwrap()),
             ..query(GroupBy::Procedure)
         };
         let past = v.reuse_stats_as(&op, past).unwrap();

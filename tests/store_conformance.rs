@@ -1,6 +1,6 @@
 //! One conformance suite for the storage traits, run against every backend: the in-memory
-//! reference (`vault::mem_store`, which keeps apart what was synced), the embedded one
-//! (sled + journal, files) and the PostgreSQL metadata store (`vault::pg_store`, on a throwaway
+//! reference (`vault::storage::mem_store`, which keeps apart what was synced), the embedded one
+//! (sled + journal, files) and the PostgreSQL metadata store (`vault::storage::pg_store`, on a throwaway
 //! cluster: tests/common/pg.rs). Then power loss of the whole vault on the in-memory backend:
 //! every acknowledged write survives, whichever prefix of the unsynced batches the "disk" kept;
 //! and a whole vault on PostgreSQL.
@@ -15,16 +15,16 @@ use std::sync::{Arc, Mutex};
 use common::pg;
 use common::s3;
 use common::*;
-use vault::mem_store::{MemBlobs, MemMeta};
-use vault::pg_store::{PgMeta, PgOptions};
-use vault::store::{BlobName, BlobStore, FsBlobs, LockName, MetaStore, Op, SledMeta, StoreError};
+use vault::storage::mem_store::{MemBlobs, MemMeta};
+use vault::storage::pg_store::{PgMeta, PgOptions};
+use vault::storage::{files::FsBlobs, sled::SledMeta, BlobName, BlobStore, LockName, MetaStore, Op, StoreError};
 use vault::{Digest, Vault};
 
 fn put(k: &[u8], v: &[u8]) -> Op {
     Op::Put(k.to_vec(), v.to_vec())
 }
 
-fn keys(it: vault::store::ScanIter<'_>) -> Vec<Vec<u8>> {
+fn keys(it: vault::storage::ScanIter<'_>) -> Vec<Vec<u8>> {
     it.map(|r| r.unwrap().0).collect()
 }
 
@@ -387,7 +387,7 @@ fn the_s3_backend_conforms() {
     // Above the multipart threshold: uploaded in parts, read back whole and from the middle.
     let owner = [9u8; 16];
     let big: Vec<u8> =
-        (0..(vault::s3_store::MULTIPART_THRESHOLD as u32 + 3_000_001)).map(|i| (i % 241) as u8).collect();
+        (0..(vault::storage::s3_store::MULTIPART_THRESHOLD as u32 + 3_000_001)).map(|i| (i % 241) as u8).collect();
     let name = BlobName { owner, name: [5; 32] };
     let mut w = b.create(&owner).unwrap();
     w.write_all(&[0u8; 64]).unwrap();
@@ -424,8 +424,9 @@ fn the_s3_backend_conforms() {
     s.retain(|(k, _)| *k != "secret_access_key");
     let mut settings: Vec<(&str, &str)> = s.iter().map(|(k, v)| (*k, v.as_str())).collect();
     settings.push(("secret_access_key", "wrong"));
-    let e = vault::s3_store::S3Blobs::open_with("s3://vault-conformance/x", spool.path().to_path_buf(), &settings)
-        .unwrap_err();
+    let e =
+        vault::storage::s3_store::S3Blobs::open_with("s3://vault-conformance/x", spool.path().to_path_buf(), &settings)
+            .unwrap_err();
     assert!(e.to_string().contains("object storage"), "{e}");
 }
 
@@ -447,7 +448,7 @@ fn a_vault_runs_on_s3_blobs() {
     };
     let v = open();
     let (a, b) = (owner(1), owner(2));
-    let sizes = [300usize, 70_000, 1_000_000, vault::s3_store::MULTIPART_THRESHOLD as usize + 1];
+    let sizes = [300usize, 70_000, 1_000_000, vault::storage::s3_store::MULTIPART_THRESHOLD as usize + 1];
     let mut docs = Vec::new();
     for (i, size) in sizes.iter().enumerate() {
         for o in [&a, &b] {
@@ -696,7 +697,7 @@ fn several_instances_share_one_postgres_database() {
     c.execute("UPDATE vault_schema_version SET version = 1", &[]).unwrap();
     drop(PgMeta::open(&db.url).unwrap());
     let v: i32 = c.query_one("SELECT version FROM vault_schema_version", &[]).unwrap().get(0);
-    assert_eq!(v, vault::pg_store::SCHEMA_VERSION);
+    assert_eq!(v, vault::storage::pg_store::SCHEMA_VERSION);
     assert_eq!(v, 2);
     // A URL that is not one, and a server that is not there, are errors, not panics.
     assert!(matches!(PgMeta::open("postgres://[::1"), Err(StoreError::Meta(_))));
@@ -711,8 +712,8 @@ fn several_instances_share_one_postgres_database() {
 #[test]
 fn a_whole_vault_on_postgres() {
     use vault::access::{Caller, Started};
-    use vault::grants::NewGrant;
-    use vault::provenance::NewAgency;
+    use vault::engine::grants::NewGrant;
+    use vault::engine::provenance::NewAgency;
     use vault::{AgencyId, DocType, Error, Purpose, Timestamp};
     let db = pg::database();
     let dir = tempfile::tempdir().unwrap();

@@ -16,9 +16,9 @@ use common::pg;
 use common::s3;
 use common::*;
 use vault::access::Caller;
-use vault::grants::NewGrant;
-use vault::pg_store::PgMeta;
-use vault::provenance::NewAgency;
+use vault::engine::grants::NewGrant;
+use vault::engine::provenance::NewAgency;
+use vault::storage::pg_store::PgMeta;
 use vault::{AgencyId, DocType, Error, Purpose, Timestamp, Vault};
 
 struct Pair {
@@ -306,7 +306,7 @@ fn fold_until_killed() {
     let settings = std::env::var("FOLD_S3_SETTINGS").unwrap();
     let settings: Vec<(&str, &str)> = settings.lines().filter_map(|l| l.split_once('=')).collect();
     let spool = tempfile::tempdir().unwrap();
-    let blobs = vault::s3_store::S3Blobs::open_with(
+    let blobs = vault::storage::s3_store::S3Blobs::open_with(
         &std::env::var("FOLD_S3_URL").unwrap(),
         spool.path().join("spool"),
         &settings,

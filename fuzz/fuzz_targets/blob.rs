@@ -1,4 +1,4 @@
-//! The blob header and chunks (vault/src/stream.rs): decrypting arbitrary bytes must give the
+//! The blob header and chunks (vault/src/crypto/stream.rs): decrypting arbitrary bytes must give the
 //! one opaque error, never a panic, never other bytes.
 //!
 //! Input: a mode byte. Mode 0: the rest is a blob to open and read. Mode 1: two bytes give a
@@ -12,8 +12,8 @@
 use std::io::{Cursor, Read, Seek, SeekFrom};
 
 use libfuzzer_sys::fuzz_target;
-use vault::keys::SecretKey;
-use vault::stream::{is_decrypt_error, BlobReader, BlobWriter, CHUNK};
+use vault::crypto::keys::SecretKey;
+use vault::crypto::stream::{is_decrypt_error, BlobReader, BlobWriter, CHUNK};
 use vault::Digest;
 use vault_fuzz::WRAP;
 

@@ -1,4 +1,4 @@
-//! The offline verifier of an owner's export (vault::rights::verify_export, used by
+//! The offline verifier of an owner's export (vault::engine::rights::verify_export, used by
 //! vault-client's `vault verify`).
 //!
 //! Input: the vault's verifier key on the first line, then the export tar. Property: no panic,

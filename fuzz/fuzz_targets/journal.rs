@@ -1,4 +1,4 @@
-//! The metadata journal's records (vault/src/journal.rs), read back at every open.
+//! The metadata journal's records (vault/src/storage/journal.rs), read back at every open.
 //!
 //! Input: journal bytes. Properties: `decode` never panics and never reads past the input; for
 //! a format-2 file the intact prefix it reports is exactly the header and the re-encoding of the
@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vault::journal::{decode, encode_ops, frame, MAGIC};
+use vault::storage::journal::{decode, encode_ops, frame, MAGIC};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(replay) = decode(data) {

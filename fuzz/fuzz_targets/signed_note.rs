@@ -1,4 +1,4 @@
-//! C2SP signed notes and checkpoints (vault/src/note.rs) and the client's checkpoint check
+//! C2SP signed notes and checkpoints (vault/src/log/note.rs) and the client's checkpoint check
 //! (vault-client/src/trust.rs).
 //!
 //! Input: a mode byte, then text. Mode 0: a note to verify with the vault's verifier key (and,
@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vault::note::{checkpoint_text, parse_checkpoint, NoteVerifier};
+use vault::log::note::{checkpoint_text, parse_checkpoint, NoteVerifier};
 use vault_fuzz::note_signer;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,5 +1,5 @@
-//! A deposit body (JSON) and the signed statement built from it (vault/src/document.rs,
-//! vault/src/provenance.rs).
+//! A deposit body (JSON) and the signed statement built from it (vault/src/engine/document.rs,
+//! vault/src/engine/provenance.rs).
 //!
 //! Input: a deposit body. Properties: a body that parses and validates re-serialises to an
 //! equal body; its statement has exactly the 13 lines of api.md, each with its field name, and
@@ -11,7 +11,7 @@
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use libfuzzer_sys::fuzz_target;
-use vault::provenance::{sign_statement, statement, PublicKey};
+use vault::engine::provenance::{sign_statement, statement, PublicKey};
 use vault::{KeyId, NewDocument, OwnerId};
 use vault_fuzz::{agency_key, AGENCY_KID, OWNER};
 

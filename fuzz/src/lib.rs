@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use ed25519_dalek::SigningKey;
-use vault::keys::SecretKey;
-use vault::note::VaultSigner;
-use vault::provenance::{AgencyKey, NewAgency, PublicKey};
+use vault::crypto::keys::SecretKey;
+use vault::engine::provenance::{AgencyKey, NewAgency, PublicKey};
+use vault::log::note::VaultSigner;
 use vault::{AgencyId, KeyId, MasterKey, Timestamp, Vault};
 use vault_server::http::auth::{AuthConfig, IdentityProvider};
 

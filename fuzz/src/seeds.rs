@@ -11,12 +11,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
 use serde_json::json;
 use vault::access::Caller;
-use vault::keys::SecretKey;
-use vault::note::checkpoint_text;
-use vault::provenance::{sign_statement, statement};
-use vault::store::Op;
-use vault::stream::BlobWriter;
-use vault::token::{mint, Claims};
+use vault::crypto::keys::SecretKey;
+use vault::crypto::stream::BlobWriter;
+use vault::crypto::token::{mint, Claims};
+use vault::engine::provenance::{sign_statement, statement};
+use vault::log::note::checkpoint_text;
+use vault::storage::Op;
 use vault::{Digest, DocType, KeyId, MasterKey, NewDocument, OwnerId, Vault};
 use vault_fuzz::*;
 
@@ -123,7 +123,7 @@ fn main() {
         vec![Op::Put(b"doc/1".to_vec(), b"{\"a\":1}".to_vec()), Op::Delete(b"pending/1".to_vec())],
         vec![Op::Put(Vec::new(), Vec::new())],
     ];
-    let journal: Vec<u8> = batches.iter().flat_map(|b| vault::journal::encode(b)).collect();
+    let journal: Vec<u8> = batches.iter().flat_map(|b| vault::storage::journal::encode(b)).collect();
     write(&out, "journal", "two-records", &journal);
     write(&out, "journal", "payload", &journal[12..12 + u32::from_be_bytes(journal[..4].try_into().unwrap()) as usize]);
 

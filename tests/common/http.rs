@@ -9,7 +9,7 @@ use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL
 use base64::Engine as _;
 use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{json, Value};
-use vault::provenance::{sign_statement, statement};
+use vault::engine::provenance::{sign_statement, statement};
 use vault::{AgencyId, Digest, DocType, KeyId, NewDocument, OwnerId, Purpose, Timestamp};
 
 pub const CITIZEN: &str = "citizen:001099012345";

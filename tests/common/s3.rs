@@ -109,10 +109,11 @@ impl S3Server {
         ]
     }
 
-    pub fn blobs(&self, prefix: &str, spool: PathBuf) -> vault::s3_store::S3Blobs {
+    pub fn blobs(&self, prefix: &str, spool: PathBuf) -> vault::storage::s3_store::S3Blobs {
         let s = self.settings();
         let settings: Vec<(&str, &str)> = s.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        vault::s3_store::S3Blobs::open_with(&format!("s3://{}/{prefix}", self.bucket), spool, &settings).unwrap()
+        vault::storage::s3_store::S3Blobs::open_with(&format!("s3://{}/{prefix}", self.bucket), spool, &settings)
+            .unwrap()
     }
 }
 

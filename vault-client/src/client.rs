@@ -14,12 +14,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vault::access::ReuseStatus;
-use vault::audit::{Entry, Page};
-use vault::document::Status;
-use vault::events::{Delivery, EventId, NewWebhook, WebhookId, WebhookView};
-use vault::grants::{Grant, GrantStatus, NewGrant};
-use vault::provenance::{statement, Agency, NewAgency};
-use vault::rights::SignedReceipt;
+use vault::engine::document::Status;
+use vault::engine::events::{Delivery, EventId, NewWebhook, WebhookId, WebhookView};
+use vault::engine::grants::{Grant, GrantStatus, NewGrant};
+use vault::engine::provenance::{statement, Agency, NewAgency};
+use vault::engine::rights::SignedReceipt;
+use vault::log::audit::{Entry, Page};
 use vault::{AgencyId, Digest, DocType, Document, DocumentId, GrantId, NewDocument, OwnerId, Purpose, Timestamp};
 
 use crate::credentials::AgencyCredentials;
@@ -762,7 +762,7 @@ impl Client {
             if needs_proof(old, &cp)? {
                 let old_root = hash32(&old.root)?;
                 let proof = self.consistency_proof(old.size, cp.size).await?;
-                if !vault::merkle::verify_consistency(old.size, cp.size, &old_root, &cp.root, &proof) {
+                if !vault::log::merkle::verify_consistency(old.size, cp.size, &old_root, &cp.root, &proof) {
                     return Err(Error::Verification(format!(
                         "the log is not consistent with the checkpoint seen before (size {} → {}): it was \
                          rewritten",
@@ -907,17 +907,17 @@ impl Client {
     /// `GET /v1/stats/reuse` as JSON (`from`, `to`: `YYYY-MM-DD`, inclusive).
     pub async fn reuse_stats(
         &self,
-        by: vault::stats::GroupBy,
+        by: vault::engine::stats::GroupBy,
         from: Option<&str>,
         to: Option<&str>,
-    ) -> Result<vault::stats::Report, Error> {
+    ) -> Result<vault::engine::stats::Report, Error> {
         Ok(self.json(self.stats_request(by, from, to, "json")).await?.1)
     }
 
     /// `GET /v1/stats/reuse` as the server's CSV.
     pub async fn reuse_stats_csv(
         &self,
-        by: vault::stats::GroupBy,
+        by: vault::engine::stats::GroupBy,
         from: Option<&str>,
         to: Option<&str>,
     ) -> Result<String, Error> {
@@ -926,7 +926,7 @@ impl Client {
 
     fn stats_request(
         &self,
-        by: vault::stats::GroupBy,
+        by: vault::engine::stats::GroupBy,
         from: Option<&str>,
         to: Option<&str>,
         format: &str,
@@ -1100,7 +1100,7 @@ fn check_content(doc: &Document, size: u64, digest: Digest) -> Result<(), Error>
 /// at the entry's index, in the tree the verified checkpoint signs.
 fn prove_entry(e: &Entry, leaf: &[u8], path: &[[u8; 32]], cp: &Checkpoint) -> Result<(), Error> {
     check_leaf(e, leaf)?;
-    if !vault::merkle::verify_inclusion(&vault::merkle::leaf_hash(leaf), e.index, cp.size, path, &cp.root) {
+    if !vault::log::merkle::verify_inclusion(&vault::log::merkle::leaf_hash(leaf), e.index, cp.size, path, &cp.root) {
         return Err(Error::Verification(format!("entry {} is not in the log the checkpoint signs", e.index)));
     }
     Ok(())
@@ -1112,7 +1112,7 @@ fn check_leaf(e: &Entry, leaf: &[u8]) -> Result<(), Error> {
     let text = std::str::from_utf8(leaf).map_err(|_| Error::Verification("a leaf that is not UTF-8".into()))?;
     let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).unwrap_or("\u{0}");
     let purpose = e.purpose.as_ref().map(|p| p.as_str()).unwrap_or("");
-    let ok = text.starts_with(vault::audit::LEAF_VERSION)
+    let ok = text.starts_with(vault::log::audit::LEAF_VERSION)
         && field("time:") == e.time.to_string()
         && field("actor:") == e.actor
         && field("action:") == e.action

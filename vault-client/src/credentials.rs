@@ -10,8 +10,8 @@ use std::path::Path;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use ed25519_dalek::SigningKey;
-use vault::provenance::{sign_statement, statement};
-use vault::token::{mint, Claims};
+use vault::crypto::token::{mint, Claims};
+use vault::engine::provenance::{sign_statement, statement};
 use vault::{AgencyId, KeyId, NewDocument, OwnerId, Timestamp};
 use zeroize::Zeroizing;
 

@@ -37,7 +37,7 @@ pub use client::{
 pub use credentials::{AgencyCredentials, KeyFile, TOKEN_LIFETIME};
 pub use error::Error;
 pub use trust::{Checkpoint, TrustStore};
-pub use vault::rights::{verify_export, ExportSummary};
+pub use vault::engine::rights::{verify_export, ExportSummary};
 pub use vault::Digest;
 
 /// BLAKE3-256 of a file's content, as the server addresses it.

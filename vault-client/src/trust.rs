@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use vault::note::{parse_checkpoint, NoteVerifier};
+use vault::log::note::{parse_checkpoint, NoteVerifier};
 
 use crate::Error;
 

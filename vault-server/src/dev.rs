@@ -7,8 +7,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use ed25519_dalek::SigningKey;
 use vault::access::Caller;
-use vault::provenance::{AgencyKey, NewAgency, PublicKey};
-use vault::token::{mint, Claims};
+use vault::crypto::token::{mint, Claims};
+use vault::engine::provenance::{AgencyKey, NewAgency, PublicKey};
 use vault::{AgencyId, KeyId, MasterKey, Timestamp, Vault};
 use vault_server::http::auth;
 

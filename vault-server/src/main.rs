@@ -15,7 +15,7 @@ use std::sync::Arc;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use vault::provenance::PublicKey;
+use vault::engine::provenance::PublicKey;
 use vault::{MasterKey, Vault};
 use vault_server::http::{self, auth};
 
@@ -122,7 +122,7 @@ async fn run(args: Args) -> Result<(), String> {
         return Err("--webhook-timeout, --webhook-retry-base and --webhook-poll-ms must be at least 1".into());
     }
     let webhooks = vault_server::webhooks::WebhookConfig {
-        policy: vault::events::UrlPolicy { dev: args.dev, allow_private: args.webhook_allow_private },
+        policy: vault::engine::events::UrlPolicy { dev: args.dev, allow_private: args.webhook_allow_private },
         timeout: std::time::Duration::from_secs(args.webhook_timeout),
         concurrency: args.webhook_concurrency,
         retry_base: std::time::Duration::from_secs(args.webhook_retry_base),
@@ -169,7 +169,7 @@ async fn run(args: Args) -> Result<(), String> {
     let (data, meta, blobs) = (args.data.clone(), metadata(&args)?, args.blobs.clone());
     let where_meta = match &meta {
         Metadata::Embedded => "embedded".to_owned(),
-        Metadata::Postgres(url) => vault::pg_store::describe_url(url),
+        Metadata::Postgres(url) => vault::storage::pg_store::describe_url(url),
     };
     let vault = tokio::task::spawn_blocking(move || open_vault(&data, &meta, blobs.as_deref(), &master))
         .await
@@ -322,7 +322,7 @@ fn open_vault(data: &Path, metadata: &Metadata, blobs: Option<&str>, master: &Ma
     let meta: Box<dyn vault::MetaStore> = match metadata {
         Metadata::Embedded => {
             std::fs::create_dir_all(data).map_err(|e| cannot(&e))?;
-            Box::new(vault::store::SledMeta::open(&data.join("meta")).map_err(|e| cannot(&e))?)
+            Box::new(vault::storage::sled::SledMeta::open(&data.join("meta")).map_err(|e| cannot(&e))?)
         }
         Metadata::Postgres(url) => {
             // A folder whose metadata is in sled would come up as a new, empty vault.
@@ -334,12 +334,14 @@ fn open_vault(data: &Path, metadata: &Metadata, blobs: Option<&str>, master: &Ma
                 ));
             }
             std::fs::create_dir_all(data).map_err(|e| cannot(&e))?;
-            Box::new(vault::pg_store::PgMeta::open(url).map_err(|e| cannot(&e))?)
+            Box::new(vault::storage::pg_store::PgMeta::open(url).map_err(|e| cannot(&e))?)
         }
     };
     let store: Box<dyn vault::BlobStore> = match blobs {
-        None => Box::new(vault::store::FsBlobs::open(data.join("blobs")).map_err(|e| cannot(&e))?),
-        Some(loc) => Box::new(vault::s3_store::S3Blobs::open(loc, data.join("spool")).map_err(|e| cannot(&e))?),
+        None => Box::new(vault::storage::files::FsBlobs::open(data.join("blobs")).map_err(|e| cannot(&e))?),
+        Some(loc) => {
+            Box::new(vault::storage::s3_store::S3Blobs::open(loc, data.join("spool")).map_err(|e| cannot(&e))?)
+        }
     };
     Vault::open_with(meta, store, master, Some(data.join("OPEN"))).map_err(|e| cannot(&e))
 }
@@ -406,10 +408,10 @@ fn main() -> ExitCode {
             let result = master_key(&args).and_then(|old| {
                 let new = MasterKey::from_file(new_master_key_file).map_err(|e| e.to_string())?;
                 match metadata(&args)? {
-                    Metadata::Embedded => vault::rotation::rotate_master_key(&args.data, &old, &new),
-                    Metadata::Postgres(url) => vault::pg_store::PgMeta::open(&url)
+                    Metadata::Embedded => vault::engine::rotation::rotate_master_key(&args.data, &old, &new),
+                    Metadata::Postgres(url) => vault::storage::pg_store::PgMeta::open(&url)
                         .map_err(vault::Error::from)
-                        .and_then(|meta| vault::rotation::rotate(&meta, &old, &new)),
+                        .and_then(|meta| vault::engine::rotation::rotate(&meta, &old, &new)),
                 }
                 .map_err(|e| e.to_string())
             });

@@ -153,7 +153,7 @@ pub struct WebhookPath {
     /// The agency id.
     pub agency: vault::AgencyId,
     /// The subscription id (`a-z 0-9 . _ -`, 1 to 64 characters).
-    pub id: vault::events::WebhookId,
+    pub id: vault::engine::events::WebhookId,
 }
 
 /// `{agency}`, `{id}` and `{event}` of a parked event.
@@ -163,16 +163,16 @@ pub struct RedeliverPath {
     /// The agency id.
     pub agency: vault::AgencyId,
     /// The subscription id.
-    pub id: vault::events::WebhookId,
+    pub id: vault::engine::events::WebhookId,
     /// The event id (`webhook-id`).
-    pub event: vault::events::EventId,
+    pub event: vault::engine::events::EventId,
 }
 
 /// `{"events": [...]}`: parked deliveries.
 #[derive(Debug, ToSchema)]
 pub struct FailedEvents {
     /// Oldest first.
-    pub events: Vec<vault::events::Delivery>,
+    pub events: Vec<vault::engine::events::Delivery>,
     /// The `after` of the next page, when more follow.
     #[schema(value_type = Option<String>, pattern = "^msg_[0-9a-f]{32}$")]
     pub next: Option<String>,
@@ -293,9 +293,9 @@ pub struct DocumentOut {
 #[derive(Debug, ToSchema)]
 pub struct GrantOut {
     #[serde(flatten)]
-    pub grant: vault::grants::Grant,
+    pub grant: vault::engine::grants::Grant,
     /// `active`, `revoked`, `expired` or `exhausted`.
-    pub status: vault::grants::GrantStatus,
+    pub status: vault::engine::grants::GrantStatus,
 }
 
 /// `{"documents": [...]}`.
@@ -377,7 +377,7 @@ pub struct GrantList {
 #[derive(Debug, ToSchema)]
 pub struct AccessLog {
     /// Entries about the owner, ascending by index.
-    pub entries: Vec<vault::audit::Entry>,
+    pub entries: Vec<vault::log::audit::Entry>,
     /// The `after` of the next page, or null on the last page.
     #[schema(minimum = 0)]
     pub next: Option<u64>,
@@ -448,7 +448,7 @@ pub struct ConsistencyProof {
 #[derive(Debug, ToSchema)]
 pub struct AgencyList {
     /// Every registered agency.
-    pub agencies: Vec<vault::provenance::Agency>,
+    pub agencies: Vec<vault::engine::provenance::Agency>,
 }
 
 /// The vault's signing key.
@@ -457,7 +457,7 @@ pub struct VaultKey {
     /// Key name.
     pub name: String,
     /// Ed25519 public key, standard base64 of 32 bytes.
-    pub public_key: vault::provenance::PublicKey,
+    pub public_key: vault::engine::provenance::PublicKey,
     /// The same key in the C2SP note verifier-key form `<name>+<8 hex>+<base64>`.
     pub note_verifier_key: String,
     /// The key that signs webhook deliveries (a different key), `whpk_` + standard base64

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
-use vault::events::{Delivery, DeliveryKey, UrlPolicy, WebhookId};
+use vault::engine::events::{Delivery, DeliveryKey, UrlPolicy, WebhookId};
 use vault::{AgencyId, Timestamp, Vault};
 
 /// Attempts by outcome since the start: delivered, failed (will be retried), parked, dropped.

@@ -2,10 +2,10 @@
 //! [`KeyError`], [`StoreError`], [`DecryptError`]); this enum is what the public API returns,
 //! and the HTTP service maps it to status codes in exactly one place.
 
+use crate::crypto::keys::KeyError;
+use crate::crypto::stream::DecryptError;
 use crate::ids::{Digest, IdError};
-use crate::keys::KeyError;
-use crate::store::StoreError;
-use crate::stream::DecryptError;
+use crate::storage::StoreError;
 
 /// Everything a vault operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +161,7 @@ impl From<StoreError> for Error {
 impl From<std::io::Error> for Error {
     /// I/O errors out of the blob codec: the opaque decryption error stays opaque.
     fn from(e: std::io::Error) -> Self {
-        if crate::stream::is_decrypt_error(&e) {
+        if crate::crypto::stream::is_decrypt_error(&e) {
             Error::Decrypt(DecryptError)
         } else {
             Error::Store(StoreError::Io { what: "blob I/O".into(), source: e })

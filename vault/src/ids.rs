@@ -230,7 +230,7 @@ macro_rules! random_id {
 
             /// A fresh random id.
             pub fn random() -> Self {
-                Self(crate::keys::random_array())
+                Self(crate::crypto::keys::random_array())
             }
 
             /// Wraps raw id bytes.

@@ -41,42 +41,15 @@
 //! ```
 
 pub mod access;
-pub mod audit;
-pub mod check;
-pub mod commit;
-pub mod document;
+pub mod crypto;
+pub mod engine;
 pub mod error;
-pub mod events;
-pub mod failstop;
-pub mod grants;
 pub mod ids;
-#[cfg(feature = "embedded")]
-pub mod journal;
-pub mod keys;
-pub mod mem_store;
-pub mod merkle;
-pub mod note;
+pub mod log;
 #[cfg(feature = "openapi")]
 pub mod openapi;
-#[cfg(feature = "embedded")]
-pub mod pack;
-#[cfg(feature = "postgres")]
-pub mod pg_store;
-pub mod provenance;
-mod record_cache;
-pub mod rights;
-pub mod rotation;
-#[cfg(feature = "s3")]
-pub mod s3_store;
-pub mod seal;
-pub mod stats;
-pub mod store;
-pub mod stream;
-pub mod supply;
-pub mod tiles;
+pub mod storage;
 pub mod time;
-pub mod token;
-mod vault;
 #[cfg(test)]
 mod vectors;
 
@@ -85,14 +58,16 @@ mod vectors;
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
-pub use check::{CheckReport, Problem};
-pub use document::{Document, NewDocument, Revocation, Signature, Status};
+pub use crypto::keys::{KeyError, MasterKey, SecretKey};
+pub use crypto::stream::DecryptError;
+pub use engine::check::{CheckReport, Problem};
+pub use engine::document::{Document, NewDocument, Revocation, Signature, Status};
+pub use engine::supply::{PendingLimits, PendingStats, SweepReport, PENDING_LIFETIME_SECS};
+pub use engine::vault::{
+    ContentReader, OwnerRef, Put, RecoveryReport, Stored, Vault, FORMAT, INLINE_MAX, ORPHAN_AGE_SECS,
+};
 pub use error::Error;
-pub use failstop::{Fault, Faults};
 pub use ids::{AgencyId, Digest, DocType, DocumentId, GrantId, IdError, KeyId, OwnerId, Purpose};
-pub use keys::{KeyError, MasterKey, SecretKey};
-pub use store::{BlobStore, MetaStore, StoreError};
-pub use stream::DecryptError;
-pub use supply::{PendingLimits, PendingStats, SweepReport, PENDING_LIFETIME_SECS};
+pub use storage::failstop::{Fault, Faults};
+pub use storage::{BlobStore, MetaStore, StoreError};
 pub use time::Timestamp;
-pub use vault::{ContentReader, OwnerRef, Put, RecoveryReport, Stored, Vault, FORMAT, INLINE_MAX, ORPHAN_AGE_SECS};

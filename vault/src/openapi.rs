@@ -8,8 +8,8 @@ use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::{PartialSchema, ToSchema};
 
+use crate::engine::provenance::PublicKey;
 use crate::ids::{AgencyId, Digest, DocType, DocumentId, GrantId, KeyId, OwnerId, Purpose};
-use crate::provenance::PublicKey;
 use crate::time::Timestamp;
 
 /// `a-z 0-9 . _ -`, 1 to 64 characters, starting with a letter or digit.
@@ -75,9 +75,9 @@ schema!(Purpose, "Purpose", NAME_PATTERN, "A purpose: the procedure code a read 
 schema!(KeyId, "KeyId", NAME_PATTERN, "The id of one of an agency's keys.", "k2024");
 schema!(DocumentId, "DocumentId", ID_PATTERN, "A document id.", "0f1e2d3c4b5a69788796a5b4c3d2e1f0");
 schema!(GrantId, "GrantId", ID_PATTERN, "A grant id.", "a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5");
-schema!(crate::events::WebhookId, "WebhookId", NAME_PATTERN, "A webhook subscription id.", "dossier-main");
+schema!(crate::engine::events::WebhookId, "WebhookId", NAME_PATTERN, "A webhook subscription id.", "dossier-main");
 schema!(
-    crate::events::EventId,
+    crate::engine::events::EventId,
     "EventId",
     "^msg_[0-9a-f]{32}$",
     "An event id: the `webhook-id` header, stable across delivery attempts.",

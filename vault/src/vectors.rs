@@ -6,10 +6,10 @@ use std::io::Cursor;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
-use crate::keys::{MasterKey, OwnerKeys, SecretKey};
-use crate::stream::BlobWriter;
-use crate::vault::aad;
-use crate::{seal, Digest, DocType};
+use crate::crypto::keys::{MasterKey, OwnerKeys, SecretKey};
+use crate::crypto::seal::{self, aad};
+use crate::crypto::stream::BlobWriter;
+use crate::{Digest, DocType};
 
 /// The content of api.md's statement vector: "Giấy khai sinh — bản điện tử\n".
 pub(crate) const CONTENT: &str = "Gi\u{1ea5}y khai sinh \u{2014} b\u{1ea3}n \u{111}i\u{1ec7}n t\u{1eed}\n";
@@ -79,11 +79,11 @@ pub(crate) fn compute() -> Vectors {
         blake3::hash(&blob(&big)).to_hex().to_string(),
     );
     // An audit leaf (SPEC.md §14): another citizen's refused listing of this owner's documents.
-    let refs = index.derive(crate::keys::ctx::AUDIT_REFS);
+    let refs = index.derive(crate::crypto::keys::ctx::AUDIT_REFS);
     put("audit reference key", hex::encode(refs.expose()));
-    let draft = crate::audit::Draft {
+    let draft = crate::log::audit::Draft {
         time: crate::Timestamp::parse("2025-03-01T08:00:00Z").unwrap_or_else(|_| unreachable!()),
-        actor: crate::audit::Actor::AnotherOwner,
+        actor: crate::log::audit::Actor::AnotherOwner,
         action: "document.list",
         owner: None,
         document: None,
@@ -93,9 +93,9 @@ pub(crate) fn compute() -> Vectors {
     };
     let mut op16 = [0u8; 16];
     op16.copy_from_slice(&op.as_bytes()[..16]);
-    let leaf = crate::audit::leaf_text(&refs, 7, &draft, Some(&op16));
+    let leaf = crate::log::audit::leaf_text(&refs, 7, &draft, Some(&op16));
     put("leaf 7, another-owner refused document.list (base64)", B64.encode(leaf.as_bytes()));
-    put("its leaf hash", hex::encode(crate::merkle::leaf_hash(leaf.as_bytes())));
+    put("its leaf hash", hex::encode(crate::log::merkle::leaf_hash(leaf.as_bytes())));
     Vectors { lines }
 }
 

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
-use vault::events::{Delivery, EventId, EventType, NewWebhook, WebhookId, WebhookUrl, WebhookView};
-use vault::grants::NewGrant;
-use vault::provenance::{AgencyKey, NewAgency, PublicKey};
+use vault::engine::events::{Delivery, EventId, EventType, NewWebhook, WebhookId, WebhookUrl, WebhookView};
+use vault::engine::grants::NewGrant;
+use vault::engine::provenance::{AgencyKey, NewAgency, PublicKey};
 use vault::{AgencyId, DocType, DocumentId, GrantId, KeyId, OwnerId, Purpose, Timestamp};
 use vault_client::bulk::{self, Item, Outcome, Progress};
 use vault_client::{safe_file_name, AgencyCredentials, Auth, Client, Error, KeyFile, TrustStore};
@@ -222,8 +222,8 @@ enum StatsCommand {
     /// Reuse statistics: checks, components held (reused) or missing, reads, bytes saved.
     Reuse {
         /// Grouping: procedure, agency, doc_type or month.
-        #[arg(long, default_value = "procedure", value_parser = vault::stats::GroupBy::parse)]
-        by: vault::stats::GroupBy,
+        #[arg(long, default_value = "procedure", value_parser = vault::engine::stats::GroupBy::parse)]
+        by: vault::engine::stats::GroupBy,
         /// First day (YYYY-MM-DD, UTC), inclusive.
         #[arg(long)]
         from: Option<String>,

@@ -158,7 +158,7 @@ mod tests {
 
     #[tokio::test]
     async fn item_10_3_after_a_failed_sync_readyz_and_writes_answer_503() {
-        use vault::store::{FsBlobs, SledMeta};
+        use vault::storage::{files::FsBlobs, sled::SledMeta};
         let dir = tempfile::tempdir().unwrap();
         let faults = vault::Faults::new();
         let meta = SledMeta::open(&dir.path().join("meta")).unwrap().with_faults(&faults);
@@ -170,7 +170,7 @@ mod tests {
         Arc::get_mut(&mut st).unwrap().auth.operator = Some(op.verifying_key());
         let _ = st.vault.set(Arc::new(v));
         let now = Timestamp::now().unix();
-        let claims = vault::token::Claims {
+        let claims = vault::crypto::token::Claims {
             kid: "operator",
             iss: "operator",
             sub: "operator",
@@ -178,7 +178,7 @@ mod tests {
             iat: now,
             exp: now + 600,
         };
-        let token = format!("Bearer {}", vault::token::mint(&op, &claims));
+        let token = format!("Bearer {}", vault::crypto::token::mint(&op, &claims));
         let call = |method: &str, uri: &str, body: Option<Value>| {
             let mut req = axum::http::Request::builder().method(method).uri(uri).header(header::AUTHORIZATION, &token);
             if body.is_some() {

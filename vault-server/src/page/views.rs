@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use maud::{html, Markup};
-use vault::grants::{Grant, GrantStatus, NewGrant};
+use vault::engine::grants::{Grant, GrantStatus, NewGrant};
 use vault::{AgencyId, DocType, Document, DocumentId, GrantId, Purpose, Status, Timestamp};
 
 use super::i18n::{end_of_local_day, start_of_local_day, K};
@@ -498,12 +498,12 @@ fn prove(
     v: &vault::Vault,
     caller: &vault::access::Caller,
     owner: &vault::OwnerId,
-    entries: &[vault::audit::Entry],
+    entries: &[vault::log::audit::Entry],
 ) -> Result<bool, vault::Error> {
     let note = v.checkpoint()?;
-    let Ok(verifier) = vault::note::NoteVerifier::parse(&v.signer().verifier_key()) else { return Ok(false) };
+    let Ok(verifier) = vault::log::note::NoteVerifier::parse(&v.signer().verifier_key()) else { return Ok(false) };
     let Ok(text) = verifier.verify(&note) else { return Ok(false) };
-    let Ok((_, size, root)) = vault::note::parse_checkpoint(text) else { return Ok(false) };
+    let Ok((_, size, root)) = vault::log::note::parse_checkpoint(text) else { return Ok(false) };
     let indexes: Vec<u64> = entries.iter().map(|e| e.index).collect();
     if indexes.iter().any(|i| *i >= size) {
         return Ok(false);
@@ -520,7 +520,13 @@ fn prove(
             && leaf.contains(&format!("\nactor:{}\n", e.actor));
         p.index == e.index
             && fields_match
-            && vault::merkle::verify_inclusion(&vault::merkle::leaf_hash(&p.leaf), p.index, size, &p.hashes, &root)
+            && vault::log::merkle::verify_inclusion(
+                &vault::log::merkle::leaf_hash(&p.leaf),
+                p.index,
+                size,
+                &p.hashes,
+                &root,
+            )
     }))
 }
 
@@ -557,7 +563,7 @@ impl LogFilter {
         Some(Self { agency, from, to })
     }
 
-    fn matches(&self, e: &vault::audit::Entry) -> bool {
+    fn matches(&self, e: &vault::log::audit::Entry) -> bool {
         self.agency.as_ref().is_none_or(|a| e.actor.strip_prefix("agency:") == Some(a.as_str()))
             && self.from.is_none_or(|f| e.time >= f)
             && self.to.is_none_or(|t| e.time <= t)
@@ -581,7 +587,7 @@ fn filtered_page(
     owner: &vault::OwnerId,
     after: Option<u64>,
     filter: &LogFilter,
-) -> Result<(Vec<vault::audit::Entry>, Option<u64>), vault::Error> {
+) -> Result<(Vec<vault::log::audit::Entry>, Option<u64>), vault::Error> {
     scan_log(v, caller, owner, after, filter, ScanLimits { page: LOG_PAGE, scan: LOG_SCAN, chunk: LOG_CHUNK })
 }
 
@@ -600,12 +606,12 @@ fn scan_log(
     after: Option<u64>,
     filter: &LogFilter,
     ScanLimits { page: page_size, scan, chunk }: ScanLimits,
-) -> Result<(Vec<vault::audit::Entry>, Option<u64>), vault::Error> {
+) -> Result<(Vec<vault::log::audit::Entry>, Option<u64>), vault::Error> {
     let mut shown = Vec::new();
     let mut cursor = after;
     let mut scanned = 0usize;
     loop {
-        let page = v.access_log_page_as(caller, owner, cursor, vault::audit::PageLimit::new(chunk)?)?;
+        let page = v.access_log_page_as(caller, owner, cursor, vault::log::audit::PageLimit::new(chunk)?)?;
         let read_before = scanned;
         let mut entries = page.entries.into_iter().peekable();
         while let Some(e) = entries.next() {

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, put};
 use serde_json::json;
-use vault::provenance::{Agency, NewAgency};
+use vault::engine::provenance::{Agency, NewAgency};
 use vault::AgencyId;
 
 use crate::http::body::json_body;
@@ -22,8 +22,8 @@ use crate::openapi as oa;
     path = "/v1/agencies/{agency}",
     tag = "agencies",
     params(oa::AgencyPath),
-    request_body(content = vault::provenance::NewAgency, content_type = "application/json"),
-    responses((status = 201, description = "Registered", body = vault::provenance::Agency), (status = 200, description = "Replaced", body = vault::provenance::Agency))
+    request_body(content = vault::engine::provenance::NewAgency, content_type = "application/json"),
+    responses((status = 201, description = "Registered", body = vault::engine::provenance::Agency), (status = 200, description = "Replaced", body = vault::engine::provenance::Agency))
 )]
 async fn put_agency(
     Call { st, caller }: Call,
@@ -56,7 +56,7 @@ async fn list_agencies(State(st): State<Arc<AppState>>, headers: HeaderMap) -> A
     path = "/v1/agencies/{agency}",
     tag = "agencies",
     params(oa::AgencyPath),
-    responses((status = 200, description = "The agency", body = vault::provenance::Agency))
+    responses((status = 200, description = "The agency", body = vault::engine::provenance::Agency))
 )]
 async fn get_agency(State(st): State<Arc<AppState>>, Path(agency): Path<String>, headers: HeaderMap) -> ApiResult {
     st.caller(&headers)?;

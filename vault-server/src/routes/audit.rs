@@ -41,7 +41,7 @@ async fn checkpoint(State(st): State<Arc<AppState>>) -> ApiResult {
 )]
 async fn tile(State(st): State<Arc<AppState>>, Path(path): Path<String>) -> ApiResult {
     // C2SP tlog-tiles paths in their one canonical form; anything else is no tile.
-    let (level, index, width) = vault::tiles::parse_path(&path).ok_or_else(ApiError::not_found)?;
+    let (level, index, width) = vault::log::tiles::parse_path(&path).ok_or_else(ApiError::not_found)?;
     let v = st.vault()?;
     let bytes = blocking(move || v.tile(level, index, width)).await?;
     let mut resp = ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response();

@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use serde::Serialize;
 use serde_json::json;
-use vault::grants::{Grant, NewGrant};
+use vault::engine::grants::{Grant, NewGrant};
 use vault::{GrantId, Timestamp};
 
 use crate::http::body::json_body;
@@ -21,7 +21,7 @@ use crate::openapi as oa;
 struct GrantOut<'a> {
     #[serde(flatten)]
     grant: &'a Grant,
-    status: vault::grants::GrantStatus,
+    status: vault::engine::grants::GrantStatus,
 }
 
 fn grant_out(g: &Grant) -> GrantOut<'_> {
@@ -33,7 +33,7 @@ fn grant_out(g: &Grant) -> GrantOut<'_> {
     path = "/v1/owners/{owner}/grants",
     tag = "grants",
     params(oa::OwnerPath),
-    request_body(content = vault::grants::NewGrant, content_type = "application/json"),
+    request_body(content = vault::engine::grants::NewGrant, content_type = "application/json"),
     responses((status = 201, description = "The grant, with its signed receipt", body = oa::GrantOut))
 )]
 async fn create_grant(OwnerCall { st, caller, owner }: OwnerCall, headers: HeaderMap, body: Body) -> ApiResult {

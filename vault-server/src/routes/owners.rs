@@ -38,8 +38,8 @@ async fn access_log(
     let Query(q) = q.map_err(|_| ApiError::invalid("a malformed query string"))?;
     let after = q.get("after").map(|_| u64_param(&q, "after")).transpose()?;
     let limit = match q.get("limit") {
-        None => vault::audit::PageLimit::default(),
-        Some(_) => vault::audit::PageLimit::new(u64_param(&q, "limit")?)?,
+        None => vault::log::audit::PageLimit::default(),
+        Some(_) => vault::log::audit::PageLimit::new(u64_param(&q, "limit")?)?,
     };
     let v = st.vault()?;
     let page = blocking(move || v.access_log_page_as(&caller, &owner, after, limit)).await?;
@@ -155,7 +155,7 @@ const EXPORT_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
     path = "/v1/owners/{owner}",
     tag = "owners",
     params(oa::OwnerPath),
-    responses((status = 200, description = "The signed erasure receipt", body = vault::rights::SignedReceipt))
+    responses((status = 200, description = "The signed erasure receipt", body = vault::engine::rights::SignedReceipt))
 )]
 async fn erase(OwnerCall { st, caller, owner }: OwnerCall) -> ApiResult {
     let v = st.vault()?;

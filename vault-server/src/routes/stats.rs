@@ -8,7 +8,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse as _;
 use axum::routing::get;
-use vault::stats::{Counters, Day, GroupBy};
+use vault::engine::stats::{Counters, Day, GroupBy};
 
 use crate::http::error::{json_response, ApiError, ApiResult};
 use crate::http::routing::Route;
@@ -43,7 +43,7 @@ fn day(q: &HashMap<String, String>, name: &str) -> Result<Option<Day>, ApiError>
     params(StatsQuery),
     responses(
         (status = 200, description = "Aggregates by the grouping asked (CSV with `Accept: text/csv` or `format=csv`: \
-         a header `<by>,reuse_checks,…` and one line per row)", body = vault::stats::Report,
+         a header `<by>,reuse_checks,…` and one line per row)", body = vault::engine::stats::Report,
          content_type = "application/json"),
     )
 )]
@@ -72,7 +72,7 @@ async fn reuse_stats(
     };
     let v = st.vault()?;
     let report =
-        blocking(move || v.reuse_stats_as(&caller, vault::stats::Query { from, to, by, agency: None })).await?;
+        blocking(move || v.reuse_stats_as(&caller, vault::engine::stats::Query { from, to, by, agency: None })).await?;
     if csv {
         let name = format!("attachment; filename=\"reuse-{}-{}-{}.csv\"", by.as_str(), report.from, report.to);
         Ok((

@@ -7,7 +7,7 @@ use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get, post, put};
 use serde_json::json;
-use vault::events::{EventId, NewWebhook, WebhookId};
+use vault::engine::events::{EventId, NewWebhook, WebhookId};
 use vault::AgencyId;
 
 use crate::http::body::json_body_limited;
@@ -32,10 +32,10 @@ fn ids(agency: &str, id: &str) -> Result<(AgencyId, WebhookId), ApiError> {
     path = "/v1/agencies/{agency}/webhooks/{id}",
     tag = "webhooks",
     params(oa::WebhookPath),
-    request_body(content = vault::events::NewWebhook, content_type = "application/json"),
+    request_body(content = vault::engine::events::NewWebhook, content_type = "application/json"),
     responses(
-        (status = 201, description = "Subscribed", body = vault::events::WebhookView),
-        (status = 200, description = "Replaced", body = vault::events::WebhookView),
+        (status = 201, description = "Subscribed", body = vault::engine::events::WebhookView),
+        (status = 200, description = "Replaced", body = vault::engine::events::WebhookView),
     )
 )]
 async fn put_webhook(
@@ -65,7 +65,7 @@ async fn put_webhook(
     path = "/v1/agencies/{agency}/webhooks/{id}",
     tag = "webhooks",
     params(oa::WebhookPath),
-    responses((status = 200, description = "The subscription", body = vault::events::WebhookView))
+    responses((status = 200, description = "The subscription", body = vault::engine::events::WebhookView))
 )]
 async fn get_webhook(Call { st, caller }: Call, Path((agency, id)): Path<(String, String)>) -> ApiResult {
     let (agency, id) = ids(&agency, &id)?;
@@ -108,7 +108,9 @@ async fn failed_events(
     let (agency, id) = ids(&agency, &id)?;
     let axum::extract::Query(q) = q.map_err(|_| ApiError::invalid("a malformed query string"))?;
     let after = match q.get("after") {
-        Some(a) => Some(vault::events::EventId::parse(a).map_err(|e| ApiError::invalid(format!("after: {e}")))?),
+        Some(a) => {
+            Some(vault::engine::events::EventId::parse(a).map_err(|e| ApiError::invalid(format!("after: {e}")))?)
+        }
         None => None,
     };
     let limit = match q.get("limit") {
@@ -130,7 +132,7 @@ async fn failed_events(
     path = "/v1/agencies/{agency}/webhooks/{id}/failed/{event}/redeliver",
     tag = "webhooks",
     params(oa::RedeliverPath),
-    responses((status = 202, description = "Queued again", body = vault::events::Delivery))
+    responses((status = 202, description = "Queued again", body = vault::engine::events::Delivery))
 )]
 async fn redeliver(Call { st, caller }: Call, Path((agency, id, event)): Path<(String, String, String)>) -> ApiResult {
     let (agency, id) = ids(&agency, &id)?;

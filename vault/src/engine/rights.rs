@@ -8,16 +8,17 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::access::{Caller, Principal};
-use crate::audit::Entry;
-use crate::document::Document;
-use crate::grants::Grant;
+use crate::engine::document::Document;
+use crate::engine::grants::Grant;
+use crate::engine::provenance::{statement, Agency};
+use crate::engine::vault::Vault;
 use crate::ids::{Digest, OwnerId};
-use crate::merkle;
-use crate::note::{parse_checkpoint, NoteVerifier};
-use crate::provenance::{statement, Agency};
-use crate::store::Op;
+use crate::log::audit::Entry;
+use crate::log::merkle;
+use crate::log::note::{parse_checkpoint, NoteVerifier};
+use crate::storage::layout::{self, key_of, prefix};
+use crate::storage::Op;
 use crate::time::Timestamp;
-use crate::vault::{key_of, prefix, Vault};
 use crate::Error;
 
 /// The first line of an erasure receipt.
@@ -60,23 +61,20 @@ impl Vault {
         let _exclusive = self.owner_exclusive(&op)?;
         let o = self.owner_locked(owner, false)?;
         let (mut documents, mut contents, mut grants) = (0u64, 0u64, 0u64);
-        let mut ops = vec![Op::Delete(key_of(prefix::OWNER, &[&op]))];
+        let mut ops = vec![Op::Delete(layout::owner_key(&op))];
         if let Some(o) = &o {
             // `owner.erased` to every agency with a grant or a signed document of the owner.
             let owner_grants = self.grants_of(o)?;
             let mut docs: Vec<Document> = Vec::new();
-            for item in self.meta().scan(&key_of(prefix::DOCUMENT, &[&op])) {
+            for item in self.meta().scan(&layout::documents_of(&op)) {
                 let (k, v) = item?;
-                if let Some(d) = crate::vault::open_record::<Document>(&o.keys, &k, &v) {
+                if let Some(d) = crate::engine::vault::open_record::<Document>(&o.keys, &k, &v) {
                     docs.push(d);
                 }
             }
             ops.extend(self.owner_erased_ops(&op, owner, &owner_grants, &docs, draft.time)?);
             for g in owner_grants {
-                ops.push(Op::Delete(key_of(
-                    prefix::GRANT_BY_AGENCY,
-                    &[g.terms.grantee.as_str().as_bytes(), &[0], g.id.as_bytes()],
-                )));
+                ops.push(Op::Delete(layout::agency_grant_key(g.terms.grantee.as_str().as_bytes(), g.id.as_bytes())));
                 grants += 1;
             }
         }
@@ -103,7 +101,7 @@ impl Vault {
         let outbox = self.outbox_lock()?;
         let entries = || -> Result<Vec<Op>, Error> {
             let mut ops = Vec::new();
-            for item in self.meta().scan(&key_of(prefix::OWNER_ENTRY, &[&op])) {
+            for item in self.meta().scan(&layout::entries_of(&op)) {
                 ops.push(Op::Delete(item?.0));
             }
             // The owner's events too, at the turn: a change queued before the erasure (a grant
@@ -120,7 +118,7 @@ impl Vault {
         self.forget_owner(&op);
         // Still exclusive: no grant write of this owner can be queued, and the ones queued
         // before are applied (and deleted above); none may be read back by a fresh vault.
-        self.grants_lock.lock().unwrap_or_else(|p| p.into_inner()).forget_prefix(&key_of(prefix::GRANT, &[&op]));
+        self.grants_lock.lock().unwrap_or_else(|p| p.into_inner()).forget_prefix(&layout::grants_of(&op));
         // Still exclusive: a fresh owner's first blob cannot be committed before this.
         self.blobs().remove_owner(&op)?;
         let now = Timestamp::now();

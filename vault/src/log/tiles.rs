@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use crate::merkle::{self, node_hash, Hash, MerkleError, Nodes};
+use crate::log::merkle::{self, node_hash, Hash, MerkleError, Nodes};
 
 /// Hashes in a full tile.
 pub const WIDTH: usize = 256;
@@ -294,7 +294,7 @@ impl<F: Fn(u8, u64) -> Option<std::sync::Arc<Vec<u8>>>> Nodes for TileNodes<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merkle::leaf_hash;
+    use crate::log::merkle::leaf_hash;
 
     #[test]
     fn paths_as_the_spec_spells_them() {

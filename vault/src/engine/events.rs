@@ -35,24 +35,21 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::access::{Caller, Principal};
-use crate::audit::Draft;
-use crate::document::Document;
-use crate::grants::Grant;
+use crate::crypto::seal::{self, aad};
+use crate::engine::document::Document;
+use crate::engine::grants::Grant;
+use crate::engine::vault::{OwnerRef, Vault};
 use crate::ids::{AgencyId, IdError, OwnerId};
-use crate::store::Op;
+use crate::log::audit::Draft;
+use crate::storage::layout::{self, prefix, KEY_OUTBOX_INDEXED, KEY_WEBHOOKS_VERSION};
+use crate::storage::Op;
 use crate::time::Timestamp;
-use crate::vault::{aad, key_of, prefix, OwnerRef, Vault};
-use crate::{seal, Error};
+use crate::Error;
 
 /// Longest subscription URL, in bytes.
 pub const MAX_URL: usize = 2048;
 /// Most subscriptions one agency may have.
 pub const MAX_WEBHOOKS_PER_AGENCY: usize = 16;
-/// Present once the outbox records of versions before the indexes were indexed (plain `1`).
-const KEY_OUTBOX_INDEXED: &[u8] = b"Moutbox-indexed";
-/// Rewritten (16 random bytes) with every change of a subscription: on a shared store an
-/// instance reloads its subscriptions when it finds another value here (SPEC.md §9a).
-const KEY_WEBHOOKS_VERSION: &[u8] = b"Mwebhooks-version";
 
 /// The change of [`KEY_WEBHOOKS_VERSION`] that goes with a change of a subscription.
 fn webhooks_version_op() -> Op {
@@ -170,7 +167,7 @@ impl EventId {
         let micros = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&(micros as u64).to_be_bytes());
-        b[8..].copy_from_slice(&crate::keys::random_array::<8>());
+        b[8..].copy_from_slice(&crate::crypto::keys::random_array::<8>());
         Self(b)
     }
 
@@ -473,7 +470,7 @@ impl std::fmt::Debug for WebhookSigner {
 impl WebhookSigner {
     /// Derived from the vault's signing seed (BLAKE3 KDF with its own context).
     pub(crate) fn derive(seed: &[u8; 32]) -> Self {
-        let key = crate::keys::SecretKey::from_bytes(*seed).derive(crate::keys::ctx::WEBHOOK_SIGNING);
+        let key = crate::crypto::keys::SecretKey::from_bytes(*seed).derive(crate::crypto::keys::ctx::WEBHOOK_SIGNING);
         Self(SigningKey::from_bytes(key.expose()))
     }
 }
@@ -509,7 +506,7 @@ const OUTBOX_LOCK: &str = "vault-outbox";
 
 /// The outbox's lock ([`Vault::outbox_lock`]); the store's part is released first.
 pub(crate) struct OutboxGuard<'a> {
-    _remote: Option<crate::store::RemoteLock>,
+    _remote: Option<crate::storage::RemoteLock>,
     _local: MutexGuard<'a, ()>,
 }
 
@@ -517,17 +514,15 @@ pub(crate) struct OutboxGuard<'a> {
 type Subs = BTreeMap<(AgencyId, WebhookId), Webhook>;
 
 fn sub_key(agency: &AgencyId, id: &WebhookId) -> Vec<u8> {
-    key_of(prefix::WEBHOOK, &[agency.as_str().as_bytes(), &[0], id.as_str().as_bytes()])
+    layout::webhook_key(agency.as_str().as_bytes(), id.as_str().as_bytes())
 }
 
 fn outbox_prefix(p: u8, agency: &AgencyId, id: &WebhookId) -> Vec<u8> {
-    key_of(p, &[agency.as_str().as_bytes(), &[0], id.as_str().as_bytes(), &[0]])
+    layout::outbox_prefix(p, agency.as_str().as_bytes(), id.as_str().as_bytes())
 }
 
 fn outbox_key(p: u8, agency: &AgencyId, id: &WebhookId, event: &EventId) -> Vec<u8> {
-    let mut k = outbox_prefix(p, agency, id);
-    k.extend_from_slice(&event.0);
-    k
+    layout::outbox_key(p, agency.as_str().as_bytes(), id.as_str().as_bytes(), &event.0)
 }
 
 /// A time as 8 key bytes, offset so that key order is time order for every representable time.
@@ -536,15 +531,12 @@ fn time_bytes(t: Timestamp) -> [u8; 8] {
 }
 
 fn expiry_key(op: &OwnerRef, g: &Grant) -> Vec<u8> {
-    key_of(prefix::GRANT_EXPIRY, &[&time_bytes(g.terms.expires_at), op, g.id.as_bytes()])
+    layout::grant_expiry_key(&time_bytes(g.terms.expires_at), op, g.id.as_bytes())
 }
 
 /// An index entry (`Y` or `Z`) of a subscription: its prefix, the time, the event id.
 fn index_key(p: u8, agency: &AgencyId, id: &WebhookId, t: Timestamp, event: &EventId) -> Vec<u8> {
-    let mut k = outbox_prefix(p, agency, id);
-    k.extend_from_slice(&time_bytes(t));
-    k.extend_from_slice(&event.0);
-    k
+    layout::outbox_index_key(p, agency.as_str().as_bytes(), id.as_str().as_bytes(), &time_bytes(t), &event.0)
 }
 
 /// The due-time index entry of a waiting delivery.
@@ -570,7 +562,7 @@ fn split_outbox_key(k: &[u8]) -> Option<(AgencyId, WebhookId, &[u8])> {
 }
 
 fn corrupt(k: &[u8]) -> Error {
-    Error::Corrupt(crate::vault::describe_key(k))
+    Error::Corrupt(crate::engine::vault::describe_key(k))
 }
 
 /// The `data` of a grant event.
@@ -599,7 +591,7 @@ impl Vault {
     /// deletion at another removed (SPEC.md §9a "Several instances").
     pub(crate) fn outbox_lock(&self) -> Result<OutboxGuard<'_>, Error> {
         let local = self.events.outbox.lock().unwrap_or_else(|p| p.into_inner());
-        let remote = self.meta().lock(crate::store::LockName::Named(OUTBOX_LOCK))?;
+        let remote = self.meta().lock(crate::storage::LockName::Named(OUTBOX_LOCK))?;
         Ok(OutboxGuard { _remote: remote, _local: local })
     }
 
@@ -1379,7 +1371,7 @@ impl Vault {
         // below either way).
         drop(self.subs());
         let mut out = Vec::new();
-        let describe = crate::vault::describe_key;
+        let describe = crate::engine::vault::describe_key;
         for p in [
             prefix::WEBHOOK,
             prefix::OUTBOX,
@@ -1507,7 +1499,7 @@ mod tests {
         assert!(WebhookUrl::parse(&format!("https://x.vn/{}", "a".repeat(MAX_URL))).is_err());
     }
 
-    use crate::grants::NewGrant;
+    use crate::engine::grants::NewGrant;
     use crate::ids::{DocType, Purpose};
     use crate::{MasterKey, Vault};
 
@@ -1515,7 +1507,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let v = Vault::open(dir.path(), &MasterKey::from_bytes([3; 32])).unwrap();
         let a = AgencyId::parse("so-gd").unwrap();
-        let new = crate::provenance::NewAgency { name: "Sở GD".into(), keys: vec![] };
+        let new = crate::engine::provenance::NewAgency { name: "Sở GD".into(), keys: vec![] };
         v.put_agency_as(&Caller::operator(), &a, new).unwrap();
         (dir, v, a, OwnerId::parse("citizen:001099012345").unwrap())
     }
@@ -1603,7 +1595,7 @@ mod tests {
     fn erasure_tells_each_agency_once_and_leaves_no_expiry_behind() {
         let (_dir, v, a, owner) = setup();
         let b = AgencyId::parse("ubnd-xa").unwrap();
-        let new = crate::provenance::NewAgency { name: "UBND".into(), keys: vec![] };
+        let new = crate::engine::provenance::NewAgency { name: "UBND".into(), keys: vec![] };
         v.put_agency_as(&Caller::operator(), &b, new).unwrap();
         subscribe(&v, &a, "main", &[EventType::OwnerErased, EventType::GrantExpired]);
         subscribe(&v, &b, "main", &[EventType::OwnerErased]);

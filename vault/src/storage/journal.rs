@@ -24,15 +24,15 @@
 //! wait for the `fdatasync` covering their record) and is cut off; damage refuses the open,
 //! naming the file and offset, because records after it, or the damaged one, may have been
 //! acknowledged. The state op carries the store's change sequence and its state digest after the
-//! batch (see `store.rs`), so a database behind its journal is found after replay. Format 1
+//! batch (see `storage/sled.rs`), so a database behind its journal is found after replay. Format 1
 //! (no file header, 12-byte record header without the length check, no state op) is still read.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::failstop::{Fault, Faults};
-use crate::store::{Op, StoreError};
+use crate::storage::failstop::{Fault, Faults};
+use crate::storage::{Op, StoreError};
 
 /// Journal size that triggers a checkpoint.
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
@@ -52,7 +52,7 @@ const STATE: u8 = 3;
 const PACK_DATA: u8 = 4;
 
 /// The metadata store's state after a batch: how many changes were ever applied, how many keys
-/// it holds and the digest of all its pairs (`store.rs`).
+/// it holds and the digest of all its pairs (`storage/sled.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct State {
     /// Batches applied since the store was created.
@@ -71,7 +71,7 @@ pub struct Batch {
     /// The store's state after them (absent in format 1).
     pub state: Option<State>,
     /// Bytes the batch wrote to packs, with where (pack-data ops).
-    pub packed: Vec<(crate::pack::Locator, Vec<u8>)>,
+    pub packed: Vec<(crate::storage::pack::Locator, Vec<u8>)>,
 }
 
 /// Where and how a journal is damaged.
@@ -109,7 +109,7 @@ pub fn encode_ops(ops: &[Op]) -> Vec<u8> {
 }
 
 /// Encodes the pack data a batch wrote, then its ops (the payload without its state op).
-pub fn encode_packed(packed: &[(crate::pack::Locator, &[u8])], ops: &[Op]) -> Vec<u8> {
+pub fn encode_packed(packed: &[(crate::storage::pack::Locator, &[u8])], ops: &[Op]) -> Vec<u8> {
     let mut payload = Vec::new();
     for (loc, bytes) in packed {
         payload.push(PACK_DATA);
@@ -271,7 +271,7 @@ fn decode_payload(mut p: &[u8]) -> Option<Batch> {
             let n = len(&mut p)?;
             let bytes = take(&mut p, n)?.to_vec();
             offset.checked_add(n as u64)?;
-            packed.push((crate::pack::Locator::of(pack, offset, &bytes), bytes));
+            packed.push((crate::storage::pack::Locator::of(pack, offset, &bytes), bytes));
             continue;
         }
         if tag == STATE {
@@ -475,8 +475,8 @@ mod tests {
 
         #[test]
         fn pack_data_round_trips(ops in proptest::collection::vec(op(), 0..4), packed in proptest::collection::vec((any::<u32>(), 0..u64::MAX / 2, proptest::collection::vec(any::<u8>(), 0..64)), 0..4)) {
-            let locs: Vec<(crate::pack::Locator, &[u8])> =
-                packed.iter().map(|(p, o, b)| (crate::pack::Locator::of(*p, *o, b), b.as_slice())).collect();
+            let locs: Vec<(crate::storage::pack::Locator, &[u8])> =
+                packed.iter().map(|(p, o, b)| (crate::storage::pack::Locator::of(*p, *o, b), b.as_slice())).collect();
             let state = State { seq: 1, count: 2, digest: [3; 32] };
             let mut data = MAGIC.to_vec();
             data.extend(frame(encode_packed(&locs, &ops), Some(&state)));
@@ -485,7 +485,7 @@ mod tests {
             let b = &r.batches[0];
             prop_assert_eq!(format!("{:?}", b.ops), format!("{ops:?}"));
             prop_assert_eq!(b.state, Some(state));
-            let got: Vec<(crate::pack::Locator, &[u8])> = b.packed.iter().map(|(l, v)| (*l, v.as_slice())).collect();
+            let got: Vec<(crate::storage::pack::Locator, &[u8])> = b.packed.iter().map(|(l, v)| (*l, v.as_slice())).collect();
             prop_assert_eq!(got, locs);
         }
 

@@ -1,6 +1,5 @@
 //! The vault: owners, contents and documents on top of the two storage traits.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -10,17 +9,20 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::audit::Draft;
-use crate::commit::{CommitStats, GroupCommit};
-use crate::document::{Document, NewDocument, Revocation};
+use crate::crypto::keys::{MasterKey, OwnerKeys, SecretKey};
+use crate::crypto::seal::{self, aad, Unsealable};
+use crate::crypto::stream::{BlobReader, BlobWriter, Finished};
+use crate::engine::document::{Document, NewDocument, Revocation};
+use crate::engine::supply::By;
 use crate::error::Error;
 use crate::ids::{Digest, DocType, DocumentId, OwnerId};
-use crate::keys::{MasterKey, OwnerKeys, SecretKey};
-use crate::note::VaultSigner;
-use crate::seal::{self, Unsealable};
-use crate::store::{BlobName, BlobRead, BlobStore, MetaStore, NewBlob, Op};
-use crate::stream::{BlobReader, BlobWriter, Finished};
-use crate::supply::By;
+use crate::log::audit::Draft;
+use crate::log::note::VaultSigner;
+use crate::storage::commit::{CommitStats, GroupCommit};
+use crate::storage::layout::{
+    self, inline_key, prefix, KEY_BLOB_STORE, KEY_FORMAT, KEY_INDEX_KEY, KEY_ROTATION, KEY_SIGNING,
+};
+use crate::storage::{in_nonblocking, BlobName, BlobRead, BlobStore, MetaStore, NewBlob, Op};
 use crate::time::Timestamp;
 
 /// The format this build writes and reads.
@@ -31,44 +33,6 @@ const FORMAT_1: &str = "vault-format-1";
 const STRIPES: usize = 256;
 /// Read size for streaming puts.
 const READ_BUF: usize = 64 * 1024;
-
-/// Key prefixes of the metadata store (SPEC.md, "Metadata keys").
-pub(crate) mod prefix {
-    pub const META: u8 = b'M';
-    pub const OWNER: u8 = b'O';
-    pub const CONTENT: u8 = b'C';
-    pub const DOCUMENT: u8 = b'D';
-    pub const TYPE_INDEX: u8 = b'T';
-    pub const AGENCY: u8 = b'A';
-    pub const USED_KEY: u8 = b'U';
-    pub const GRANT: u8 = b'G';
-    pub const GRANT_BY_AGENCY: u8 = b'H';
-    pub const LEAF: u8 = b'L';
-    pub const NODE: u8 = b'N';
-    pub const TILE: u8 = b'X';
-    pub const OWNER_ENTRY: u8 = b'E';
-    pub const DEPOSIT_INDEX: u8 = b'I';
-    pub const INLINE_BLOB: u8 = b'B';
-    pub const SUPPLY: u8 = b'P';
-    /// Reuse-statistics tallies (`stats.rs`).
-    pub const STATS: u8 = b'S';
-    /// Reuse-statistics day rollups (`stats.rs`).
-    pub const STATS_DAY: u8 = b'R';
-    /// Webhook subscriptions (`events.rs`).
-    pub const WEBHOOK: u8 = b'W';
-    /// The event outbox: deliveries waiting or retrying (`events.rs`).
-    pub const OUTBOX: u8 = b'Q';
-    /// Parked deliveries (`events.rs`).
-    pub const PARKED: u8 = b'F';
-    /// Grants whose `grant.expired` event is still to be emitted (`events.rs`).
-    pub const GRANT_EXPIRY: u8 = b'K';
-    /// The outbox's due-time index: one entry per `Q` record, by subscription and
-    /// `next_attempt` (`events.rs`).
-    pub const OUTBOX_DUE: u8 = b'Y';
-    /// The parked deliveries' retention index: one entry per `F` record, by subscription and
-    /// `parked_at` (`events.rs`).
-    pub const PARKED_AT: u8 = b'Z';
-}
 
 /// One stored document of [`Vault::put_documents`]: the content, the document, and whether the
 /// document is new.
@@ -125,37 +89,17 @@ impl Seek for Spill<'_> {
         }
     }
 }
-const KEY_FORMAT: &[u8] = b"Mformat";
-const KEY_INDEX_KEY: &[u8] = b"Mindex-key";
-const KEY_SIGNING: &[u8] = b"Msigning-key";
 /// The id this vault claims its blob store with ([`BlobStore::claim`]): 16 bytes of a key
 /// derived from the index key, in hex (it tells nothing of the key).
 fn claim_id(index_key: &SecretKey) -> String {
-    hex::encode(&index_key.derive(crate::keys::ctx::BLOB_STORE_CLAIM).expose()[..16])
+    hex::encode(&index_key.derive(crate::crypto::keys::ctx::BLOB_STORE_CLAIM).expose()[..16])
 }
 
 /// How old a blob without a record must be before [`Vault::collect_orphans`] sets it aside.
 pub const ORPHAN_AGE_SECS: i64 = 3600;
 
-/// Which blob store the vault was created over ([`BlobStore::kind`], plain UTF-8).
-const KEY_BLOB_STORE: &[u8] = b"Mblob-store";
 /// The key name of the vault's signing key in signed notes.
 pub const VAULT_KEY_NAME: &str = "vault";
-
-/// Associated data of a sealed value: binds it to its metadata key.
-pub(crate) fn aad(key: &[u8]) -> Vec<u8> {
-    let mut a = b"vault-v1/".to_vec();
-    a.extend_from_slice(key);
-    a
-}
-
-pub(crate) fn key_of(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
-    let mut k = vec![prefix];
-    for p in parts {
-        k.extend_from_slice(p);
-    }
-    k
-}
 
 /// The pseudonymous 16-byte reference of an owner in storage.
 pub type OwnerRef = [u8; 16];
@@ -196,11 +140,6 @@ pub(crate) struct ContentRecord {
     pub agency_only: bool,
 }
 
-/// The metadata key of an inline blob.
-pub(crate) fn inline_key(name: &BlobName) -> Vec<u8> {
-    key_of(prefix::INLINE_BLOB, &[&name.owner, &name.name])
-}
-
 /// The result of storing a content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {
@@ -216,33 +155,6 @@ pub struct Stored {
 /// order, also checks its BLAKE3 digest; any failure is the opaque decryption error.
 pub type ContentReader = BlobReader<Box<dyn BlobRead>>;
 
-thread_local! {
-    /// Set while this thread runs a [`nonblocking`] section.
-    static NONBLOCKING: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Runs `f` on this thread with waits refused: where the vault would wait for an owner's change
-/// lock held by an erasure, or read a blob file, it returns [`Error::WouldBlock`] instead. Used
-/// to decide an audited read on an async executor's thread (`Vault::start_content_as`); the
-/// metadata store's own reads and its short-held locks are not counted as waits.
-pub(crate) fn nonblocking<T>(f: impl FnOnce() -> T) -> T {
-    struct Reset(bool);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            NONBLOCKING.with(|n| n.set(self.0));
-        }
-    }
-    let _reset = Reset(NONBLOCKING.with(|n| n.replace(true)));
-    f()
-}
-
-/// Whether this thread runs a [`nonblocking`] section (a backend whose reads block on the
-/// network refuses them there with [`crate::store::StoreError::WouldBlock`]).
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-pub(crate) fn in_nonblocking() -> bool {
-    NONBLOCKING.with(Cell::get)
-}
-
 /// An open vault. Share it between threads with `Arc`; every method takes `&self`.
 pub struct Vault {
     meta: Box<dyn MetaStore>,
@@ -256,14 +168,14 @@ pub struct Vault {
     /// The vault's Ed25519 key: checkpoints and receipts.
     pub(crate) signer: VaultSigner,
     /// Audit-log appends: the tree size, held while an index is assigned and its nodes written.
-    pub(crate) audit: crate::audit::AuditState,
+    pub(crate) audit: crate::log::audit::AuditState,
     /// Serialises registry changes.
     registry: Mutex<()>,
     /// Agency registrations read so far (and absences), dropped on change.
-    pub(crate) agency_cache: Mutex<HashMap<crate::ids::AgencyId, Option<crate::provenance::Agency>>>,
+    pub(crate) agency_cache: Mutex<HashMap<crate::ids::AgencyId, Option<crate::engine::provenance::Agency>>>,
     /// Serialises grant changes (use counts, revocations) and holds the grant writes queued at
     /// the audit sequencer but perhaps not applied yet (`grants::PendingGrants`).
-    pub(crate) grants_lock: Mutex<crate::grants::PendingGrants>,
+    pub(crate) grants_lock: Mutex<crate::engine::grants::PendingGrants>,
     commit: GroupCommit,
     /// Group commit of blob syncs (one `syncfs` for a batch of new blobs).
     blob_commit: GroupCommit,
@@ -277,15 +189,15 @@ pub struct Vault {
     open_marker: Option<PathBuf>,
     recovered: RecoveryReport,
     /// Set by the first failed write or sync of the journal or the blob store (SPEC.md §8).
-    fail: crate::failstop::FailStop,
+    fail: crate::storage::failstop::FailStop,
     /// Pending agency uploads: counts and limits.
-    pub(crate) supply: crate::supply::SupplyState,
+    pub(crate) supply: crate::engine::supply::SupplyState,
     /// Unsealed records by key and sealed bytes (exact: see `record_cache`).
-    records: crate::record_cache::RecordCache,
+    records: crate::engine::record_cache::RecordCache,
     /// Webhook subscriptions (cached).
-    pub(crate) events: crate::events::EventState,
+    pub(crate) events: crate::engine::events::EventState,
     /// Signs webhook deliveries.
-    pub(crate) webhook_signer: crate::events::WebhookSigner,
+    pub(crate) webhook_signer: crate::engine::events::WebhookSigner,
 }
 
 impl std::fmt::Debug for Vault {
@@ -305,26 +217,26 @@ fn deleted_keys(ops: &[Op]) -> Vec<Vec<u8>> {
 }
 
 /// What [`Vault::apply_sequenced`] runs under the store's sequencer lock.
-pub(crate) type SequencedChanges<'a> = dyn FnMut(&dyn crate::store::MetaRead) -> Result<Vec<Op>, Error> + Send + 'a;
+pub(crate) type SequencedChanges<'a> = dyn FnMut(&dyn crate::storage::MetaRead) -> Result<Vec<Op>, Error> + Send + 'a;
 
 /// An owner's change lock held by a change ([`Vault::owner_for_change`]): in-process, and on a
 /// shared store in the store too. The store's lock is released first.
 pub(crate) struct ChangeGuard<'a> {
-    remote: Option<crate::store::RemoteLock>,
+    remote: Option<crate::storage::RemoteLock>,
     _local: RwLockReadGuard<'a, ()>,
 }
 
 impl ChangeGuard<'_> {
     /// Takes the store's lock out of the guard, for a caller that must hold it until its
     /// change is applied after the in-process lock is released (a grant's counted use).
-    pub(crate) fn take_remote(&mut self) -> Option<crate::store::RemoteLock> {
+    pub(crate) fn take_remote(&mut self) -> Option<crate::storage::RemoteLock> {
         self.remote.take()
     }
 }
 
 /// An owner's change lock held exclusively (erasure), as [`ChangeGuard`].
 pub(crate) struct ExclusiveGuard<'a> {
-    _remote: Option<crate::store::RemoteLock>,
+    _remote: Option<crate::storage::RemoteLock>,
     _local: RwLockWriteGuard<'a, ()>,
 }
 
@@ -391,11 +303,11 @@ impl Vault {
     pub fn open(dir: &Path, master: &MasterKey) -> Result<Self, Error> {
         let io = |what: &str| {
             let what = format!("{what} {}", dir.display());
-            move |source| crate::store::StoreError::Io { what, source }
+            move |source| crate::storage::StoreError::Io { what, source }
         };
         fs::create_dir_all(dir).map_err(io("creating data folder"))?;
-        let meta = crate::store::SledMeta::open(&dir.join("meta"))?;
-        let blobs = crate::store::FsBlobs::open(dir.join("blobs"))?;
+        let meta = crate::storage::sled::SledMeta::open(&dir.join("meta"))?;
+        let blobs = crate::storage::files::FsBlobs::open(dir.join("blobs"))?;
         Self::open_with(Box::new(meta), Box::new(blobs), master, Some(dir.join("OPEN")))
     }
 
@@ -408,7 +320,7 @@ impl Vault {
         open_marker: Option<PathBuf>,
     ) -> Result<Self, Error> {
         let master_wrap = master.wrap_key();
-        if meta.get(crate::rotation::KEY_ROTATION)?.is_some() {
+        if meta.get(KEY_ROTATION)?.is_some() {
             return Err(Error::RotationInProgress);
         }
         let sealed_index = meta.get(KEY_INDEX_KEY)?;
@@ -451,7 +363,7 @@ impl Vault {
                 // new vault key would silently replace the old one.
                 let listing = blobs.list()?;
                 if !listing.blobs.is_empty() || !blobs.set_aside_list()?.is_empty() {
-                    return Err(crate::store::StoreError::Damaged {
+                    return Err(crate::storage::StoreError::Damaged {
                         file: "the metadata database".into(),
                         offset: None,
                         what: format!(
@@ -481,7 +393,7 @@ impl Vault {
         let claimed = match meta.get(KEY_BLOB_STORE)? {
             Some(recorded) if recorded == given.as_bytes() => existed,
             Some(recorded) => {
-                return Err(crate::store::StoreError::WrongBlobStore {
+                return Err(crate::storage::StoreError::WrongBlobStore {
                     recorded: String::from_utf8_lossy(&recorded).into_owned(),
                     given,
                 }
@@ -490,7 +402,7 @@ impl Vault {
             None => {
                 // Vaults made before the record existed all kept their blobs in files.
                 if existed && given != "files" {
-                    return Err(crate::store::StoreError::WrongBlobStore { recorded: "files".into(), given }.into());
+                    return Err(crate::storage::StoreError::WrongBlobStore { recorded: "files".into(), given }.into());
                 }
                 meta.apply(vec![Op::Put(KEY_BLOB_STORE.to_vec(), given.into_bytes())])?;
                 meta.sync()?;
@@ -517,14 +429,14 @@ impl Vault {
             }
         };
         let signer = VaultSigner::new(VAULT_KEY_NAME, &seed);
-        let webhook_signer = crate::events::WebhookSigner::derive(&seed);
-        let vault_records = index_key.derive(crate::keys::ctx::VAULT_RECORDS);
-        let audit_refs = index_key.derive(crate::keys::ctx::AUDIT_REFS);
+        let webhook_signer = crate::engine::events::WebhookSigner::derive(&seed);
+        let vault_records = index_key.derive(crate::crypto::keys::ctx::VAULT_RECORDS);
+        let audit_refs = index_key.derive(crate::crypto::keys::ctx::AUDIT_REFS);
         let mut vault = Vault {
             vault_records,
             audit_refs,
             signer,
-            audit: crate::audit::AuditState::default(),
+            audit: crate::log::audit::AuditState::default(),
             registry: Mutex::new(()),
             agency_cache: Mutex::new(HashMap::new()),
             grants_lock: Mutex::default(),
@@ -565,18 +477,19 @@ impl Vault {
             // (A store whose orphans are found by age is not listed here: `collect_orphans`.)
             let listed = if self.blobs.orphans_by_age() { Vec::new() } else { self.blobs.list()?.blobs };
             for name in listed {
-                let key = key_of(prefix::CONTENT, &[&name.owner, &name.name]);
+                let key = layout::content_key(&name.owner, &name.name);
                 if self.meta.get(&key)?.is_none() && self.blobs.set_aside(&name)? {
                     report.orphans_set_aside += 1;
                 }
             }
         }
         if let Some(m) = &self.open_marker {
-            File::create(m)
-                .and_then(|f| f.sync_all())
-                .map_err(|source| crate::store::StoreError::Io { what: format!("writing {}", m.display()), source })?;
+            File::create(m).and_then(|f| f.sync_all()).map_err(|source| crate::storage::StoreError::Io {
+                what: format!("writing {}", m.display()),
+                source,
+            })?;
             if let Some(dir) = m.parent() {
-                File::open(dir).and_then(|d| d.sync_all()).map_err(|source| crate::store::StoreError::Io {
+                File::open(dir).and_then(|d| d.sync_all()).map_err(|source| crate::storage::StoreError::Io {
                     what: format!("syncing {}", dir.display()),
                     source,
                 })?;
@@ -605,7 +518,7 @@ impl Vault {
         for name in self.blobs.written_before(now.unix() - ORPHAN_AGE_SECS)? {
             // Under the name's stripe: no commit of the same content runs meanwhile.
             let _stripe = self.stripe(&name);
-            let key = key_of(prefix::CONTENT, &[&name.owner, &name.name]);
+            let key = layout::content_key(&name.owner, &name.name);
             if self.meta.get(&key)?.is_none() && self.blobs.set_aside(&name)? {
                 n += 1;
             }
@@ -744,7 +657,7 @@ impl Vault {
         applied.map_err(|e| match e {
             // The sequencer's lock was not had in time: nothing was written (the outcome is
             // known), so the call fails and the vault goes on.
-            e @ crate::store::StoreError::Unavailable(_) => Error::Store(e),
+            e @ crate::storage::StoreError::Unavailable(_) => Error::Store(e),
             e => self.fail.trip("writing the metadata", e),
         })?;
         Ok(self.commit.written())
@@ -765,7 +678,7 @@ impl Vault {
             }
             Err(e) => {
                 refused = Some(e);
-                Err(crate::store::StoreError::Meta("the batch was not built".into()))
+                Err(crate::storage::StoreError::Meta("the batch was not built".into()))
             }
         });
         if let Some(e) = refused {
@@ -775,7 +688,7 @@ impl Vault {
         applied.map_err(|e| match e {
             // The sequencer's lock was not had in time: nothing was written (the outcome is
             // known), so the call fails and the vault goes on.
-            e @ crate::store::StoreError::Unavailable(_) => Error::Store(e),
+            e @ crate::storage::StoreError::Unavailable(_) => Error::Store(e),
             e => self.fail.trip("writing the metadata", e),
         })?;
         Ok(self.commit.written())
@@ -834,7 +747,7 @@ impl Vault {
         if let Some(ctx) = self.cached_owner(op) {
             return Ok(Some(ctx));
         }
-        let key = key_of(prefix::OWNER, &[op]);
+        let key = layout::owner_key(op);
         let Some(sealed) = self.meta.get(&key)? else { return Ok(None) };
         let (_, id) = self.unseal_owner(&key, &sealed).map_err(|_| corrupt(&key))?;
         self.owner(&id, false)
@@ -853,10 +766,10 @@ impl Vault {
     /// (a waiting erasure would deadlock it): functions that hold it call
     /// [`Vault::owner_locked`], not [`Vault::owner`].
     ///
-    /// In a [`nonblocking`] section a lock held by an erasure is [`Error::WouldBlock`].
+    /// In a [`nonblocking`](crate::storage::nonblocking) section a lock held by an erasure is [`Error::WouldBlock`].
     fn owner_shared(&self, op: &OwnerRef) -> Result<RwLockReadGuard<'_, ()>, Error> {
         let lock = &self.owner_locks[usize::from(op[0])];
-        if NONBLOCKING.with(Cell::get) {
+        if in_nonblocking() {
             return match lock.try_read() {
                 Ok(g) => Ok(g),
                 // The guarded data is `()`: a poisoned lock has no state to be inconsistent.
@@ -871,7 +784,7 @@ impl Vault {
     /// the store (see [`Vault::owner_for_change`]).
     pub(crate) fn owner_exclusive(&self, op: &OwnerRef) -> Result<ExclusiveGuard<'_>, Error> {
         let local = self.owner_locks[usize::from(op[0])].write().unwrap_or_else(|p| p.into_inner());
-        let remote = self.meta.lock(crate::store::LockName::Owner(op))?;
+        let remote = self.meta.lock(crate::storage::LockName::Owner(op))?;
         Ok(ExclusiveGuard { _remote: remote, _local: local })
     }
 
@@ -903,7 +816,7 @@ impl Vault {
     ) -> Result<(ChangeGuard<'_>, Option<Arc<OwnerCtx>>), Error> {
         let op = self.owner_ref(owner);
         let local = self.owner_shared(&op)?;
-        let remote = self.meta.lock(crate::store::LockName::Owner(&op))?;
+        let remote = self.meta.lock(crate::storage::LockName::Owner(&op))?;
         let o = self.owner_locked(owner, create)?;
         Ok((ChangeGuard { remote, _local: local }, o))
     }
@@ -914,7 +827,7 @@ impl Vault {
         if let Some(ctx) = self.cached_owner(&op) {
             return Ok(Some(ctx));
         }
-        let key = key_of(prefix::OWNER, &[&op]);
+        let key = layout::owner_key(&op);
         let owner_key = loop {
             match self.meta.get(&key)? {
                 Some(sealed) => {
@@ -990,7 +903,7 @@ impl Vault {
     }
 
     fn content_key(o: &OwnerCtx, name: &BlobName) -> Vec<u8> {
-        key_of(prefix::CONTENT, &[&o.op, &name.name])
+        layout::content_key(&o.op, &name.name)
     }
 
     /// Whether the owner holds a content.
@@ -1055,7 +968,7 @@ impl Vault {
         let key = Self::content_key(o, &name);
         // On a shared store the owner's lock in the store first (then the stripe, the order of
         // every change): a deposit at another instance may change the record meanwhile.
-        let _remote = self.meta.lock(crate::store::LockName::Owner(&o.op))?;
+        let _remote = self.meta.lock(crate::storage::LockName::Owner(&o.op))?;
         let guard = self.stripe(&name);
         match self.get_sealed::<ContentRecord>(&o.keys, &key)? {
             Some(mut rec) if rec.agency_only => {
@@ -1224,7 +1137,7 @@ impl Vault {
                             // The store could not take the blob (object storage unreachable,
                             // refused): nothing points at it, so the request fails and the vault
                             // goes on; a failed local write still stops writes (SPEC.md §8).
-                            e @ crate::store::StoreError::Unavailable(_) => Error::Store(e),
+                            e @ crate::storage::StoreError::Unavailable(_) => Error::Store(e),
                             e => self.fail.trip("writing a blob", e),
                         })?;
                         // The blob must be durable before the record that points at it can be.
@@ -1313,14 +1226,14 @@ impl Vault {
             meta: new,
         };
         rec.refs += 1;
-        let dkey = key_of(prefix::DOCUMENT, &[&o.op, doc.id.as_bytes()]);
-        let tkey = key_of(prefix::TYPE_INDEX, &[&o.op, &o.keys.type_tag(&doc.meta.doc_type), doc.id.as_bytes()]);
+        let dkey = layout::document_key(&o.op, doc.id.as_bytes());
+        let tkey = layout::type_index_key(&o.op, &o.keys.type_tag(&doc.meta.doc_type), doc.id.as_bytes());
         ops.push(Op::Put(dkey.clone(), seal_record(&o.keys, &dkey, &doc)));
         ops.push(Op::Put(tkey.clone(), seal_record(&o.keys, &tkey, &())));
         let ikey = deposit_key(o, &doc.meta);
         ops.push(Op::Put(ikey.clone(), seal_record(&o.keys, &ikey, &doc.id)));
         // The issuer's `document.deposited` event, in the same batch (signed documents only).
-        ops.extend(self.document_event_ops(&doc, crate::events::EventType::DocumentDeposited, now)?);
+        ops.extend(self.document_event_ops(&doc, crate::engine::events::EventType::DocumentDeposited, now)?);
         Ok(doc)
     }
 
@@ -1433,7 +1346,7 @@ impl Vault {
             if supply.pending() {
                 let mut s = supply.clone();
                 s.used = true;
-                let skey = crate::supply::supply_key(o, &new.digest, a);
+                let skey = crate::engine::supply::supply_key(o, &new.digest, a);
                 used = Some((a, supply.size, Op::Put(skey.clone(), seal_record(&o.keys, &skey, &s))));
             }
         }
@@ -1492,7 +1405,7 @@ impl Vault {
     }
 
     pub(crate) fn document_of(&self, o: &OwnerCtx, id: &DocumentId) -> Result<Document, Error> {
-        let key = key_of(prefix::DOCUMENT, &[&o.op, id.as_bytes()]);
+        let key = layout::document_key(&o.op, id.as_bytes());
         let doc: Document = self.get_sealed(&o.keys, &key)?.ok_or(Error::NotFound("document"))?;
         if doc.owner != o.id || doc.id != *id {
             return Err(corrupt(&key));
@@ -1509,7 +1422,7 @@ impl Vault {
         match doc_type {
             None => {
                 let epoch = self.records_epoch();
-                for item in self.meta.scan(&key_of(prefix::DOCUMENT, &[&o.op])) {
+                for item in self.meta.scan(&layout::documents_of(&o.op)) {
                     let (k, v) = item?;
                     let doc: Document = self.open_cached(epoch, &o.keys, &k, &v).ok_or_else(|| corrupt(&k))?;
                     if doc.owner != o.id {
@@ -1519,7 +1432,7 @@ impl Vault {
                 }
             }
             Some(t) => {
-                for item in self.meta.scan(&key_of(prefix::TYPE_INDEX, &[&o.op, &o.keys.type_tag(t)])) {
+                for item in self.meta.scan(&layout::type_index_of(&o.op, &o.keys.type_tag(t))) {
                     let (k, _) = item?;
                     let id = DocumentId::from_bytes(k[33..].try_into().map_err(|_| corrupt(&k))?);
                     let doc = self.document_of(&o, &id)?;
@@ -1553,8 +1466,8 @@ impl Vault {
         self.document_of(o, id)?;
         let mut rec: ContentRecord = self.get_sealed(&o.keys, &ckey)?.ok_or_else(|| corrupt(&ckey))?;
         rec.refs = rec.refs.saturating_sub(1);
-        let dkey = key_of(prefix::DOCUMENT, &[&o.op, id.as_bytes()]);
-        let tkey = key_of(prefix::TYPE_INDEX, &[&o.op, &o.keys.type_tag(&doc.meta.doc_type), id.as_bytes()]);
+        let dkey = layout::document_key(&o.op, id.as_bytes());
+        let tkey = layout::type_index_key(&o.op, &o.keys.type_tag(&doc.meta.doc_type), id.as_bytes());
         let mut last = rec.refs == 0;
         // An agency's upload still waiting for its document keeps the content (the sweep
         // removes it later); otherwise the supply records go with the content.
@@ -1562,13 +1475,13 @@ impl Vault {
         if last {
             let now = Timestamp::now();
             let mut supplies = Vec::new();
-            for item in self.meta.scan(&crate::supply::supply_prefix(o, &doc.meta.digest)) {
+            for item in self.meta.scan(&crate::engine::supply::supply_prefix(o, &doc.meta.digest)) {
                 let (k, v) = item?;
-                supplies.push((k.clone(), open_record::<crate::supply::Supply>(&o.keys, &k, &v)));
+                supplies.push((k.clone(), open_record::<crate::engine::supply::Supply>(&o.keys, &k, &v)));
             }
             let waiting = supplies.iter().any(|(_, s)| {
                 s.as_ref().is_some_and(|s| {
-                    s.pending() && now < s.supplied_at.plus_seconds(crate::supply::PENDING_LIFETIME_SECS)
+                    s.pending() && now < s.supplied_at.plus_seconds(crate::engine::supply::PENDING_LIFETIME_SECS)
                 })
             });
             if waiting {
@@ -1592,7 +1505,7 @@ impl Vault {
             ops.push(Op::Delete(ikey));
         }
         let ticket = self.apply_opt(ops, audit)?;
-        for s in dropped_supplies.into_iter().filter_map(|(_, s)| s).filter(crate::supply::Supply::pending) {
+        for s in dropped_supplies.into_iter().filter_map(|(_, s)| s).filter(crate::engine::supply::Supply::pending) {
             self.count_pending(&s.agency, s.size, false);
         }
         self.durable(ticket)?;
@@ -1622,10 +1535,10 @@ impl Vault {
         at: Timestamp,
         audit: Option<&Draft>,
     ) -> Result<Document, Error> {
-        crate::document::check_text("reason", reason, crate::document::MAX_TEXT)?;
+        crate::engine::document::check_text("reason", reason, crate::engine::document::MAX_TEXT)?;
         let (owner_guard, o) = self.owner_for_change(&o.id, false)?;
         let o = &*o.ok_or(Error::NotFound("document"))?;
-        let key = key_of(prefix::DOCUMENT, &[&o.op, id.as_bytes()]);
+        let key = layout::document_key(&o.op, id.as_bytes());
         let digest = self.document_of(o, id)?.meta.digest;
         // The same stripe as delete_document, so a revocation cannot resurrect a deleted record.
         let guard = self.stripe(&o.blob(&digest));
@@ -1636,7 +1549,11 @@ impl Vault {
         doc.revocation = Some(Revocation { at, reason: reason.to_owned() });
         let mut ops = vec![Op::Put(key.clone(), seal_record(&o.keys, &key, &doc))];
         // The issuer's `document.revoked` event, in the same batch (signed documents only).
-        ops.extend(self.document_event_ops(&doc, crate::events::EventType::DocumentRevoked, Timestamp::now())?);
+        ops.extend(self.document_event_ops(
+            &doc,
+            crate::engine::events::EventType::DocumentRevoked,
+            Timestamp::now(),
+        )?);
         let ticket = self.apply_opt(ops, audit)?;
         drop(guard);
         drop(owner_guard);
@@ -1660,7 +1577,7 @@ impl Vault {
         let file: Box<dyn BlobRead> = if rec.inline {
             let ikey = inline_key(&name);
             Box::new(io::Cursor::new(self.meta.get(&ikey)?.ok_or_else(|| corrupt(&ikey))?))
-        } else if NONBLOCKING.with(Cell::get) {
+        } else if in_nonblocking() {
             // A blob file's header is read from disk: not in a non-blocking section.
             return Err(Error::WouldBlock);
         } else {
@@ -1670,7 +1587,7 @@ impl Vault {
         };
         let reader = BlobReader::open(file, &o.keys.blob_wrap, &o.binding(digest), *digest)?;
         if reader.size() != rec.size {
-            return Err(Error::Decrypt(crate::stream::DecryptError));
+            return Err(Error::Decrypt(crate::crypto::stream::DecryptError));
         }
         Ok(reader)
     }
@@ -1702,8 +1619,10 @@ impl Vault {
         self.fail.check()?;
         self.meta.close()?;
         if let Some(m) = self.open_marker.take() {
-            fs::remove_file(&m)
-                .map_err(|source| crate::store::StoreError::Io { what: format!("removing {}", m.display()), source })?;
+            fs::remove_file(&m).map_err(|source| crate::storage::StoreError::Io {
+                what: format!("removing {}", m.display()),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -1741,7 +1660,7 @@ fn deposit_key(o: &OwnerCtx, m: &NewDocument) -> Vec<u8> {
     let reference = m.reference.as_deref().unwrap_or("");
     let parts: [&[u8]; 4] =
         [m.digest.as_bytes(), m.doc_type.as_str().as_bytes(), reference.as_bytes(), issuer.as_bytes()];
-    key_of(prefix::DEPOSIT_INDEX, &[&o.op, &o.keys.deposit_tag(&parts)])
+    layout::deposit_index_key(&o.op, &o.keys.deposit_tag(&parts))
 }
 
 pub(crate) fn seal_record<T: Serialize>(keys: &OwnerKeys, key: &[u8], value: &T) -> Vec<u8> {

@@ -18,12 +18,14 @@ use serde::{Deserialize, Serialize};
 use time::macros::format_description;
 
 use crate::access::{Caller, Component, Principal, ReuseStatus};
-use crate::audit::{Actor, Draft};
+use crate::crypto::seal::{self, aad};
+use crate::engine::vault::Vault;
 use crate::ids::{AgencyId, DocType, Purpose};
-use crate::store::Op;
+use crate::log::audit::{Actor, Draft};
+use crate::storage::layout::{self, key_of, prefix};
+use crate::storage::Op;
 use crate::time::Timestamp;
-use crate::vault::{aad, key_of, prefix, Vault};
-use crate::{seal, Error};
+use crate::Error;
 
 /// Serialises rollups with queries (one writer of `R` keys at a time; tallies are never
 /// rewritten, so changes do not take it).
@@ -270,9 +272,7 @@ fn cell_of(d: &Draft, procedure: Option<&Purpose>, doc_type: Option<&DocType>) -
 
 impl Vault {
     fn tally_op(&self, d: &Draft, cells: &Cells) -> Op {
-        let mut key = vec![prefix::STATS];
-        key.extend_from_slice(&Day::of(d.time).key_bytes());
-        key.extend_from_slice(&crate::keys::random_array::<16>());
+        let key = layout::stats_tally_key(&Day::of(d.time).key_bytes(), &crate::crypto::keys::random_array::<16>());
         let cells: Vec<(&Cell, &Counters)> = cells.iter().collect();
         let value = seal::seal(&self.vault_records, &aad(&key), &serde_json::to_vec(&cells).unwrap_or_default());
         Op::Put(key, value)
@@ -314,9 +314,13 @@ impl Vault {
     }
 
     /// The plaintext size of a held content, if held.
-    pub(crate) fn held_size(&self, o: &crate::vault::OwnerCtx, digest: &crate::Digest) -> Result<Option<u64>, Error> {
-        let key = key_of(prefix::CONTENT, &[&o.op, &o.blob(digest).name]);
-        Ok(self.get_sealed::<crate::vault::ContentRecord>(&o.keys, &key)?.map(|r| r.size))
+    pub(crate) fn held_size(
+        &self,
+        o: &crate::engine::vault::OwnerCtx,
+        digest: &crate::Digest,
+    ) -> Result<Option<u64>, Error> {
+        let key = layout::content_key(&o.op, &o.blob(digest).name);
+        Ok(self.get_sealed::<crate::engine::vault::ContentRecord>(&o.keys, &key)?.map(|r| r.size))
     }
 
     /// Appends the audit entry `d` with `ops` (tallies) in its batch and waits until durable:
@@ -331,9 +335,9 @@ impl Vault {
     }
 
     fn open_cells(&self, k: &[u8], v: &[u8]) -> Result<Vec<(Cell, Counters)>, Error> {
-        let plain =
-            seal::open(&self.vault_records, &aad(k), v).map_err(|_| Error::Corrupt(crate::vault::describe_key(k)))?;
-        serde_json::from_slice(&plain).map_err(|_| Error::Corrupt(crate::vault::describe_key(k)))
+        let plain = seal::open(&self.vault_records, &aad(k), v)
+            .map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(k)))?;
+        serde_json::from_slice(&plain).map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(k)))
     }
 
     /// Folds every tally into its day's rollup (under `ROLLUP`).
@@ -341,7 +345,7 @@ impl Vault {
         let mut day: Option<(Day, Cells, Vec<Vec<u8>>)> = None;
         let flush = |this: &Self, day: Option<(Day, Cells, Vec<Vec<u8>>)>| -> Result<(), Error> {
             let Some((d, mut cells, keys)) = day else { return Ok(()) };
-            let rkey = key_of(prefix::STATS_DAY, &[&d.key_bytes()]);
+            let rkey = layout::stats_day_key(&d.key_bytes());
             if let Some(v) = this.meta().get(&rkey)? {
                 for (c, n) in this.open_cells(&rkey, &v)? {
                     cells.entry(c).or_default().add(&n);
@@ -356,7 +360,7 @@ impl Vault {
         };
         for item in self.meta().scan(&[prefix::STATS]) {
             let (k, v) = item?;
-            let d = Day::from_key(&k).ok_or_else(|| Error::Corrupt(crate::vault::describe_key(&k)))?;
+            let d = Day::from_key(&k).ok_or_else(|| Error::Corrupt(crate::engine::vault::describe_key(&k)))?;
             // One batch per day, and at most FOLD_BATCH tallies per batch.
             if day.as_ref().is_some_and(|(cur, _, keys)| *cur != d || keys.len() >= FOLD_BATCH) {
                 flush(self, day.take())?;
@@ -377,7 +381,7 @@ impl Vault {
         let today = Day::of(Timestamp::now());
         let to = q.to.unwrap_or(today);
         let _g = ROLLUP.lock().unwrap_or_else(|p| p.into_inner());
-        let _remote = self.meta().lock(crate::store::LockName::Named(ROLLUP_LOCK))?;
+        let _remote = self.meta().lock(crate::storage::LockName::Named(ROLLUP_LOCK))?;
         self.roll_up()?;
         let mut groups: BTreeMap<Option<String>, Counters> = BTreeMap::new();
         let mut first: Option<Day> = None;
@@ -403,7 +407,7 @@ impl Vault {
         for p in [prefix::STATS_DAY, prefix::STATS] {
             for item in self.meta().scan_from(&[p], &key_of(p, &[&start])) {
                 let (k, v) = item?;
-                let d = Day::from_key(&k).ok_or_else(|| Error::Corrupt(crate::vault::describe_key(&k)))?;
+                let d = Day::from_key(&k).ok_or_else(|| Error::Corrupt(crate::engine::vault::describe_key(&k)))?;
                 if d > to {
                     break;
                 }
@@ -440,7 +444,7 @@ impl Vault {
     /// only rollups (the server runs it every minute; every query does it too).
     pub fn fold_reuse_stats(&self) -> Result<(), Error> {
         let _g = ROLLUP.lock().unwrap_or_else(|p| p.into_inner());
-        let _remote = self.meta().lock(crate::store::LockName::Named(ROLLUP_LOCK))?;
+        let _remote = self.meta().lock(crate::storage::LockName::Named(ROLLUP_LOCK))?;
         self.roll_up()
     }
 

@@ -29,7 +29,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjPath;
 use object_store::{GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
 
-use crate::store::{BlobListing, BlobName, BlobRead, BlobStore, NewBlob, StoreError};
+use crate::storage::{BlobListing, BlobName, BlobRead, BlobStore, NewBlob, StoreError};
 
 /// Blobs up to this size are uploaded with one `PUT`; larger ones in parts.
 pub const MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
@@ -510,7 +510,7 @@ impl Seek for S3Read {
 
 impl BlobStore for S3Blobs {
     fn create(&self, owner: &[u8; 16]) -> Result<Box<dyn NewBlob>, StoreError> {
-        let path = self.spool.join(format!("{}{SPOOL_SUFFIX}", hex::encode(crate::keys::random_array::<16>())));
+        let path = self.spool.join(format!("{}{SPOOL_SUFFIX}", hex::encode(crate::crypto::keys::random_array::<16>())));
         let file = OpenOptions::new()
             .write(true)
             .read(true)

@@ -6,16 +6,15 @@ use std::fmt;
 use std::io::Read;
 use std::sync::Arc;
 
-use crate::document::Document;
-use crate::grants::Grant;
+use crate::crypto::keys::OwnerKeys;
+use crate::crypto::seal::{self, aad};
+use crate::crypto::stream::{blob_len, BlobReader};
+use crate::engine::document::Document;
+use crate::engine::grants::Grant;
+use crate::engine::vault::{describe_key, open_record, ContentRecord, OwnerRef, Vault, FORMAT};
 use crate::ids::DocumentId;
-use crate::keys::OwnerKeys;
-use crate::seal;
-use crate::store::BlobName;
-use crate::stream::{blob_len, BlobReader};
-use crate::vault::{
-    aad, describe_key, inline_key, key_of, open_record, prefix, ContentRecord, OwnerRef, Vault, FORMAT,
-};
+use crate::storage::layout::{self, inline_key, prefix, KEY_FORMAT};
+use crate::storage::BlobName;
 use crate::Error;
 
 /// One thing `check` found wrong.
@@ -121,7 +120,7 @@ impl Vault {
         let mut type_entries: Vec<(Vec<u8>, OwnerRef, [u8; 16], DocumentId)> = Vec::new();
         let mut doc_types: HashMap<(OwnerRef, DocumentId), [u8; 16]> = HashMap::new();
 
-        match meta.get(b"Mformat")? {
+        match meta.get(KEY_FORMAT)? {
             Some(f) if f == FORMAT.as_bytes() => {}
             _ => r.problem("vault record format", "missing or unknown format marker"),
         }
@@ -225,7 +224,7 @@ impl Vault {
         for ((op, id), tag) in &doc_types {
             if !type_entries.iter().any(|(_, o, t, i)| o == op && t == tag && i == id) {
                 r.problem(
-                    describe_key(&key_of(prefix::DOCUMENT, &[op, id.as_bytes()])),
+                    describe_key(&layout::document_key(op, id.as_bytes())),
                     "document missing from the type index",
                 );
             }
@@ -258,7 +257,7 @@ impl Vault {
             let (k, v) = item?;
             let ok = k.len() == 65
                 && owners.get(&split_ref::<16>(&k).0).is_some_and(|o| {
-                    open_record::<crate::supply::Supply>(&o.keys, &k, &v)
+                    open_record::<crate::engine::supply::Supply>(&o.keys, &k, &v)
                         .is_some_and(|s| o.keys.blob_name(&s.digest)[..] == k[17..49])
                 });
             if !ok {
@@ -352,11 +351,11 @@ impl Vault {
         sorted.sort_by_key(|a| a.0);
         for ((op, n), (rec, seen)) in sorted {
             let name = BlobName { owner: op, name: n };
-            let loc = || describe_key(&key_of(prefix::CONTENT, &[&op, &n]));
+            let loc = || describe_key(&layout::content_key(&op, &n));
             if seen != rec.refs {
                 r.problem(loc(), format!("reference count {} but {} documents point at it", rec.refs, seen));
             }
-            let file: Option<Box<dyn crate::store::BlobRead>> = if rec.inline {
+            let file: Option<Box<dyn crate::storage::BlobRead>> = if rec.inline {
                 let ikey = inline_key(&name);
                 inline.remove(&ikey);
                 if on_disk.contains(&name) {
@@ -364,7 +363,7 @@ impl Vault {
                 }
                 match meta.get(&ikey)? {
                     Some(b) if b.len() as u64 == blob_len(rec.size) => {
-                        Some(Box::new(std::io::Cursor::new(b)) as Box<dyn crate::store::BlobRead>)
+                        Some(Box::new(std::io::Cursor::new(b)) as Box<dyn crate::storage::BlobRead>)
                     }
                     Some(b) => {
                         r.problem(
@@ -423,7 +422,7 @@ impl Vault {
                 match ok {
                     Ok((n, true)) if n == rec.size => r.bytes_verified += n,
                     Ok(_) => r.problem(self.blobs().describe(&name), "content does not match its record"),
-                    Err(e) if crate::stream::is_decrypt_error(&e) => {
+                    Err(e) if crate::crypto::stream::is_decrypt_error(&e) => {
                         r.problem(self.blobs().describe(&name), "content fails authentication (altered or damaged)")
                     }
                     Err(e) => r.problem(self.blobs().describe(&name), format!("cannot read: {e}")),

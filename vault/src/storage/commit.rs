@@ -9,7 +9,7 @@
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use crate::store::StoreError;
+use crate::storage::StoreError;
 
 #[derive(Debug, Default)]
 struct State {

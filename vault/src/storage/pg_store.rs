@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use postgres::{Client, NoTls, Statement};
 
-use crate::store::{MetaStore, Op, ScanIter, StoreError};
+use crate::storage::{MetaStore, Op, ScanIter, StoreError};
 
 /// The schema version this build writes and reads (`vault_schema_version.version`). Version 2
 /// (the tables of version 1) marks a database that instances sharing it use (SPEC.md §9a
@@ -452,7 +452,7 @@ impl PgMeta {
 
     /// A read refused in the vault's non-blocking section (see the module's documentation).
     fn refuse_if_nonblocking() -> Result<(), StoreError> {
-        if crate::vault::in_nonblocking() {
+        if crate::storage::in_nonblocking() {
             return Err(StoreError::WouldBlock);
         }
         Ok(())
@@ -581,7 +581,7 @@ struct HeldLock {
     key: LockKey,
 }
 
-/// The advisory lock of a [`crate::store::LockName`]: an owner's is the one-key lock of the first
+/// The advisory lock of a [`crate::storage::LockName`]: an owner's is the one-key lock of the first
 /// eight bytes of its storage reference (a keyed hash); the vault's own are two-key locks in
 /// [`NAMED_LOCK_CLASS`], apart from every owner's.
 #[derive(Clone, Copy)]
@@ -617,7 +617,7 @@ struct TxRead<'a, 'b> {
     get: &'a Statement,
 }
 
-impl crate::store::MetaRead for TxRead<'_, '_> {
+impl crate::storage::MetaRead for TxRead<'_, '_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let mut tx = self.tx.borrow_mut();
         tx.query_opt(self.get, &[&key])
@@ -825,7 +825,7 @@ impl MetaStore for PgMeta {
         true
     }
 
-    fn sequenced(&self, build: &mut crate::store::SequencedBuild<'_>) -> Result<(), StoreError> {
+    fn sequenced(&self, build: &mut crate::storage::SequencedBuild<'_>) -> Result<(), StoreError> {
         off_runtime(|| {
             let mut lent = self.pool.get(&self.target)?;
             // A deadlock victim or a serialization failure was rolled back whole (nothing was
@@ -881,15 +881,15 @@ impl MetaStore for PgMeta {
         })
     }
 
-    fn lock(&self, name: crate::store::LockName<'_>) -> Result<Option<crate::store::RemoteLock>, StoreError> {
+    fn lock(&self, name: crate::storage::LockName<'_>) -> Result<Option<crate::storage::RemoteLock>, StoreError> {
         Self::refuse_if_nonblocking()?;
         // Owners' references are keyed hashes already; the vault's own locks have a class of
         // their own, so that no owner's lock is ever one of them.
         let key = match name {
-            crate::store::LockName::Owner(r) => {
+            crate::storage::LockName::Owner(r) => {
                 LockKey::Owner(i64::from_be_bytes([r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]]))
             }
-            crate::store::LockName::Named(n) => {
+            crate::storage::LockName::Named(n) => {
                 let h = blake3::hash(n.as_bytes());
                 let h = h.as_bytes();
                 LockKey::Named(i32::from_be_bytes([h[0], h[1], h[2], h[3]]))
@@ -902,7 +902,7 @@ impl MetaStore for PgMeta {
                 LockKey::Named(k) => c.execute("SELECT pg_advisory_lock($1, $2)", &[&NAMED_LOCK_CLASS, &k]),
             };
             match taken {
-                Ok(_) => Ok(Some(crate::store::RemoteLock(Box::new(HeldLock {
+                Ok(_) => Ok(Some(crate::storage::RemoteLock(Box::new(HeldLock {
                     pool: self.locks.clone(),
                     client: Some(c),
                     key,
@@ -911,16 +911,16 @@ impl MetaStore for PgMeta {
                     drop(c);
                     self.locks.closed();
                     let what = match &name {
-                        crate::store::LockName::Owner(_) => "an owner's change lock",
-                        crate::store::LockName::Named(n) => n,
+                        crate::storage::LockName::Owner(_) => "an owner's change lock",
+                        crate::storage::LockName::Named(n) => n,
                     };
                     Err(match &name {
                         _ if lock_not_available(&e) => StoreError::Unavailable(format!(
                             "PostgreSQL ({}): {what} was held by another call for longer than {LOCK_TIMEOUT}",
                             self.target
                         )),
-                        crate::store::LockName::Owner(_) => pg_err("taking an owner's change lock", &e),
-                        crate::store::LockName::Named(n) => pg_err(&format!("taking the lock {n}"), &e),
+                        crate::storage::LockName::Owner(_) => pg_err("taking an owner's change lock", &e),
+                        crate::storage::LockName::Named(n) => pg_err(&format!("taking the lock {n}"), &e),
                     })
                 }
             }

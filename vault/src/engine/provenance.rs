@@ -10,12 +10,14 @@ use base64::Engine as _;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::document::{check_text, NewDocument, Signature};
+use crate::crypto::seal::{self, aad};
+use crate::engine::document::{check_text, NewDocument, Signature};
+use crate::engine::vault::Vault;
 use crate::ids::{AgencyId, IdError, KeyId, OwnerId};
-use crate::store::Op;
+use crate::storage::layout::{self, prefix};
+use crate::storage::Op;
 use crate::time::Timestamp;
-use crate::vault::{aad, prefix, Vault};
-use crate::{seal, Error};
+use crate::Error;
 
 /// The first line of every statement.
 pub const STATEMENT_VERSION: &str = "vault-statement-v1";
@@ -156,21 +158,15 @@ impl Agency {
 pub const MAX_AGENCY_KEYS: usize = 100;
 
 fn agency_key(id: &AgencyId) -> Vec<u8> {
-    let mut k = vec![prefix::AGENCY];
-    k.extend_from_slice(id.as_str().as_bytes());
-    k
+    layout::agency_key(id.as_str().as_bytes())
 }
 
 /// Marks that a key id signed a stored document (so it cannot be dropped).
 fn used_key(agency: &AgencyId, key: &KeyId) -> Vec<u8> {
-    let mut k = vec![prefix::USED_KEY];
-    k.extend_from_slice(agency.as_str().as_bytes());
-    k.push(b'/');
-    k.extend_from_slice(key.as_str().as_bytes());
-    k
+    layout::used_key(agency.as_str().as_bytes(), key.as_str().as_bytes())
 }
 
-/// The name of the registry's change lock in a shared store ([`crate::store::MetaStore::lock`]).
+/// The name of the registry's change lock in a shared store ([`crate::storage::MetaStore::lock`]).
 const REGISTRY_LOCK: &str = "vault-registry";
 
 impl Vault {
@@ -185,7 +181,7 @@ impl Vault {
         id: &AgencyId,
         new: NewAgency,
         now: Timestamp,
-        audit: Option<&crate::audit::Draft>,
+        audit: Option<&crate::log::audit::Draft>,
     ) -> Result<(Agency, bool), Error> {
         check_text("name", &new.name, 200)?;
         if new.name.is_empty() {
@@ -204,7 +200,7 @@ impl Vault {
         }
         let _guard = self.registry_lock();
         // Registry changes of every instance sharing the store, one at a time.
-        let _remote = self.meta().lock(crate::store::LockName::Named(REGISTRY_LOCK))?;
+        let _remote = self.meta().lock(crate::storage::LockName::Named(REGISTRY_LOCK))?;
         let old = self.agency_uncached(id)?;
         if let Some(old) = &old {
             for k in &old.keys {
@@ -293,8 +289,10 @@ impl Vault {
         for item in self.meta().scan(&[prefix::AGENCY]) {
             let (k, v) = item?;
             let plain = seal::open(&self.vault_records, &aad(&k), &v)
-                .map_err(|_| Error::Corrupt(crate::vault::describe_key(&k)))?;
-            out.push(serde_json::from_slice(&plain).map_err(|_| Error::Corrupt(crate::vault::describe_key(&k)))?);
+                .map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(&k)))?;
+            out.push(
+                serde_json::from_slice(&plain).map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(&k)))?,
+            );
         }
         Ok(out)
     }

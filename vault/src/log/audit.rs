@@ -19,22 +19,23 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::keys::SecretKey;
+use crate::crypto::seal::{self, aad};
+use crate::engine::vault::{OwnerRef, Vault};
 use crate::ids::{DocumentId, OwnerId, Purpose};
-use crate::keys::SecretKey;
-use crate::merkle::{self, Hash};
-use crate::note;
-use crate::store::Op;
-use crate::tiles::{self, Edge, TileNodes};
+use crate::log::merkle::{self, Hash};
+use crate::log::note;
+use crate::log::tiles::{self, Edge, TileNodes};
+use crate::storage::layout::{self, entry_key, leaf_key, prefix, tile_key, KEY_AUDIT_SIZE};
+use crate::storage::Op;
 use crate::time::Timestamp;
-use crate::vault::{aad, key_of, prefix, OwnerRef, Vault};
-use crate::{seal, Error};
+use crate::Error;
 
 /// Changes computed while no entry can be appended ([`Vault::apply_audited_with`]).
 type More<'a> = Box<dyn FnMut() -> Result<Vec<Op>, Error> + Send + 'a>;
 
 /// The first line of every leaf.
 pub const LEAF_VERSION: &str = "vault-audit-v1";
-const KEY_SIZE: &[u8] = b"Maudit-size";
 
 /// Most entries the sequencer writes in one batch.
 pub const MAX_BATCH: usize = 256;
@@ -93,10 +94,10 @@ struct Queue {
     turn_waiters: usize,
     /// Queued calls whose caller went away ([`Vault::abandon_queued`]): their answers are
     /// dropped, and the grant write each carries is reported done once applied.
-    abandoned: HashMap<u64, Option<crate::grants::GrantWrite>>,
+    abandoned: HashMap<u64, Option<crate::engine::grants::GrantWrite>>,
     /// Grant writes of abandoned calls that are applied (or failed), to report done outside
     /// this lock (the grants lock is taken before it, never after).
-    done_grants: Vec<crate::grants::GrantWrite>,
+    done_grants: Vec<crate::engine::grants::GrantWrite>,
     /// A leader waits on `arrived` for more entries.
     lingering: bool,
     /// The turn was given to an async caller ([`Polled::Lead`]) for [`Vault::lead_queue`].
@@ -344,18 +345,6 @@ fn stored_size(v: Option<Vec<u8>>) -> Result<u64, Error> {
     }
 }
 
-fn leaf_key(index: u64) -> Vec<u8> {
-    key_of(prefix::LEAF, &[&index.to_be_bytes()])
-}
-
-fn tile_key(level: u8, index: u64) -> Vec<u8> {
-    key_of(prefix::TILE, &[&[level], &index.to_be_bytes()])
-}
-
-fn entry_key(op: &OwnerRef, index: u64) -> Vec<u8> {
-    key_of(prefix::OWNER_ENTRY, &[op, &index.to_be_bytes()])
-}
-
 /// A reference to `what` in leaf `index`: keyed BLAKE3 under the vault's audit reference key.
 fn reference(key: &SecretKey, index: u64, what: &str, data: &[u8]) -> String {
     let mut h = blake3::Hasher::new_keyed(key.expose());
@@ -445,7 +434,7 @@ pub struct InclusionProof {
 
 impl Vault {
     pub(crate) fn load_audit(&self) -> Result<(), Error> {
-        let size = stored_size(self.meta().get(KEY_SIZE)?)?;
+        let size = stored_size(self.meta().get(KEY_AUDIT_SIZE)?)?;
         if size > 0 && self.meta().get(&leaf_key(size - 1))?.is_none() {
             return Err(Error::Corrupt(format!("audit log: leaf {} is missing", size - 1)));
         }
@@ -458,7 +447,7 @@ impl Vault {
         self.audit.applied.store(size, Ordering::SeqCst);
         // The log never shrinks below, nor forks from, a checkpoint it signed.
         if let Some((signed, root)) = self.meta().signed_floor() {
-            let behind = |what: String| crate::store::StoreError::Damaged {
+            let behind = |what: String| crate::storage::StoreError::Damaged {
                 file: "the audit log in the metadata database".into(),
                 offset: None,
                 what,
@@ -706,7 +695,7 @@ impl Vault {
     /// with its batch (a queued change is never dropped), its answer is discarded, and `grant`,
     /// the grant write it carries, is reported done once it is applied. If this caller was the
     /// one to lead next, the next one is woken.
-    pub(crate) fn abandon_queued(&self, queued: Queued, grant: Option<crate::grants::GrantWrite>) {
+    pub(crate) fn abandon_queued(&self, queued: Queued, grant: Option<crate::engine::grants::GrantWrite>) {
         let id = queued.0;
         let mut q = self.audit.queue();
         q.waiters.remove(&id);
@@ -727,7 +716,7 @@ impl Vault {
     /// entry, tile and the new size as one atomic batch; returns its ticket and first index.
     ///
     /// On a shared store the batch is built inside the store's sequencer lock
-    /// ([`crate::store::MetaStore::sequenced`], the lease of SPEC.md §14): the stored size is
+    /// ([`crate::storage::MetaStore::sequenced`], the lease of SPEC.md §14): the stored size is
     /// read first, and if another instance appended since this one's last batch, the edge is
     /// rebuilt from the stored tiles before the entries are placed after it.
     fn write_batch(&self, batch: Vec<Request>) -> Result<(u64, u64), Error> {
@@ -758,7 +747,7 @@ impl Vault {
         // The store may run this more than once (a transaction it retried after a deadlock):
         // each run builds the whole batch afresh from what it reads.
         let written = self.apply_sequenced(&mut |r| {
-            let size = stored_size(r.get(KEY_SIZE)?)?;
+            let size = stored_size(r.get(KEY_AUDIT_SIZE)?)?;
             if size != edge.size() {
                 *edge = Edge::rebuild(size, |l, n| r.get(&tile_key(l, n)))?
                     .map_err(|e| Error::Corrupt(format!("audit log: {e}")))?;
@@ -829,7 +818,7 @@ impl Vault {
         for (l, n, bytes) in full.into_iter().chain(next.partials(top)) {
             ops.push(Op::Put(tile_key(l, n), bytes));
         }
-        ops.push(Op::Put(KEY_SIZE.to_vec(), next.size().to_be_bytes().to_vec()));
+        ops.push(Op::Put(KEY_AUDIT_SIZE.to_vec(), next.size().to_be_bytes().to_vec()));
         (ops, next, first)
     }
 
@@ -891,7 +880,7 @@ impl Vault {
         if self.meta().shared() {
             // Every instance's entries: the stored size (each batch commits durably), never
             // below what this one applied.
-            let stored = stored_size(self.meta().get(KEY_SIZE)?)?;
+            let stored = stored_size(self.meta().get(KEY_AUDIT_SIZE)?)?;
             return Ok(self.audit.applied.fetch_max(stored, Ordering::SeqCst).max(stored));
         }
         let size = self.audit.applied.load(Ordering::SeqCst);
@@ -1006,11 +995,13 @@ impl Vault {
     pub fn owner_entries(&self, owner: &OwnerId) -> Result<Vec<Entry>, Error> {
         let op = self.owner_ref(owner);
         let mut out = Vec::new();
-        for item in self.meta().scan(&key_of(prefix::OWNER_ENTRY, &[&op])) {
+        for item in self.meta().scan(&layout::entries_of(&op)) {
             let (k, v) = item?;
             let plain = seal::open(&self.vault_records, &aad(&k), &v)
-                .map_err(|_| Error::Corrupt(crate::vault::describe_key(&k)))?;
-            out.push(serde_json::from_slice(&plain).map_err(|_| Error::Corrupt(crate::vault::describe_key(&k)))?);
+                .map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(&k)))?;
+            out.push(
+                serde_json::from_slice(&plain).map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(&k)))?,
+            );
         }
         Ok(out)
     }
@@ -1029,15 +1020,17 @@ impl Vault {
         };
         let mut entries: Vec<Entry> = Vec::with_capacity(limit.get().min(64));
         let mut more = false;
-        for item in self.meta().scan_from(&key_of(prefix::OWNER_ENTRY, &[&op]), &entry_key(&op, first)) {
+        for item in self.meta().scan_from(&layout::entries_of(&op), &entry_key(&op, first)) {
             let (k, v) = item?;
             if entries.len() == limit.get() {
                 more = true;
                 break;
             }
             let plain = seal::open(&self.vault_records, &aad(&k), &v)
-                .map_err(|_| Error::Corrupt(crate::vault::describe_key(&k)))?;
-            entries.push(serde_json::from_slice(&plain).map_err(|_| Error::Corrupt(crate::vault::describe_key(&k)))?);
+                .map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(&k)))?;
+            entries.push(
+                serde_json::from_slice(&plain).map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(&k)))?,
+            );
         }
         let next = if more { entries.last().map(|e| e.index) } else { None };
         Ok(Page { entries, next })
@@ -1073,8 +1066,11 @@ impl Vault {
             None => Ok(None),
             Some(v) => {
                 let plain = seal::open(&self.vault_records, &aad(&key), &v)
-                    .map_err(|_| Error::Corrupt(crate::vault::describe_key(&key)))?;
-                Ok(Some(serde_json::from_slice(&plain).map_err(|_| Error::Corrupt(crate::vault::describe_key(&key)))?))
+                    .map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(&key)))?;
+                Ok(Some(
+                    serde_json::from_slice(&plain)
+                        .map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(&key)))?,
+                ))
             }
         }
     }
@@ -1109,7 +1105,9 @@ impl Vault {
                 Some(((l, n), _)) => {
                     problems.push((format!("audit tile {l}/{n}"), "does not match the leaves".to_owned()))
                 }
-                None => problems.push((crate::vault::describe_key(&k), "an audit tile beyond the tree".to_owned())),
+                None => {
+                    problems.push((crate::engine::vault::describe_key(&k), "an audit tile beyond the tree".to_owned()))
+                }
             }
         }
         for (l, n) in expected.into_keys() {
@@ -1143,7 +1141,7 @@ fn chunks(mut queued: Vec<Request>) -> Vec<Vec<Request>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::MasterKey;
+    use crate::crypto::keys::MasterKey;
     use std::time::Instant;
 
     fn draft(owner: &OwnerId) -> Draft {
@@ -1251,8 +1249,8 @@ mod tests {
     fn a_failed_batch_fails_every_caller_and_leaves_the_edge() {
         let dir = tempfile::tempdir().unwrap();
         let faults = crate::Faults::new();
-        let meta = crate::store::SledMeta::open(&dir.path().join("meta")).unwrap().with_faults(&faults);
-        let blobs = crate::store::FsBlobs::open(dir.path().join("blobs")).unwrap();
+        let meta = crate::storage::sled::SledMeta::open(&dir.path().join("meta")).unwrap().with_faults(&faults);
+        let blobs = crate::storage::files::FsBlobs::open(dir.path().join("blobs")).unwrap();
         let v = Vault::open_with(Box::new(meta), Box::new(blobs), &MasterKey::from_bytes([5; 32]), None).unwrap();
         let owner = OwnerId::parse("citizen:001099012345").unwrap();
         v.audit_now(&draft(&owner)).unwrap();
@@ -1284,7 +1282,7 @@ mod tests {
                 let h = merkle::leaf_hash(&v.leaf(i).unwrap());
                 for (l, j, h) in merkle::append_nodes(i, h, |l, j| Ok(mem[&(l, j)])).unwrap() {
                     mem.insert((l, j), h);
-                    ops.push(Op::Put(key_of(prefix::NODE, &[&[l], &j.to_be_bytes()]), h.to_vec()));
+                    ops.push(Op::Put(layout::node_key(l, j), h.to_vec()));
                 }
             }
             let root = v.audit_root(size).unwrap();

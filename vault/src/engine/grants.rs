@@ -6,12 +6,14 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::document::{check_text, Document};
+use crate::crypto::seal::{self, aad};
+use crate::engine::document::{check_text, Document};
+use crate::engine::vault::{seal_record, OwnerCtx, OwnerRef, Vault};
 use crate::ids::{AgencyId, DocType, DocumentId, GrantId, OwnerId, Purpose};
-use crate::store::Op;
+use crate::storage::layout;
+use crate::storage::Op;
 use crate::time::Timestamp;
-use crate::vault::{aad, key_of, prefix, seal_record, OwnerCtx, OwnerRef, Vault};
-use crate::{seal, Error};
+use crate::Error;
 
 /// The first line of every consent receipt.
 pub const RECEIPT_VERSION: &str = "vault-consent-receipt-v1";
@@ -135,7 +137,7 @@ pub fn receipt_text(g: &Grant) -> String {
 pub fn verify_receipt(r: &Receipt, vault_key: &[u8; 32]) -> bool {
     let Ok(sig) = B64.decode(&r.signature) else { return false };
     let Ok(sig) = <[u8; 64]>::try_from(sig.as_slice()) else { return false };
-    crate::provenance::PublicKey::from_bytes(*vault_key).is_ok_and(|k| k.verify(r.text.as_bytes(), &sig))
+    crate::engine::provenance::PublicKey::from_bytes(*vault_key).is_ok_and(|k| k.verify(r.text.as_bytes(), &sig))
 }
 
 /// Grant writes queued at the audit sequencer and perhaps not applied yet, by grant key: the
@@ -172,15 +174,15 @@ impl PendingGrants {
 pub(crate) struct GrantWrite {
     pub(crate) key: Vec<u8>,
     pub(crate) seq: u64,
-    pub(crate) _lock: Option<crate::store::RemoteLock>,
+    pub(crate) _lock: Option<crate::storage::RemoteLock>,
 }
 
 pub(crate) fn grant_key(op: &OwnerRef, id: &GrantId) -> Vec<u8> {
-    key_of(prefix::GRANT, &[op, id.as_bytes()])
+    layout::grant_key(op, id.as_bytes())
 }
 
 fn agency_index_key(agency: &AgencyId, id: &GrantId) -> Vec<u8> {
-    key_of(prefix::GRANT_BY_AGENCY, &[agency.as_str().as_bytes(), &[0], id.as_bytes()])
+    layout::agency_grant_key(agency.as_str().as_bytes(), id.as_bytes())
 }
 
 impl Vault {
@@ -272,11 +274,11 @@ impl Vault {
     pub(crate) fn grants_of(&self, o: &OwnerCtx) -> Result<Vec<Grant>, Error> {
         let mut out: Vec<Grant> = Vec::new();
         let epoch = self.records_epoch();
-        for item in self.meta().scan(&key_of(prefix::GRANT, &[&o.op])) {
+        for item in self.meta().scan(&layout::grants_of(&o.op)) {
             let (k, v) = item?;
             out.push(
                 self.open_cached(epoch, &o.keys, &k, &v)
-                    .ok_or_else(|| Error::Corrupt(crate::vault::describe_key(&k)))?,
+                    .ok_or_else(|| Error::Corrupt(crate::engine::vault::describe_key(&k)))?,
             );
         }
         out.sort_by_key(|g| (g.created_at, g.id));
@@ -286,13 +288,14 @@ impl Vault {
     /// Every grant given to `agency`, across owners.
     pub fn grants_to(&self, agency: &AgencyId) -> Result<Vec<Grant>, Error> {
         let mut out = Vec::new();
-        for item in self.meta().scan(&key_of(prefix::GRANT_BY_AGENCY, &[agency.as_str().as_bytes(), &[0]])) {
+        for item in self.meta().scan(&layout::agency_grants_of(agency.as_str().as_bytes())) {
             let (k, v) = item?;
             let op = seal::open(&self.vault_records, &aad(&k), &v)
-                .map_err(|_| Error::Corrupt(crate::vault::describe_key(&k)))?;
-            let op: OwnerRef = op.as_slice().try_into().map_err(|_| Error::Corrupt(crate::vault::describe_key(&k)))?;
+                .map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(&k)))?;
+            let op: OwnerRef =
+                op.as_slice().try_into().map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(&k)))?;
             let id = GrantId::from_bytes(
-                k[k.len() - 16..].try_into().map_err(|_| Error::Corrupt(crate::vault::describe_key(&k)))?,
+                k[k.len() - 16..].try_into().map_err(|_| Error::Corrupt(crate::engine::vault::describe_key(&k)))?,
             );
             // An erased owner's grants are gone with the owner key.
             let Some(o) = self.owner_by_ref(&op)? else { continue };

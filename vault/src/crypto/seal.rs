@@ -16,7 +16,14 @@ use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use zeroize::Zeroizing;
 
-use crate::keys::{random_array, SecretKey};
+use crate::crypto::keys::{random_array, SecretKey};
+
+/// Associated data of a sealed value: binds it to its metadata key.
+pub(crate) fn aad(key: &[u8]) -> Vec<u8> {
+    let mut a = b"vault-v1/".to_vec();
+    a.extend_from_slice(key);
+    a
+}
 
 const V1: u8 = 1;
 const V2: u8 = 2;
@@ -149,26 +156,26 @@ mod tests {
     fn item_10_4_a_value_sealed_in_the_old_format_still_opens() {
         // A version-1 value as the code before version 2 wrote it (fixed bytes: SPEC.md §12's
         // "sealed index key (nonce 01*12)" vector of the version-1 format).
-        let wrap = crate::keys::MasterKey::from_bytes([0x2a; 32]).wrap_key();
+        let wrap = crate::crypto::keys::MasterKey::from_bytes([0x2a; 32]).wrap_key();
         let old = hex::decode(
             "01010101010101010101010101d90c0517cca099a5702cc61d16e97d4688389efa1ac0b2c7bd4c058bb5674cc359303e133155df3d4665c34c246a8a93",
         )
         .unwrap();
         let index: Vec<u8> = (0x80..=0x9f).collect();
-        assert_eq!(open(&wrap, &crate::vault::aad(b"Mindex-key"), &old).unwrap().as_slice(), index.as_slice());
-        assert_eq!(seal_v1_with_nonce(&wrap, &crate::vault::aad(b"Mindex-key"), &index, [1; 12]), old);
+        assert_eq!(open(&wrap, &aad(b"Mindex-key"), &old).unwrap().as_slice(), index.as_slice());
+        assert_eq!(seal_v1_with_nonce(&wrap, &aad(b"Mindex-key"), &index, [1; 12]), old);
         // Changing its version byte to 2 does not make it open as the new format.
         let mut as_v2 = old.clone();
         as_v2[0] = 2;
-        assert_eq!(open(&wrap, &crate::vault::aad(b"Mindex-key"), &as_v2), Err(Unsealable));
+        assert_eq!(open(&wrap, &aad(b"Mindex-key"), &as_v2), Err(Unsealable));
     }
 
     #[test]
     fn item_10_4_a_vault_with_old_format_records_opens_and_reads() {
-        use crate::store::{MetaStore, Op};
+        use crate::storage::{MetaStore, Op};
         // Rewrite every sealed value of a vault in the version-1 format, as an old build left it.
         let dir = tempfile::tempdir().unwrap();
-        let master = crate::keys::MasterKey::from_bytes([5; 32]);
+        let master = crate::crypto::keys::MasterKey::from_bytes([5; 32]);
         let owner = crate::OwnerId::parse("citizen:001099012345").unwrap();
         let digest;
         {
@@ -178,9 +185,9 @@ mod tests {
         }
         let wrap = master.wrap_key();
         {
-            let meta = crate::store::SledMeta::open(&dir.path().join("meta")).unwrap();
+            let meta = crate::storage::sled::SledMeta::open(&dir.path().join("meta")).unwrap();
             let index_sealed = meta.get(b"Mindex-key").unwrap().unwrap();
-            let index_raw = open(&wrap, &crate::vault::aad(b"Mindex-key"), &index_sealed).unwrap();
+            let index_raw = open(&wrap, &aad(b"Mindex-key"), &index_sealed).unwrap();
             let index = SecretKey::from_bytes(index_raw.as_slice().try_into().unwrap());
             let mut rewritten = Vec::new();
             for item in meta.scan(b"") {
@@ -191,22 +198,22 @@ mod tests {
                 // Owner and vault keys are sealed with the master wrap key; records with the owner's.
                 let candidates: Vec<SecretKey> = {
                     let mut c = vec![SecretKey::from_bytes(*wrap.expose())];
-                    c.push(index.derive(crate::keys::ctx::VAULT_RECORDS));
+                    c.push(index.derive(crate::crypto::keys::ctx::VAULT_RECORDS));
                     if let Some(o) = meta.get(&[&b"O"[..], &k[1..17.min(k.len())]].concat()).unwrap() {
-                        let plain = open(&wrap, &crate::vault::aad(&[&b"O"[..], &k[1..17]].concat()), &o).unwrap();
-                        let ok =
-                            crate::keys::OwnerKeys::derive(&SecretKey::from_bytes(plain[..32].try_into().unwrap()));
+                        let plain = open(&wrap, &aad(&[&b"O"[..], &k[1..17]].concat()), &o).unwrap();
+                        let ok = crate::crypto::keys::OwnerKeys::derive(&SecretKey::from_bytes(
+                            plain[..32].try_into().unwrap(),
+                        ));
                         c.push(SecretKey::from_bytes(*ok.records.expose()));
                     }
                     c
                 };
                 let Some((key, plain)) =
-                    candidates.iter().find_map(|key| open(key, &crate::vault::aad(&k), &v).ok().map(|p| (key, p)))
+                    candidates.iter().find_map(|key| open(key, &aad(&k), &v).ok().map(|p| (key, p)))
                 else {
                     continue;
                 };
-                rewritten
-                    .push(Op::Put(k.clone(), seal_v1_with_nonce(key, &crate::vault::aad(&k), &plain, random_array())));
+                rewritten.push(Op::Put(k.clone(), seal_v1_with_nonce(key, &aad(&k), &plain, random_array())));
             }
             assert!(rewritten.len() >= 3, "{} values rewritten", rewritten.len());
             meta.apply(rewritten).unwrap();

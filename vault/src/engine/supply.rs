@@ -13,10 +13,11 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::vault::{open_record, ContentRecord, OwnerCtx, Vault};
 use crate::ids::{AgencyId, Digest};
-use crate::store::Op;
+use crate::storage::layout::{self, inline_key, prefix};
+use crate::storage::Op;
 use crate::time::Timestamp;
-use crate::vault::{inline_key, key_of, open_record, prefix, ContentRecord, OwnerCtx, Vault};
 use crate::Error;
 
 /// How long an agency's upload may wait for a document that uses it (api.md: 24 hours).
@@ -59,12 +60,12 @@ impl Supply {
 /// digest), and a keyed tag of the agency id (16). Neither id appears in clear; the records of
 /// one content are one prefix scan.
 pub(crate) fn supply_key(o: &OwnerCtx, digest: &Digest, agency: &AgencyId) -> Vec<u8> {
-    key_of(prefix::SUPPLY, &[&o.op, &o.keys.blob_name(digest), &agency_tag(o, agency)])
+    layout::supply_key(&o.op, &o.keys.blob_name(digest), &agency_tag(o, agency))
 }
 
 /// The prefix of every supply record of one content.
 pub(crate) fn supply_prefix(o: &OwnerCtx, digest: &Digest) -> Vec<u8> {
-    key_of(prefix::SUPPLY, &[&o.op, &o.keys.blob_name(digest)])
+    layout::supplies_of(&o.op, &o.keys.blob_name(digest))
 }
 
 fn agency_tag(o: &OwnerCtx, agency: &AgencyId) -> [u8; 16] {
@@ -216,7 +217,7 @@ impl Vault {
         };
         let delta = i8::from(s.pending()) - i8::from(was_pending);
         let key = supply_key(o, digest, agency);
-        (Op::Put(key.clone(), crate::vault::seal_record(&o.keys, &key, &s)), delta)
+        (Op::Put(key.clone(), crate::engine::vault::seal_record(&o.keys, &key, &s)), delta)
     }
 
     /// Applies a pending-count change made by [`Vault::supply_op`].
@@ -291,7 +292,7 @@ impl Vault {
     }
 
     fn content_refs(&self, o: &OwnerCtx, digest: &Digest) -> Result<u64, Error> {
-        let ckey = key_of(prefix::CONTENT, &[&o.op, &o.keys.blob_name(digest)]);
+        let ckey = layout::content_key(&o.op, &o.keys.blob_name(digest));
         Ok(self.get_sealed::<ContentRecord>(&o.keys, &ckey)?.map_or(0, |r| r.refs))
     }
 
@@ -308,13 +309,13 @@ impl Vault {
         let name = o.blob(&seen.digest);
         // On a shared store the owner's lock in the store first, as every change takes it: a
         // deposit at another instance may use the content meanwhile.
-        let _remote = self.meta().lock(crate::store::LockName::Owner(&o.op))?;
+        let _remote = self.meta().lock(crate::storage::LockName::Owner(&o.op))?;
         let _guard = self.stripe_of(&name);
         let current: Option<Supply> = self.get_sealed(&o.keys, key)?;
         if current.as_ref() != Some(seen) {
             return Ok(false);
         }
-        let ckey = key_of(prefix::CONTENT, &[&o.op, &name.name]);
+        let ckey = layout::content_key(&o.op, &name.name);
         let rec: Option<ContentRecord> = self.get_sealed(&o.keys, &ckey)?;
         if rec.as_ref().is_some_and(|r| r.refs > 0) && seen.used && seen.expired(now) {
             // A document uses it again (deposited meanwhile): keep the record.
@@ -351,7 +352,7 @@ mod tests {
 
     use super::*;
     use crate::access::Caller;
-    use crate::keys::MasterKey;
+    use crate::crypto::keys::MasterKey;
     use crate::OwnerId;
 
     /// Moves a supply record's time back by `secs`, as if it had been supplied that long ago.
@@ -360,7 +361,7 @@ mod tests {
         let mut s = v.supply_of(&o, digest, agency).unwrap().unwrap();
         s.supplied_at = s.supplied_at.plus_seconds(-secs);
         let key = supply_key(&o, digest, agency);
-        v.apply_durable(vec![Op::Put(key.clone(), crate::vault::seal_record(&o.keys, &key, &s))]).unwrap();
+        v.apply_durable(vec![Op::Put(key.clone(), crate::engine::vault::seal_record(&o.keys, &key, &s))]).unwrap();
     }
 
     #[test]
@@ -370,7 +371,7 @@ mod tests {
         let owner = OwnerId::parse("citizen:000000000001").unwrap();
         let (a, b) = (AgencyId::parse("ubnd-a").unwrap(), AgencyId::parse("ubnd-b").unwrap());
         for id in [&a, &b] {
-            let new = crate::provenance::NewAgency { name: id.to_string(), keys: vec![] };
+            let new = crate::engine::provenance::NewAgency { name: id.to_string(), keys: vec![] };
             v.put_agency_as(&Caller::operator(), id, new).unwrap();
         }
         let data = vec![7u8; 50_000];

@@ -29,7 +29,7 @@ use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use zeroize::Zeroizing;
 
-use crate::keys::{random_array, SecretKey};
+use crate::crypto::keys::{random_array, SecretKey};
 use crate::Digest;
 
 /// Plaintext bytes per chunk.

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Cursor, Seek, SeekFrom, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::store::{BlobListing, BlobName, BlobRead, BlobStore, MetaStore, NewBlob, Op, ScanIter, StoreError};
+use crate::storage::{BlobListing, BlobName, BlobRead, BlobStore, MetaStore, NewBlob, Op, ScanIter, StoreError};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update below is whole (a map insert or a replace of the state): a panic elsewhere

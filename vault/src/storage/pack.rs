@@ -1,4 +1,4 @@
-//! Pack files: where the embedded metadata store ([`crate::store::SledMeta`]) keeps the bytes
+//! Pack files: where the embedded metadata store ([`crate::storage::sled::SledMeta`]) keeps the bytes
 //! of small blobs (the `"B"` values of SPEC.md §8, "Inline blobs"), so that sled holds a
 //! 40-byte locator per small content instead of the content itself (SPEC.md §8, "Packs").
 //!
@@ -22,10 +22,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::store::StoreError;
+use crate::storage::StoreError;
 
 /// The first byte of the metadata keys whose values are kept in packs (inline blobs, §6).
-pub const BLOB_KEY_PREFIX: u8 = b'B';
+pub const BLOB_KEY_PREFIX: u8 = crate::storage::layout::prefix::INLINE_BLOB;
 /// The folder of the packs, inside the sled folder.
 pub const PACK_DIR: &str = "packs";
 /// The first bytes of a pack file.

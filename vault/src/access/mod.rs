@@ -10,15 +10,17 @@ use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{Actor, Draft, Entry, LeafProof, Page, PageLimit};
-use crate::document::{Document, NewDocument, Status};
-use crate::grants::{Grant, GrantStatus, NewGrant};
+use crate::crypto::seal::aad;
+use crate::engine::document::{Document, NewDocument, Status};
+use crate::engine::grants::{Grant, GrantStatus, NewGrant};
+use crate::engine::provenance::{Agency, NewAgency};
+use crate::engine::supply::By;
+use crate::engine::vault::{describe_key, seal_record, ContentReader, OwnerCtx, Stored, Vault};
 use crate::ids::{AgencyId, Digest, DocType, DocumentId, GrantId, OwnerId, Purpose};
-use crate::provenance::{Agency, NewAgency};
-use crate::store::Op;
-use crate::supply::By;
+use crate::log::audit::{Actor, Draft, Entry, LeafProof, Page, PageLimit};
+use crate::storage::layout;
+use crate::storage::Op;
 use crate::time::Timestamp;
-use crate::vault::{aad, describe_key, key_of, prefix, seal_record, ContentReader, OwnerCtx, Stored, Vault};
 use crate::Error;
 
 /// Most digests in one `contents/missing` question.
@@ -158,15 +160,15 @@ fn reuse_rank(d: &Document) -> (bool, Option<Timestamp>, Timestamp) {
 #[derive(Debug)]
 pub struct QueuedRead<T> {
     result: Result<T, Error>,
-    queued: crate::audit::Queued,
+    queued: crate::log::audit::Queued,
     /// The grant write queued with the entry (key, sequence), reported done at the finish.
-    grant: Option<crate::grants::GrantWrite>,
+    grant: Option<crate::engine::grants::GrantWrite>,
     answer: Option<Result<(u64, u64), Error>>,
 }
 
 /// A read decided and its entry queued: the value, the queued call and the grant write it
 /// carries (key, sequence), if any.
-type DecidedRead<T> = Result<(T, crate::audit::Queued, Option<crate::grants::GrantWrite>), Error>;
+type DecidedRead<T> = Result<(T, crate::log::audit::Queued, Option<crate::engine::grants::GrantWrite>), Error>;
 
 /// How a non-blocking start of an audited read went.
 #[derive(Debug)]
@@ -375,7 +377,7 @@ impl Vault {
         caller: &Caller,
         owner: &OwnerId,
         items: Vec<(R, NewDocument)>,
-    ) -> Result<Vec<Result<crate::vault::Put, Error>>, Error> {
+    ) -> Result<Vec<Result<crate::engine::vault::Put, Error>>, Error> {
         self.deferred(|| {
             items.into_iter().map(|(source, new)| self.put_document_as(caller, owner, source, new)).collect()
         })
@@ -492,10 +494,10 @@ impl Vault {
     /// the erasure's own, which erasure keeps while it removes every earlier one.
     fn erased(&self, owner: &OwnerId) -> Result<bool, Error> {
         let op = self.owner_ref(owner);
-        let Some(item) = self.meta().scan(&key_of(prefix::OWNER_ENTRY, &[&op])).next() else { return Ok(false) };
+        let Some(item) = self.meta().scan(&layout::entries_of(&op)).next() else { return Ok(false) };
         let (k, v) = item?;
-        let plain =
-            crate::seal::open(&self.vault_records, &aad(&k), &v).map_err(|_| Error::Corrupt(describe_key(&k)))?;
+        let plain = crate::crypto::seal::open(&self.vault_records, &aad(&k), &v)
+            .map_err(|_| Error::Corrupt(describe_key(&k)))?;
         let e: Entry = serde_json::from_slice(&plain).map_err(|_| Error::Corrupt(describe_key(&k)))?;
         Ok(e.action == "owner.erase" && e.outcome == "allowed")
     }
@@ -547,7 +549,7 @@ impl Vault {
         id: &GrantId,
         d: &Draft,
         tally: Op,
-    ) -> Result<(crate::audit::Queued, crate::grants::GrantWrite), Error> {
+    ) -> Result<(crate::log::audit::Queued, crate::engine::grants::GrantWrite), Error> {
         Ok({
             // The check and the count are one step under the lock, so max_uses is never
             // exceeded. The write is queued at the sequencer under the lock (writes of a grant
@@ -569,7 +571,7 @@ impl Vault {
                 return Err(Error::GrantRequired);
             }
             g.uses += 1;
-            let key = crate::grants::grant_key(&o.op, id);
+            let key = crate::engine::grants::grant_key(&o.op, id);
             let value = seal_record(&o.keys, &key, &g);
             let exhausted =
                 if g.terms.max_uses == Some(g.uses) { self.grant_exhausted_ops(&g, d.time)? } else { Vec::new() };
@@ -582,7 +584,7 @@ impl Vault {
             // The in-process lock ends here (this instance's later changes of the grant are
             // applied after this one, in queue order); the store's lock is held until it is
             // applied, for the other instances'.
-            let write = crate::grants::GrantWrite { key, seq, _lock: owner_guard.take_remote() };
+            let write = crate::engine::grants::GrantWrite { key, seq, _lock: owner_guard.take_remote() };
             (self.enqueue_audited(ops, d), write)
         })
     }
@@ -616,7 +618,7 @@ impl Vault {
     /// Runs the decision `f` of an audited read in a non-blocking section (see
     /// [`Vault::queue_read`]); one that would wait is not started.
     fn start_read<T>(&self, draft: Draft, f: impl FnOnce(&mut Draft) -> DecidedRead<T>) -> Started<T> {
-        crate::vault::nonblocking(|| match self.queue_read(draft, f) {
+        crate::storage::nonblocking(|| match self.queue_read(draft, f) {
             Ok(read) => Started::Queued(read),
             Err(_) => Started::Blocking,
         })
@@ -651,12 +653,12 @@ impl Vault {
             return ReadPoll::Ready;
         }
         match self.poll_queued(&read.queued, cx) {
-            crate::audit::Polled::Ready(a) => {
+            crate::log::audit::Polled::Ready(a) => {
                 read.answer = Some(a);
                 ReadPoll::Ready
             }
-            crate::audit::Polled::Pending => ReadPoll::Pending,
-            crate::audit::Polled::Lead => ReadPoll::Lead,
+            crate::log::audit::Polled::Pending => ReadPoll::Pending,
+            crate::log::audit::Polled::Lead => ReadPoll::Lead,
         }
     }
 
@@ -690,9 +692,9 @@ impl Vault {
         if let Some(w) = grant {
             self.grant_done(w);
         }
-        let (ticket, _) = answer.map_err(crate::audit::audit_failed)?;
+        let (ticket, _) = answer.map_err(crate::log::audit::audit_failed)?;
         // The leader made the batch durable before answering: this does not wait.
-        self.wait_ticket(ticket).map_err(crate::audit::audit_failed)?;
+        self.wait_ticket(ticket).map_err(crate::log::audit::audit_failed)?;
         result
     }
 
@@ -850,7 +852,7 @@ impl Vault {
                     g.revoked_at = Some(now);
                     events = self.grant_revoked_ops(&o.op, &g, now)?;
                 }
-                let key = crate::grants::grant_key(&o.op, id);
+                let key = crate::engine::grants::grant_key(&o.op, id);
                 let value = seal_record(&o.keys, &key, &g);
                 let seq = pending.queued(key.clone(), g);
                 let mut ops = vec![Op::Put(key.clone(), value)];

@@ -4,14 +4,13 @@
 //! is finished by running the rotation again with the same two keys. The old key is retired
 //! only after every wrapped key has been verified to open under the new one.
 
-use crate::keys::MasterKey;
-use crate::store::{MetaStore, Op};
-use crate::vault::{aad, prefix};
-use crate::{seal, Error};
+use crate::crypto::keys::MasterKey;
+use crate::crypto::seal::{self, aad};
+use crate::storage::layout::{prefix, KEY_INDEX_KEY, KEY_ROTATION, KEY_SIGNING};
+use crate::storage::{MetaStore, Op};
+use crate::Error;
 
-/// Present while a rotation is under way (sealed under the new master wrap key).
-pub(crate) const KEY_ROTATION: &[u8] = b"Mrotation";
-const WRAPPED: [&[u8]; 2] = [b"Mindex-key", b"Msigning-key"];
+const WRAPPED: [&[u8]; 2] = [KEY_INDEX_KEY, KEY_SIGNING];
 /// Records re-wrapped per durable batch.
 const BATCH: usize = 16;
 
@@ -29,7 +28,7 @@ pub struct RotationReport {
 /// Rotates the master key of the (closed) vault in `dir` from `old` to `new`.
 #[cfg(feature = "embedded")]
 pub fn rotate_master_key(dir: &std::path::Path, old: &MasterKey, new: &MasterKey) -> Result<RotationReport, Error> {
-    let meta = crate::store::SledMeta::open(&dir.join("meta"))?;
+    let meta = crate::storage::sled::SledMeta::open(&dir.join("meta"))?;
     rotate(&meta, old, new)
 }
 
@@ -68,8 +67,9 @@ pub fn rotate(meta: &dyn MetaStore, old: &MasterKey, new: &MasterKey) -> Result<
             report.already_new += 1;
             continue;
         }
-        let plain = seal::open(&old_wrap, &aad(key), &value)
-            .map_err(|_| Error::Corrupt(format!("{} opens with neither key", crate::vault::describe_key(key))))?;
+        let plain = seal::open(&old_wrap, &aad(key), &value).map_err(|_| {
+            Error::Corrupt(format!("{} opens with neither key", crate::engine::vault::describe_key(key)))
+        })?;
         batch.push(Op::Put(key.clone(), seal::seal(&new_wrap, &aad(key), &plain)));
         report.rewrapped += 1;
         if batch.len() == BATCH {
@@ -83,7 +83,7 @@ pub fn rotate(meta: &dyn MetaStore, old: &MasterKey, new: &MasterKey) -> Result<
     for key in &keys {
         if let Some(value) = meta.get(key)? {
             seal::open(&new_wrap, &aad(key), &value).map_err(|_| {
-                Error::Corrupt(format!("{} does not open with the new key", crate::vault::describe_key(key)))
+                Error::Corrupt(format!("{} does not open with the new key", crate::engine::vault::describe_key(key)))
             })?;
         }
     }
