@@ -224,7 +224,7 @@ fn truncated_or_missing_blobs_are_reported() {
 
 /// Flips one byte in a stored metadata value, bypassing the vault (as disk damage would).
 fn flip_meta_value(dir: &std::path::Path, prefix: u8) {
-    let db = sled::Config::new().path(dir.join("meta")).segment_size(8 << 20).open().unwrap();
+    let db = open_sled(dir);
     let (k, v) = db.scan_prefix([prefix]).next().unwrap().unwrap();
     let mut v = v.to_vec();
     let i = v.len() / 2;
@@ -441,7 +441,7 @@ fn small_contents_are_kept_inline_and_checked_like_files() {
         v.close().unwrap();
         d
     };
-    let db = sled::Config::new().path(dir.path().join("meta")).segment_size(8 << 20).open().unwrap();
+    let db = open_sled(dir.path());
     assert_eq!(db.scan_prefix([b'B']).count(), 2);
     drop(db);
     // A flipped byte in an inline blob's locator: reported by check --read-data, never served

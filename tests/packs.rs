@@ -51,7 +51,7 @@ fn small_contents_go_to_a_pack_and_sled_holds_only_locators() {
     }
     let total: usize = data.iter().map(|d| 80 + d.len() + 16).sum();
     assert_eq!(all_pack_bytes(dir.path()).len(), 8 + total);
-    let db = sled::Config::new().path(dir.path().join("meta")).segment_size(8 << 20).open().unwrap();
+    let db = open_sled(dir.path());
     for item in db.scan_prefix([b'B']) {
         let (_, v) = item.unwrap();
         assert_eq!(v.len(), vault::storage::pack::LOCATOR_LEN);
@@ -216,7 +216,7 @@ fn a_folder_of_format_1_opens_and_is_marked_format_2() {
         use vault::storage::MetaStore;
         let (k, blob) = meta.scan(b"B").next().unwrap().unwrap();
         drop(meta);
-        let db = sled::Config::new().path(dir.path().join("meta")).segment_size(8 << 20).open().unwrap();
+        let db = open_sled(dir.path());
         db.insert(&k, blob).unwrap();
         db.insert(b"Mformat", &b"vault-format-1"[..]).unwrap();
         db.flush().unwrap();
@@ -229,6 +229,6 @@ fn a_folder_of_format_1_opens_and_is_marked_format_2() {
     put_doc(&v, &a, &new, "cccd");
     assert!(v.check(true).unwrap().is_clean());
     v.close().unwrap();
-    let db = sled::Config::new().path(dir.path().join("meta")).segment_size(8 << 20).open().unwrap();
+    let db = open_sled(dir.path());
     assert_eq!(db.get(b"Mformat").unwrap().unwrap().as_ref(), b"vault-format-2");
 }

@@ -64,3 +64,19 @@ pub fn files_below(dir: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+/// Opens the sled database of a data folder directly (tests that look at or damage what is
+/// stored). sled's threads of a database closed a moment ago in this process let go of its file
+/// lock a little after the close returns (later on a loaded machine): wait up to 10 s for it.
+pub fn open_sled(data: &Path) -> sled::Db {
+    let start = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(data.join("meta")).segment_size(8 << 20).open() {
+            Ok(db) => return db,
+            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && start.elapsed().as_secs() < 10 => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("opening sled in {}: {e}", data.display()),
+        }
+    }
+}
