@@ -269,7 +269,10 @@ impl SledMeta {
             live.extend(crate::storage::pack::Locator::decode(&v));
         }
         // A value deleted and then written again at the same place is live, not dropped.
-        dropped.retain(|d| !live.contains(d));
+        if !dropped.is_empty() {
+            let live: std::collections::HashSet<&crate::storage::pack::Locator> = live.iter().collect();
+            dropped.retain(|d| !live.contains(d));
+        }
         packs.account(live.into_iter());
         if let Some(e) = expected {
             if (e.count, e.digest) != (count, digest) {
