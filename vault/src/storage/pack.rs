@@ -9,9 +9,10 @@
 //! journal's `fdatasync` makes the batch durable, replay rewrites the bytes at their place after
 //! a crash, and the packs are synced at every checkpoint, before the journal is emptied.
 //!
-//! A value that is deleted (or replaced) is overwritten with zeros as soon as the sync that
-//! makes its deletion durable has run, and that pack is synced then: the bytes of a deleted or
-//! erased content are gone from the data folder when the call that removed it returns. A pack
+//! A value that is deleted (or replaced) is overwritten with zeros as soon as the sync (or the
+//! checkpoint) that makes its deletion durable has run, and that pack is synced then: the bytes
+//! of a deleted or erased content are gone from the packs when the call that removed it
+//! returns. Only a range that still holds the value its locator was made for is zeroed. A pack
 //! holding less than half live bytes is compacted: its live values are written again at the end
 //! of the current pack (journaled like any put), and the emptied file is removed at the next
 //! checkpoint.
@@ -101,6 +102,11 @@ impl Locator {
 
     fn end(&self) -> u64 {
         self.offset + u64::from(self.len)
+    }
+
+    /// Whether a pack could hold this range (a damaged locator may claim any length or offset).
+    fn plausible(&self) -> bool {
+        self.len as usize <= MAX_PACKED && self.offset <= (i64::MAX as u64) - MAX_PACKED as u64
     }
 }
 
@@ -317,8 +323,8 @@ impl Packs {
     /// Reads the value at `loc`: `None` if its pack is missing; a value cut short (a damaged
     /// pack) is returned as far as it goes, for the blob's authentication to refuse.
     pub fn read(&self, loc: &Locator) -> Result<Option<Vec<u8>>, StoreError> {
-        if loc.len as usize > MAX_PACKED {
-            // A damaged locator: nothing that large was packed.
+        if !loc.plausible() {
+            // A damaged locator: nothing that large, or that far, was packed.
             return Ok(Some(Vec::new()));
         }
         let Some(file) = self.reader(loc.pack)? else { return Ok(None) };
@@ -390,6 +396,11 @@ impl Packs {
                 Err(e) => return Err(io_err("opening", &path)(e)),
             };
             for l in locs {
+                // Only the value the locator was made for is zeroed: a damaged locator must not
+                // destroy the values around it (its own bytes then stay, and `check` reports it).
+                if !l.plausible() || !self.read(l)?.is_some_and(|b| l.matches(&b)) {
+                    continue;
+                }
                 write_at(&file, &vec![0u8; l.len as usize], l.offset).map_err(io_err("zeroing pack", &path))?;
             }
             file.sync_data().map_err(io_err("syncing pack", &path))?;

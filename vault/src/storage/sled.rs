@@ -248,17 +248,23 @@ impl SledMeta {
             for (loc, bytes) in &b.packed {
                 packs.rewrite(loc, bytes)?;
             }
+            // What each op replaces, in order (a batch may put a key and then replace it).
+            let mut now: std::collections::HashMap<&[u8], Option<crate::storage::pack::Locator>> =
+                std::collections::HashMap::new();
             for op in &b.ops {
-                let key = match op {
-                    Op::Put(k, _) | Op::Delete(k) => k,
+                let (key, new) = match op {
+                    Op::Put(k, v) => (k.as_slice(), crate::storage::pack::Locator::decode(v)),
+                    Op::Delete(k) => (k.as_slice(), None),
                 };
-                if crate::storage::pack::is_blob_key(key) {
-                    if let Some(old) =
-                        db.get(key).map_err(sled_err)?.and_then(|v| crate::storage::pack::Locator::decode(&v))
-                    {
-                        dropped.push(old);
-                    }
+                if !crate::storage::pack::is_blob_key(key) {
+                    continue;
                 }
+                let prior = match now.get(key) {
+                    Some(l) => *l,
+                    None => db.get(key).map_err(sled_err)?.and_then(|v| crate::storage::pack::Locator::decode(&v)),
+                };
+                dropped.extend(prior);
+                now.insert(key, new);
             }
             db.apply_batch(batch_of(&b.ops)).map_err(sled_err)?;
         }
@@ -413,6 +419,10 @@ impl SledMeta {
         // The packs first: once the journal is emptied they are the only copy of their bytes.
         self.packs.sync().map_err(|e| self.stop(e))?;
         self.db.flush().map_err(|e| self.stop(sled_err(e)))?;
+        // Every journaled deletion is durable in sled now: the values it released are zeroed
+        // before the journal that records it is emptied (a crash after this leaves no
+        // deletion whose bytes nothing would zero).
+        self.packs.after_sync(u64::MAX).map_err(|e| self.stop(e))?;
         let mut anchor = self.anchor_lock();
         let next = Anchor { state: j.state, ..*anchor };
         next.write(&self.dir.join(ANCHOR_FILE)).map_err(|e| self.stop(e))?;
@@ -425,15 +435,32 @@ impl SledMeta {
         Ok(())
     }
 
-    /// The value of a blob key from its sled value: the pack's bytes for a locator (`None` if
-    /// its pack is gone; as far as they go if it is cut short), the value itself for one stored
-    /// whole (before packs, or too large to pack). The bytes are not hashed here: every blob
-    /// authenticates itself, bound to its owner and digest (§7), so damaged or misplaced bytes
-    /// fail as a blob and are never served.
-    fn unpack(&self, v: Vec<u8>) -> Result<Option<Vec<u8>>, StoreError> {
-        match crate::storage::pack::Locator::decode(&v) {
-            Some(loc) => self.packs.read(&loc),
-            None => Ok(Some(v)),
+    /// The value of blob key `key` from its sled value `v`: the pack's bytes for a locator
+    /// (`None` if its pack is gone), the value itself for one stored whole (before packs, or too
+    /// large to pack).
+    ///
+    /// A compaction may move the value between the read of its locator and the read of its
+    /// bytes (the old range is then zeroed, its pack removed): bytes that fail the locator's
+    /// check, or a missing pack, send the read back to sled for the current locator. With the
+    /// same locator, the bytes are returned as they are (damaged: the blob's authentication
+    /// refuses them, so they are reported by `check` and never served).
+    fn unpack(&self, key: &[u8], mut v: Vec<u8>) -> Result<Option<Vec<u8>>, StoreError> {
+        use crate::storage::pack::Locator;
+        let mut tries = 0;
+        loop {
+            let Some(loc) = Locator::decode(&v) else { return Ok(Some(v)) };
+            let read = self.packs.read(&loc);
+            if matches!(&read, Ok(Some(bytes)) if loc.matches(bytes)) {
+                return read;
+            }
+            tries += 1;
+            match self.db.get(key).map_err(sled_err)? {
+                // Moved: read it where it is now (a move happens once per compaction).
+                Some(now) if *now != *v && tries < 16 => v = now.to_vec(),
+                // Deleted meanwhile.
+                None => return Ok(None),
+                Some(_) => return read,
+            }
         }
     }
 
@@ -444,7 +471,7 @@ impl SledMeta {
         }
         // A locator whose pack is missing is returned as it is: it fails as a blob, and `check`
         // reports it.
-        let v = self.unpack(v.to_vec())?.unwrap_or_else(|| v.to_vec());
+        let v = self.unpack(&k, v.to_vec())?.unwrap_or_else(|| v.to_vec());
         Ok((k.to_vec(), v))
     }
 
@@ -532,7 +559,8 @@ impl SledMeta {
                 if !sparse.contains(&loc.pack) {
                     continue;
                 }
-                let Some(bytes) = self.packs.read(&loc)? else { continue };
+                // Unreadable (a damaged locator, a failed read): left where it is, for `check`.
+                let Ok(Some(bytes)) = self.packs.read(&loc) else { continue };
                 if !loc.matches(&bytes) {
                     // Damaged: moving it would hide the damage from `check` behind a new check.
                     continue;
@@ -565,7 +593,7 @@ impl SledMeta {
 impl MetaStore for SledMeta {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.db.get(key).map_err(sled_err)? {
-            Some(v) if crate::storage::pack::is_blob_key(key) => self.unpack(v.to_vec()),
+            Some(v) if crate::storage::pack::is_blob_key(key) => self.unpack(key, v.to_vec()),
             v => Ok(v.map(|v| v.to_vec())),
         }
     }
