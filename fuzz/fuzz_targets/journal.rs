@@ -8,7 +8,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vault::storage::journal::{decode, encode_ops, frame, MAGIC};
+use vault::storage::journal::{decode, encode_packed, frame, Batch, MAGIC};
+
+fn reencode(b: &Batch) -> Vec<u8> {
+    let packed: Vec<_> = b.packed.iter().map(|(loc, bytes)| (*loc, bytes.as_slice())).collect();
+    frame(encode_packed(&packed, &b.ops), b.state.as_ref())
+}
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(replay) = decode(data) {
@@ -16,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         if !replay.legacy && replay.intact > 0 {
             let mut again = MAGIC.to_vec();
             for b in &replay.batches {
-                again.extend(frame(encode_ops(&b.ops), b.state.as_ref()));
+                again.extend(reencode(b));
             }
             assert_eq!(again, &data[..replay.intact], "the intact prefix is the re-encoded batches");
         }
@@ -29,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(replay) => {
             assert_eq!(replay.intact, file.len(), "a whole, checksummed record is not a torn tail");
             match replay.batches.as_slice() {
-                [b] => assert_eq!(frame(encode_ops(&b.ops), b.state.as_ref()), rec, "a record re-encodes to itself"),
+                [b] => assert_eq!(reencode(b), rec, "a record re-encodes to itself"),
                 other => panic!("one record decoded as {} batches", other.len()),
             }
         }

@@ -14,6 +14,9 @@
 //!           optionally ending with 0x03 | sequence (u64) | key count (u64) | state digest (32)
 //! ```
 //!
+//! Pack-data ops, if any, come first (a pack-data op after a put or delete is damage), so that a
+//! record has exactly one encoding.
+//!
 //! A pack-data op carries the bytes of a small blob written to a pack (`pack.rs`) by the same
 //! batch, whose put op stores the blob's locator: replay writes the bytes at their place again.
 //!
@@ -266,6 +269,11 @@ fn decode_payload(mut p: &[u8]) -> Option<Batch> {
     while !p.is_empty() {
         let tag = take(&mut p, 1)?[0];
         if tag == PACK_DATA {
+            // Pack data comes before the batch's ops (as `encode_packed` writes it), so that a
+            // record has exactly one encoding.
+            if !ops.is_empty() {
+                return None;
+            }
             let pack = u32::from_be_bytes(take(&mut p, 4)?.try_into().ok()?);
             let offset = u64_of(&mut p)?;
             let n = len(&mut p)?;
@@ -487,6 +495,18 @@ mod tests {
             prop_assert_eq!(b.state, Some(state));
             let got: Vec<(crate::storage::pack::Locator, &[u8])> = b.packed.iter().map(|(l, v)| (*l, v.as_slice())).collect();
             prop_assert_eq!(got, locs);
+        }
+
+        #[test]
+        fn pack_data_after_an_op_is_damage(op in op(), bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            // The one encoding puts pack data first: the same op and pack data swapped around
+            // is refused, so a decoded record always re-encodes to its own bytes.
+            let loc = crate::storage::pack::Locator::of(1, 8, &bytes);
+            let mut payload = encode_ops(std::slice::from_ref(&op));
+            payload.extend(encode_packed(&[(loc, &bytes)], &[]));
+            let mut data = MAGIC.to_vec();
+            data.extend(frame(payload, None));
+            prop_assert!(decode(&data).is_err());
         }
 
         #[test]

@@ -241,7 +241,7 @@ impl SledMeta {
         }
         let replayed = replay.batches.len();
         let packs = crate::storage::pack::Packs::open(dir)?;
-        // Values the replayed batches deleted: zeroed once the replay is checkpointed.
+        // Values the replayed batches deleted: zeroed before the replay is checkpointed.
         let mut dropped = Vec::new();
         for b in &replay.batches {
             // The pack bytes first (a crash may have lost their pages), then the locators.
@@ -309,11 +309,13 @@ impl SledMeta {
             faults: Faults::default(),
             packs,
         };
+        // Deleted before the crash, durably (their records were synced): their bytes go before
+        // the checkpoint below syncs the packs and empties the journal, so that a crash in
+        // between cannot leave the bytes replay rewrote durable with no record left to zero them.
+        meta.packs.zero(&dropped)?;
         if replayed > 0 || anchor.is_none() {
             meta.checkpoint()?;
         }
-        // Deleted before the crash, durably (the checkpoint above): their bytes go now.
-        meta.packs.zero(&dropped)?;
         Ok(meta)
     }
 
