@@ -346,13 +346,20 @@ impl Packs {
         if let Some(f) = self.readers.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
             return Ok(Some(f.clone()));
         }
+        // Opened under the write lock, which `remove_retired` holds while it unlinks a pack:
+        // a handle opened before the unlink is never cached after it (it would keep a removed
+        // pack's disk space allocated for as long as the store is open).
+        let mut readers = self.readers.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = readers.get(&id) {
+            return Ok(Some(f.clone()));
+        }
         let path = self.path(id);
         let file = match File::open(&path) {
             Ok(f) => Arc::new(f),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("opening", &path)(e)),
         };
-        self.readers.write().unwrap_or_else(|p| p.into_inner()).insert(id, file.clone());
+        readers.insert(id, file.clone());
         Ok(Some(file))
     }
 
@@ -440,9 +447,14 @@ impl Packs {
             if self.lock_books().live.get(&id).copied().unwrap_or(0) > 0 {
                 continue;
             }
-            self.readers.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            // The cached handle goes, and the file is unlinked, under the readers' lock (see
+            // `reader`).
+            let mut readers = self.readers.write().unwrap_or_else(|p| p.into_inner());
+            readers.remove(&id);
             let path = self.path(id);
-            match fs::remove_file(&path) {
+            let unlinked = fs::remove_file(&path);
+            drop(readers);
+            match unlinked {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err("removing", &path)(e)),
@@ -562,6 +574,36 @@ mod tests {
         assert_eq!(packs.read(&b).unwrap().unwrap(), b"second");
         let raw = std::fs::read(dir.path().join(PACK_DIR).join(file_name(1))).unwrap();
         assert!(!raw.windows(11).any(|w| w == b"first value"));
+    }
+
+    #[test]
+    fn a_removed_pack_keeps_no_cached_handle_while_reads_race_its_removal() {
+        for _ in 0..100 {
+            let dir = tempfile::tempdir().unwrap();
+            let packs = Arc::new(Packs::open(dir.path()).unwrap());
+            let a = packs.append(&vec![7u8; 100 * 1024]).unwrap();
+            packs.release(a, 1);
+            packs.after_sync(1).unwrap();
+            // Pack 1 is sparse and current: a new pack becomes current, the next call retires 1.
+            assert_eq!(packs.sparse().unwrap(), vec![1]);
+            packs.sparse().unwrap();
+            assert!(packs.has_retired());
+            // The zeroing read pack 1 (and cached its handle): the racing read opens it afresh.
+            packs.readers.write().unwrap().clear();
+            let start = Arc::new(std::sync::Barrier::new(2));
+            let reader = {
+                let (packs, start) = (packs.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    packs.read(&a).unwrap();
+                })
+            };
+            start.wait();
+            assert_eq!(packs.remove_retired().unwrap(), 1);
+            reader.join().unwrap();
+            assert!(!dir.path().join(PACK_DIR).join(file_name(1)).exists());
+            assert!(packs.readers.read().unwrap().get(&1).is_none(), "a handle to a removed pack was cached");
+        }
     }
 
     #[test]
