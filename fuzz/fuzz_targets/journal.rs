@@ -12,7 +12,7 @@ use vault::storage::journal::{decode, encode_packed, frame, Batch, MAGIC};
 
 fn reencode(b: &Batch) -> Vec<u8> {
     let packed: Vec<_> = b.packed.iter().map(|(loc, bytes)| (*loc, bytes.as_slice())).collect();
-    frame(encode_packed(&packed, &b.ops), b.state.as_ref())
+    frame(encode_packed(&packed, &b.released, &b.ops), b.state.as_ref())
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -8,17 +8,22 @@
 //! file    = "VLTJRNL2" | record*
 //! record  = length of payload (u32) | first 4 bytes of BLAKE3("vault-journal-v2 length" | length)
 //!           | first 8 bytes of BLAKE3(payload) | payload
-//! payload = one or more ops: 0x01 | key length (u32) | key | value length (u32) | value   (put)
-//!                            0x02 | key length (u32) | key                               (delete)
-//!                            0x04 | pack id (u32) | offset (u64) | length (u32) | bytes  (pack data)
-//!           optionally ending with 0x03 | sequence (u64) | key count (u64) | state digest (32)
+//! payload = pack data*: 0x04 | pack id (u32) | offset (u64) | length (u32) | bytes
+//!           then releases*: 0x05 | locator (40 bytes, `pack.rs`)
+//!           then ops*: 0x01 | key length (u32) | key | value length (u32) | value   (put)
+//!                      0x02 | key length (u32) | key                               (delete)
+//!           then, optionally, 0x03 | sequence (u64) | key count (u64) | state digest (32)
 //! ```
 //!
-//! Pack-data ops, if any, come first (a pack-data op after a put or delete is damage), so that a
-//! record has exactly one encoding.
+//! The groups come in that order (a pack-data op after a release, put or delete, or a release
+//! after a put or delete, is damage), so that a record has exactly one encoding. The store
+//! writes the state op in every record; format-2 records without one (`encode`) are read too.
 //!
 //! A pack-data op carries the bytes of a small blob written to a pack (`pack.rs`) by the same
 //! batch, whose put op stores the blob's locator: replay writes the bytes at their place again.
+//! A release names the locator of a packed value the batch deletes or replaces: replay zeroes
+//! its range (if it still holds that value) whatever the database already holds, so a crash
+//! never leaves a deleted value's bytes behind.
 //!
 //! The length check makes a damaged length detectable, so replay can tell a *torn tail* (the
 //! last write, cut short by a crash: fewer bytes than a header, a header whose record runs past
@@ -53,6 +58,7 @@ const PUT: u8 = 1;
 const DELETE: u8 = 2;
 const STATE: u8 = 3;
 const PACK_DATA: u8 = 4;
+const RELEASE: u8 = 5;
 
 /// The metadata store's state after a batch: how many changes were ever applied, how many keys
 /// it holds and the digest of all its pairs (`storage/sled.rs`).
@@ -75,6 +81,8 @@ pub struct Batch {
     pub state: Option<State>,
     /// Bytes the batch wrote to packs, with where (pack-data ops).
     pub packed: Vec<(crate::storage::pack::Locator, Vec<u8>)>,
+    /// Packed values the batch deleted or replaced (release ops).
+    pub released: Vec<crate::storage::pack::Locator>,
 }
 
 /// Where and how a journal is damaged.
@@ -108,11 +116,16 @@ fn length_check(len: u32) -> [u8; 4] {
 
 /// Encodes the ops of a batch (the payload without its state op).
 pub fn encode_ops(ops: &[Op]) -> Vec<u8> {
-    encode_packed(&[], ops)
+    encode_packed(&[], &[], ops)
 }
 
-/// Encodes the pack data a batch wrote, then its ops (the payload without its state op).
-pub fn encode_packed(packed: &[(crate::storage::pack::Locator, &[u8])], ops: &[Op]) -> Vec<u8> {
+/// Encodes the pack data a batch wrote, the packed values it released, then its ops (the
+/// payload without its state op).
+pub fn encode_packed(
+    packed: &[(crate::storage::pack::Locator, &[u8])],
+    released: &[crate::storage::pack::Locator],
+    ops: &[Op],
+) -> Vec<u8> {
     let mut payload = Vec::new();
     for (loc, bytes) in packed {
         payload.push(PACK_DATA);
@@ -120,6 +133,10 @@ pub fn encode_packed(packed: &[(crate::storage::pack::Locator, &[u8])], ops: &[O
         payload.extend_from_slice(&loc.offset.to_be_bytes());
         payload.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
         payload.extend_from_slice(bytes);
+    }
+    for loc in released {
+        payload.push(RELEASE);
+        payload.extend_from_slice(&loc.encode());
     }
     for op in ops {
         match op {
@@ -266,12 +283,21 @@ fn decode_payload(mut p: &[u8]) -> Option<Batch> {
     let mut ops = Vec::new();
     let mut state = None;
     let mut packed = Vec::new();
+    let mut released = Vec::new();
     while !p.is_empty() {
         let tag = take(&mut p, 1)?[0];
-        if tag == PACK_DATA {
-            // Pack data comes before the batch's ops (as `encode_packed` writes it), so that a
-            // record has exactly one encoding.
+        if tag == RELEASE {
+            // After pack data, before the ops (as `encode_packed` writes them).
             if !ops.is_empty() {
+                return None;
+            }
+            released.push(crate::storage::pack::Locator::decode(take(&mut p, crate::storage::pack::LOCATOR_LEN)?)?);
+            continue;
+        }
+        if tag == PACK_DATA {
+            // Pack data comes before the batch's releases and ops (as `encode_packed` writes
+            // them), so that a record has exactly one encoding.
+            if !ops.is_empty() || !released.is_empty() {
                 return None;
             }
             let pack = u32::from_be_bytes(take(&mut p, 4)?.try_into().ok()?);
@@ -304,7 +330,7 @@ fn decode_payload(mut p: &[u8]) -> Option<Batch> {
             _ => return None,
         }
     }
-    Some(Batch { ops, state, packed })
+    Some(Batch { ops, state, packed, released })
 }
 
 /// The open journal file.
@@ -482,12 +508,14 @@ mod tests {
         }
 
         #[test]
-        fn pack_data_round_trips(ops in proptest::collection::vec(op(), 0..4), packed in proptest::collection::vec((any::<u32>(), 0..u64::MAX / 2, proptest::collection::vec(any::<u8>(), 0..64)), 0..4)) {
+        fn pack_data_round_trips(ops in proptest::collection::vec(op(), 0..4), packed in proptest::collection::vec((any::<u32>(), 0..u64::MAX / 2, proptest::collection::vec(any::<u8>(), 0..64)), 0..4), released in proptest::collection::vec((any::<u32>(), 0..u64::MAX / 2, proptest::collection::vec(any::<u8>(), 0..64)), 0..3)) {
+            let rel: Vec<crate::storage::pack::Locator> =
+                released.iter().map(|(p, o, b)| crate::storage::pack::Locator::of(*p, *o, b)).collect();
             let locs: Vec<(crate::storage::pack::Locator, &[u8])> =
                 packed.iter().map(|(p, o, b)| (crate::storage::pack::Locator::of(*p, *o, b), b.as_slice())).collect();
             let state = State { seq: 1, count: 2, digest: [3; 32] };
             let mut data = MAGIC.to_vec();
-            data.extend(frame(encode_packed(&locs, &ops), Some(&state)));
+            data.extend(frame(encode_packed(&locs, &rel, &ops), Some(&state)));
             let r = decode(&data).unwrap();
             prop_assert_eq!(r.batches.len(), 1);
             let b = &r.batches[0];
@@ -495,6 +523,7 @@ mod tests {
             prop_assert_eq!(b.state, Some(state));
             let got: Vec<(crate::storage::pack::Locator, &[u8])> = b.packed.iter().map(|(l, v)| (*l, v.as_slice())).collect();
             prop_assert_eq!(got, locs);
+            prop_assert_eq!(&b.released, &rel);
         }
 
         #[test]
@@ -503,7 +532,27 @@ mod tests {
             // is refused, so a decoded record always re-encodes to its own bytes.
             let loc = crate::storage::pack::Locator::of(1, 8, &bytes);
             let mut payload = encode_ops(std::slice::from_ref(&op));
-            payload.extend(encode_packed(&[(loc, &bytes)], &[]));
+            payload.extend(encode_packed(&[(loc, &bytes)], &[], &[]));
+            let mut data = MAGIC.to_vec();
+            data.extend(frame(payload, None));
+            prop_assert!(decode(&data).is_err());
+        }
+
+        #[test]
+        fn a_release_out_of_its_place_is_damage(op in op(), bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let loc = crate::storage::pack::Locator::of(1, 8, &bytes);
+            // A release after an op, and pack data after a release, are refused.
+            for payload in [
+                [encode_ops(std::slice::from_ref(&op)), encode_packed(&[], &[loc], &[])].concat(),
+                [encode_packed(&[], &[loc], &[]), encode_packed(&[(loc, &bytes)], &[], &[])].concat(),
+            ] {
+                let mut data = MAGIC.to_vec();
+                data.extend(frame(payload, None));
+                prop_assert!(decode(&data).is_err());
+            }
+            // A release whose 40 bytes are not a locator is refused.
+            let mut payload = vec![RELEASE];
+            payload.extend_from_slice(&[0u8; crate::storage::pack::LOCATOR_LEN]);
             let mut data = MAGIC.to_vec();
             data.extend(frame(payload, None));
             prop_assert!(decode(&data).is_err());

@@ -142,6 +142,20 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     std::os::windows::fs::FileExt::seek_read(file, buf, offset)
 }
 
+/// Whether an open file still has a name (a pack removed since it was opened has none).
+#[cfg(unix)]
+fn still_linked(file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // A failed `fstat` is taken as unlinked: the handle is used once and not cached.
+    file.metadata().is_ok_and(|m| m.nlink() > 0)
+}
+
+/// Whether an open file still has a name (elsewhere an open file cannot be removed).
+#[cfg(not(unix))]
+fn still_linked(_: &File) -> bool {
+    true
+}
+
 fn io_err(what: impl std::fmt::Display, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
     let what = format!("{what} {}", path.display());
     move |source| StoreError::Io { what, source }
@@ -346,20 +360,23 @@ impl Packs {
         if let Some(f) = self.readers.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
             return Ok(Some(f.clone()));
         }
-        // Opened under the write lock, which `remove_retired` holds while it unlinks a pack:
-        // a handle opened before the unlink is never cached after it (it would keep a removed
-        // pack's disk space allocated for as long as the store is open).
-        let mut readers = self.readers.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = readers.get(&id) {
-            return Ok(Some(f.clone()));
-        }
         let path = self.path(id);
         let file = match File::open(&path) {
             Ok(f) => Arc::new(f),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("opening", &path)(e)),
         };
-        readers.insert(id, file.clone());
+        // `remove_retired` unlinks a pack, then drops its handle under this lock: a handle
+        // opened before the unlink is cached only if the file still has a name, checked under
+        // the lock, so it is never cached after that drop (it would keep a removed pack's disk
+        // space allocated for as long as the store is open).
+        let mut readers = self.readers.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = readers.get(&id) {
+            return Ok(Some(f.clone()));
+        }
+        if still_linked(&file) {
+            readers.insert(id, file.clone());
+        }
         Ok(Some(file))
     }
 
@@ -447,13 +464,10 @@ impl Packs {
             if self.lock_books().live.get(&id).copied().unwrap_or(0) > 0 {
                 continue;
             }
-            // The cached handle goes, and the file is unlinked, under the readers' lock (see
-            // `reader`).
-            let mut readers = self.readers.write().unwrap_or_else(|p| p.into_inner());
-            readers.remove(&id);
             let path = self.path(id);
             let unlinked = fs::remove_file(&path);
-            drop(readers);
+            // After the unlink (see `reader`).
+            self.readers.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
             match unlinked {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -248,7 +248,12 @@ impl SledMeta {
             for (loc, bytes) in &b.packed {
                 packs.rewrite(loc, bytes)?;
             }
-            // What each op replaces, in order (a batch may put a key and then replace it).
+            // What the batch released, as its record says: sled may already hold the batch (it
+            // writes its buffers by itself, and a checkpoint may have flushed it before a crash
+            // stopped the zeroing), so what it held before cannot be read back there.
+            dropped.extend(b.released.iter().copied());
+            // And what each op replaces, in order, as sled holds it (for records written before
+            // releases were journaled; a locator found both ways is zeroed once, harmlessly).
             let mut now: std::collections::HashMap<&[u8], Option<crate::storage::pack::Locator>> =
                 std::collections::HashMap::new();
             for op in &b.ops {
@@ -523,7 +528,7 @@ impl SledMeta {
             }
         }
         let refs: Vec<(Locator, &[u8])> = packed.iter().map(|(l, v)| (*l, v.as_slice())).collect();
-        let payload = crate::storage::journal::encode_packed(&refs, &out);
+        let payload = crate::storage::journal::encode_packed(&refs, &released, &out);
         self.journaled(j, &out, payload, || self.db.apply_batch(batch_of(&out)).map_err(sled_err))?;
         let seq = j.state.seq;
         for l in released {
@@ -700,5 +705,66 @@ mod tests {
         assert_eq!(meta.get(b"Mold").unwrap().as_deref(), Some(&b"value"[..]));
         drop(meta);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A copy of a store's folder as a crash would leave it at this instant (files only).
+    fn snapshot(from: &Path, to: &Path) {
+        fs::create_dir_all(to).unwrap();
+        for e in fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                snapshot(&e.path(), &to.join(e.file_name()));
+            } else {
+                fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    fn packs_hold(dir: &Path, needle: &[u8]) -> bool {
+        fs::read_dir(dir.join(crate::storage::pack::PACK_DIR))
+            .unwrap()
+            .any(|e| fs::read(e.unwrap().path()).unwrap().windows(needle.len()).any(|w| w == needle))
+    }
+
+    const SECRET: &[u8] = b"a deleted value that must not outlive a crash";
+
+    #[test]
+    fn a_replayed_delete_zeroes_its_value_when_sled_already_holds_the_delete() {
+        // A crash after a checkpoint flushed sled but before it zeroed the released values
+        // (or sled writing its buffers by itself): sled holds the delete, the journal too.
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SledMeta::open(dir.path()).unwrap();
+        meta.apply(vec![Op::Put(b"Bsecret".to_vec(), SECRET.to_vec())]).unwrap();
+        meta.checkpoint().unwrap();
+        meta.apply(vec![Op::Delete(b"Bsecret".to_vec())]).unwrap();
+        meta.sync_file.sync_data().unwrap();
+        meta.db.flush().unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let crashed = copy.path().join("crashed");
+        snapshot(dir.path(), &crashed);
+        drop(meta);
+        assert!(packs_hold(&crashed, SECRET), "the crash left the bytes (else this tests nothing)");
+        let meta = SledMeta::open(&crashed).unwrap();
+        assert_eq!(meta.get(b"Bsecret").unwrap(), None);
+        assert!(!packs_hold(&crashed, SECRET), "a replayed delete left its value's bytes");
+    }
+
+    #[test]
+    fn a_replayed_replacement_zeroes_the_old_value_when_sled_already_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SledMeta::open(dir.path()).unwrap();
+        meta.apply(vec![Op::Put(b"Bk".to_vec(), SECRET.to_vec())]).unwrap();
+        meta.checkpoint().unwrap();
+        meta.apply(vec![Op::Put(b"Bk".to_vec(), b"the new value".to_vec())]).unwrap();
+        meta.sync_file.sync_data().unwrap();
+        meta.db.flush().unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let crashed = copy.path().join("crashed");
+        snapshot(dir.path(), &crashed);
+        drop(meta);
+        assert!(packs_hold(&crashed, SECRET));
+        let meta = SledMeta::open(&crashed).unwrap();
+        assert_eq!(meta.get(b"Bk").unwrap().as_deref(), Some(&b"the new value"[..]));
+        assert!(!packs_hold(&crashed, SECRET), "a replayed replacement left the old value's bytes");
     }
 }
