@@ -73,7 +73,11 @@ pub fn open_sled(data: &Path) -> sled::Db {
     loop {
         match sled::Config::new().path(data.join("meta")).segment_size(8 << 20).open() {
             Ok(db) => return db,
-            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && start.elapsed().as_secs() < 10 => {
+            // sled reports a held lock as an `Other` error naming the lock.
+            Err(sled::Error::Io(e))
+                if (e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock"))
+                    && start.elapsed().as_secs() < 10 =>
+            {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(e) => panic!("opening sled in {}: {e}", data.display()),

@@ -184,11 +184,12 @@ impl SledMeta {
         // sled's own threads of a database just closed in this process let go of its file lock
         // a moment after the close returns (longer on a loaded machine): a reopen waits up to
         // 10 s for them before it reports the folder as in use.
-        let held = |e: &sled::Error| matches!(e, sled::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock);
+        // (sled reports a held lock as an `Other` I/O error naming the lock, not as
+        // `WouldBlock`: `is_locked` matches both.)
         let mut db = open();
         for _ in 0..1000 {
             match &db {
-                Err(e) if held(e) => {
+                Err(e) if is_locked(e) => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                     db = open();
                 }
@@ -705,6 +706,21 @@ mod tests {
         assert_eq!(meta.get(b"Mold").unwrap().as_deref(), Some(&b"value"[..]));
         drop(meta);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_open_waits_for_a_lock_released_a_moment_later() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledMeta::open(dir.path()).unwrap());
+        // Another holder of the folder's lock (as sled's threads of a vault just closed are).
+        let held = sled::Config::new().path(dir.path()).segment_size(SEGMENT_SIZE).open().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(held);
+        });
+        let meta = SledMeta::open(dir.path()).unwrap();
+        release.join().unwrap();
+        drop(meta);
     }
 
     /// A copy of a store's folder as a crash would leave it at this instant (files only).
