@@ -83,16 +83,9 @@ fn observe(v: &Vault) -> Result<String, Error> {
     Ok(s)
 }
 
-/// Opens, waiting for sled's threads of a just-closed vault to let go of its lock.
+/// Opens (`Vault::open` itself waits for sled's threads of a vault just closed in this process
+/// to let go of its lock).
 fn open(dir: &Path) -> Result<Vault, Error> {
-    for _ in 0..100 {
-        match Vault::open(dir, &master()) {
-            Err(Error::Store(vault::storage::StoreError::Locked(_))) => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            other => return other,
-        }
-    }
     Vault::open(dir, &master())
 }
 

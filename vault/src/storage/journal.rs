@@ -257,6 +257,10 @@ fn decode_v1(data: &[u8]) -> Result<Replay, Damage> {
         if batch.state.is_some() {
             return Err(damage("a format-1 record carries a state"));
         }
+        if !batch.packed.is_empty() || !batch.released.is_empty() {
+            // Format 1 predates packs.
+            return Err(damage("a format-1 record carries pack data or releases"));
+        }
         out.batches.push(batch);
         pos += 12 + len;
     }
@@ -556,6 +560,18 @@ mod tests {
             let mut data = MAGIC.to_vec();
             data.extend(frame(payload, None));
             prop_assert!(decode(&data).is_err());
+        }
+
+        #[test]
+        fn a_format_1_record_with_pack_data_or_a_release_is_damage(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let loc = crate::storage::pack::Locator::of(1, 8, &bytes);
+            for payload in [encode_packed(&[(loc, &bytes)], &[], &[]), encode_packed(&[], &[loc], &[])] {
+                let mut data = Vec::new();
+                data.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+                data.extend_from_slice(&blake3::hash(&payload).as_bytes()[..8]);
+                data.extend(payload);
+                prop_assert!(decode(&data).is_err());
+            }
         }
 
         #[test]

@@ -142,20 +142,6 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     std::os::windows::fs::FileExt::seek_read(file, buf, offset)
 }
 
-/// Whether an open file still has a name (a pack removed since it was opened has none).
-#[cfg(unix)]
-fn still_linked(file: &File) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    // A failed `fstat` is taken as unlinked: the handle is used once and not cached.
-    file.metadata().is_ok_and(|m| m.nlink() > 0)
-}
-
-/// Whether an open file still has a name (elsewhere an open file cannot be removed).
-#[cfg(not(unix))]
-fn still_linked(_: &File) -> bool {
-    true
-}
-
 fn io_err(what: impl std::fmt::Display, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
     let what = format!("{what} {}", path.display());
     move |source| StoreError::Io { what, source }
@@ -199,7 +185,16 @@ pub struct Packs {
     current: Mutex<Current>,
     books: Mutex<Books>,
     /// Read handles, opened on first use.
-    readers: RwLock<HashMap<u32, Arc<File>>>,
+    readers: RwLock<Readers>,
+}
+
+/// The cache of read handles.
+#[derive(Debug, Default)]
+struct Readers {
+    open: HashMap<u32, Arc<File>>,
+    /// Packs removed (or being removed): their handles are never cached again (pack ids are
+    /// never reused while the store is open).
+    removed: std::collections::HashSet<u32>,
 }
 
 /// What [`Packs::stats`] reports.
@@ -236,7 +231,7 @@ impl Packs {
             dir,
             current: Mutex::new(current),
             books: Mutex::new(Books::default()),
-            readers: RwLock::new(HashMap::new()),
+            readers: RwLock::new(Readers::default()),
         })
     }
 
@@ -357,7 +352,7 @@ impl Packs {
     }
 
     fn reader(&self, id: u32) -> Result<Option<Arc<File>>, StoreError> {
-        if let Some(f) = self.readers.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
+        if let Some(f) = self.readers.read().unwrap_or_else(|p| p.into_inner()).open.get(&id) {
             return Ok(Some(f.clone()));
         }
         let path = self.path(id);
@@ -366,16 +361,15 @@ impl Packs {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("opening", &path)(e)),
         };
-        // `remove_retired` unlinks a pack, then drops its handle under this lock: a handle
-        // opened before the unlink is cached only if the file still has a name, checked under
-        // the lock, so it is never cached after that drop (it would keep a removed pack's disk
-        // space allocated for as long as the store is open).
+        // `remove_retired` marks a pack removed, and drops its handle, under this lock before
+        // it unlinks the file: a handle opened before the unlink is never cached after that (it
+        // would keep a removed pack's disk space allocated for as long as the store is open).
         let mut readers = self.readers.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = readers.get(&id) {
+        if let Some(f) = readers.open.get(&id) {
             return Ok(Some(f.clone()));
         }
-        if still_linked(&file) {
-            readers.insert(id, file.clone());
+        if !readers.removed.contains(&id) {
+            readers.open.insert(id, file.clone());
         }
         Ok(Some(file))
     }
@@ -464,11 +458,14 @@ impl Packs {
             if self.lock_books().live.get(&id).copied().unwrap_or(0) > 0 {
                 continue;
             }
+            // Before the unlink, and without holding the lock across it (see `reader`).
+            {
+                let mut readers = self.readers.write().unwrap_or_else(|p| p.into_inner());
+                readers.removed.insert(id);
+                readers.open.remove(&id);
+            }
             let path = self.path(id);
-            let unlinked = fs::remove_file(&path);
-            // After the unlink (see `reader`).
-            self.readers.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
-            match unlinked {
+            match fs::remove_file(&path) {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err("removing", &path)(e)),
@@ -603,7 +600,7 @@ mod tests {
             packs.sparse().unwrap();
             assert!(packs.has_retired());
             // The zeroing read pack 1 (and cached its handle): the racing read opens it afresh.
-            packs.readers.write().unwrap().clear();
+            packs.readers.write().unwrap().open.clear();
             let start = Arc::new(std::sync::Barrier::new(2));
             let reader = {
                 let (packs, start) = (packs.clone(), start.clone());
@@ -616,7 +613,7 @@ mod tests {
             assert_eq!(packs.remove_retired().unwrap(), 1);
             reader.join().unwrap();
             assert!(!dir.path().join(PACK_DIR).join(file_name(1)).exists());
-            assert!(packs.readers.read().unwrap().get(&1).is_none(), "a handle to a removed pack was cached");
+            assert!(!packs.readers.read().unwrap().open.contains_key(&1), "a handle to a removed pack was cached");
         }
     }
 

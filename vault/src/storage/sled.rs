@@ -166,6 +166,32 @@ fn scan_state(db: &sled::Db) -> Result<(u64, [u8; 32]), StoreError> {
     Ok((count, digest))
 }
 
+/// Folders whose store this process closed, and when (sled's threads release the file lock a
+/// moment after the close: a reopen soon after waits for them).
+static CLOSED: std::sync::Mutex<Vec<(PathBuf, std::time::Instant)>> = std::sync::Mutex::new(Vec::new());
+
+/// How long after a close a reopen of the same folder waits for its lock.
+const CLOSED_RECENTLY: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn folder_id(dir: &Path) -> PathBuf {
+    fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned())
+}
+
+fn recently_closed(dir: &Path) -> bool {
+    let id = folder_id(dir);
+    let closed = CLOSED.lock().unwrap_or_else(|p| p.into_inner());
+    closed.iter().any(|(d, at)| *d == id && at.elapsed() < CLOSED_RECENTLY)
+}
+
+impl Drop for SledMeta {
+    fn drop(&mut self) {
+        let id = folder_id(&self.dir);
+        let mut closed = CLOSED.lock().unwrap_or_else(|p| p.into_inner());
+        closed.retain(|(d, at)| *d != id && at.elapsed() < CLOSED_RECENTLY);
+        closed.push((id, std::time::Instant::now()));
+    }
+}
+
 impl SledMeta {
     /// Opens (or creates) the database in `dir`, replaying its journal and checking the result
     /// against the anchor and the journal's recorded state ([`StoreError::Damaged`] if the
@@ -176,24 +202,32 @@ impl SledMeta {
         // instead of one sled blob file per page; a database made with sled's default segment
         // size (before inline blobs) keeps it, as sled requires.
         let config = || sled::Config::new().path(dir).flush_every_ms(None);
-        let is_locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock || io.to_string().contains("lock"));
+        // sled reports a lock another handle holds as an `Other` I/O error that names the lock
+        // and the inner `WouldBlock` (any other failure to lock, say ENOLCK, is not "in use").
+        let is_locked = |e: &sled::Error| {
+            matches!(e, sled::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock || {
+                let s = io.to_string();
+                s.contains("could not acquire lock") && s.contains("WouldBlock")
+            })
+        };
         let open = || match config().segment_size(SEGMENT_SIZE).open() {
             Err(sled::Error::Unsupported(_)) => config().open(),
             other => other,
         };
-        // sled's own threads of a database just closed in this process let go of its file lock
-        // a moment after the close returns (longer on a loaded machine): a reopen waits up to
-        // 10 s for them before it reports the folder as in use.
-        // (sled reports a held lock as an `Other` I/O error naming the lock, not as
-        // `WouldBlock`: `is_locked` matches both.)
+        // sled's own threads of a database this process closed let go of its file lock a
+        // moment after the close returns (longer on a loaded machine): a reopen of a folder
+        // closed here in the last minute waits up to 10 s for them. A lock held otherwise (by
+        // another process) is reported at once.
         let mut db = open();
-        for _ in 0..1000 {
-            match &db {
-                Err(e) if is_locked(e) => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                    db = open();
+        if db.as_ref().is_err_and(is_locked) && recently_closed(dir) {
+            for _ in 0..1000 {
+                match &db {
+                    Err(e) if is_locked(e) => {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        db = open();
+                    }
+                    _ => break,
                 }
-                _ => break,
             }
         }
         let db = db.map_err(|e| match e {
@@ -708,12 +742,24 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// sled opened directly, waiting for a just-closed store's threads to let go of the lock.
+    fn raw_sled(dir: &Path) -> sled::Db {
+        for _ in 0..1000 {
+            match sled::Config::new().path(dir).segment_size(SEGMENT_SIZE).open() {
+                Ok(db) => return db,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+        panic!("sled never let go of {}", dir.display());
+    }
+
     #[test]
-    fn an_open_waits_for_a_lock_released_a_moment_later() {
+    fn a_reopen_after_a_close_waits_for_the_lock_to_be_released() {
         let dir = tempfile::tempdir().unwrap();
         drop(SledMeta::open(dir.path()).unwrap());
-        // Another holder of the folder's lock (as sled's threads of a vault just closed are).
-        let held = sled::Config::new().path(dir.path()).segment_size(SEGMENT_SIZE).open().unwrap();
+        // A holder of the lock that lets go a moment later (as sled's threads of the store just
+        // closed do).
+        let held = raw_sled(dir.path());
         let release = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(300));
             drop(held);
@@ -721,6 +767,16 @@ mod tests {
         let meta = SledMeta::open(dir.path()).unwrap();
         release.join().unwrap();
         drop(meta);
+    }
+
+    #[test]
+    fn a_folder_in_use_by_another_holder_is_reported_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = sled::Config::new().path(dir.path()).segment_size(SEGMENT_SIZE).open().unwrap();
+        let start = std::time::Instant::now();
+        assert!(matches!(SledMeta::open(dir.path()), Err(StoreError::Locked(_))));
+        // Not the 10 s a just-closed folder may wait (a bound of behaviour, not of speed).
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
     }
 
     /// A copy of a store's folder as a crash would leave it at this instant (files only).
