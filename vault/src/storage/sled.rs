@@ -20,6 +20,13 @@ use crate::storage::failstop::{Fault, Faults};
 /// detected rather than served (SPEC.md §9).
 pub struct SledMeta {
     db: sled::Db,
+    /// Held (write) while a batch is applied to sled key by key, and (read) by every lookup
+    /// and every step of a scan: no reader sees a batch half applied. sled's own `apply_batch`
+    /// would give the same, but it seals and writes sled's log buffer before and after every
+    /// batch (two `pwrite`s and `sync_file_range`s per batch, on sled's I/O threads), and the
+    /// journal, not sled, makes a batch durable and atomic across a crash (replay applies it
+    /// again whole).
+    visible: std::sync::RwLock<()>,
     dir: PathBuf,
     journal: std::sync::Mutex<crate::storage::journal::Journal>,
     /// Handle used to sync the journal without holding its lock.
@@ -49,6 +56,20 @@ fn sled_err(e: sled::Error) -> StoreError {
             what: format!("sled found damaged data ({e})"),
         },
         other => StoreError::Meta(other.to_string()),
+    }
+}
+
+/// A sled iterator whose every step holds `lock` for reading (see `SledMeta::visible`).
+struct Visible<'a, I> {
+    lock: &'a std::sync::RwLock<()>,
+    inner: I,
+}
+
+impl<I: Iterator> Iterator for Visible<'_, I> {
+    type Item = I::Item;
+    fn next(&mut self) -> Option<I::Item> {
+        let _read = self.lock.read().unwrap_or_else(|p| p.into_inner());
+        self.inner.next()
     }
 }
 
@@ -340,6 +361,7 @@ impl SledMeta {
         journal.state = crate::storage::journal::State { seq: expected.map_or(0, |e| e.seq), count, digest };
         let meta = Self {
             db,
+            visible: std::sync::RwLock::new(()),
             dir: dir.to_owned(),
             sync_file: journal.sync_handle().map_err(io_err("opening journal", &path))?,
             journal: std::sync::Mutex::new(journal),
@@ -477,6 +499,27 @@ impl SledMeta {
         Ok(())
     }
 
+    /// Applies journaled `ops` to sled, key by key, with no reader in between (see `visible`).
+    /// Under the journal lock (the only writer). A failure part way stops the store, and the
+    /// next open replays the whole record.
+    fn apply_visible(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let _write = self.visible.write().unwrap_or_else(|p| p.into_inner());
+        for op in ops {
+            match op {
+                Op::Put(k, v) => self.db.insert(k.as_slice(), v.as_slice()).map(drop),
+                Op::Delete(k) => self.db.remove(k.as_slice()).map(drop),
+            }
+            .map_err(sled_err)?;
+        }
+        Ok(())
+    }
+
+    /// sled's value of `key`, never from a batch half applied.
+    fn visible_get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        let _read = self.visible.read().unwrap_or_else(|p| p.into_inner());
+        self.db.get(key).map_err(sled_err)
+    }
+
     /// The value of blob key `key` from its sled value `v`: the pack's bytes for a locator
     /// (`None` if its pack is gone), the value itself for one stored whole (before packs, or too
     /// large to pack).
@@ -496,7 +539,7 @@ impl SledMeta {
                 return read;
             }
             tries += 1;
-            match self.db.get(key).map_err(sled_err)? {
+            match self.visible_get(key)? {
                 // Moved: read it where it is now (a move happens once per compaction).
                 Some(now) if *now != *v && tries < 16 => v = now.to_vec(),
                 // Deleted meanwhile.
@@ -564,7 +607,7 @@ impl SledMeta {
         }
         let refs: Vec<(Locator, &[u8])> = packed.iter().map(|(l, v)| (*l, v.as_slice())).collect();
         let payload = crate::storage::journal::encode_packed(&refs, &released, &out);
-        self.journaled(j, &out, payload, || self.db.apply_batch(batch_of(&out)).map_err(sled_err))?;
+        self.journaled(j, &out, payload, || self.apply_visible(&out))?;
         let seq = j.state.seq;
         for l in released {
             self.packs.release(l, seq);
@@ -634,21 +677,21 @@ impl SledMeta {
 
 impl MetaStore for SledMeta {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.db.get(key).map_err(sled_err)? {
+        match self.visible_get(key)? {
             Some(v) if crate::storage::pack::is_blob_key(key) => self.unpack(key, v.to_vec()),
             v => Ok(v.map(|v| v.to_vec())),
         }
     }
 
     fn scan(&self, prefix: &[u8]) -> ScanIter<'_> {
-        Box::new(self.db.scan_prefix(prefix).map(|r| self.unpack_pair(r)))
+        let inner = self.db.scan_prefix(prefix);
+        Box::new(Visible { lock: &self.visible, inner }.map(|r| self.unpack_pair(r)))
     }
 
     fn scan_from(&self, prefix: &[u8], start: &[u8]) -> ScanIter<'_> {
         let prefix = prefix.to_vec();
         Box::new(
-            self.db
-                .range(start.to_vec()..)
+            Visible { lock: &self.visible, inner: self.db.range(start.to_vec()..) }
                 .map(|r| self.unpack_pair(r))
                 .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))),
         )
@@ -678,7 +721,7 @@ impl MetaStore for SledMeta {
         };
         let ops = [op];
         let payload = crate::storage::journal::encode_ops(&ops);
-        self.journaled(&mut j, &ops, payload, || self.db.apply_batch(batch_of(&ops)).map_err(sled_err))?;
+        self.journaled(&mut j, &ops, payload, || self.apply_visible(&ops))?;
         Ok(true)
     }
 
@@ -740,6 +783,36 @@ mod tests {
         assert_eq!(meta.get(b"Mold").unwrap().as_deref(), Some(&b"value"[..]));
         drop(meta);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn no_reader_sees_a_batch_half_applied() {
+        // Each batch puts A = n and then B = n: a reader that finds A = n must find B ≥ n.
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SledMeta::open(dir.path()).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let num = |v: Option<Vec<u8>>| v.map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap()));
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let a = num(meta.get(b"Ma").unwrap());
+                        let b = num(meta.get(b"Mb").unwrap());
+                        assert!(b >= a, "a half-applied batch was seen: A = {a}, B = {b}");
+                        let pairs: Vec<_> = meta.scan(b"M").map(Result::unwrap).collect();
+                        if let [(_, a), (_, b)] = pairs.as_slice() {
+                            let (a, b) = (num(Some(a.clone())), num(Some(b.clone())));
+                            assert!(b >= a, "a scan saw a half-applied batch: A = {a}, B = {b}");
+                        }
+                    }
+                });
+            }
+            for n in 1..=3000u64 {
+                let v = n.to_be_bytes().to_vec();
+                meta.apply(vec![Op::Put(b"Ma".to_vec(), v.clone()), Op::Put(b"Mb".to_vec(), v)]).unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
     }
 
     /// sled opened directly, waiting for a just-closed store's threads to let go of the lock.
