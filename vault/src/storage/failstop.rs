@@ -31,9 +31,12 @@ pub enum Fault {
     BlobSync,
     /// A small blob's write to a pack file (`pack.rs`).
     PackWrite,
+    /// One op of sled's apply of a journaled batch (counted per op: the ops before it are
+    /// applied, so the batch is left half applied).
+    MetaApplyPart,
 }
 
-const POINTS: usize = 5;
+const POINTS: usize = 6;
 
 impl Fault {
     fn index(self) -> usize {
@@ -43,6 +46,7 @@ impl Fault {
             Fault::MetaApply => 2,
             Fault::BlobSync => 3,
             Fault::PackWrite => 4,
+            Fault::MetaApplyPart => 5,
         }
     }
 }

@@ -27,6 +27,10 @@ pub struct SledMeta {
     /// journal, not sled, makes a batch durable and atomic across a crash (replay applies it
     /// again whole).
     visible: std::sync::RwLock<()>,
+    /// A batch was applied only in part (an error or a panic part way): set under `visible`'s
+    /// write lock, it stops the store and refuses every later read (the next open replays the
+    /// whole record).
+    torn: std::sync::atomic::AtomicBool,
     dir: PathBuf,
     journal: std::sync::Mutex<crate::storage::journal::Journal>,
     /// Handle used to sync the journal without holding its lock.
@@ -59,17 +63,37 @@ fn sled_err(e: sled::Error) -> StoreError {
     }
 }
 
-/// A sled iterator whose every step holds `lock` for reading (see `SledMeta::visible`).
+/// A sled iterator whose every step holds the store's visibility lock for reading (see
+/// `SledMeta::visible`), and fails once a batch was applied only in part.
 struct Visible<'a, I> {
-    lock: &'a std::sync::RwLock<()>,
+    meta: &'a SledMeta,
     inner: I,
 }
 
-impl<I: Iterator> Iterator for Visible<'_, I> {
-    type Item = I::Item;
-    fn next(&mut self) -> Option<I::Item> {
-        let _read = self.lock.read().unwrap_or_else(|p| p.into_inner());
-        self.inner.next()
+impl<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for Visible<'_, I> {
+    type Item = Result<(sled::IVec, sled::IVec), StoreError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let _read = self.meta.visible.read().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = self.meta.whole() {
+            return Some(Err(e));
+        }
+        self.inner.next().map(|r| r.map_err(sled_err))
+    }
+}
+
+/// Marks the store torn and stops it unless the batch being applied is finished (see
+/// `SledMeta::apply_visible`; it runs on an error's early return and on a panic's unwinding).
+struct Applying<'a> {
+    meta: &'a SledMeta,
+    done: bool,
+}
+
+impl Drop for Applying<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.meta.torn.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = self.meta.stop(StoreError::Meta("a batch was applied to sled only in part".into()));
+        }
     }
 }
 
@@ -362,6 +386,7 @@ impl SledMeta {
         let meta = Self {
             db,
             visible: std::sync::RwLock::new(()),
+            torn: std::sync::atomic::AtomicBool::new(false),
             dir: dir.to_owned(),
             sync_file: journal.sync_handle().map_err(io_err("opening journal", &path))?,
             journal: std::sync::Mutex::new(journal),
@@ -504,12 +529,28 @@ impl SledMeta {
     /// next open replays the whole record.
     fn apply_visible(&self, ops: &[Op]) -> Result<(), StoreError> {
         let _write = self.visible.write().unwrap_or_else(|p| p.into_inner());
+        // Dropped before the write lock: a batch cut short is marked torn before any reader
+        // can look.
+        let mut applying = Applying { meta: self, done: false };
         for op in ops {
+            if self.faults.hit(Fault::MetaApplyPart) {
+                return Err(StoreError::Meta(Faults::error(Fault::MetaApplyPart).to_string()));
+            }
             match op {
                 Op::Put(k, v) => self.db.insert(k.as_slice(), v.as_slice()).map(drop),
                 Op::Delete(k) => self.db.remove(k.as_slice()).map(drop),
             }
             .map_err(sled_err)?;
+        }
+        applying.done = true;
+        Ok(())
+    }
+
+    /// Refuses reads once a batch was applied only in part (they could see half of it).
+    fn whole(&self) -> Result<(), StoreError> {
+        if self.torn.load(std::sync::atomic::Ordering::SeqCst) {
+            self.running()?;
+            return Err(StoreError::Stopped("a batch was applied to sled only in part".into()));
         }
         Ok(())
     }
@@ -517,6 +558,7 @@ impl SledMeta {
     /// sled's value of `key`, never from a batch half applied.
     fn visible_get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
         let _read = self.visible.read().unwrap_or_else(|p| p.into_inner());
+        self.whole()?;
         self.db.get(key).map_err(sled_err)
     }
 
@@ -549,8 +591,8 @@ impl SledMeta {
         }
     }
 
-    fn unpack_pair(&self, r: Result<(sled::IVec, sled::IVec), sled::Error>) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
-        let (k, v) = r.map_err(sled_err)?;
+    fn unpack_pair(&self, r: Result<(sled::IVec, sled::IVec), StoreError>) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        let (k, v) = r?;
         if !crate::storage::pack::is_blob_key(&k) {
             return Ok((k.to_vec(), v.to_vec()));
         }
@@ -685,13 +727,13 @@ impl MetaStore for SledMeta {
 
     fn scan(&self, prefix: &[u8]) -> ScanIter<'_> {
         let inner = self.db.scan_prefix(prefix);
-        Box::new(Visible { lock: &self.visible, inner }.map(|r| self.unpack_pair(r)))
+        Box::new(Visible { meta: self, inner }.map(|r| self.unpack_pair(r)))
     }
 
     fn scan_from(&self, prefix: &[u8], start: &[u8]) -> ScanIter<'_> {
         let prefix = prefix.to_vec();
         Box::new(
-            Visible { lock: &self.visible, inner: self.db.range(start.to_vec()..) }
+            Visible { meta: self, inner: self.db.range(start.to_vec()..) }
                 .map(|r| self.unpack_pair(r))
                 .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))),
         )
@@ -813,6 +855,45 @@ mod tests {
             }
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         });
+    }
+
+    #[test]
+    fn a_batch_applied_in_part_stops_the_store_and_refuses_reads_until_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Faults::new();
+        let meta = SledMeta::open(dir.path()).unwrap().with_faults(&faults);
+        meta.apply(vec![Op::Put(b"Ma".to_vec(), b"0".to_vec()), Op::Put(b"Mb".to_vec(), b"0".to_vec())]).unwrap();
+        meta.sync().unwrap();
+        faults.fail_nth(Fault::MetaApplyPart, 2);
+        assert!(meta
+            .apply(vec![Op::Put(b"Ma".to_vec(), b"1".to_vec()), Op::Put(b"Mb".to_vec(), b"1".to_vec())])
+            .is_err());
+        // Half of it is in sled (Ma = 1, Mb = 0): no read may see that.
+        assert!(matches!(meta.get(b"Ma"), Err(StoreError::Stopped(_))));
+        assert!(matches!(meta.get(b"Mb"), Err(StoreError::Stopped(_))));
+        assert!(meta.scan(b"M").any(|r| r.is_err()));
+        assert!(matches!(meta.apply(vec![Op::Delete(b"Ma".to_vec())]), Err(StoreError::Stopped(_))));
+        assert!(meta.checkpoint().is_err(), "a checkpoint would empty the journal that holds the batch");
+        let _ = meta.sync();
+        drop(meta);
+        // The record was journaled: the reopen applies it whole.
+        let meta = SledMeta::open(dir.path()).unwrap();
+        assert_eq!(meta.get(b"Ma").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(meta.get(b"Mb").unwrap().as_deref(), Some(&b"1"[..]));
+    }
+
+    #[test]
+    fn a_panic_part_way_through_an_apply_stops_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SledMeta::open(dir.path()).unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _write = meta.visible.write().unwrap();
+            let _applying = Applying { meta: &meta, done: false };
+            panic!("part way");
+        }));
+        assert!(r.is_err());
+        assert!(matches!(meta.get(b"Ma"), Err(StoreError::Stopped(_))));
+        assert!(meta.apply(vec![Op::Delete(b"Ma".to_vec())]).is_err());
     }
 
     /// sled opened directly, waiting for a just-closed store's threads to let go of the lock.
