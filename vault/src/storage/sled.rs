@@ -21,9 +21,10 @@ use crate::storage::failstop::{Fault, Faults};
 pub struct SledMeta {
     db: sled::Db,
     /// Held (write) while a batch is applied to sled key by key, and (read) by every lookup
-    /// and every step of a scan: no reader sees a batch half applied. sled's own `apply_batch`
-    /// would give the same, but it seals and writes sled's log buffer before and after every
-    /// batch (two `pwrite`s and `sync_file_range`s per batch, on sled's I/O threads), and the
+    /// and every step of a scan from outside the journal lock: no reader sees a batch half
+    /// applied. sled's own `apply_batch` would give the same, but it seals and writes sled's log
+    /// buffer twice as each batch starts (two `pwrite`s and `sync_file_range`s per batch, on
+    /// sled's I/O threads), and the
     /// journal, not sled, makes a batch durable and atomic across a crash (replay applies it
     /// again whole).
     visible: std::sync::RwLock<()>,
@@ -68,13 +69,19 @@ fn sled_err(e: sled::Error) -> StoreError {
 struct Visible<'a, I> {
     meta: &'a SledMeta,
     inner: I,
+    /// The store was found torn: the error was returned once, and the scan has ended.
+    ended: bool,
 }
 
 impl<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for Visible<'_, I> {
     type Item = Result<(sled::IVec, sled::IVec), StoreError>;
     fn next(&mut self) -> Option<Self::Item> {
+        if self.ended {
+            return None;
+        }
         let _read = self.meta.visible.read().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = self.meta.whole() {
+            self.ended = true;
             return Some(Err(e));
         }
         self.inner.next().map(|r| r.map_err(sled_err))
@@ -92,7 +99,11 @@ impl Drop for Applying<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.meta.torn.store(true, std::sync::atomic::Ordering::SeqCst);
-            let _ = self.meta.stop(StoreError::Meta("a batch was applied to sled only in part".into()));
+            // An error return is stopped with its own error by the caller (`journaled`); a
+            // panic has no caller to do it.
+            if std::thread::panicking() {
+                let _ = self.meta.stop(StoreError::Meta("a batch was applied to sled only in part".into()));
+            }
         }
     }
 }
@@ -727,13 +738,13 @@ impl MetaStore for SledMeta {
 
     fn scan(&self, prefix: &[u8]) -> ScanIter<'_> {
         let inner = self.db.scan_prefix(prefix);
-        Box::new(Visible { meta: self, inner }.map(|r| self.unpack_pair(r)))
+        Box::new(Visible { meta: self, inner, ended: false }.map(|r| self.unpack_pair(r)))
     }
 
     fn scan_from(&self, prefix: &[u8], start: &[u8]) -> ScanIter<'_> {
         let prefix = prefix.to_vec();
         Box::new(
-            Visible { meta: self, inner: self.db.range(start.to_vec()..) }
+            Visible { meta: self, inner: self.db.range(start.to_vec()..), ended: false }
                 .map(|r| self.unpack_pair(r))
                 .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))),
         )
@@ -871,7 +882,11 @@ mod tests {
         // Half of it is in sled (Ma = 1, Mb = 0): no read may see that.
         assert!(matches!(meta.get(b"Ma"), Err(StoreError::Stopped(_))));
         assert!(matches!(meta.get(b"Mb"), Err(StoreError::Stopped(_))));
-        assert!(meta.scan(b"M").any(|r| r.is_err()));
+        // A scan reports it once and ends (a caller that skips errors is not left spinning).
+        let steps: Vec<_> = meta.scan(b"M").collect();
+        assert!(matches!(steps.as_slice(), [Err(StoreError::Stopped(_))]), "{steps:?}");
+        let steps: Vec<_> = meta.scan_from(b"M", b"Ma").collect();
+        assert!(matches!(steps.as_slice(), [Err(StoreError::Stopped(_))]), "{steps:?}");
         assert!(matches!(meta.apply(vec![Op::Delete(b"Ma".to_vec())]), Err(StoreError::Stopped(_))));
         assert!(meta.checkpoint().is_err(), "a checkpoint would empty the journal that holds the batch");
         let _ = meta.sync();
