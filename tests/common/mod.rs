@@ -73,9 +73,10 @@ pub fn open_sled(data: &Path) -> sled::Db {
     loop {
         match sled::Config::new().path(data.join("meta")).segment_size(8 << 20).open() {
             Ok(db) => return db,
-            // sled reports a held lock as an `Other` error naming the lock.
+            // sled reports a held lock as an `Other` error naming the lock and the inner
+            // `WouldBlock`.
             Err(sled::Error::Io(e))
-                if (e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock"))
+                if (e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock"))
                     && start.elapsed().as_secs() < 10 =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
